@@ -1,0 +1,108 @@
+//! Command-line interface of `edgefleet-agent`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{AgentConfig, ConfigError, ModelConfig};
+use crate::engine::BackendKind;
+use crate::worker::BatchingConfig;
+
+/// The edgefleet device agent.
+#[derive(Debug, Parser)]
+#[command(name = "edgefleet-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve local ONNX files over KServe v2 HTTP, without a controller.
+    Serve(ServeArgs),
+    /// Print the default configuration file, with every option documented.
+    PrintDefaultConfig,
+}
+
+/// `serve` options; flags override the config file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see `print-default-config`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// A model to serve, as NAME=PATH.onnx; repeat for several.
+    #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
+    pub models: Vec<(String, PathBuf)>,
+    /// Listen address [default: 127.0.0.1:8500].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Inference engine [default: auto].
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// libonnxruntime.so for the ort backend (else ORT_DYLIB_PATH).
+    #[arg(long, value_name = "PATH")]
+    pub ort_library: Option<PathBuf>,
+    /// Worker threads per model given with --model.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Queue capacity per model given with --model.
+    #[arg(long)]
+    pub queue_capacity: Option<usize>,
+    /// Enable dynamic batching up to this many rows for models given with --model.
+    #[arg(long)]
+    pub max_batch_size: Option<usize>,
+    /// With --max-batch-size: how long to wait for a batch to fill, in microseconds.
+    #[arg(long, default_value_t = 500)]
+    pub max_queue_delay_us: u64,
+    /// Largest request body in bytes.
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+}
+
+fn parse_model(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s.split_once('=').ok_or_else(|| format!("expected NAME=PATH, got {s:?}"))?;
+    if name.is_empty() || path.is_empty() {
+        return Err(format!("expected NAME=PATH, got {s:?}"));
+    }
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
+impl ServeArgs {
+    /// The effective configuration: the file (or defaults), then the flags, validated.
+    pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if let Some(kind) = self.backend {
+            config.backend.kind = kind;
+        }
+        if let Some(lib) = self.ort_library {
+            config.backend.ort.library_path = Some(lib);
+        }
+        if let Some(n) = self.max_body_bytes {
+            config.server.max_body_bytes = n;
+        }
+        for (name, path) in self.models {
+            let mut model = ModelConfig::new(name, path);
+            if let Some(w) = self.workers {
+                model.workers = w;
+            }
+            if let Some(q) = self.queue_capacity {
+                model.queue_capacity = q;
+            }
+            model.batching = self
+                .max_batch_size
+                .map(|max_batch_size| BatchingConfig { max_batch_size, max_queue_delay_us: self.max_queue_delay_us });
+            config.models.push(model);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,219 @@
+//! Agent configuration: a typed TOML file whose defaults are the shipped `config/agent.toml`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::BackendConfig;
+use crate::repository::ModelSource;
+use crate::worker::{BatchingConfig, PoolConfig};
+
+/// The default configuration file, with every option documented.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/agent.toml");
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Everything the agent reads at start.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// Inference engine settings.
+    pub backend: BackendConfig,
+    /// Models to serve in standalone mode.
+    pub models: Vec<ModelConfig>,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address of the KServe v2 API.
+    pub listen: SocketAddr,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Time in-flight requests get to finish after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+    /// Threads of the HTTP runtime.
+    pub http_threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8500)),
+            max_body_bytes: 32 * 1024 * 1024,
+            shutdown_grace_secs: 10,
+            http_threads: 2,
+        }
+    }
+}
+
+/// One model to serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name in URLs.
+    pub name: String,
+    /// ONNX file.
+    pub path: PathBuf,
+    /// Version string.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// Worker threads.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Queue capacity.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Dynamic batching; off when absent.
+    #[serde(default)]
+    pub batching: Option<BatchingConfig>,
+}
+
+fn default_version() -> String {
+    "1".into()
+}
+
+fn default_workers() -> usize {
+    PoolConfig::default().workers
+}
+
+fn default_queue_capacity() -> usize {
+    PoolConfig::default().queue_capacity
+}
+
+impl ModelConfig {
+    /// A model with default settings.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        ModelConfig {
+            name: name.into(),
+            path: path.into(),
+            version: default_version(),
+            workers: default_workers(),
+            queue_capacity: default_queue_capacity(),
+            batching: None,
+        }
+    }
+
+    /// What the repository needs to load it.
+    pub fn source(&self) -> ModelSource {
+        ModelSource {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            path: self.path.clone(),
+            pool: PoolConfig { workers: self.workers, queue_capacity: self.queue_capacity, batching: self.batching },
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+    }
+
+    /// Checks values that the types alone do not constrain.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes must be above 0".into());
+        }
+        if self.server.http_threads == 0 {
+            return invalid("server.http_threads must be at least 1".into());
+        }
+        let mut seen = HashSet::new();
+        for m in &self.models {
+            if !valid_name(&m.name) {
+                return invalid(format!(
+                    "model name {:?} must be 1-128 characters of letters, digits, '-', '_' or '.'",
+                    m.name
+                ));
+            }
+            if !seen.insert(&m.name) {
+                return invalid(format!("model {:?} is listed twice", m.name));
+            }
+            if m.version.is_empty() || m.version.contains('/') {
+                return invalid(format!("model {:?}: version {:?} must be non-empty without '/'", m.name, m.version));
+            }
+            if m.workers == 0 || m.queue_capacity == 0 {
+                return invalid(format!("model {:?}: workers and queue_capacity must be at least 1", m.name));
+            }
+            if let Some(b) = m.batching
+                && b.max_batch_size == 0
+            {
+                return invalid(format!("model {:?}: batching.max_batch_size must be at least 1", m.name));
+            }
+            if !m.path.is_file() {
+                return invalid(format!("model {:?}: no such file {}", m.name, m.path.display()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Model names appear in URLs and metric labels: keep them plain.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name != "."
+        && name != ".."
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_is_the_default() {
+        let parsed = AgentConfig::from_toml(DEFAULT_CONFIG, Path::new("agent.toml")).expect("default config parses");
+        assert_eq!(parsed, AgentConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = AgentConfig::from_toml("[server]\nlisten_addr = \"x\"\n", Path::new("a.toml")).expect_err("typo");
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut c = AgentConfig::default();
+        c.models.push(ModelConfig::new("a/b", "/nonexistent.onnx"));
+        assert!(c.validate().expect_err("bad name").to_string().contains("a/b"));
+        c.models[0].name = "ok".into();
+        assert!(c.validate().expect_err("missing file").to_string().contains("no such file"));
+    }
+}

@@ -1,0 +1,236 @@
+//! Inference engines behind one trait: tract (pure Rust, default) and ONNX Runtime (`ort`).
+//!
+//! An [`Engine`] is a loaded model: its [`Signature`] and a factory of [`Session`]s. Each
+//! worker thread owns one session, because ONNX Runtime's `Session::run` needs `&mut self` and
+//! tract keeps per-run scratch state that is cheapest to reuse on one thread.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edgefleet_shared::inference::{Datatype, TensorMetadata};
+use serde::{Deserialize, Serialize};
+
+use crate::tensor::{Tensor, TensorError};
+
+#[cfg(feature = "ort")]
+pub mod ort;
+#[cfg(feature = "tract")]
+pub mod tract;
+
+/// Failure to load or run a model.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model file could not be read or is not a model this engine can run.
+    #[error("cannot load model {path}: {message}")]
+    Load {
+        /// File that was loaded.
+        path: PathBuf,
+        /// The engine's explanation.
+        message: String,
+    },
+    /// The engine failed while running the model.
+    #[error("inference failed: {0}")]
+    Run(String),
+    /// The model uses a tensor type the agent cannot carry.
+    #[error("model tensor {name:?} has element type {found}, which the agent cannot serve")]
+    UnsupportedType {
+        /// Tensor name.
+        name: String,
+        /// The engine's name for the type.
+        found: String,
+    },
+    /// A tensor could not be built.
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    /// The requested backend is not compiled in or cannot start.
+    #[error("backend {backend} is unavailable: {reason}")]
+    Unavailable {
+        /// Backend name.
+        backend: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One model input or output as the engine sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Name in the ONNX graph.
+    pub name: String,
+    /// Element type.
+    pub datatype: Datatype,
+    /// Dimensions; `None` where the graph leaves the size to run time.
+    pub shape: Vec<Option<usize>>,
+}
+
+impl TensorSpec {
+    /// Protocol metadata, with `-1` for dynamic dimensions.
+    pub fn metadata(&self) -> TensorMetadata {
+        TensorMetadata {
+            name: self.name.clone(),
+            datatype: self.datatype,
+            shape: self
+                .shape
+                .iter()
+                .map(|d| d.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)))
+                .collect(),
+        }
+    }
+
+    /// Whether a concrete shape fits this spec.
+    pub fn accepts(&self, shape: &[usize]) -> bool {
+        shape.len() == self.shape.len()
+            && self.shape.iter().zip(shape).all(|(want, got)| want.is_none_or(|w| w == *got))
+    }
+
+    /// The shape used for warm-up: dynamic dimensions set to 1.
+    pub fn warmup_shape(&self) -> Vec<usize> {
+        self.shape.iter().map(|d| d.unwrap_or(1)).collect()
+    }
+}
+
+/// Inputs and outputs of a model, in graph order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// Graph inputs (initialisers excluded).
+    pub inputs: Vec<TensorSpec>,
+    /// Graph outputs.
+    pub outputs: Vec<TensorSpec>,
+}
+
+impl Signature {
+    /// Whether every input and output has a dynamic first dimension, so requests can be
+    /// stacked into one batch and the results split back by rows.
+    pub fn has_dynamic_batch(&self) -> bool {
+        self.inputs.iter().chain(&self.outputs).all(|t| matches!(t.shape.first(), Some(None)))
+    }
+
+    /// Zero-filled inputs of batch 1, for warm-up.
+    pub fn warmup_inputs(&self) -> Result<Vec<Tensor>, EngineError> {
+        self.inputs
+            .iter()
+            .map(|spec| Ok(Tensor::zeros(spec.datatype, spec.warmup_shape())?))
+            .collect()
+    }
+}
+
+/// A loaded model that can open sessions.
+pub trait Engine: Send + Sync + fmt::Debug {
+    /// Platform name reported in model metadata (e.g. `tract_onnx`).
+    fn platform(&self) -> &'static str;
+    /// The model's inputs and outputs.
+    fn signature(&self) -> &Signature;
+    /// A session for one worker thread.
+    fn session(self: Arc<Self>) -> Result<Box<dyn Session>, EngineError>;
+}
+
+/// Runs a model; owned by one thread at a time.
+pub trait Session: Send {
+    /// Runs the model on inputs given in signature order; returns outputs in signature order.
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError>;
+}
+
+/// Which engine serves models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// tract, pure Rust, CPU.
+    Tract,
+    /// ONNX Runtime through the `ort` crate (cargo feature `ort`).
+    Ort,
+    /// ONNX Runtime with CUDA when it is available, otherwise tract.
+    #[default]
+    Auto,
+}
+
+/// An ONNX Runtime execution provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    /// NVIDIA CUDA.
+    Cuda,
+    /// The default CPU provider.
+    Cpu,
+}
+
+/// Engine settings from the agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// `tract`, `ort` or `auto`.
+    pub kind: BackendKind,
+    /// ONNX Runtime settings (used when `kind` is `ort`, or `auto` finds CUDA).
+    pub ort: OrtConfig,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig { kind: BackendKind::Auto, ort: OrtConfig::default() }
+    }
+}
+
+/// ONNX Runtime settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrtConfig {
+    /// Path of `libonnxruntime.so`; when empty, `ORT_DYLIB_PATH` is used.
+    pub library_path: Option<PathBuf>,
+    /// Providers to try, in order; CPU is always the last resort.
+    pub execution_providers: Vec<ExecutionProvider>,
+    /// Threads ONNX Runtime may use inside one inference.
+    pub intra_threads: usize,
+}
+
+impl Default for OrtConfig {
+    fn default() -> Self {
+        OrtConfig {
+            library_path: None,
+            execution_providers: vec![ExecutionProvider::Cuda, ExecutionProvider::Cpu],
+            intra_threads: 1,
+        }
+    }
+}
+
+/// Loads a model with the configured backend; `auto` resolves to ONNX Runtime only when it
+/// can use CUDA, because on CPU tract needs no shared library and starts faster.
+pub fn load(path: &Path, config: &BackendConfig) -> Result<Arc<dyn Engine>, EngineError> {
+    match config.kind {
+        BackendKind::Tract => load_tract(path),
+        BackendKind::Ort => load_ort(path, &config.ort),
+        BackendKind::Auto if !cfg!(feature = "tract") || auto_prefers_ort(&config.ort) => {
+            load_ort(path, &config.ort)
+        }
+        BackendKind::Auto => load_tract(path),
+    }
+}
+
+#[cfg(feature = "tract")]
+fn load_tract(path: &Path) -> Result<Arc<dyn Engine>, EngineError> {
+    Ok(Arc::new(tract::TractEngine::load(path)?))
+}
+
+#[cfg(not(feature = "tract"))]
+fn load_tract(_path: &Path) -> Result<Arc<dyn Engine>, EngineError> {
+    Err(EngineError::Unavailable { backend: "tract", reason: "built without the `tract` feature".into() })
+}
+
+#[cfg(feature = "ort")]
+fn load_ort(path: &Path, config: &OrtConfig) -> Result<Arc<dyn Engine>, EngineError> {
+    Ok(Arc::new(ort::OrtEngine::load(path, config)?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn load_ort(_path: &Path, _config: &OrtConfig) -> Result<Arc<dyn Engine>, EngineError> {
+    Err(EngineError::Unavailable { backend: "ort", reason: "built without the `ort` cargo feature".into() })
+}
+
+#[cfg(feature = "ort")]
+fn auto_prefers_ort(config: &OrtConfig) -> bool {
+    config.execution_providers.contains(&ExecutionProvider::Cuda) && ort::cuda_available(config)
+}
+
+#[cfg(not(feature = "ort"))]
+fn auto_prefers_ort(_config: &OrtConfig) -> bool {
+    false
+}

@@ -1,0 +1,313 @@
+//! `POST /v2/models/{m}[/versions/{v}]/infer`: decode, validate against the model, queue,
+//! encode. JSON and Triton's binary tensor extension share every step but the byte layout.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use edgefleet_shared::inference::{
+    BINARY_DATA, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, Datatype, INFERENCE_HEADER_CONTENT_LENGTH, InferRequest,
+    MODEL_VERSION_HEADER, RequestInput,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use super::{ApiError, AppState, resolve};
+use crate::engine::Signature;
+use crate::repository::ServedModel;
+use crate::tensor::{JsonData, Tensor};
+use crate::worker::{Job, SubmitError};
+
+pub(super) async fn infer(State(state): State<AppState>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    run(state, model, None, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) async fn infer_version(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(state, model, Some(version), headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn run(
+    state: AppState,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let model = resolve(&state, &name, version.as_deref())?;
+    let bytes = read_body(&headers, body, state.max_body_bytes).await?;
+    let started = Instant::now();
+    let decoded = decode(&headers, &bytes, model.engine.signature());
+    let Decoded { request, inputs, outputs } = match decoded {
+        Ok(d) => d,
+        Err(e) => {
+            model.metrics.bad_request.increment(1);
+            return Err(e);
+        }
+    };
+
+    let (reply, answer) = oneshot::channel();
+    let job = Job { inputs, enqueued: Instant::now(), reply };
+    if let Err(e) = model.pool.try_submit(job) {
+        model.metrics.queue_full.increment(1);
+        return Err(match e {
+            SubmitError::Full { .. } => ApiError::unavailable(format!("model {name:?} is overloaded: {e}; retry later")),
+            SubmitError::Closed => ApiError::unavailable(format!("model {name:?} is shutting down")),
+        });
+    }
+    let result = answer.await.map_err(|_| ApiError::internal("the inference worker stopped before answering"))?;
+    model.metrics.queue_seconds.record(result.queued.as_secs_f64());
+    model.metrics.compute_seconds.record(result.compute.as_secs_f64());
+    let tensors = result.outputs.map_err(|e| {
+        model.metrics.engine_errors.increment(1);
+        ApiError::internal(e.to_string())
+    })?;
+    let response = encode(&model, &request, &outputs, &tensors)?;
+    model.metrics.requests.increment(1);
+    model.metrics.request_seconds.record(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request(format!("cannot read request body: {e}"))
+        }
+    })
+}
+
+/// Which outputs to return, and how.
+struct OutputChoice {
+    index: usize,
+    binary: bool,
+}
+
+struct Decoded {
+    request: InferRequest,
+    inputs: Vec<Tensor>,
+    outputs: Vec<OutputChoice>,
+}
+
+fn decode(headers: &HeaderMap, body: &[u8], sig: &Signature) -> Result<Decoded, ApiError> {
+    let (json_part, mut binary) = split_binary(headers, body)?;
+    let mut request: InferRequest =
+        serde_json::from_slice(json_part).map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))?;
+
+    let mut slots: Vec<Option<Tensor>> = vec![None; sig.inputs.len()];
+    for input in request.inputs.iter_mut() {
+        let ix = sig.inputs.iter().position(|s| s.name == input.name).ok_or_else(|| {
+            ApiError::unprocessable(format!(
+                "unknown input {:?} (model inputs: {})",
+                input.name,
+                names(sig.inputs.iter().map(|s| s.name.as_str()))
+            ))
+        })?;
+        if slots[ix].is_some() {
+            return Err(ApiError::bad_request(format!("input {:?} is given twice", input.name)));
+        }
+        slots[ix] = Some(decode_input(input, &sig.inputs[ix], &mut binary)?);
+    }
+    if !binary.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "binary part has {} bytes that no input claims (check binary_data_size)",
+            binary.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(slots.len());
+    for (slot, spec) in slots.into_iter().zip(&sig.inputs) {
+        inputs.push(slot.ok_or_else(|| ApiError::unprocessable(format!("missing input {:?}", spec.name)))?);
+    }
+    let rows: Vec<usize> = inputs.iter().filter_map(|t| t.shape.first().copied()).collect();
+    if sig.has_dynamic_batch() && rows.windows(2).any(|w| w[0] != w[1]) {
+        return Err(ApiError::unprocessable(format!("inputs disagree on the batch size: {rows:?}")));
+    }
+
+    let all_binary = bool_param(request.parameters.as_ref(), BINARY_DATA_OUTPUT)?.unwrap_or(false);
+    let outputs = match &request.outputs {
+        None => (0..sig.outputs.len()).map(|index| OutputChoice { index, binary: all_binary }).collect(),
+        Some(wanted) => wanted
+            .iter()
+            .map(|w| {
+                let index = sig.outputs.iter().position(|s| s.name == w.name).ok_or_else(|| {
+                    ApiError::unprocessable(format!(
+                        "unknown output {:?} (model outputs: {})",
+                        w.name,
+                        names(sig.outputs.iter().map(|s| s.name.as_str()))
+                    ))
+                })?;
+                let binary = bool_param(w.parameters.as_ref(), BINARY_DATA)?.unwrap_or(all_binary);
+                Ok(OutputChoice { index, binary })
+            })
+            .collect::<Result<_, ApiError>>()?,
+    };
+    // The tensors now hold the data; dropping the JSON copy keeps memory flat for big inputs.
+    request.inputs.iter_mut().for_each(|i| i.data = None);
+    Ok(Decoded { request, inputs, outputs })
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    it.collect::<Vec<_>>().join(", ")
+}
+
+/// Splits a body into its JSON header and binary part per `Inference-Header-Content-Length`.
+fn split_binary<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    let Some(value) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) else {
+        return Ok((body, &[]));
+    };
+    let len = value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+        ApiError::bad_request(format!("{INFERENCE_HEADER_CONTENT_LENGTH} must be a byte count, got {value:?}"))
+    })?;
+    if len > body.len() {
+        return Err(ApiError::bad_request(format!(
+            "{INFERENCE_HEADER_CONTENT_LENGTH} is {len} but the body has only {} bytes",
+            body.len()
+        )));
+    }
+    Ok(body.split_at(len))
+}
+
+fn decode_input(input: &RequestInput, spec: &crate::engine::TensorSpec, binary: &mut &[u8]) -> Result<Tensor, ApiError> {
+    let name = &input.name;
+    let datatype: Datatype =
+        input.datatype.parse().map_err(|e| ApiError::bad_request(format!("input {name:?}: {e}")))?;
+    if datatype != spec.datatype {
+        return Err(ApiError::unprocessable(format!(
+            "input {name:?}: datatype {datatype} does not match the model's {}",
+            spec.datatype
+        )));
+    }
+    let shape: Vec<usize> = input
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| ApiError::bad_request(format!("input {name:?}: shape {:?} has a negative dimension", input.shape)))?;
+    if !spec.accepts(&shape) {
+        return Err(ApiError::unprocessable(format!(
+            "input {name:?}: shape mismatch: expected {:?}, got {:?}",
+            spec.metadata().shape,
+            input.shape
+        )));
+    }
+    let size_param = input.parameters.as_ref().and_then(|p| p.get(BINARY_DATA_SIZE));
+    let tensor = match (size_param, &input.data) {
+        (Some(size), None) => {
+            let size = size.as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| {
+                ApiError::bad_request(format!("input {name:?}: {BINARY_DATA_SIZE} must be a byte count, got {size}"))
+            })?;
+            if size > binary.len() {
+                return Err(ApiError::bad_request(format!(
+                    "input {name:?}: {BINARY_DATA_SIZE} is {size} but only {} binary bytes remain",
+                    binary.len()
+                )));
+            }
+            let (mine, rest) = binary.split_at(size);
+            *binary = rest;
+            Tensor::from_binary(datatype, shape, mine)
+        }
+        (None, Some(data)) => Tensor::from_json(datatype, shape, data),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(format!("input {name:?} has both data and {BINARY_DATA_SIZE}")));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(format!("input {name:?} has neither data nor {BINARY_DATA_SIZE}")));
+        }
+    };
+    tensor.map_err(|e| ApiError::bad_request(format!("input {name:?}: {e}")))
+}
+
+fn bool_param(params: Option<&Map<String, Value>>, key: &str) -> Result<Option<bool>, ApiError> {
+    match params.and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(ApiError::bad_request(format!("parameter {key} must be true or false, got {other}"))),
+    }
+}
+
+#[derive(Serialize)]
+struct ResponseBody<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputBody<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputBody<'a> {
+    name: &'a str,
+    datatype: Datatype,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParams>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinaryParams {
+    binary_data_size: usize,
+}
+
+fn encode(model: &ServedModel, request: &InferRequest, choice: &[OutputChoice], tensors: &[Tensor]) -> Result<Response, ApiError> {
+    let sig = model.engine.signature();
+    let mut binary = Vec::new();
+    let mut outputs = Vec::with_capacity(choice.len());
+    for c in choice {
+        let tensor = tensors
+            .get(c.index)
+            .ok_or_else(|| ApiError::internal(format!("engine returned no output {:?}", sig.outputs[c.index].name)))?;
+        let (parameters, data) = if c.binary {
+            (Some(BinaryParams { binary_data_size: tensor.write_binary(&mut binary) }), None)
+        } else {
+            (None, Some(tensor.json_data()))
+        };
+        outputs.push(OutputBody {
+            name: &sig.outputs[c.index].name,
+            datatype: tensor.datatype(),
+            shape: &tensor.shape,
+            parameters,
+            data,
+        });
+    }
+    let body = ResponseBody { model_name: &model.name, model_version: &model.version, id: request.id.as_deref(), outputs };
+    let mut bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("cannot encode response: {e}")))?;
+    let version = HeaderValue::from_str(&model.version).unwrap_or(HeaderValue::from_static("unknown"));
+    if binary.is_empty() {
+        return Ok((
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (header::HeaderName::from_static(MODEL_VERSION_HEADER), version),
+            ],
+            bytes,
+        )
+            .into_response());
+    }
+    let json_len = bytes.len();
+    bytes.extend_from_slice(&binary);
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (header::HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH), HeaderValue::from(json_len)),
+            (header::HeaderName::from_static(MODEL_VERSION_HEADER), version),
+        ],
+        bytes,
+    )
+        .into_response())
+}

@@ -1,0 +1,29 @@
+//! The edgefleet device agent.
+//!
+//! The agent serves ONNX models to local apps over the KServe v2 / Open Inference Protocol.
+//! Requests arrive on an async HTTP server ([`http`]), are decoded into engine-neutral
+//! [`tensor`]s, and are queued to the worker threads of the model they name ([`worker`]),
+//! which run them on tract or ONNX Runtime ([`engine`]). The async reactor never runs a model.
+//!
+//! # Layout
+//! - [`cli`]: command-line arguments and how they map onto the configuration.
+//! - [`config`]: the typed TOML configuration and its shipped defaults.
+//! - [`engine`]: the backend trait and its tract and ONNX Runtime implementations.
+//! - [`http`]: the KServe v2 routes, request decoding and response encoding.
+//! - [`observability`]: logging set-up and the Prometheus recorder.
+//! - [`repository`]: the served models and their load/ready state.
+//! - [`serve`]: standalone mode: bind, load, serve, drain.
+//! - [`shutdown`]: SIGINT/SIGTERM as a future.
+//! - [`tensor`]: tensors and their JSON and binary encodings.
+//! - [`worker`]: bounded per-model queues, worker threads and dynamic batching.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod observability;
+pub mod repository;
+pub mod serve;
+pub mod shutdown;
+pub mod tensor;
+pub mod worker;

@@ -1,0 +1,55 @@
+//! `edgefleet-agent`: parses arguments, sets up logging, and runs the library.
+
+#![allow(clippy::print_stdout, reason = "stdout is part of the command-line interface")]
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use edgefleet_agent::cli::{Cli, Command};
+use edgefleet_agent::config::DEFAULT_CONFIG;
+use edgefleet_agent::{observability, serve, shutdown};
+
+/// `EX_USAGE` from sysexits.h: the configuration or command line is wrong.
+const EXIT_BAD_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    observability::init_logging("info");
+    match cli.command {
+        Command::PrintDefaultConfig => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => {
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("edgefleet-agent: {e}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            match run_serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("edgefleet-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_serve(config: edgefleet_agent::config::AgentConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.http_threads)
+        .thread_name("edgefleet-http")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve::run(config, shutdown::signal(), |addr| {
+        // A stable line on stdout so scripts and tests can find a port chosen with :0.
+        println!("edgefleet-agent listening on http://{addr}");
+    }))?;
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The models this agent serves: name → version → loaded engine with its workers.
+//!
+//! Loading (parse, optimise, open sessions, warm up) runs on a blocking thread; the entry is
+//! `Loading` meanwhile, so `/ready` answers truthfully while a big model warms up.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use metrics::{Counter, Histogram, counter, gauge, histogram};
+
+use crate::engine::{self, BackendConfig, Engine, EngineError};
+use crate::worker::{PoolConfig, WorkerPool};
+
+/// A model ready to serve.
+#[derive(Debug)]
+pub struct ServedModel {
+    /// Model name.
+    pub name: String,
+    /// Version string.
+    pub version: String,
+    /// The loaded engine.
+    pub engine: Arc<dyn Engine>,
+    /// Its workers.
+    pub pool: WorkerPool,
+    /// Pre-registered metric handles, so the hot path does no label lookups.
+    pub metrics: ModelMetrics,
+}
+
+/// Metric handles for one model version.
+#[derive(Debug, Clone)]
+pub struct ModelMetrics {
+    /// Requests answered.
+    pub requests: Counter,
+    /// Engine failures.
+    pub engine_errors: Counter,
+    /// Requests refused by a full queue.
+    pub queue_full: Counter,
+    /// Requests refused as not fitting the model.
+    pub bad_request: Counter,
+    /// Time waiting for a worker.
+    pub queue_seconds: Histogram,
+    /// Engine time.
+    pub compute_seconds: Histogram,
+    /// Whole request time.
+    pub request_seconds: Histogram,
+    /// Rows per engine run.
+    pub batch_rows: Histogram,
+}
+
+impl ModelMetrics {
+    fn new(name: &str, version: &str) -> Self {
+        let labels = [("model", name.to_owned()), ("version", version.to_owned())];
+        let error = |reason: &'static str| {
+            counter!("edgefleet_agent_inference_errors_total", "model" => name.to_owned(), "version" => version.to_owned(), "reason" => reason)
+        };
+        ModelMetrics {
+            requests: counter!("edgefleet_agent_inference_requests_total", &labels),
+            engine_errors: error("engine"),
+            queue_full: error("queue_full"),
+            bad_request: error("bad_request"),
+            queue_seconds: histogram!("edgefleet_agent_inference_queue_seconds", &labels),
+            compute_seconds: histogram!("edgefleet_agent_inference_compute_seconds", &labels),
+            request_seconds: histogram!("edgefleet_agent_inference_request_seconds", &labels),
+            batch_rows: histogram!("edgefleet_agent_inference_batch_rows", &labels),
+        }
+    }
+}
+
+/// What a model entry is doing.
+#[derive(Debug, Clone)]
+pub enum ModelState {
+    /// Being loaded or warmed up.
+    Loading {
+        /// Version being loaded.
+        version: String,
+    },
+    /// Serving.
+    Ready(Arc<ServedModel>),
+    /// Load failed; the message says why.
+    Failed {
+        /// Version that failed.
+        version: String,
+        /// Why.
+        error: String,
+    },
+}
+
+impl ModelState {
+    /// The version this state is about.
+    pub fn version(&self) -> &str {
+        match self {
+            ModelState::Loading { version } | ModelState::Failed { version, .. } => version,
+            ModelState::Ready(m) => &m.version,
+        }
+    }
+}
+
+/// What to load under one name.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    /// Name served under.
+    pub name: String,
+    /// Version string reported and matched in `/versions/{v}`.
+    pub version: String,
+    /// ONNX file.
+    pub path: PathBuf,
+    /// Worker settings.
+    pub pool: PoolConfig,
+}
+
+/// All models, by name.
+#[derive(Debug, Default)]
+pub struct Repository {
+    models: RwLock<BTreeMap<String, ModelState>>,
+}
+
+impl Repository {
+    /// An empty repository.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Repository::default())
+    }
+
+    /// The state of `name`, if the agent knows it.
+    pub fn get(&self, name: &str) -> Option<ModelState> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every entry, sorted by name.
+    pub fn list(&self) -> Vec<(String, ModelState)> {
+        self.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Whether at least one model is loaded and warm.
+    pub fn any_ready(&self) -> bool {
+        self.read().values().any(|s| matches!(s, ModelState::Ready(_)))
+    }
+
+    /// Lists a model as `Loading` before its load starts, so the index shows every configured
+    /// model from the first request on.
+    pub fn announce(&self, name: &str, version: &str) {
+        self.write().entry(name.to_owned()).or_insert_with(|| ModelState::Loading { version: version.to_owned() });
+    }
+
+    /// Loads, warms up and publishes a model; the entry reads `Loading` meanwhile and `Failed`
+    /// if anything goes wrong.
+    pub async fn load(&self, source: ModelSource, backend: &BackendConfig) -> Result<Arc<ServedModel>, EngineError> {
+        self.write().insert(source.name.clone(), ModelState::Loading { version: source.version.clone() });
+        let started = Instant::now();
+        let backend = backend.clone();
+        let src = source.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<ServedModel, EngineError> {
+            let engine = engine::load(&src.path, &backend)?;
+            let metrics = ModelMetrics::new(&src.name, &src.version);
+            let pool = WorkerPool::start(&src.name, engine.clone(), &src.pool, metrics.batch_rows.clone())?;
+            Ok(ServedModel {
+                metrics,
+                name: src.name,
+                version: src.version,
+                engine,
+                pool,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(EngineError::Run(format!("model loader panicked: {e}"))));
+        match loaded {
+            Ok(model) => {
+                let model = Arc::new(model);
+                self.write().insert(source.name.clone(), ModelState::Ready(model.clone()));
+                counter!("edgefleet_agent_model_loads_total", "result" => "ok").increment(1);
+                self.update_ready_gauge();
+                tracing::info!(model = %source.name, version = %source.version, platform = model.engine.platform(),
+                    millis = started.elapsed().as_millis() as u64, "Model loaded and warmed up.");
+                Ok(model)
+            }
+            Err(e) => {
+                self.write().insert(
+                    source.name.clone(),
+                    ModelState::Failed { version: source.version.clone(), error: e.to_string() },
+                );
+                counter!("edgefleet_agent_model_loads_total", "result" => "error").increment(1);
+                tracing::error!(model = %source.name, path = %source.path.display(), error = %e, "Model failed to load.");
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes every model, closing their queues. Requests already queued finish first.
+    pub fn clear(&self) -> Vec<Arc<ServedModel>> {
+        let drained = std::mem::take(&mut *self.write());
+        self.update_ready_gauge();
+        drained
+            .into_values()
+            .filter_map(|s| match s {
+                ModelState::Ready(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn update_ready_gauge(&self) {
+        let ready = self.read().values().filter(|s| matches!(s, ModelState::Ready(_))).count();
+        gauge!("edgefleet_agent_models_ready").set(ready as f64);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelState>> {
+        // Writers only swap whole entries, so a poisoned map is still consistent.
+        self.models.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelState>> {
+        self.models.write().unwrap_or_else(|p| p.into_inner())
+    }
+}

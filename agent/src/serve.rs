@@ -1,0 +1,128 @@
+//! Standalone serving: bind, load the configured models, serve until shutdown, drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::AgentConfig;
+use crate::engine::EngineError;
+use crate::http::{AppState, router};
+use crate::observability;
+use crate::repository::Repository;
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A configured model could not be loaded.
+    #[error("model {name:?}: {source}")]
+    Model {
+        /// Model name.
+        name: String,
+        /// Cause.
+        source: EngineError,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// Serves the configured models until `shutdown` resolves, then stops accepting connections,
+/// lets in-flight requests finish (up to `server.shutdown_grace_secs`) and returns.
+///
+/// `on_listening` is called with the bound address as soon as the socket is open, before the
+/// models finish loading (`/v2/health/live` answers from then on; `/ready` once a model is warm).
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+    let repository = Repository::new();
+    let state = AppState {
+        repository: repository.clone(),
+        prometheus: observability::prometheus(),
+        max_body_bytes: config.server.max_body_bytes,
+    };
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = tokio::spawn(async move {
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            // Small request/response pairs: Nagle's delay would dominate their latency.
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    tracing::info!(addr = %local, "HTTP API listening.");
+    on_listening(local);
+
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let loading = load_all(&repository, &config);
+    tokio::pin!(shutdown);
+    let load_result = tokio::select! {
+        r = loading => r,
+        () = &mut shutdown => Ok(()),
+    };
+    if load_result.is_ok() && !shutdown_requested(&stop_tx) {
+        shutdown.await;
+    }
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("All connections drained."),
+        Ok(Ok(Err(e))) => return Err(ServeError::Http(e)),
+        Ok(Err(join)) => tracing::error!(error = %join, "HTTP server task failed."),
+        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "Requests still running after the grace period; stopping anyway."),
+    }
+    stop_models(&repository).await;
+    load_result
+}
+
+fn shutdown_requested(stop: &watch::Sender<bool>) -> bool {
+    *stop.borrow()
+}
+
+async fn load_all(repository: &Arc<Repository>, config: &AgentConfig) -> Result<(), ServeError> {
+    for model in &config.models {
+        repository.announce(&model.name, &model.version);
+    }
+    for model in &config.models {
+        repository
+            .load(model.source(), &config.backend)
+            .await
+            .map_err(|source| ServeError::Model { name: model.name.clone(), source })?;
+    }
+    if config.models.is_empty() {
+        tracing::warn!("No models configured; /v2/health/ready stays false.");
+    }
+    Ok(())
+}
+
+async fn stop_models(repository: &Arc<Repository>) {
+    let models = repository.clear();
+    let _ = tokio::task::spawn_blocking(move || {
+        for model in models {
+            // Only the last holder can join the workers; requests still holding the model
+            // (past the grace period) let their threads exit once the queue closes.
+            if let Ok(mut m) = Arc::try_unwrap(model) {
+                m.pool.shutdown();
+            }
+        }
+    })
+    .await;
+}
