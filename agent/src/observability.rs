@@ -9,8 +9,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets in seconds: 10 µs to 10 s, enough resolution for tiny models.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 const ROW_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -42,14 +42,37 @@ pub fn prometheus() -> PrometheusHandle {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("edgefleet_agent_inference_requests_total", "Inference requests answered, by model and version.");
-    describe_counter!("edgefleet_agent_inference_errors_total", "Inference requests that failed, by model, version and reason.");
-    describe_histogram!("edgefleet_agent_inference_queue_seconds", Unit::Seconds, "Time a request waited for a worker.");
-    describe_histogram!("edgefleet_agent_inference_compute_seconds", Unit::Seconds, "Engine time of the run a request was part of.");
-    describe_histogram!("edgefleet_agent_inference_request_seconds", Unit::Seconds, "Time from request decoded to response encoded.");
-    describe_histogram!("edgefleet_agent_inference_batch_rows", "Rows per engine run (above 1 when batching merges requests).");
+    describe_counter!(
+        "edgefleet_agent_inference_errors_total",
+        "Inference requests that failed, by model, version and reason."
+    );
+    describe_histogram!(
+        "edgefleet_agent_inference_queue_seconds",
+        Unit::Seconds,
+        "Time a request waited for a worker."
+    );
+    describe_histogram!(
+        "edgefleet_agent_inference_compute_seconds",
+        Unit::Seconds,
+        "Engine time of the run a request was part of."
+    );
+    describe_histogram!(
+        "edgefleet_agent_inference_request_seconds",
+        Unit::Seconds,
+        "Time from request decoded to response encoded."
+    );
+    describe_histogram!(
+        "edgefleet_agent_inference_batch_rows",
+        "Rows per engine run (above 1 when batching merges requests)."
+    );
+    describe_gauge!("edgefleet_agent_inference_in_flight_requests", "Requests being decoded, queued, run or encoded.");
+    describe_gauge!("edgefleet_agent_queue_depth_requests", "Requests waiting for a worker (sampled at scrape).");
     describe_gauge!("edgefleet_agent_models_ready", "Models loaded, warmed up and serving.");
     describe_counter!("edgefleet_agent_model_loads_total", "Model loads, by result.");
-    describe_counter!("edgefleet_agent_http_rejections_total", "Requests refused before reaching a model, by HTTP status.");
+    describe_counter!(
+        "edgefleet_agent_http_rejections_total",
+        "Requests refused before reaching a model, by HTTP status."
+    );
 }
 
 /// Sets up `tracing` to stderr; `RUST_LOG` overrides `default_filter`.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use metrics::{Counter, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::engine::{self, BackendConfig, Engine, EngineError};
 use crate::worker::{PoolConfig, WorkerPool};
@@ -47,14 +47,14 @@ pub struct ModelMetrics {
     pub request_seconds: Histogram,
     /// Rows per engine run.
     pub batch_rows: Histogram,
+    /// Requests between decode and response.
+    pub in_flight: Gauge,
 }
 
 impl ModelMetrics {
     fn new(name: &str, version: &str) -> Self {
         let labels = [("model", name.to_owned()), ("version", version.to_owned())];
-        let error = |reason: &'static str| {
-            counter!("edgefleet_agent_inference_errors_total", "model" => name.to_owned(), "version" => version.to_owned(), "reason" => reason)
-        };
+        let error = |reason: &'static str| counter!("edgefleet_agent_inference_errors_total", "model" => name.to_owned(), "version" => version.to_owned(), "reason" => reason);
         ModelMetrics {
             requests: counter!("edgefleet_agent_inference_requests_total", &labels),
             engine_errors: error("engine"),
@@ -64,6 +64,7 @@ impl ModelMetrics {
             compute_seconds: histogram!("edgefleet_agent_inference_compute_seconds", &labels),
             request_seconds: histogram!("edgefleet_agent_inference_request_seconds", &labels),
             batch_rows: histogram!("edgefleet_agent_inference_batch_rows", &labels),
+            in_flight: gauge!("edgefleet_agent_inference_in_flight_requests", &labels),
         }
     }
 }
@@ -154,13 +155,7 @@ impl Repository {
             let engine = engine::load(&src.path, &backend)?;
             let metrics = ModelMetrics::new(&src.name, &src.version);
             let pool = WorkerPool::start(&src.name, engine.clone(), &src.pool, metrics.batch_rows.clone())?;
-            Ok(ServedModel {
-                metrics,
-                name: src.name,
-                version: src.version,
-                engine,
-                pool,
-            })
+            Ok(ServedModel { metrics, name: src.name, version: src.version, engine, pool })
         })
         .await
         .unwrap_or_else(|e| Err(EngineError::Run(format!("model loader panicked: {e}"))));

@@ -87,7 +87,10 @@ pub async fn run(
         Ok(Ok(Ok(()))) => tracing::info!("All connections drained."),
         Ok(Ok(Err(e))) => return Err(ServeError::Http(e)),
         Ok(Err(join)) => tracing::error!(error = %join, "HTTP server task failed."),
-        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "Requests still running after the grace period; stopping anyway."),
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "Requests still running after the grace period; stopping anyway."
+        ),
     }
     stop_models(&repository).await;
     load_result

@@ -231,10 +231,7 @@ impl Tensor {
         macro_rules! arm {
             ($variant:ident, $t:ty, $dt:ident) => {
                 if datatype == Datatype::$dt {
-                    let data = bytes
-                        .chunks_exact(size)
-                        .map(<$t as BinaryElement>::from_le)
-                        .collect();
+                    let data = bytes.chunks_exact(size).map(<$t as BinaryElement>::from_le).collect();
                     return Ok(Tensor { shape, data: TensorData::$variant(data) });
                 }
             };

@@ -103,11 +103,12 @@ impl WorkerPool {
     ) -> Result<Self, EngineError> {
         let capacity = config.queue_capacity.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
-        let batching = config
-            .batching
-            .filter(|b| b.max_batch_size > 1 && engine.signature().has_dynamic_batch());
+        let batching = config.batching.filter(|b| b.max_batch_size > 1 && engine.signature().has_dynamic_batch());
         if config.batching.is_some() && batching.is_none() {
-            tracing::warn!(model = label, "Dynamic batching needs a dynamic first dimension on every input and output; running requests one by one.");
+            tracing::warn!(
+                model = label,
+                "Dynamic batching needs a dynamic first dimension on every input and output; running requests one by one."
+            );
         }
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -241,7 +242,11 @@ impl Worker {
         let started = Instant::now();
         self.batch_rows.record(rows_of(&job) as f64);
         let outputs = self.session.run(job.inputs);
-        let _ = job.reply.send(JobResult { outputs, queued: started.duration_since(job.enqueued), compute: started.elapsed() });
+        let _ = job.reply.send(JobResult {
+            outputs,
+            queued: started.duration_since(job.enqueued),
+            compute: started.elapsed(),
+        });
     }
 
     fn run_batch(&mut self, mut jobs: Vec<Job>) {

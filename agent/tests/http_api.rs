@@ -166,7 +166,13 @@ async fn every_fixture_answers_like_onnxruntime_over_json() {
     for r in references() {
         let mut request = r.request.clone();
         request["id"] = json!(format!("req-{}", r.name));
-        let response = agent.client.post(agent.url(&format!("/v2/models/{}/infer", r.name))).json(&request).send().await.expect("POST");
+        let response = agent
+            .client
+            .post(agent.url(&format!("/v2/models/{}/infer", r.name)))
+            .json(&request)
+            .send()
+            .await
+            .expect("POST");
         assert_eq!(response.status(), StatusCode::OK, "{}", r.name);
         assert_eq!(response.headers()[MODEL_VERSION_HEADER], "1");
         let body: Value = response.json().await.expect("JSON");
@@ -174,8 +180,18 @@ async fn every_fixture_answers_like_onnxruntime_over_json() {
         assert_eq!(body["model_name"], r.name.as_str());
         assert_eq!(body["model_version"], "1");
         for want in &r.outputs {
-            let got = body["outputs"].as_array().expect("outputs").iter().find(|o| o["name"] == want["name"]).expect("output present");
-            assert_close(&format!("{}/{}", r.name, want["name"]), &tensor_from_json(got), &tensor_from_json(want), r.tolerance);
+            let got = body["outputs"]
+                .as_array()
+                .expect("outputs")
+                .iter()
+                .find(|o| o["name"] == want["name"])
+                .expect("output present");
+            assert_close(
+                &format!("{}/{}", r.name, want["name"]),
+                &tensor_from_json(got),
+                &tensor_from_json(want),
+                r.tolerance,
+            );
         }
     }
     agent.stop().await;
@@ -190,7 +206,13 @@ async fn nested_data_versions_and_output_selection() {
     nested["inputs"][0]["data"] = json!([data[..16].to_vec(), data[16..].to_vec()]);
     assert_eq!(agent.infer("mlp", &nested).await.1, flat);
 
-    let r = agent.client.post(agent.url("/v2/models/mlp/versions/1/infer")).json(&mlp_request(2)).send().await.expect("POST");
+    let r = agent
+        .client
+        .post(agent.url("/v2/models/mlp/versions/1/infer"))
+        .json(&mlp_request(2))
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.expect("json"), flat);
 
@@ -210,7 +232,8 @@ async fn nested_data_versions_and_output_selection() {
 /// Splits a binary-extension response into its JSON header and binary part.
 async fn split_binary_response(r: reqwest::Response) -> (Value, Vec<u8>) {
     assert_eq!(r.status(), StatusCode::OK);
-    let json_len: usize = r.headers()[INFERENCE_HEADER_CONTENT_LENGTH].to_str().expect("ascii").parse().expect("number");
+    let json_len: usize =
+        r.headers()[INFERENCE_HEADER_CONTENT_LENGTH].to_str().expect("ascii").parse().expect("number");
     let bytes = r.bytes().await.expect("body");
     let (head, bin) = bytes.split_at(json_len);
     (serde_json::from_slice(head).expect("JSON header"), bin.to_vec())
@@ -286,7 +309,13 @@ async fn unknown_model_and_version_are_404() {
     let agent = Agent::start(&["mlp"], |_| {}).await;
     let (status, body) = agent.infer("nope", &mlp_request(1)).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "unknown model \"nope\"");
-    let r = agent.client.post(agent.url("/v2/models/mlp/versions/7/infer")).json(&mlp_request(1)).send().await.expect("POST");
+    let r = agent
+        .client
+        .post(agent.url("/v2/models/mlp/versions/7/infer"))
+        .json(&mlp_request(1))
+        .send()
+        .await
+        .expect("POST");
     let status = r.status();
     assert_error(status, &r.json().await.expect("json"), StatusCode::NOT_FOUND, "no version \"7\"");
     let (status, body) = agent.get("/v2/models/mlp/versions/7").await;
@@ -358,7 +387,13 @@ async fn body_over_the_limit_is_413() {
     assert_error(status, &answer, StatusCode::PAYLOAD_TOO_LARGE, "limit of 4096 bytes");
     // Chunked bodies carry no Content-Length; the limit holds while reading them too.
     let chunks = futures_stream(serde_json::to_vec(&mlp_request(64)).expect("json"));
-    let r = agent.client.post(agent.url("/v2/models/mlp/infer")).body(reqwest::Body::wrap_stream(chunks)).send().await.expect("POST");
+    let r = agent
+        .client
+        .post(agent.url("/v2/models/mlp/infer"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("POST");
     let status = r.status();
     assert_error(status, &r.json().await.expect("json"), StatusCode::PAYLOAD_TOO_LARGE, "limit");
     agent.assert_still_serving().await;
@@ -375,7 +410,9 @@ async fn invalid_binary_header_length_is_400() {
     let agent = Agent::start(&["mlp"], |_| {}).await;
     let body = serde_json::to_vec(&mlp_request(1)).expect("json");
     let len = body.len();
-    for (value, needle) in [((len + 10).to_string(), "but the body has only"), ("twelve".to_string(), "must be a byte count")] {
+    for (value, needle) in
+        [((len + 10).to_string(), "but the body has only"), ("twelve".to_string(), "must be a byte count")]
+    {
         let r = agent.infer_raw("mlp", body.clone(), &[(INFERENCE_HEADER_CONTENT_LENGTH, value)]).await;
         let status = r.status();
         assert_error(status, &r.json().await.expect("json"), StatusCode::BAD_REQUEST, needle);
@@ -397,7 +434,8 @@ async fn full_queue_answers_503_and_recovers() {
     })
     .await;
     let rows = 64;
-    let body = json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32", "data": vec![0.5f32; rows * 256]}]});
+    let body =
+        json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32", "data": vec![0.5f32; rows * 256]}]});
     let calls = (0..12).map(|_| agent.infer("slow", &body));
     let results = futures::future::join_all(calls).await;
     let ok = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
@@ -444,7 +482,8 @@ async fn dynamic_batching_merges_requests_and_splits_results_correctly() {
             1e-6,
         );
     }
-    let metrics = batched.client.get(batched.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics =
+        batched.client.get(batched.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -458,6 +497,9 @@ async fn dynamic_batching_merges_requests_and_splits_results_correctly() {
     let rows = value("edgefleet_agent_inference_batch_rows_sum{model=\"mlp_batched\"");
     assert_eq!(rows, 17.0);
     assert!(runs < 8.0, "batching merged nothing: {runs} runs for 8 requests");
-    assert!(metrics.contains("edgefleet_agent_inference_requests_total{model=\"mlp_batched\",version=\"1\"} 8"), "{metrics}");
+    assert!(
+        metrics.contains("edgefleet_agent_inference_requests_total{model=\"mlp_batched\",version=\"1\"} 8"),
+        "{metrics}"
+    );
     batched.stop().await;
 }

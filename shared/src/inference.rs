@@ -121,10 +121,7 @@ impl FromStr for Datatype {
     type Err = UnknownDatatype;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Datatype::ALL
-            .into_iter()
-            .find(|d| d.as_str() == s)
-            .ok_or_else(|| UnknownDatatype(s.to_owned()))
+        Datatype::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| UnknownDatatype(s.to_owned()))
     }
 }
 

@@ -70,11 +70,7 @@ impl TensorSpec {
         TensorMetadata {
             name: self.name.clone(),
             datatype: self.datatype,
-            shape: self
-                .shape
-                .iter()
-                .map(|d| d.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)))
-                .collect(),
+            shape: self.shape.iter().map(|d| d.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))).collect(),
         }
     }
 
@@ -108,10 +104,7 @@ impl Signature {
 
     /// Zero-filled inputs of batch 1, for warm-up.
     pub fn warmup_inputs(&self) -> Result<Vec<Tensor>, EngineError> {
-        self.inputs
-            .iter()
-            .map(|spec| Ok(Tensor::zeros(spec.datatype, spec.warmup_shape())?))
-            .collect()
+        self.inputs.iter().map(|spec| Ok(Tensor::zeros(spec.datatype, spec.warmup_shape())?)).collect()
     }
 }
 
@@ -198,9 +191,7 @@ pub fn load(path: &Path, config: &BackendConfig) -> Result<Arc<dyn Engine>, Engi
     match config.kind {
         BackendKind::Tract => load_tract(path),
         BackendKind::Ort => load_ort(path, &config.ort),
-        BackendKind::Auto if !cfg!(feature = "tract") || auto_prefers_ort(&config.ort) => {
-            load_ort(path, &config.ort)
-        }
+        BackendKind::Auto if !cfg!(feature = "tract") || auto_prefers_ort(&config.ort) => load_ort(path, &config.ort),
         BackendKind::Auto => load_tract(path),
     }
 }

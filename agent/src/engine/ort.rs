@@ -28,15 +28,14 @@ fn unavailable(reason: impl Into<String>) -> EngineError {
 /// The process-wide ONNX Runtime environment, loaded on first use.
 fn environment(config: &OrtConfig) -> Result<&'static Environment, EngineError> {
     let loaded = ENVIRONMENT.get_or_init(|| {
-        let path = config
-            .library_path
-            .clone()
-            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-            .ok_or_else(|| {
-                "no ONNX Runtime library: set ort.library_path or ORT_DYLIB_PATH \
+        let path =
+            config.library_path.clone().or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)).ok_or_else(
+                || {
+                    "no ONNX Runtime library: set ort.library_path or ORT_DYLIB_PATH \
                  (agent/scripts/fetch-onnxruntime.sh fetches one)"
-                    .to_owned()
-            })?;
+                        .to_owned()
+                },
+            )?;
         let env = ort::init_from(&path)
             .map_err(|e| format!("cannot load {}: {e}", path.display()))?
             .with_name("edgefleet-agent")
@@ -102,12 +101,7 @@ impl OrtEngine {
     }
 }
 
-fn open(
-    env: &Environment,
-    path: &Path,
-    config: &OrtConfig,
-    try_cuda: bool,
-) -> Result<(OrtSession, bool), EngineError> {
+fn open(env: &Environment, path: &Path, config: &OrtConfig, try_cuda: bool) -> Result<(OrtSession, bool), EngineError> {
     let load_err = |e: String| EngineError::Load { path: path.to_owned(), message: e };
     let mut builder: SessionBuilder = OrtSession::builder(env)
         .map_err(|e| load_err(e.to_string()))?
@@ -155,9 +149,8 @@ impl Session for OrtWorkerSession {
             .outputs
             .iter()
             .map(|spec| {
-                let value = outputs
-                    .get(&spec.name)
-                    .ok_or_else(|| EngineError::Run(format!("output {} missing", spec.name)))?;
+                let value =
+                    outputs.get(&spec.name).ok_or_else(|| EngineError::Run(format!("output {} missing", spec.name)))?;
                 from_ort(value, spec)
             })
             .collect()

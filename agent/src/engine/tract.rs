@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use edgefleet_shared::inference::Datatype;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::internal::DimLike;
 use tract_onnx::tract_hir::infer::{Factoid as _, InferenceFact};
+use tract_onnx::tract_hir::internal::DimLike;
 
 use super::{Engine, EngineError, Session, Signature, TensorSpec};
 use crate::tensor::{Tensor as AgentTensor, TensorData, for_each_element};
@@ -130,11 +130,7 @@ impl Session for TractSession {
         };
         let values = inputs.into_iter().map(to_tract).collect::<Result<TVec<_>, _>>()?;
         let outputs = self.states[pos].run(values).map_err(run_err)?;
-        outputs
-            .into_iter()
-            .zip(&self.engine.signature.outputs)
-            .map(|(value, spec)| from_tract(&value, spec))
-            .collect()
+        outputs.into_iter().zip(&self.engine.signature.outputs).map(|(value, spec)| from_tract(&value, spec)).collect()
     }
 }
 
@@ -175,8 +171,8 @@ fn to_tract(t: AgentTensor) -> Result<TValue, EngineError> {
     macro_rules! arm {
         ($variant:ident, $rt:ty, $dt:ident) => {
             if let TensorData::$variant(v) = data {
-                let array = tract_ndarray::ArrayD::from_shape_vec(shape, v)
-                    .map_err(|e| EngineError::Run(e.to_string()))?;
+                let array =
+                    tract_ndarray::ArrayD::from_shape_vec(shape, v).map_err(|e| EngineError::Run(e.to_string()))?;
                 return Ok(Tensor::from(array).into_tvalue());
             }
         };
@@ -207,6 +203,9 @@ fn from_tract(value: &TValue, spec: &TensorSpec) -> Result<AgentTensor, EngineEr
 
 // === signature ===
 
+/// Name, element type and dimensions of a graph input or output, where known.
+type DeclaredFact = (String, Option<DatumType>, Option<Vec<Option<usize>>>);
+
 /// Reads inputs and outputs from the typed graph when it types with symbolic shapes, else from
 /// the facts the ONNX file declares (models such as Magika only type once shapes are concrete).
 fn signature(model: &InferenceModel) -> TractResult<Result<Signature, EngineError>> {
@@ -214,7 +213,7 @@ fn signature(model: &InferenceModel) -> TractResult<Result<Signature, EngineErro
     let outputs = model.output_outlets()?.to_vec();
     let input_name = |o: OutletId| model.node(o.node).name.clone();
     let output_name = |o: OutletId| model.outlet_label(o).map(str::to_owned).unwrap_or_else(|| input_name(o));
-    let facts: Vec<(String, Option<DatumType>, Option<Vec<Option<usize>>>)> = match model.clone().into_typed() {
+    let facts: Vec<DeclaredFact> = match model.clone().into_typed() {
         Ok(typed) => {
             let fact = |f: &TypedFact| (Some(f.datum_type), Some(f.shape.iter().map(|d| d.to_usize().ok()).collect()));
             let mut v = Vec::new();

@@ -21,7 +21,12 @@ use crate::repository::ServedModel;
 use crate::tensor::{JsonData, Tensor};
 use crate::worker::{Job, SubmitError};
 
-pub(super) async fn infer(State(state): State<AppState>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn infer(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     run(state, model, None, headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -42,6 +47,7 @@ async fn run(
     body: Body,
 ) -> Result<Response, ApiError> {
     let model = resolve(&state, &name, version.as_deref())?;
+    let _in_flight = InFlight::enter(&model);
     let bytes = read_body(&headers, body, state.max_body_bytes).await?;
     let started = Instant::now();
     let decoded = decode(&headers, &bytes, model.engine.signature());
@@ -58,7 +64,9 @@ async fn run(
     if let Err(e) = model.pool.try_submit(job) {
         model.metrics.queue_full.increment(1);
         return Err(match e {
-            SubmitError::Full { .. } => ApiError::unavailable(format!("model {name:?} is overloaded: {e}; retry later")),
+            SubmitError::Full { .. } => {
+                ApiError::unavailable(format!("model {name:?} is overloaded: {e}; retry later"))
+            }
             SubmitError::Closed => ApiError::unavailable(format!("model {name:?} is shutting down")),
         });
     }
@@ -75,11 +83,25 @@ async fn run(
     Ok(response)
 }
 
+/// Counts a request in `in_flight` for as long as it lives, however the handler exits.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter(model: &ServedModel) -> Self {
+        model.metrics.in_flight.increment(1.0);
+        InFlight(model.metrics.in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }
@@ -182,7 +204,11 @@ fn split_binary<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'
     Ok(body.split_at(len))
 }
 
-fn decode_input(input: &RequestInput, spec: &crate::engine::TensorSpec, binary: &mut &[u8]) -> Result<Tensor, ApiError> {
+fn decode_input(
+    input: &RequestInput,
+    spec: &crate::engine::TensorSpec,
+    binary: &mut &[u8],
+) -> Result<Tensor, ApiError> {
     let name = &input.name;
     let datatype: Datatype =
         input.datatype.parse().map_err(|e| ApiError::bad_request(format!("input {name:?}: {e}")))?;
@@ -192,12 +218,10 @@ fn decode_input(input: &RequestInput, spec: &crate::engine::TensorSpec, binary: 
             spec.datatype
         )));
     }
-    let shape: Vec<usize> = input
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<_, _>>()
-        .map_err(|_| ApiError::bad_request(format!("input {name:?}: shape {:?} has a negative dimension", input.shape)))?;
+    let shape: Vec<usize> =
+        input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().map_err(|_| {
+            ApiError::bad_request(format!("input {name:?}: shape {:?} has a negative dimension", input.shape))
+        })?;
     if !spec.accepts(&shape) {
         return Err(ApiError::unprocessable(format!(
             "input {name:?}: shape mismatch: expected {:?}, got {:?}",
@@ -265,7 +289,12 @@ struct BinaryParams {
     binary_data_size: usize,
 }
 
-fn encode(model: &ServedModel, request: &InferRequest, choice: &[OutputChoice], tensors: &[Tensor]) -> Result<Response, ApiError> {
+fn encode(
+    model: &ServedModel,
+    request: &InferRequest,
+    choice: &[OutputChoice],
+    tensors: &[Tensor],
+) -> Result<Response, ApiError> {
     let sig = model.engine.signature();
     let mut binary = Vec::new();
     let mut outputs = Vec::with_capacity(choice.len());
@@ -286,8 +315,10 @@ fn encode(model: &ServedModel, request: &InferRequest, choice: &[OutputChoice], 
             data,
         });
     }
-    let body = ResponseBody { model_name: &model.name, model_version: &model.version, id: request.id.as_deref(), outputs };
-    let mut bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("cannot encode response: {e}")))?;
+    let body =
+        ResponseBody { model_name: &model.name, model_version: &model.version, id: request.id.as_deref(), outputs };
+    let mut bytes =
+        serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("cannot encode response: {e}")))?;
     let version = HeaderValue::from_str(&model.version).unwrap_or(HeaderValue::from_static("unknown"));
     if binary.is_empty() {
         return Ok((

@@ -115,7 +115,10 @@ fn metadata(model: &Arc<ServedModel>) -> ModelMetadata {
     }
 }
 
-async fn model_metadata(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<ModelMetadata>, ApiError> {
+async fn model_metadata(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<ModelMetadata>, ApiError> {
     Ok(Json(metadata(&resolve(&state, &model, None)?)))
 }
 

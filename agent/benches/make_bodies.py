@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Writes the request bodies the serving benchmark sends: the first row of each committed
+reference input, as KServe JSON and as a binary-extension body (prints its JSON length)."""
+
+import json
+import pathlib
+import struct
+import sys
+
+testdata = pathlib.Path(sys.argv[1])
+out = pathlib.Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+for model in ["mlp", "magika"]:
+    ref = json.loads((testdata / f"{model}.reference.json").read_text())
+    inp = ref["request"]["inputs"][0]
+    row = 1
+    for d in inp["shape"][1:]:
+        row *= d
+    data = inp["data"][:row]
+    shape = [1] + inp["shape"][1:]
+    body = {"inputs": [{"name": inp["name"], "shape": shape, "datatype": inp["datatype"], "data": data}]}
+    (out / f"{model}.json").write_text(json.dumps(body))
+    fmt = {"FP32": "<%df", "INT32": "<%di"}[inp["datatype"]] % len(data)
+    raw = struct.pack(fmt, *data)
+    head = {
+        "inputs": [{"name": inp["name"], "shape": shape, "datatype": inp["datatype"], "parameters": {"binary_data_size": len(raw)}}],
+        "parameters": {"binary_data_output": True},
+    }
+    head_bytes = json.dumps(head).encode()
+    (out / f"{model}.bin").write_bytes(head_bytes + raw)
+    (out / f"{model}.bin.len").write_text(str(len(head_bytes)))

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Serving benchmark (BENCHMARKS.md §1-2): raw engine vs the agent over HTTP vs the Python peer,
+# on the tiny MLP and on Magika, measured side by side in one run.
+#
+# Needs: wrk (apt-get install wrk), python3 with the fixture requirements plus fastapi and
+# uvicorn (see tests/fixtures/requirements.txt; the script makes .venv-bench if absent).
+# Usage: agent/benches/serving.sh [DURATION_SECS]   (default 10 per load point)
+set -euo pipefail
+
+secs="${1:-10}"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+venv="$root/.venv-bench"
+if [[ ! -x "$venv/bin/python" ]]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r tests/fixtures/requirements.txt fastapi==0.165.0 uvicorn==0.54.0
+fi
+ort_lib="$(agent/scripts/fetch-onnxruntime.sh)"
+
+echo "== build (release, tract-only agent; engine bench with ort)"
+cargo build --release -q -p edgefleet-agent
+agent_bin="target/release/edgefleet-agent"
+echo "binary bytes=$(stat -c %s "$agent_bin") (stripped, default features: tract only)"
+
+echo "== raw engine, in-process, batch 1, one thread"
+ORT_DYLIB_PATH="$ort_lib" cargo bench -q -p edgefleet-agent --features ort --bench engine 2>/dev/null | grep '^engine'
+
+"$venv/bin/python" agent/benches/make_bodies.py tests/testdata "$work"
+
+wait_line() { # file pattern
+  for _ in $(seq 1 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for $2 in $1" >&2; cat "$1" >&2; return 1
+}
+wait_ready() { # url
+  for _ in $(seq 1 600); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for $1" >&2; return 1
+}
+load() { # label url body-file threads conns [headers]
+  local out
+  out="$(WRK_BODY="$3" WRK_HEADERS="${6:-}" wrk -t"$4" -c"$5" -d"${secs}s" --latency -s agent/benches/post.lua "$2")"
+  local p50 p99 rps non2xx errors
+  p50="$(awk '/^ +50%/{print $2}' <<<"$out")"
+  p99="$(awk '/^ +99%/{print $2}' <<<"$out")"
+  rps="$(awk '/^Requests\/sec/{print $2}' <<<"$out")"
+  non2xx="$(awk '/Non-2xx/{print $NF}' <<<"$out")"
+  errors="$(awk '/Socket errors/{print $0}' <<<"$out")"
+  printf 'http %-28s c=%-3s p50=%-9s p99=%-9s req/s=%-10s non2xx=%s %s\n' "$1" "$5" "$p50" "$p99" "$rps" "${non2xx:-0}" "$errors"
+}
+
+echo "== agent over HTTP (loopback, keep-alive, wrk)"
+"$agent_bin" serve --listen 127.0.0.1:0 --backend tract --workers 1 \
+  --model mlp=tests/testdata/mlp.onnx --model magika=tests/testdata/magika.onnx >"$work/agent.out" 2>"$work/agent.err" &
+pids+=($!)
+agent_pid=$!
+wait_line "$work/agent.out" "listening on"
+agent="$(sed -n 's/^edgefleet-agent listening on //p' "$work/agent.out")"
+wait_ready "$agent/v2/models/magika/ready"
+echo "agent idle rss_kib=$(awk '/VmRSS/{print $2}' /proc/$agent_pid/status) (mlp and magika loaded)"
+load "agent mlp json" "$agent/v2/models/mlp/infer" "$work/mlp.json" 1 1
+load "agent mlp binary" "$agent/v2/models/mlp/infer" "$work/mlp.bin" 1 1 "Inference-Header-Content-Length: $(cat "$work/mlp.bin.len")"
+load "agent mlp json" "$agent/v2/models/mlp/infer" "$work/mlp.json" 2 8
+load "agent mlp binary" "$agent/v2/models/mlp/infer" "$work/mlp.bin" 2 8 "Inference-Header-Content-Length: $(cat "$work/mlp.bin.len")"
+load "agent mlp json" "$agent/v2/models/mlp/infer" "$work/mlp.json" 2 32
+load "agent magika json" "$agent/v2/models/magika/infer" "$work/magika.json" 1 1
+load "agent magika binary" "$agent/v2/models/magika/infer" "$work/magika.bin" 1 1 "Inference-Header-Content-Length: $(cat "$work/magika.bin.len")"
+load "agent magika json" "$agent/v2/models/magika/infer" "$work/magika.json" 2 8
+echo "agent loaded rss_kib=$(awk '/VmRSS/{print $2}' /proc/$agent_pid/status) (after the load points)"
+kill "$agent_pid"
+
+echo "== Python peer: onnxruntime + FastAPI/uvicorn (same wrk, same bodies)"
+for model in mlp magika; do
+  port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$venv/bin/python" agent/benches/python_peer.py "$model" "tests/testdata/$model.onnx" "$port" 2>"$work/peer.err" &
+  pids+=($!)
+  peer_pid=$!
+  wait_ready "http://127.0.0.1:$port/v2/health/ready"
+  load "python $model json" "http://127.0.0.1:$port/v2/models/$model/infer" "$work/$model.json" 1 1
+  load "python $model json" "http://127.0.0.1:$port/v2/models/$model/infer" "$work/$model.json" 2 8
+  kill "$peer_pid"
+done

@@ -1,0 +1,131 @@
+//! Running the real binaries: spawn, find the port they bound, stop them.
+#![allow(dead_code, unreachable_pub, reason = "each test binary uses a different subset")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// `tests/testdata`.
+pub fn testdata() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata")
+}
+
+/// A workspace binary, built beside this test (`cargo nextest run --workspace` builds them).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run the workspace test command from the README (cargo nextest run --workspace ...)",
+        path.display()
+    );
+    path
+}
+
+/// Path of libonnxruntime.so for the ort backend.
+pub fn ort_library() -> PathBuf {
+    let path = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/onnxruntime/libonnxruntime.so"));
+    assert!(path.exists(), "{} missing: run agent/scripts/fetch-onnxruntime.sh", path.display());
+    path
+}
+
+/// A running `edgefleet-agent`, killed when dropped.
+pub struct AgentProcess {
+    pub child: Child,
+    pub base: String,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl AgentProcess {
+    /// Starts `edgefleet-agent serve --listen 127.0.0.1:0 ARGS` and waits for its address line.
+    pub fn serve(args: &[&str], env: &[(&str, &Path)]) -> AgentProcess {
+        let mut cmd = Command::new(binary("edgefleet-agent"));
+        cmd.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let (addr_tx, addr_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("edgefleet-agent listening on ") {
+                    let _ = addr_tx.send(url.to_owned());
+                }
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let base = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            let log: Vec<String> = err_rx.try_iter().collect();
+            panic!("agent did not report its address; stderr:\n{}", log.join("\n"))
+        });
+        AgentProcess { child, base, stderr: err_rx }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Polls `/v2/repository/index` until every model is READY.
+    pub async fn wait_ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = client.get(self.url("/v2/repository/index")).send().await
+                && let Ok(index) = r.json::<serde_json::Value>().await
+                && let Some(entries) = index.as_array()
+                && !entries.is_empty()
+                && entries.iter().all(|e| e["state"] == "READY")
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent not ready in time");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for exit with a deadline.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "agent did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads one metric value from Prometheus text.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
