@@ -25,6 +25,53 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the default configuration file, with every option documented.
     PrintDefaultConfig,
+    /// Check a signed deployment document offline, as a device would (exit 0 verified,
+    /// 1 refused, 66 unreadable input).
+    Verify(VerifyArgs),
+}
+
+/// `verify` options.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Trust file with the controller keys the device trusts.
+    #[arg(long)]
+    pub trust: PathBuf,
+    /// The device's id.
+    #[arg(long)]
+    pub device_id: String,
+    /// Last sequence the device accepted (replay and rollback checks).
+    #[arg(long)]
+    pub last_sequence: Option<u64>,
+    /// The document, exactly as signed.
+    #[arg(long)]
+    pub document: PathBuf,
+    /// The detached signature (JSON with key_id and signature).
+    #[arg(long)]
+    pub signature: PathBuf,
+    /// Also verify the artifacts in this directory (NAME.zst as transferred, or NAME).
+    #[arg(long)]
+    pub artifacts: Option<PathBuf>,
+    /// Check expiry at this time (unix seconds) instead of now.
+    #[arg(long)]
+    pub now: Option<u64>,
+}
+
+impl VerifyArgs {
+    /// The request for [`crate::inspect::verify`].
+    pub fn into_request(self) -> crate::inspect::VerifyRequest {
+        let now = self.now.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        });
+        crate::inspect::VerifyRequest {
+            trust: self.trust,
+            device_id: self.device_id,
+            last_sequence: self.last_sequence,
+            document: self.document,
+            signature: self.signature,
+            artifacts: self.artifacts,
+            now,
+        }
+    }
 }
 
 /// `serve` options; flags override the config file.

@@ -10,6 +10,7 @@
 //! - [`config`]: the typed TOML configuration and its shipped defaults.
 //! - [`engine`]: the backend trait and its tract and ONNX Runtime implementations.
 //! - [`http`]: the KServe v2 routes, request decoding and response encoding.
+//! - [`inspect`]: offline verification of deployment documents (`verify`).
 //! - [`observability`]: logging set-up and the Prometheus recorder.
 //! - [`repository`]: the served models and their load/ready state.
 //! - [`serve`]: standalone mode: bind, load, serve, drain.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod inspect;
 pub mod observability;
 pub mod repository;
 pub mod serve;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
+        Command::Verify(args) => verify(args),
         Command::Serve(args) => {
             let config = match args.into_config() {
                 Ok(c) => c,
@@ -36,6 +37,33 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn verify(args: edgefleet_agent::cli::VerifyArgs) -> ExitCode {
+    match edgefleet_agent::inspect::verify(&args.into_request()) {
+        Ok(v) => {
+            let d = &v.document;
+            println!(
+                "verified: {} version {}, sequence {}, for {}, signed by key {}, expires {}",
+                d.model.name,
+                d.model.version,
+                d.sequence,
+                d.devices.join(", "),
+                d.key_id,
+                edgefleet_agent::inspect::rfc3339(d.expires_at)
+            );
+            for a in &v.artifacts {
+                let how = if a.compressed { "compressed transfer and content" } else { "content" };
+                println!("artifact {}: ok ({how}, {})", a.name, a.file.display());
+            }
+            println!("{}", serde_json::to_string_pretty(d).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edgefleet-agent: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -1,11 +1,30 @@
 //! The contract between the edgefleet agent and the controller.
 //!
 //! Both binaries depend on this crate and never on each other, so every byte that crosses
-//! between them (or between the agent and the apps that call it) is described once, here.
+//! between them (or between the agent and the apps that call it) is described once, here,
+//! together with the code that signs and verifies it. File formats are documented in
+//! `shared/FORMATS.md`.
 //!
 //! # Layout
-//! - [`inference`]: the KServe v2 / Open Inference Protocol wire types the agent serves and
-//!   clients (the CLI, the demo, tests) send, with the datatype table and protocol headers.
+//! - [`inference`]: the KServe v2 / Open Inference Protocol wire types.
+//! - [`bundle`]: the bundle manifest (`bundle.json`): schema, lineage, baseline, self-test.
+//! - [`profile`]: baseline profiles (quantile bins, moments, reservoir sample).
+//! - [`dataset`]: reference data from CSV or `.npy`.
+//! - [`deployment`]: the signed deployment document.
+//! - [`signature`]: detached signatures and the signed envelope.
+//! - [`keys`]: Ed25519 keys, key ids, the `Signer` trait, 0600 key files.
+//! - [`trust`]: the trust store and key rotation.
+//! - [`verify`]: the verifier (attack classes) and streaming artifact checks.
+//! - [`compress`]: zstd and the capped decoder.
 #![deny(missing_docs)]
 
+pub mod bundle;
+pub mod compress;
+pub mod dataset;
+pub mod deployment;
 pub mod inference;
+pub mod keys;
+pub mod profile;
+pub mod signature;
+pub mod trust;
+pub mod verify;

@@ -1,0 +1,133 @@
+//! The bundle manifest (`bundle.json`): everything a device needs to know about a model version
+//! besides the model bytes — schema, lineage, baseline profile, golden self-test.
+//!
+//! The manifest is itself an artifact of the version, so the signed deployment document pins
+//! its digest like the model's.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::inference::{Datatype, TensorMetadata};
+use crate::profile::BaselineProfile;
+use crate::verify::{VerifyError, check_name};
+
+/// `kind` of a bundle manifest.
+pub const BUNDLE_KIND: &str = "edgefleet.bundle/v1";
+/// File name of the manifest among a version's artifacts.
+pub const BUNDLE_FILE: &str = "bundle.json";
+/// File name of the model among a version's artifacts.
+pub const MODEL_FILE: &str = "model.onnx";
+
+/// Where a version came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lineage {
+    /// Version this one was derived from.
+    pub parent_version: Option<u64>,
+    /// SHA-256 (hex) of the training dataset (e.g. a retraining snapshot's).
+    pub dataset_sha256: Option<String>,
+    /// Commit of the training code.
+    pub code_commit: Option<String>,
+    /// Training parameters.
+    pub params: BTreeMap<String, String>,
+    /// Evaluation metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Unix seconds when the version was registered.
+    pub created_at: u64,
+}
+
+/// One file of a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactEntry {
+    /// File name (a plain name, never a path).
+    pub name: String,
+    /// SHA-256 (hex) of the uncompressed bytes.
+    pub sha256: String,
+    /// Uncompressed size in bytes.
+    pub size: u64,
+}
+
+/// A named tensor with flat data, for golden inputs and outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenTensor {
+    /// Input or output name.
+    pub name: String,
+    /// Element type.
+    pub datatype: Datatype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Row-major elements as JSON numbers or booleans.
+    pub data: Vec<serde_json::Value>,
+}
+
+/// One golden case: inputs and the outputs the registry computed for them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTestCase {
+    /// Inputs, one per model input.
+    pub inputs: Vec<GoldenTensor>,
+    /// Expected outputs, one per model output.
+    pub outputs: Vec<GoldenTensor>,
+}
+
+/// The golden self-test a device runs before switching to a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTest {
+    /// Allowed absolute difference (plus the same relative to the expected value) per element.
+    pub tolerance: f64,
+    /// Cases.
+    pub cases: Vec<SelfTestCase>,
+}
+
+/// `bundle.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleManifest {
+    /// Always [`BUNDLE_KIND`].
+    pub kind: String,
+    /// Model name.
+    pub name: String,
+    /// Version, increasing per model.
+    pub version: u64,
+    /// Model inputs.
+    pub inputs: Vec<TensorMetadata>,
+    /// Model outputs.
+    pub outputs: Vec<TensorMetadata>,
+    /// Free-form preprocessing notes for app developers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<String>,
+    /// Where it came from.
+    pub lineage: Lineage,
+    /// The model files (the manifest does not list itself).
+    pub artifacts: Vec<ArtifactEntry>,
+    /// Training-data profile, when reference data was given.
+    pub baseline: Option<BaselineProfile>,
+    /// Golden self-test.
+    pub self_test: SelfTest,
+}
+
+impl BundleManifest {
+    /// Parses and checks a manifest.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, VerifyError> {
+        let m: BundleManifest =
+            serde_json::from_slice(bytes).map_err(|e| VerifyError::Malformed(format!("bundle.json: {e}")))?;
+        if m.kind != BUNDLE_KIND {
+            return Err(VerifyError::Malformed(format!("bundle kind {:?} is not {BUNDLE_KIND}", m.kind)));
+        }
+        for a in &m.artifacts {
+            check_name(&a.name)?;
+        }
+        Ok(m)
+    }
+
+    /// Deterministic pretty JSON bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}

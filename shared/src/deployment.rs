@@ -1,0 +1,80 @@
+//! The deployment document: what the controller tells one device (or a group) to run.
+//!
+//! It names the model version and every artifact's digests and exact sizes, the devices it is
+//! for, a sequence number that only increases, and an expiry. The controller signs its exact
+//! bytes; devices verify those bytes before parsing them ([`crate::verify`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::Signer;
+use crate::signature::DocumentSignature;
+
+/// `kind` of a deployment document.
+pub const DEPLOYMENT_KIND: &str = "edgefleet.deployment/v1";
+
+/// One file of the model version, as the device will fetch it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployedArtifact {
+    /// File name inside the version (`model.onnx`, `bundle.json`); a plain name, never a path.
+    pub name: String,
+    /// SHA-256 (hex) of the uncompressed bytes: the content address.
+    pub sha256: String,
+    /// Exact uncompressed size in bytes.
+    pub size: u64,
+    /// SHA-256 (hex) of the zstd-compressed bytes as transferred.
+    pub compressed_sha256: String,
+    /// Exact compressed size in bytes.
+    pub compressed_size: u64,
+}
+
+/// Model name and version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    /// Model name.
+    pub name: String,
+    /// Version number.
+    pub version: u64,
+}
+
+/// The signed instruction to run a model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentDocument {
+    /// Always [`DEPLOYMENT_KIND`].
+    pub kind: String,
+    /// Id of the key that signs this document (must equal the signature's).
+    pub key_id: String,
+    /// Per-device counter; a device accepts only a sequence above the last it accepted.
+    pub sequence: u64,
+    /// Unix seconds when issued.
+    pub issued_at: u64,
+    /// Unix seconds after which the device refuses it (freeze protection).
+    pub expires_at: u64,
+    /// Device ids this document is for.
+    pub devices: Vec<String>,
+    /// The model version to run.
+    pub model: ModelRef,
+    /// Every file of that version.
+    pub artifacts: Vec<DeployedArtifact>,
+}
+
+impl DeploymentDocument {
+    /// Serialises to the bytes that get signed (compact JSON).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Serialises and signs.
+    pub fn sign(&self, signer: &dyn Signer) -> (Vec<u8>, DocumentSignature) {
+        let bytes = self.to_bytes();
+        let sig = DocumentSignature::sign(&bytes, signer);
+        (bytes, sig)
+    }
+
+    /// The artifact with this name.
+    pub fn artifact(&self, name: &str) -> Option<&DeployedArtifact> {
+        self.artifacts.iter().find(|a| a.name == name)
+    }
+}

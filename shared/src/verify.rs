@@ -1,0 +1,397 @@
+//! The device-side verifier: one function decides whether a deployment document may be acted
+//! on, and streaming checks decide whether an artifact is the one it names.
+//!
+//! Order matters. The signature is checked over the exact bytes **before** anything is parsed,
+//! so a forged document never reaches the JSON parser; then, in order: the key id the document
+//! claims, the device, the sequence (replay and rollback), the expiry (freeze), and the
+//! artifact names (path traversal). Each refusal is a [`VerifyError`] naming its attack class.
+
+use std::io::{Read, Write};
+
+use sha2::{Digest, Sha256};
+
+use crate::compress::{DecompressError, decompress_capped};
+use crate::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument};
+use crate::signature::DocumentSignature;
+use crate::trust::TrustStore;
+
+/// Why a document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The signature does not match the bytes under the named key (tampering, or a key that
+    /// merely claims a trusted id).
+    #[error("bad signature: the document was not signed by trusted key {key_id} (tampered or forged)")]
+    BadSignature {
+        /// The key id the signature named.
+        key_id: String,
+    },
+    /// The signature names a key the device does not trust.
+    #[error("unknown key {key_id}: not in the trust store")]
+    UnknownKey {
+        /// The key id the signature named.
+        key_id: String,
+    },
+    /// The document is for other devices.
+    #[error("wrong device: the document is for {devices:?}, this device is {device_id:?}")]
+    WrongDevice {
+        /// This device.
+        device_id: String,
+        /// Devices the document names.
+        devices: Vec<String>,
+    },
+    /// The same sequence was already accepted (a replay).
+    #[error("replayed document: sequence {sequence} was already accepted")]
+    Replayed {
+        /// The document's sequence.
+        sequence: u64,
+    },
+    /// The sequence is older than the last accepted one (a rollback attack).
+    #[error("older sequence: {sequence} is below the last accepted {last} (rollback attempt)")]
+    OlderSequence {
+        /// The document's sequence.
+        sequence: u64,
+        /// Last accepted sequence.
+        last: u64,
+    },
+    /// The document expired (a freeze attack, or a controller that stopped refreshing).
+    #[error("expired document: expired at {expires_at}, now {now} (unix seconds)")]
+    Expired {
+        /// Expiry.
+        expires_at: u64,
+        /// Device time.
+        now: u64,
+    },
+    /// An artifact name could escape the download directory.
+    #[error("unsafe artifact name {name:?}: {reason}")]
+    UnsafeName {
+        /// The name.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The bytes are signed but are not a valid document.
+    #[error("malformed document: {0}")]
+    Malformed(String),
+}
+
+impl VerifyError {
+    /// A short stable name of the attack class, for logs, metrics and status reports.
+    pub fn class(&self) -> &'static str {
+        match self {
+            VerifyError::BadSignature { .. } => "bad_signature",
+            VerifyError::UnknownKey { .. } => "unknown_key",
+            VerifyError::WrongDevice { .. } => "wrong_device",
+            VerifyError::Replayed { .. } => "replayed",
+            VerifyError::OlderSequence { .. } => "older_sequence",
+            VerifyError::Expired { .. } => "expired",
+            VerifyError::UnsafeName { .. } => "unsafe_name",
+            VerifyError::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// Verifies a deployment document for this device.
+///
+/// `last_sequence` is the highest sequence this device accepted before (`None` for a fresh
+/// device); `now` is the device's clock in unix seconds.
+pub fn verify_deployment(
+    document: &[u8],
+    signature: &DocumentSignature,
+    trust: &TrustStore,
+    device_id: &str,
+    last_sequence: Option<u64>,
+    now: u64,
+) -> Result<DeploymentDocument, VerifyError> {
+    trust.check(document, signature)?;
+    let doc: DeploymentDocument =
+        serde_json::from_slice(document).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    if doc.kind != DEPLOYMENT_KIND {
+        return Err(VerifyError::Malformed(format!("kind {:?} is not {DEPLOYMENT_KIND}", doc.kind)));
+    }
+    if doc.key_id != signature.key_id {
+        // Signed, but by a different key than the document says: refuse rather than guess.
+        return Err(VerifyError::Malformed(format!(
+            "document names key {} but was signed by {}",
+            doc.key_id, signature.key_id
+        )));
+    }
+    if !doc.devices.iter().any(|d| d == device_id) {
+        return Err(VerifyError::WrongDevice { device_id: device_id.into(), devices: doc.devices.clone() });
+    }
+    match last_sequence {
+        Some(last) if doc.sequence == last => return Err(VerifyError::Replayed { sequence: doc.sequence }),
+        Some(last) if doc.sequence < last => {
+            return Err(VerifyError::OlderSequence { sequence: doc.sequence, last });
+        }
+        _ => {}
+    }
+    if now >= doc.expires_at {
+        return Err(VerifyError::Expired { expires_at: doc.expires_at, now });
+    }
+    if doc.artifacts.is_empty() {
+        return Err(VerifyError::Malformed("no artifacts".into()));
+    }
+    for a in &doc.artifacts {
+        check_name(&a.name)?;
+        for (what, hex) in [("sha256", &a.sha256), ("compressed_sha256", &a.compressed_sha256)] {
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(VerifyError::Malformed(format!("artifact {}: {what} is not 64 hex digits", a.name)));
+            }
+        }
+    }
+    let mut names: Vec<&str> = doc.artifacts.iter().map(|a| a.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(VerifyError::Malformed("an artifact name appears twice".into()));
+    }
+    Ok(doc)
+}
+
+/// Refuses names that could leave the directory they are joined to: empty, `.`/`..`, path
+/// separators, NUL, drive prefixes, or anything but plain printable ASCII.
+pub fn check_name(name: &str) -> Result<(), VerifyError> {
+    let refuse = |reason| Err(VerifyError::UnsafeName { name: name.into(), reason });
+    if name.is_empty() || name.len() > 255 {
+        return refuse("must be 1 to 255 characters");
+    }
+    if name == "." || name == ".." {
+        return refuse("is a directory reference");
+    }
+    if name.contains('/') || name.contains('\\') {
+        return refuse("contains a path separator");
+    }
+    if name.contains(':') {
+        return refuse("contains ':' (drive or stream prefix)");
+    }
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return refuse("must be printable ASCII without spaces");
+    }
+    if name.starts_with('.') {
+        return refuse("must not start with '.'");
+    }
+    Ok(())
+}
+
+/// Why an artifact was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// More bytes arrived than the document declares (endless-data attack); reading stopped.
+    #[error("artifact {name}: more than the declared {declared} bytes arrived")]
+    TooLong {
+        /// Artifact.
+        name: String,
+        /// Declared size.
+        declared: u64,
+    },
+    /// Fewer bytes than declared.
+    #[error("artifact {name}: {got} bytes, declared {declared}")]
+    SizeMismatch {
+        /// Artifact.
+        name: String,
+        /// Declared size.
+        declared: u64,
+        /// Bytes received.
+        got: u64,
+    },
+    /// The digest differs (tampering, or an artifact from another release).
+    #[error("artifact {name}: sha256 {got} does not match the declared {expected}")]
+    HashMismatch {
+        /// Artifact.
+        name: String,
+        /// Declared digest.
+        expected: String,
+        /// Digest of what arrived.
+        got: String,
+    },
+    /// Decompression would pass the declared uncompressed size (zip bomb).
+    #[error("artifact {name}: decompresses beyond the declared {declared} bytes")]
+    DecompressedTooLarge {
+        /// Artifact.
+        name: String,
+        /// Declared uncompressed size.
+        declared: u64,
+    },
+    /// The compressed stream is corrupt.
+    #[error("artifact {name}: {reason}")]
+    Corrupt {
+        /// Artifact.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Reading or writing failed.
+    #[error("artifact {name}: {source}")]
+    Io {
+        /// Artifact.
+        name: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl ArtifactError {
+    /// A short stable name of the failure class.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ArtifactError::TooLong { .. } => "too_long",
+            ArtifactError::SizeMismatch { .. } => "size_mismatch",
+            ArtifactError::HashMismatch { .. } => "hash_mismatch",
+            ArtifactError::DecompressedTooLarge { .. } => "decompression_bomb",
+            ArtifactError::Corrupt { .. } => "corrupt",
+            ArtifactError::Io { .. } => "io",
+        }
+    }
+}
+
+/// Streaming size + SHA-256 check: feed chunks as they arrive; refuses the first chunk that
+/// passes the declared size, so an endless stream costs at most one chunk.
+#[derive(Debug, Clone)]
+pub struct StreamVerifier {
+    name: String,
+    declared: u64,
+    expected: String,
+    seen: u64,
+    hasher: Sha256,
+}
+
+impl StreamVerifier {
+    /// Expects exactly `size` bytes hashing to `sha256` (hex).
+    pub fn new(name: &str, size: u64, sha256: &str) -> Self {
+        StreamVerifier {
+            name: name.into(),
+            declared: size,
+            expected: sha256.to_ascii_lowercase(),
+            seen: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Continues a check over bytes already received (a resumed download): feeds `prefix`.
+    pub fn resume(name: &str, size: u64, sha256: &str, prefix: impl Read) -> Result<Self, ArtifactError> {
+        let mut v = Self::new(name, size, sha256);
+        let mut reader = prefix;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf).map_err(|source| ArtifactError::Io { name: name.into(), source })?;
+            if n == 0 {
+                return Ok(v);
+            }
+            v.update(&buf[..n])?;
+        }
+    }
+
+    /// Bytes seen so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Feeds a chunk.
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), ArtifactError> {
+        self.seen += chunk.len() as u64;
+        if self.seen > self.declared {
+            return Err(ArtifactError::TooLong { name: self.name.clone(), declared: self.declared });
+        }
+        self.hasher.update(chunk);
+        Ok(())
+    }
+
+    /// Checks the total size and digest.
+    pub fn finish(self) -> Result<(), ArtifactError> {
+        if self.seen != self.declared {
+            return Err(ArtifactError::SizeMismatch { name: self.name, declared: self.declared, got: self.seen });
+        }
+        let got = hex::encode(self.hasher.finalize());
+        if got != self.expected {
+            return Err(ArtifactError::HashMismatch { name: self.name, expected: self.expected, got });
+        }
+        Ok(())
+    }
+}
+
+/// Verifies compressed artifact bytes (size and digest as transferred), decompresses them
+/// through the capped decoder into `out`, and verifies the uncompressed size and digest.
+pub fn verify_compressed_artifact(
+    artifact: &DeployedArtifact,
+    compressed: impl Read,
+    out: impl Write,
+) -> Result<(), ArtifactError> {
+    let mut transfer = StreamVerifier::new(&artifact.name, artifact.compressed_size, &artifact.compressed_sha256);
+    let mut content = StreamVerifier::new(&artifact.name, artifact.size, &artifact.sha256);
+    let checked_in = VerifyingReader { inner: compressed, verifier: &mut transfer, error: None };
+    let mut checked_out = VerifyingWriter { inner: out, verifier: &mut content };
+    let mut reader = checked_in;
+    let result = decompress_capped(&mut reader, artifact.size, &mut checked_out);
+    if let Some(e) = reader.error.take() {
+        return Err(e);
+    }
+    match result {
+        Ok(_) => {}
+        Err(DecompressError::TooLarge { .. }) => {
+            return Err(ArtifactError::DecompressedTooLarge { name: artifact.name.clone(), declared: artifact.size });
+        }
+        Err(DecompressError::Corrupt(e)) => {
+            return Err(ArtifactError::Corrupt { name: artifact.name.clone(), reason: e.to_string() });
+        }
+        Err(DecompressError::Write(source)) => return Err(ArtifactError::Io { name: artifact.name.clone(), source }),
+    }
+    // Drain what the decoder did not need, so trailing garbage counts against the transfer.
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .map_err(|source| ArtifactError::Io { name: artifact.name.clone(), source })?;
+    if let Some(e) = reader.error.take() {
+        return Err(e);
+    }
+    transfer.finish()?;
+    content.finish()
+}
+
+/// Verifies uncompressed artifact bytes (size and digest), stopping early on excess.
+pub fn verify_artifact(artifact: &DeployedArtifact, mut data: impl Read) -> Result<(), ArtifactError> {
+    let mut v = StreamVerifier::new(&artifact.name, artifact.size, &artifact.sha256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = data.read(&mut buf).map_err(|source| ArtifactError::Io { name: artifact.name.clone(), source })?;
+        if n == 0 {
+            return v.finish();
+        }
+        v.update(&buf[..n])?;
+    }
+}
+
+/// SHA-256 of bytes, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+struct VerifyingReader<'a, R> {
+    inner: R,
+    verifier: &'a mut StreamVerifier,
+    error: Option<ArtifactError>,
+}
+
+impl<R: Read> Read for VerifyingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Err(e) = self.verifier.update(&buf[..n]) {
+            self.error = Some(e);
+            return Err(std::io::Error::other("artifact exceeds its declared size"));
+        }
+        Ok(n)
+    }
+}
+
+struct VerifyingWriter<'a, W> {
+    inner: W,
+    verifier: &'a mut StreamVerifier,
+}
+
+impl<W: Write> Write for VerifyingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.verifier.update(&buf[..n]).map_err(std::io::Error::other)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
