@@ -86,8 +86,8 @@ pub struct ServeArgs {
     /// Listen address [default: 127.0.0.1:8500].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Inference engine [default: auto].
-    #[arg(long, value_enum)]
+    /// Inference engine: tract, ort or auto [default: auto].
+    #[arg(long, value_parser = str::parse::<BackendKind>)]
     pub backend: Option<BackendKind>,
     /// libonnxruntime.so for the ort backend (else ORT_DYLIB_PATH).
     #[arg(long, value_name = "PATH")]

@@ -8,24 +8,22 @@
 //! # Layout
 //! - [`cli`]: command-line arguments and how they map onto the configuration.
 //! - [`config`]: the typed TOML configuration and its shipped defaults.
-//! - [`engine`]: the backend trait and its tract and ONNX Runtime implementations.
+//! - [`engine`]: (re-exported from `edgefleet-shared`) the backend trait, tract and ONNX Runtime.
 //! - [`http`]: the KServe v2 routes, request decoding and response encoding.
 //! - [`inspect`]: offline verification of deployment documents (`verify`).
 //! - [`observability`]: logging set-up and the Prometheus recorder.
 //! - [`repository`]: the served models and their load/ready state.
 //! - [`serve`]: standalone mode: bind, load, serve, drain.
-//! - [`shutdown`]: SIGINT/SIGTERM as a future.
-//! - [`tensor`]: tensors and their JSON and binary encodings.
+//! - [`shutdown`], [`tensor`]: re-exported from `edgefleet-shared`.
 //! - [`worker`]: bounded per-model queues, worker threads and dynamic batching.
 
 pub mod cli;
 pub mod config;
-pub mod engine;
 pub mod http;
 pub mod inspect;
 pub mod observability;
 pub mod repository;
 pub mod serve;
-pub mod shutdown;
-pub mod tensor;
 pub mod worker;
+
+pub use edgefleet_shared::{engine, shutdown, tensor};

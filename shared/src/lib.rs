@@ -16,15 +16,26 @@
 //! - [`trust`]: the trust store and key rotation.
 //! - [`verify`]: the verifier (attack classes) and streaming artifact checks.
 //! - [`compress`]: zstd and the capped decoder.
+//! - [`tensor`]: engine-neutral tensors and their KServe JSON/binary encodings.
+//! - [`engine`]: the inference engine trait, tract (feature `tract`) and ONNX Runtime
+//!   (feature `ort`); shared because the controller runs models to make golden outputs.
+//! - [`observability`], [`shutdown`]: logging, Prometheus and signals for the binaries
+//!   (feature `service`).
 #![deny(missing_docs)]
 
 pub mod bundle;
 pub mod compress;
 pub mod dataset;
 pub mod deployment;
+pub mod engine;
 pub mod inference;
 pub mod keys;
+#[cfg(feature = "service")]
+pub mod observability;
 pub mod profile;
+#[cfg(feature = "service")]
+pub mod shutdown;
 pub mod signature;
+pub mod tensor;
 pub mod trust;
 pub mod verify;

@@ -57,26 +57,11 @@ pub fn tensor_from_json(t: &Value) -> Tensor {
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     assert_eq!(got.shape, want.shape, "{what}: shape");
     assert_eq!(got.datatype(), want.datatype(), "{what}: datatype");
-    let as_f64 = |d: &TensorData| -> Vec<f64> {
-        match d {
-            TensorData::Bool(v) => v.iter().map(|&b| f64::from(u8::from(b))).collect(),
-            TensorData::U8(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            TensorData::U16(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            TensorData::U32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            TensorData::U64(v) => v.iter().map(|&x| x as f64).collect(),
-            TensorData::I8(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            TensorData::I16(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            TensorData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
-            TensorData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            TensorData::F64(v) => v.clone(),
-        }
-    };
     if matches!(got.data, TensorData::I64(_) | TensorData::U64(_)) {
         assert_eq!(got.data, want.data, "{what}: 64-bit integers must match exactly");
         return;
     }
-    for (i, (g, w)) in as_f64(&got.data).iter().zip(as_f64(&want.data)).enumerate() {
+    for (i, (g, w)) in got.data.to_f64_vec().iter().zip(want.data.to_f64_vec()).enumerate() {
         assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: got {g}, want {w} (tolerance {tol})");
     }
 }

@@ -1,6 +1,8 @@
 //! Running the real binaries: spawn, find the port they bound, stop them.
 #![allow(dead_code, unreachable_pub, reason = "each test binary uses a different subset")]
 
+pub mod controller;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -66,10 +68,12 @@ impl AgentProcess {
                 let _ = err_tx.send(line);
             }
         });
-        let base = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+        let Ok(base) = addr_rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
             let log: Vec<String> = err_rx.try_iter().collect();
             panic!("agent did not report its address; stderr:\n{}", log.join("\n"))
-        });
+        };
         AgentProcess { child, base, stderr: err_rx }
     }
 

@@ -1,4 +1,8 @@
-//! Inference engines behind one trait: tract (pure Rust, default) and ONNX Runtime (`ort`).
+//! Inference engines behind one trait: tract (cargo feature `tract`) and ONNX Runtime
+//! (feature `ort`).
+//!
+//! They live here, not in the agent, because the controller runs models too: it computes the
+//! golden self-test outputs that agents later check, so both must run models the same way.
 //!
 //! An [`Engine`] is a loaded model: its [`Signature`] and a factory of [`Session`]s. Each
 //! worker thread owns one session, because ONNX Runtime's `Session::run` needs `&mut self` and
@@ -8,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use edgefleet_shared::inference::{Datatype, TensorMetadata};
+use crate::inference::{Datatype, TensorMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::tensor::{Tensor, TensorError};
@@ -125,7 +129,7 @@ pub trait Session: Send {
 }
 
 /// Which engine serves models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// tract, pure Rust, CPU.
@@ -135,6 +139,19 @@ pub enum BackendKind {
     /// ONNX Runtime with CUDA when it is available, otherwise tract.
     #[default]
     Auto,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tract" => Ok(BackendKind::Tract),
+            "ort" => Ok(BackendKind::Ort),
+            "auto" => Ok(BackendKind::Auto),
+            other => Err(format!("unknown backend {other:?} (tract, ort or auto)")),
+        }
+    }
 }
 
 /// An ONNX Runtime execution provider.

@@ -4,7 +4,7 @@
 //! never knows which engine runs it. Element types are the KServe datatypes an ONNX model can
 //! use for numbers and booleans; `FP16` and `BYTES` are refused with a clear error.
 
-use edgefleet_shared::inference::Datatype;
+use crate::inference::Datatype;
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::Value;
 
@@ -127,6 +127,19 @@ impl TensorData {
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The elements as `f64` (booleans as 0/1; 64-bit integers beyond 2^53 round).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        macro_rules! arm {
+            ($variant:ident, $t:ty, $dt:ident) => {
+                if let TensorData::$variant(v) = self {
+                    return v.iter().map(|x| x.to_f64()).collect();
+                }
+            };
+        }
+        for_each_element!(arm);
+        unreachable!("every variant is listed in for_each_element")
     }
 
     /// All-zero (all-false) storage of `len` elements.
@@ -386,6 +399,40 @@ impl JsonElement for f32 {
         x.is_finite().then_some(x)
     }
 }
+
+/// Widening to `f64` for statistics and comparisons.
+trait ToF64 {
+    fn to_f64(&self) -> f64;
+}
+
+impl ToF64 for bool {
+    fn to_f64(&self) -> f64 {
+        f64::from(u8::from(*self))
+    }
+}
+
+macro_rules! to_f64_lossless {
+    ($($t:ty),*) => {$(
+        impl ToF64 for $t {
+            fn to_f64(&self) -> f64 {
+                f64::from(*self)
+            }
+        }
+    )*};
+}
+to_f64_lossless!(u8, u16, u32, i8, i16, i32, f32, f64);
+
+macro_rules! to_f64_rounding {
+    ($($t:ty),*) => {$(
+        impl ToF64 for $t {
+            fn to_f64(&self) -> f64 {
+                // Beyond 2^53 the nearest f64 is the best a statistic can use.
+                *self as f64
+            }
+        }
+    )*};
+}
+to_f64_rounding!(u64, i64);
 
 /// Little-endian encoding of one element.
 trait BinaryElement: Sized {

@@ -1,0 +1,142 @@
+//! `GET /api/v1/artifacts/{sha256}`: the zstd-compressed bytes of an artifact, with HTTP Range
+//! support so an interrupted download resumes, and a strong `ETag`.
+
+use std::io::SeekFrom;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+
+use super::{ApiError, AppState};
+use crate::auth::{Caller, Role};
+
+/// Header: SHA-256 of the uncompressed artifact.
+const UNCOMPRESSED_SHA256: &str = "x-edgefleet-uncompressed-sha256";
+/// Header: uncompressed size.
+const UNCOMPRESSED_SIZE: &str = "x-edgefleet-uncompressed-size";
+
+/// Downloads an artifact (compressed). Supports one `Range: bytes=...` range.
+#[utoipa::path(get, path = "/api/v1/artifacts/{sha256}",
+    responses((status = 200, description = "zstd bytes"), (status = 206, description = "a byte range"), (status = 404, body = super::ErrorSchema), (status = 416, body = super::ErrorSchema)))]
+pub(super) async fn download(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    serve_artifact(&state, &sha256, &headers).await
+}
+
+/// Serves an artifact's compressed bytes honouring `Range` and `If-None-Match`; shared by the
+/// operator route and the device route.
+pub(super) async fn serve_artifact(state: &AppState, sha256: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let info = state.registry.artifact(sha256.to_owned()).await?;
+    let path = state
+        .registry
+        .store()
+        .local_path(&info.sha256)
+        .ok_or_else(|| ApiError::internal("the artifact store cannot serve files"))?;
+    let etag = format!("\"{}\"", info.compressed_sha256);
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    }
+    let len = info.compressed_size;
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        Some(v) => match parse_range(v.to_str().unwrap_or_default(), len) {
+            RangeSpec::Whole => None,
+            RangeSpec::Part(start, end) => Some((start, end)),
+            RangeSpec::Unsatisfiable => {
+                let mut resp =
+                    ApiError { status: StatusCode::RANGE_NOT_SATISFIABLE, message: format!("range outside 0..{len}") }
+                        .into_response();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Ok(resp);
+            }
+        },
+    };
+    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+        tracing::error!(path = %path.display(), error = %e, "Artifact file missing.");
+        ApiError::internal("artifact file missing from the store")
+    })?;
+    let (status, start, count) = match range {
+        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        None => (StatusCode::OK, 0, len),
+    };
+    file.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
+    metrics::counter!("edgefleet_controller_artifact_bytes_served_total").increment(count);
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&info.sha256) {
+        h.insert(UNCOMPRESSED_SHA256, v);
+    }
+    h.insert(UNCOMPRESSED_SIZE, HeaderValue::from(info.size));
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(resp)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    Whole,
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// Parses one `bytes=` range (RFC 9110 §14.1.2) against a length. Multiple ranges and other
+/// units are answered with the whole body, which the RFC allows.
+fn parse_range(value: &str, len: u64) -> RangeSpec {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else { return RangeSpec::Whole };
+    if spec.contains(',') {
+        return RangeSpec::Whole;
+    }
+    let Some((a, b)) = spec.split_once('-') else { return RangeSpec::Unsatisfiable };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        (true, false) => {
+            b.parse::<u64>().ok().filter(|&n| n > 0).map(|n| (len.saturating_sub(n), len.saturating_sub(1)))
+        }
+        (false, true) => a.parse::<u64>().ok().map(|s| (s, len.saturating_sub(1))),
+        (false, false) => match (a.parse::<u64>(), b.parse::<u64>()) {
+            (Ok(s), Ok(e)) if s <= e => Some((s, e.min(len.saturating_sub(1)))),
+            _ => None,
+        },
+        (true, true) => None,
+    };
+    match parsed {
+        Some((s, e)) if len > 0 && s < len && s <= e => RangeSpec::Part(s, e),
+        _ => RangeSpec::Unsatisfiable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-9", 100), RangeSpec::Part(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), RangeSpec::Part(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), RangeSpec::Part(90, 99));
+        assert_eq!(parse_range("bytes=95-200", 100), RangeSpec::Part(95, 99));
+        assert_eq!(parse_range("bytes=100-", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeSpec::Whole);
+        assert_eq!(parse_range("items=0-1", 100), RangeSpec::Whole);
+    }
+}

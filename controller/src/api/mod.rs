@@ -1,0 +1,115 @@
+//! The operator REST API under `/api/v1` (JSON; bearer tokens with roles).
+
+mod artifacts;
+mod error;
+mod models;
+mod tokens;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::OpenApi;
+
+pub use error::ApiError;
+
+use crate::db::Db;
+use crate::registry::Registry;
+
+/// State shared by the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Database.
+    pub db: Db,
+    /// Registry service.
+    pub registry: Registry,
+    /// Renders `/metrics`.
+    pub prometheus: PrometheusHandle,
+}
+
+/// The OpenAPI description of `/api/v1`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "edgefleet controller API",
+        description = "Model registry, artifacts, tokens and audit log. Every route needs `Authorization: Bearer <token>` except the OpenAPI document."
+    ),
+    paths(
+        models::list_models,
+        models::push,
+        models::show_model,
+        models::show_version,
+        models::bundle,
+        models::signature,
+        models::set_alias,
+        models::delete_alias,
+        artifacts::download,
+        tokens::create,
+        tokens::list,
+        tokens::revoke,
+        tokens::audit
+    ),
+    components(schemas(
+        crate::registry::VersionInfo,
+        crate::registry::ArtifactInfo,
+        crate::registry::ModelSummary,
+        crate::registry::PushMetadata,
+        crate::auth::Role,
+        tokens::CreateToken,
+        tokens::CreatedToken,
+        tokens::TokenInfo,
+        tokens::AuditEntry,
+        models::AliasTarget,
+        ErrorSchema
+    ))
+)]
+pub struct ApiDoc;
+
+/// `{"error": "..."}`.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code, reason = "describes the error body for the OpenAPI document only")]
+pub struct ErrorSchema {
+    error: String,
+}
+
+/// All routes; `max_upload_bytes` bounds model pushes.
+pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/models", get(models::list_models))
+        .route("/models/{name}", get(models::show_model))
+        .route("/models/{name}/versions", post(models::push).layer(DefaultBodyLimit::max(max_upload_bytes)))
+        .route("/models/{name}/versions/{version}", get(models::show_version))
+        .route("/models/{name}/versions/{version}/bundle", get(models::bundle))
+        .route("/models/{name}/versions/{version}/signature", get(models::signature))
+        .route("/models/{name}/aliases/{alias}", put(models::set_alias).delete(models::delete_alias))
+        .route("/artifacts/{sha256}", get(artifacts::download))
+        .route("/tokens", post(tokens::create).get(tokens::list))
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/audit", get(tokens::audit))
+        .route("/openapi.json", get(openapi));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message: format!("{method} is not allowed on {}", uri.path()) }
+}

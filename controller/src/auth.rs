@@ -1,0 +1,163 @@
+//! Operator bearer tokens with roles, stored hashed; the extractor that checks them.
+
+use std::fmt;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiError, AppState};
+use crate::db::{self, now};
+
+/// What a token may do. Each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read everything except tokens.
+    Viewer,
+    /// Also push models, move aliases, deploy.
+    Operator,
+    /// Also manage tokens.
+    Admin,
+}
+
+impl Role {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::parse(s).ok_or_else(|| format!("unknown role {s:?} (admin, operator or viewer)"))
+    }
+}
+
+/// The authenticated operator behind a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Token id.
+    pub token_id: i64,
+    /// Token name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+impl Caller {
+    /// How the audit log names this caller.
+    pub fn actor(&self) -> String {
+        format!("token:{}:{}", self.token_id, self.name)
+    }
+
+    /// 403 unless the caller has at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("this needs the {role} role; token {:?} is {}", self.name, self.role)))
+        }
+    }
+}
+
+/// SHA-256 (hex) of a token: what the database stores.
+pub fn hash_token(token: &str) -> String {
+    edgefleet_shared::verify::sha256_hex(token.as_bytes())
+}
+
+/// A new random token: `efk_` and 43 characters of URL-safe base64 (256 bits).
+pub fn new_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("efk_{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// Stores a token (hashed) and audits it; returns its id.
+pub fn insert_token(conn: &Connection, name: &str, role: Role, token: &str, actor: &str) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![name, role.as_str(), hash_token(token), now(), actor],
+    )?;
+    let id = conn.last_insert_rowid();
+    db::audit(conn, actor, "token.create", &format!("token:{id}"), serde_json::json!({"name": name, "role": role}))?;
+    Ok(id)
+}
+
+/// Creates the bootstrap admin token when the database has none. Returns the plaintext
+/// token to print once, or `None` when tokens exist already. `preset` (from
+/// `EDGEFLEET_ADMIN_TOKEN`) is used instead of a random token.
+pub fn bootstrap_admin(conn: &mut Connection, preset: Option<String>) -> Result<Option<String>, crate::Error> {
+    let tx = conn.transaction().map_err(db::DbError::from)?;
+    let existing: i64 = tx.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0)).map_err(db::DbError::from)?;
+    if existing > 0 {
+        return Ok(None);
+    }
+    let token = match preset {
+        Some(t) if t.len() >= 16 => t,
+        Some(_) => return Err(crate::Error::Config("EDGEFLEET_ADMIN_TOKEN must be at least 16 characters".into())),
+        None => new_token().map_err(|e| crate::Error::Config(format!("cannot generate a token: {e}")))?,
+    };
+    insert_token(&tx, "bootstrap-admin", Role::Admin, &token, "controller").map_err(db::DbError::from)?;
+    tx.commit().map_err(db::DbError::from)?;
+    Ok(Some(token))
+}
+
+/// Finds the live token with this plaintext.
+pub fn lookup(conn: &Connection, token: &str) -> rusqlite::Result<Option<Caller>> {
+    conn.query_row(
+        "SELECT id, name, role FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
+        params![hash_token(token)],
+        |r| {
+            let role: String = r.get(2)?;
+            Ok(Caller { token_id: r.get(0)?, name: r.get(1)?, role: Role::parse(&role).unwrap_or(Role::Viewer) })
+        },
+    )
+    .optional()
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?
+            .to_owned();
+        let caller =
+            state.db.call(move |conn| lookup(conn, &token).map_err(|e| ApiError::from(db::DbError::from(e)))).await?;
+        caller.ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
+    }
+}

@@ -1,0 +1,186 @@
+//! `edgefleet`, the operator CLI: a thin client of the REST API.
+//!
+//! Exit codes: 0 success, 1 the controller refused (its `{"error"}` is printed), 2 bad
+//! arguments, 69 the controller cannot be reached.
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use client::{CliError, Client};
+
+/// The edgefleet operator CLI.
+#[derive(Debug, Parser)]
+#[command(name = "edgefleet", version, about)]
+pub struct Cli {
+    /// Controller URL.
+    #[arg(long, env = "EDGEFLEET_CONTROLLER", default_value = "http://127.0.0.1:7700", global = true)]
+    pub controller: String,
+    /// Bearer token.
+    #[arg(long, env = "EDGEFLEET_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable.
+    Table,
+    /// The API's JSON, stable for scripts.
+    Json,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Models and versions.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Operator tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit log, newest first.
+    Audit {
+        /// How many records.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// `edgefleet model ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Register a new version of a model.
+    Push(PushArgs),
+    /// List models.
+    List,
+    /// Show a model (`N`) or a version (`N:V`, V a number or an alias) with its lineage.
+    Show {
+        /// `NAME` or `NAME:VERSION`.
+        reference: String,
+    },
+    /// Point an alias at a version: `model alias N:V ALIAS`.
+    Alias {
+        /// `NAME:VERSION`.
+        reference: String,
+        /// Alias (e.g. production, staging).
+        alias: String,
+    },
+}
+
+/// `edgefleet model push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// Model name.
+    #[arg(long)]
+    pub name: String,
+    /// Reference data (CSV with a header row, or .npy) for the baseline profile.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Evaluation metric, `key=value` (number); repeatable.
+    #[arg(long = "metric", value_parser = parse_kv)]
+    pub metrics: Vec<(String, String)>,
+    /// Training parameter, `key=value`; repeatable.
+    #[arg(long = "param", value_parser = parse_kv)]
+    pub params: Vec<(String, String)>,
+    /// SHA-256 of the training dataset (links the version to a retraining snapshot).
+    #[arg(long)]
+    pub dataset_hash: Option<String>,
+    /// Commit of the training code.
+    #[arg(long)]
+    pub code_commit: Option<String>,
+    /// Version this one derives from.
+    #[arg(long)]
+    pub parent: Option<u64>,
+    /// Explicit version number (must be above the latest).
+    #[arg(long)]
+    pub version: Option<u64>,
+}
+
+/// `edgefleet token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is shown once.
+    Create {
+        /// admin, operator or viewer.
+        #[arg(long)]
+        role: String,
+        /// Who or what will use it.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List tokens.
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id.
+        id: i64,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected key=value, got {s:?}"))?;
+    if k.is_empty() {
+        return Err(format!("expected key=value, got {s:?}"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// Splits `NAME:VERSION`.
+fn split_ref(reference: &str) -> (&str, Option<&str>) {
+    match reference.split_once(':') {
+        Some((n, v)) => (n, Some(v)),
+        None => (reference, None),
+    }
+}
+
+/// Runs a parsed command, writing results to stdout.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let client = Client::new(&cli.controller, cli.token.clone())?;
+    let out = cli.output;
+    match cli.command {
+        Command::Model(ModelCommand::Push(args)) => {
+            let version = client.push(&args).await?;
+            output::version(out, &version);
+        }
+        Command::Model(ModelCommand::List) => output::models(out, &client.get_json("/api/v1/models").await?),
+        Command::Model(ModelCommand::Show { reference }) => match split_ref(&reference) {
+            (name, None) => output::model(out, &client.get_json(&format!("/api/v1/models/{name}")).await?),
+            (name, Some(v)) => {
+                output::version(out, &client.get_json(&format!("/api/v1/models/{name}/versions/{v}")).await?)
+            }
+        },
+        Command::Model(ModelCommand::Alias { reference, alias }) => {
+            let (name, Some(v)) = split_ref(&reference) else {
+                return Err(CliError::Usage(format!("expected NAME:VERSION, got {reference:?}")));
+            };
+            let version: u64 = v.parse().map_err(|_| CliError::Usage(format!("version {v:?} is not a number")))?;
+            let body = serde_json::json!({ "version": version });
+            output::model(out, &client.put_json(&format!("/api/v1/models/{name}/aliases/{alias}"), &body).await?);
+        }
+        Command::Token(TokenCommand::Create { role, name }) => {
+            let body = serde_json::json!({ "name": name, "role": role });
+            output::created_token(out, &client.post_json("/api/v1/tokens", &body).await?);
+        }
+        Command::Token(TokenCommand::List) => output::tokens(out, &client.get_json("/api/v1/tokens").await?),
+        Command::Token(TokenCommand::Revoke { id }) => {
+            client.delete(&format!("/api/v1/tokens/{id}")).await?;
+            output::done(out, &format!("token {id} revoked"));
+        }
+        Command::Audit { limit } => {
+            output::audit(out, &client.get_json(&format!("/api/v1/audit?limit={limit}")).await?)
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Human (table) and script (JSON) renderings of API answers.
+#![allow(clippy::print_stdout, reason = "this module is the CLI's stdout")]
+
+use serde_json::Value;
+
+use super::Output;
+
+fn json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as aligned columns under a header.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn time(v: &Value) -> String {
+    v.as_u64().or_else(|| v.as_i64().map(|x| x.max(0) as u64)).map_or("-".into(), |t| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)).to_string()
+    })
+}
+
+/// `model list`.
+pub(super) fn models(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let versions = m["versions"].as_array().map_or(0, Vec::len);
+            let latest = m["versions"].as_array().and_then(|a| a.last()).map_or("-".into(), s);
+            let aliases = m["aliases"]
+                .as_object()
+                .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            vec![s(&m["name"]), latest, versions.to_string(), aliases]
+        })
+        .collect();
+    table(&["name", "latest", "versions", "aliases"], &rows);
+}
+
+/// `model show N`, `model alias`.
+pub(super) fn model(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    println!("model:    {}", s(&v["name"]));
+    println!("created:  {}", time(&v["created_at"]));
+    println!(
+        "versions: {}",
+        v["versions"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    );
+    if let Some(aliases) = v["aliases"].as_object() {
+        for (k, version) in aliases {
+            println!("alias:    {k} -> {version}");
+        }
+    }
+}
+
+/// `model push`, `model show N:V`: the version with its lineage.
+pub(super) fn version(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let m = &v["manifest"];
+    let l = &m["lineage"];
+    println!("model:     {} version {}", s(&v["name"]), s(&v["version"]));
+    let aliases = v["aliases"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+    if !aliases.is_empty() {
+        println!("aliases:   {aliases}");
+    }
+    println!("created:   {} by {}", time(&v["created_at"]), s(&v["created_by"]));
+    println!(
+        "lineage:   parent {}, dataset {}, code {}",
+        s(&l["parent_version"]),
+        s(&l["dataset_sha256"]),
+        s(&l["code_commit"])
+    );
+    if let Some(p) = l["params"].as_object().filter(|p| !p.is_empty()) {
+        println!("params:    {}", p.iter().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(p) = l["metrics"].as_object().filter(|p| !p.is_empty()) {
+        println!("metrics:   {}", p.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "));
+    }
+    for (label, key) in [("input", "inputs"), ("output", "outputs")] {
+        for t in m[key].as_array().into_iter().flatten() {
+            println!("{label:<10} {} {} {}", s(&t["name"]), s(&t["datatype"]), t["shape"]);
+        }
+    }
+    let baseline = match m["baseline"]["rows"].as_u64() {
+        Some(rows) => format!("{rows} rows, {} features", m["baseline"]["features"].as_array().map_or(0, Vec::len)),
+        None => "none".into(),
+    };
+    println!("baseline:  {baseline}");
+    println!(
+        "self-test: {} case(s), tolerance {}",
+        m["self_test"]["cases"].as_array().map_or(0, Vec::len),
+        m["self_test"]["tolerance"]
+    );
+    for a in v["artifacts"].as_array().into_iter().flatten() {
+        println!(
+            "artifact:  {} {} bytes ({} compressed) sha256 {}",
+            s(&a["name"]),
+            a["size"],
+            a["compressed_size"],
+            s(&a["sha256"])
+        );
+    }
+    println!("signed by: {}", s(&v["signature"]["key_id"]));
+}
+
+/// `token create`.
+pub(super) fn created_token(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    println!("token {} ({}, role {}): {}", s(&v["id"]), s(&v["name"]), s(&v["role"]), s(&v["token"]));
+    println!("Store it now: the controller keeps only its hash.");
+}
+
+/// `token list`.
+pub(super) fn tokens(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let state =
+                if t["revoked_at"].is_null() { "active".into() } else { format!("revoked {}", time(&t["revoked_at"])) };
+            vec![s(&t["id"]), s(&t["name"]), s(&t["role"]), time(&t["created_at"]), state]
+        })
+        .collect();
+    table(&["id", "name", "role", "created", "state"], &rows);
+}
+
+/// `audit`.
+pub(super) fn audit(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| vec![time(&a["at"]), s(&a["actor"]), s(&a["action"]), s(&a["target"]), a["detail"].to_string()])
+        .collect();
+    table(&["at", "actor", "action", "target", "detail"], &rows);
+}
+
+/// A command with nothing to show but success.
+pub(super) fn done(out: Output, message: &str) {
+    if out == Output::Json {
+        return json(&serde_json::json!({ "ok": true, "message": message }));
+    }
+    println!("{message}");
+}

@@ -1,0 +1,212 @@
+//! The SQLite database: opening (WAL), versioned migrations, and a small async-friendly handle.
+//!
+//! SQLite serialises writers anyway, so one connection behind a mutex, used from blocking
+//! threads, is both simple and correct; every multi-statement change runs in one transaction.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+
+/// Database failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite reported an error.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database was written by a newer controller.
+    #[error("database schema version {found} is newer than this controller's {supported}; upgrade the controller")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// A blocking task failed.
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// Migrations, in order; entry `i` takes the schema from version `i` to `i + 1`. Never edit a
+/// released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: registry, artifacts, tokens, audit.
+    "
+    CREATE TABLE models (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL,
+        created_by  TEXT NOT NULL
+    );
+    CREATE TABLE versions (
+        model_id        INTEGER NOT NULL REFERENCES models(id),
+        version         INTEGER NOT NULL,
+        manifest        TEXT NOT NULL,
+        bundle_sha256   TEXT NOT NULL,
+        model_sha256    TEXT NOT NULL,
+        signature       TEXT NOT NULL,
+        dataset_sha256  TEXT,
+        code_commit     TEXT,
+        parent_version  INTEGER,
+        created_at      INTEGER NOT NULL,
+        created_by      TEXT NOT NULL,
+        PRIMARY KEY (model_id, version)
+    );
+    CREATE INDEX versions_dataset ON versions(dataset_sha256);
+    CREATE TABLE aliases (
+        model_id    INTEGER NOT NULL REFERENCES models(id),
+        alias       TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        updated_by  TEXT NOT NULL,
+        PRIMARY KEY (model_id, alias),
+        FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version)
+    );
+    CREATE TABLE artifacts (
+        sha256             TEXT PRIMARY KEY,
+        size               INTEGER NOT NULL,
+        compressed_sha256  TEXT NOT NULL,
+        compressed_size    INTEGER NOT NULL,
+        created_at         INTEGER NOT NULL
+    );
+    CREATE TABLE version_artifacts (
+        model_id  INTEGER NOT NULL,
+        version   INTEGER NOT NULL,
+        name      TEXT NOT NULL,
+        sha256    TEXT NOT NULL REFERENCES artifacts(sha256),
+        PRIMARY KEY (model_id, version, name),
+        FOREIGN KEY (model_id, version) REFERENCES versions(model_id, version)
+    );
+    CREATE TABLE tokens (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL,
+        role        TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+        hash        TEXT NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL,
+        created_by  TEXT NOT NULL,
+        revoked_at  INTEGER
+    );
+    CREATE TABLE audit (
+        id      INTEGER PRIMARY KEY,
+        at      INTEGER NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        target  TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    );
+    ",
+];
+
+/// A shared handle to the database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mut db = Db { conn: Arc::new(Mutex::new(conn)) };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn migrate(&mut self) -> Result<(), DbError> {
+        let mut conn = self.lock();
+        let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if current > supported {
+            return Err(DbError::TooNew { found: current, supported });
+        }
+        for (ix, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", ix as i64 + 1)?;
+            tx.commit()?;
+            tracing::info!(version = ix + 1, "Database migrated.");
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic mid-statement leaves SQLite itself consistent (the transaction rolls back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    pub async fn call<T, E>(&self, f: impl FnOnce(&mut Connection) -> Result<T, E> + Send + 'static) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| E::from(DbError::Task(e.to_string())))?
+    }
+
+    /// Runs `f` synchronously (start-up, tests).
+    pub fn call_blocking<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        f(&mut self.lock())
+    }
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Appends an audit record inside the caller's transaction.
+pub fn audit(
+    conn: &Connection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![now(), actor, action, target, detail.to_string()],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_record_the_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        let db = Db::open(&path).expect("open");
+        let v: i64 = db.call_blocking(|c| c.pragma_query_value(None, "user_version", |r| r.get(0))).expect("version");
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        drop(db);
+        Db::open(&path).expect("reopen is a no-op");
+        let mode: String = Db::open(&path)
+            .expect("open")
+            .call_blocking(|c| c.pragma_query_value(None, "journal_mode", |r| r.get(0)))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        Connection::open(&path).expect("create").pragma_update(None, "user_version", 99).expect("bump");
+        assert!(matches!(Db::open(&path), Err(DbError::TooNew { found: 99, .. })));
+    }
+}

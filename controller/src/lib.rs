@@ -1,0 +1,43 @@
+//! The edgefleet controller: model registry, artifact store, signing, operator API and CLI.
+//!
+//! Operators (and training pipelines) push ONNX models; each push is validated by running the
+//! model, profiled against its reference data, recorded as an immutable version with lineage in
+//! SQLite, stored content-addressed and zstd-compressed, and its manifest signed with the
+//! controller's key. Everything is reachable over the REST API, which the `edgefleet` CLI wraps.
+//!
+//! # Layout
+//! - [`api`]: axum routes under `/api/v1`, the `ApiError` type, the OpenAPI document.
+//! - [`auth`]: operator tokens (hashed), roles, the bearer-token extractor.
+//! - [`cli`]: the `edgefleet` operator CLI (HTTP client, output formatting).
+//! - [`config`]: typed TOML configuration and the data-directory layout.
+//! - [`db`]: SQLite (WAL), migrations, the blocking-call handle, the audit log.
+//! - [`observability`]: logging and the Prometheus recorder.
+//! - [`registry`]: the push pipeline, versions, aliases, lineage queries.
+//! - [`serve`]: start-up (data dir, key, bootstrap token) and the server loop.
+//! - [`store`]: the content-addressed, compressed artifact store.
+//! - [`validate`]: model validation, golden self-test, baseline and output profiles.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod observability;
+pub mod registry;
+pub mod serve;
+pub mod store;
+pub mod validate;
+
+/// Controller start-up and top-level failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid (exit 64).
+    #[error("{0}")]
+    Config(String),
+    /// The data directory, key or socket could not be set up (exit 1).
+    #[error("{0}")]
+    Startup(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+}

@@ -1,0 +1,25 @@
+//! Logs and metrics of the controller (names `edgefleet_controller_*`).
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use edgefleet_shared::observability::init_logging;
+
+/// The process's Prometheus handle, installing the recorder on first use.
+pub fn prometheus() -> PrometheusHandle {
+    edgefleet_shared::observability::prometheus(describe)
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!("edgefleet_controller_pushes_total", "Model pushes, by result (ok, refused).");
+    describe_histogram!(
+        "edgefleet_controller_push_seconds",
+        Unit::Seconds,
+        "Time to validate, profile and record a push."
+    );
+    describe_counter!(
+        "edgefleet_controller_artifact_bytes_served_total",
+        Unit::Bytes,
+        "Compressed artifact bytes sent."
+    );
+}

@@ -1,0 +1,542 @@
+//! The model registry: immutable versions with lineage, aliases, and the push pipeline.
+//!
+//! A push validates the model off the async threads, stores the model and its manifest in the
+//! artifact store (content-addressed, so an aborted push leaves at most an unreferenced
+//! file), then records the version in one SQLite transaction: either the whole version exists
+//! afterwards, or none of it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use edgefleet_shared::bundle::{ArtifactEntry, BUNDLE_FILE, BUNDLE_KIND, BundleManifest, Lineage, MODEL_FILE};
+use edgefleet_shared::keys::Signer;
+use edgefleet_shared::profile::ProfileOptions;
+use edgefleet_shared::signature::DocumentSignature;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{self, Db, DbError, now};
+use crate::store::{ArtifactStore, StoreError, StoredArtifact};
+use crate::validate::{BaselineData, ValidationError, validate};
+
+/// Registry failures, each mapping to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The request is malformed (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The model or baseline does not pass validation (422).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// No such model, version or alias (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The version exists already, or is not above the latest (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed (500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The database failed (500).
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<rusqlite::Error> for RegistryError {
+    fn from(e: rusqlite::Error) -> Self {
+        RegistryError::Db(DbError::from(e))
+    }
+}
+
+/// A push, as received.
+#[derive(Debug, Clone, Default)]
+pub struct PushRequest {
+    /// Model name.
+    pub name: String,
+    /// The ONNX bytes.
+    pub model: Vec<u8>,
+    /// Reference data.
+    pub baseline: Option<BaselineData>,
+    /// Lineage and options.
+    pub meta: PushMetadata,
+}
+
+/// Lineage and options of a push (the `metadata` part of the upload).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushMetadata {
+    /// Evaluation metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Training parameters.
+    pub params: BTreeMap<String, String>,
+    /// SHA-256 (hex) of the training data.
+    pub dataset_sha256: Option<String>,
+    /// Commit of the training code.
+    pub code_commit: Option<String>,
+    /// Version this one derives from.
+    pub parent_version: Option<u64>,
+    /// Explicit version number (must be above the latest); next free when absent.
+    pub version: Option<u64>,
+    /// Preprocessing notes for app developers.
+    pub preprocessing: Option<String>,
+}
+
+/// A version as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionInfo {
+    /// Model name.
+    pub name: String,
+    /// Version.
+    pub version: u64,
+    /// Aliases pointing here.
+    pub aliases: Vec<String>,
+    /// Who pushed it.
+    pub created_by: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// SHA-256 of `bundle.json`.
+    pub bundle_sha256: String,
+    /// Artifacts with digests and sizes (uncompressed and as stored).
+    pub artifacts: Vec<ArtifactInfo>,
+    /// The bundle manifest.
+    #[schema(value_type = Object)]
+    pub manifest: BundleManifest,
+    /// Controller signature over the exact `bundle.json` bytes.
+    #[schema(value_type = Object)]
+    pub signature: DocumentSignature,
+}
+
+impl VersionInfo {
+    /// Uncompressed size of `bundle.json`.
+    pub fn manifest_size(&self) -> u64 {
+        self.artifacts.iter().find(|a| a.name == BUNDLE_FILE).map_or(0, |a| a.size)
+    }
+}
+
+/// One stored artifact of a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ArtifactInfo {
+    /// File name in the version.
+    pub name: String,
+    /// SHA-256 of the uncompressed bytes (download path `/api/v1/artifacts/{sha256}`).
+    pub sha256: String,
+    /// Uncompressed size.
+    pub size: u64,
+    /// SHA-256 of the compressed bytes served.
+    pub compressed_sha256: String,
+    /// Compressed size.
+    pub compressed_size: u64,
+}
+
+/// A model with its versions and aliases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelSummary {
+    /// Name.
+    pub name: String,
+    /// Versions, ascending.
+    pub versions: Vec<u64>,
+    /// Alias → version.
+    pub aliases: BTreeMap<String, u64>,
+    /// Unix seconds of the first push.
+    pub created_at: u64,
+}
+
+/// The registry service.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    db: Db,
+    store: Arc<dyn ArtifactStore>,
+    signer: Arc<dyn SignerDebug>,
+    scratch: PathBuf,
+    profile: ProfileOptions,
+}
+
+/// A [`Signer`] that can be debug-printed (without its secret).
+pub trait SignerDebug: Signer + std::fmt::Debug {}
+impl<T: Signer + std::fmt::Debug> SignerDebug for T {}
+
+/// Names of models and aliases appear in URLs, file names and metric labels: keep them plain.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.starts_with('.')
+}
+
+impl Registry {
+    /// A registry over `db` and `store`, signing with `signer`; `scratch` holds temp files.
+    pub fn new(
+        db: Db,
+        store: Arc<dyn ArtifactStore>,
+        signer: Arc<dyn SignerDebug>,
+        scratch: PathBuf,
+        profile: ProfileOptions,
+    ) -> Self {
+        Registry { db, store, signer, scratch, profile }
+    }
+
+    /// Validates and registers a new version.
+    pub async fn push(&self, req: PushRequest, actor: String) -> Result<VersionInfo, RegistryError> {
+        if !valid_name(&req.name) {
+            return Err(RegistryError::BadRequest(format!(
+                "model name {:?} must be 1-128 characters of letters, digits, '-', '_' or '.'",
+                req.name
+            )));
+        }
+        if let Some(h) = &req.meta.dataset_sha256
+            && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(RegistryError::BadRequest(format!("dataset hash {h:?} is not 64 hex digits (SHA-256)")));
+        }
+        if req.model.is_empty() {
+            return Err(RegistryError::BadRequest("the model file is empty".into()));
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.push_blocking(req, &actor))
+            .await
+            .map_err(|e| RegistryError::Db(DbError::Task(e.to_string())))?
+    }
+
+    fn push_blocking(&self, req: PushRequest, actor: &str) -> Result<VersionInfo, RegistryError> {
+        std::fs::create_dir_all(&self.scratch)
+            .map_err(|source| StoreError::Io { path: self.scratch.clone(), source })?;
+        let tmp = tempfile::Builder::new()
+            .suffix(".onnx")
+            .tempfile_in(&self.scratch)
+            .map_err(|source| StoreError::Io { path: self.scratch.clone(), source })?;
+        std::fs::write(tmp.path(), &req.model).map_err(|source| StoreError::Io { path: tmp.path().into(), source })?;
+        let validated = validate(tmp.path(), req.baseline.as_ref(), &self.profile)?;
+        let model = self.store.put(&req.model)?;
+
+        self.db.call_blocking(|conn| -> Result<VersionInfo, RegistryError> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let model_id = match tx
+                .query_row("SELECT id FROM models WHERE name = ?1", params![req.name], |r| r.get::<_, i64>(0))
+                .optional()?
+            {
+                Some(id) => id,
+                None => {
+                    tx.execute(
+                        "INSERT INTO models (name, created_at, created_by) VALUES (?1, ?2, ?3)",
+                        params![req.name, now(), actor],
+                    )?;
+                    tx.last_insert_rowid()
+                }
+            };
+            let latest: Option<i64> =
+                tx.query_row("SELECT MAX(version) FROM versions WHERE model_id = ?1", params![model_id], |r| r.get(0))?;
+            let latest = latest.unwrap_or(0) as u64;
+            let version = match req.meta.version {
+                Some(v) if v <= latest => {
+                    return Err(RegistryError::Conflict(format!(
+                        "model {:?} already has version {latest}; versions are immutable and increase (asked for {v})",
+                        req.name
+                    )));
+                }
+                Some(0) => return Err(RegistryError::BadRequest("versions start at 1".into())),
+                Some(v) => v,
+                None => latest + 1,
+            };
+            if let Some(p) = req.meta.parent_version {
+                let exists: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM versions WHERE model_id = ?1 AND version = ?2)",
+                    params![model_id, p as i64],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Err(RegistryError::NotFound(format!("parent version {p} of model {:?} does not exist", req.name)));
+                }
+            }
+            let manifest = BundleManifest {
+                kind: BUNDLE_KIND.into(),
+                name: req.name.clone(),
+                version,
+                inputs: validated.inputs.clone(),
+                outputs: validated.outputs.clone(),
+                preprocessing: req.meta.preprocessing.clone(),
+                lineage: Lineage {
+                    parent_version: req.meta.parent_version,
+                    dataset_sha256: req.meta.dataset_sha256.as_ref().map(|h| h.to_ascii_lowercase()),
+                    code_commit: req.meta.code_commit.clone(),
+                    params: req.meta.params.clone(),
+                    metrics: req.meta.metrics.clone(),
+                    created_at: now() as u64,
+                },
+                artifacts: vec![ArtifactEntry { name: MODEL_FILE.into(), sha256: model.sha256.clone(), size: model.size }],
+                baseline: validated.baseline.clone(),
+                self_test: validated.self_test.clone(),
+            };
+            let bundle_bytes = manifest.to_bytes();
+            let bundle = self.store.put(&bundle_bytes)?;
+            let signature = DocumentSignature::sign(&bundle_bytes, self.signer.as_ref());
+            tx.execute(
+                "INSERT INTO versions (model_id, version, manifest, bundle_sha256, model_sha256, signature,
+                     dataset_sha256, code_commit, parent_version, created_at, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    model_id,
+                    version as i64,
+                    String::from_utf8_lossy(&bundle_bytes),
+                    bundle.sha256,
+                    model.sha256,
+                    serde_json::to_string(&signature).unwrap_or_default(),
+                    manifest.lineage.dataset_sha256,
+                    manifest.lineage.code_commit,
+                    manifest.lineage.parent_version.map(|v| v as i64),
+                    manifest.lineage.created_at as i64,
+                    actor,
+                ],
+            )?;
+            for (name, a) in [(MODEL_FILE, &model), (BUNDLE_FILE, &bundle)] {
+                insert_artifact(&tx, a)?;
+                tx.execute(
+                    "INSERT INTO version_artifacts (model_id, version, name, sha256) VALUES (?1, ?2, ?3, ?4)",
+                    params![model_id, version as i64, name, a.sha256],
+                )?;
+            }
+            db::audit(
+                &tx,
+                actor,
+                "model.push",
+                &format!("{}:{version}", req.name),
+                serde_json::json!({"model_sha256": model.sha256, "bundle_sha256": bundle.sha256, "dataset_sha256": manifest.lineage.dataset_sha256}),
+            )?;
+            tx.commit()?;
+            tracing::info!(model = %req.name, version, %actor, "Version registered.");
+            Ok(VersionInfo {
+                name: req.name.clone(),
+                version,
+                aliases: Vec::new(),
+                created_by: actor.to_owned(),
+                created_at: manifest.lineage.created_at,
+                bundle_sha256: bundle.sha256.clone(),
+                artifacts: vec![artifact_info(MODEL_FILE, &model), artifact_info(BUNDLE_FILE, &bundle)],
+                manifest,
+                signature,
+            })
+        })
+    }
+
+    /// All models.
+    pub async fn list(&self) -> Result<Vec<ModelSummary>, RegistryError> {
+        self.db
+            .call(|conn| {
+                let names: Vec<String> = conn
+                    .prepare("SELECT name FROM models ORDER BY name")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                names.iter().map(|n| summary(conn, n)).collect()
+            })
+            .await
+    }
+
+    /// One model.
+    pub async fn model(&self, name: String) -> Result<ModelSummary, RegistryError> {
+        self.db.call(move |conn| summary(conn, &name)).await
+    }
+
+    /// One version; `reference` is a number or an alias.
+    pub async fn version(&self, name: String, reference: String) -> Result<VersionInfo, RegistryError> {
+        self.db.call(move |conn| version_info(conn, &name, &reference)).await
+    }
+
+    /// Points `alias` at `version`, atomically replacing where it pointed before.
+    pub async fn set_alias(
+        &self,
+        name: String,
+        alias: String,
+        version: u64,
+        actor: String,
+    ) -> Result<ModelSummary, RegistryError> {
+        if !valid_name(&alias) || alias.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(RegistryError::BadRequest(format!(
+                "alias {alias:?} must be a name (letters, digits, '-', '_', '.'), not a number"
+            )));
+        }
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let model_id = model_id(&tx, &name)?;
+                version_exists(&tx, model_id, &name, version)?;
+                let previous: Option<i64> = tx
+                    .query_row(
+                        "SELECT version FROM aliases WHERE model_id = ?1 AND alias = ?2",
+                        params![model_id, alias],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                tx.execute(
+                    "INSERT INTO aliases (model_id, alias, version, updated_at, updated_by) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (model_id, alias) DO UPDATE SET version = excluded.version,
+                         updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                    params![model_id, alias, version as i64, now(), actor],
+                )?;
+                db::audit(
+                    &tx,
+                    &actor,
+                    "model.alias",
+                    &format!("{name}@{alias}"),
+                    serde_json::json!({"version": version, "previous": previous}),
+                )?;
+                tx.commit()?;
+                summary(conn, &name)
+            })
+            .await
+    }
+
+    /// Removes an alias.
+    pub async fn delete_alias(&self, name: String, alias: String, actor: String) -> Result<(), RegistryError> {
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let model_id = model_id(&tx, &name)?;
+                let n =
+                    tx.execute("DELETE FROM aliases WHERE model_id = ?1 AND alias = ?2", params![model_id, alias])?;
+                if n == 0 {
+                    return Err(RegistryError::NotFound(format!("model {name:?} has no alias {alias:?}")));
+                }
+                db::audit(&tx, &actor, "model.alias.delete", &format!("{name}@{alias}"), serde_json::json!({}))?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Facts about a stored artifact.
+    pub async fn artifact(&self, sha256: String) -> Result<ArtifactInfo, RegistryError> {
+        self.db
+            .call(move |conn| {
+                conn.query_row(
+                    "SELECT sha256, size, compressed_sha256, compressed_size FROM artifacts WHERE sha256 = ?1",
+                    params![sha256],
+                    |r| {
+                        Ok(ArtifactInfo {
+                            name: String::new(),
+                            sha256: r.get(0)?,
+                            size: r.get::<_, i64>(1)? as u64,
+                            compressed_sha256: r.get(2)?,
+                            compressed_size: r.get::<_, i64>(3)? as u64,
+                        })
+                    },
+                )
+                .optional()?
+                .ok_or_else(|| RegistryError::NotFound(format!("no artifact {sha256}")))
+            })
+            .await
+    }
+
+    /// The artifact store.
+    pub fn store(&self) -> &Arc<dyn ArtifactStore> {
+        &self.store
+    }
+}
+
+fn insert_artifact(conn: &Connection, a: &StoredArtifact) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO artifacts (sha256, size, compressed_sha256, compressed_size, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![a.sha256, a.size as i64, a.compressed_sha256, a.compressed_size as i64, now()],
+    )?;
+    Ok(())
+}
+
+fn artifact_info(name: &str, a: &StoredArtifact) -> ArtifactInfo {
+    ArtifactInfo {
+        name: name.into(),
+        sha256: a.sha256.clone(),
+        size: a.size,
+        compressed_sha256: a.compressed_sha256.clone(),
+        compressed_size: a.compressed_size,
+    }
+}
+
+fn model_id(conn: &Connection, name: &str) -> Result<i64, RegistryError> {
+    conn.query_row("SELECT id FROM models WHERE name = ?1", params![name], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| RegistryError::NotFound(format!("unknown model {name:?}")))
+}
+
+fn version_exists(conn: &Connection, model_id: i64, name: &str, version: u64) -> Result<(), RegistryError> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM versions WHERE model_id = ?1 AND version = ?2)",
+        params![model_id, version as i64],
+        |r| r.get(0),
+    )?;
+    if exists { Ok(()) } else { Err(RegistryError::NotFound(format!("model {name:?} has no version {version}"))) }
+}
+
+fn summary(conn: &Connection, name: &str) -> Result<ModelSummary, RegistryError> {
+    let id = model_id(conn, name)?;
+    let created_at: i64 = conn.query_row("SELECT created_at FROM models WHERE id = ?1", params![id], |r| r.get(0))?;
+    let versions = conn
+        .prepare("SELECT version FROM versions WHERE model_id = ?1 ORDER BY version")?
+        .query_map(params![id], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+        .collect::<Result<_, _>>()?;
+    let aliases = conn
+        .prepare("SELECT alias, version FROM aliases WHERE model_id = ?1 ORDER BY alias")?
+        .query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<Result<_, _>>()?;
+    Ok(ModelSummary { name: name.into(), versions, aliases, created_at: created_at as u64 })
+}
+
+/// Resolves a version number or alias of `name`.
+pub fn resolve_version(conn: &Connection, name: &str, reference: &str) -> Result<(i64, u64), RegistryError> {
+    let id = model_id(conn, name)?;
+    let version = match reference.parse::<u64>() {
+        Ok(v) => v,
+        Err(_) => conn
+            .query_row("SELECT version FROM aliases WHERE model_id = ?1 AND alias = ?2", params![id, reference], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|v| v as u64)
+            .ok_or_else(|| RegistryError::NotFound(format!("model {name:?} has no version or alias {reference:?}")))?,
+    };
+    version_exists(conn, id, name, version)?;
+    Ok((id, version))
+}
+
+fn version_info(conn: &Connection, name: &str, reference: &str) -> Result<VersionInfo, RegistryError> {
+    let (id, version) = resolve_version(conn, name, reference)?;
+    let (manifest, bundle_sha256, signature, created_at, created_by): (String, String, String, i64, String) = conn.query_row(
+        "SELECT manifest, bundle_sha256, signature, created_at, created_by FROM versions WHERE model_id = ?1 AND version = ?2",
+        params![id, version as i64],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
+    let aliases = conn
+        .prepare("SELECT alias FROM aliases WHERE model_id = ?1 AND version = ?2 ORDER BY alias")?
+        .query_map(params![id, version as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let artifacts = conn
+        .prepare(
+            "SELECT va.name, a.sha256, a.size, a.compressed_sha256, a.compressed_size
+             FROM version_artifacts va JOIN artifacts a ON a.sha256 = va.sha256
+             WHERE va.model_id = ?1 AND va.version = ?2 ORDER BY va.name",
+        )?
+        .query_map(params![id, version as i64], |r| {
+            Ok(ArtifactInfo {
+                name: r.get(0)?,
+                sha256: r.get(1)?,
+                size: r.get::<_, i64>(2)? as u64,
+                compressed_sha256: r.get(3)?,
+                compressed_size: r.get::<_, i64>(4)? as u64,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let manifest = BundleManifest::from_bytes(manifest.as_bytes())
+        .map_err(|e| RegistryError::Db(DbError::Task(format!("stored manifest unreadable: {e}"))))?;
+    let signature = serde_json::from_str(&signature)
+        .map_err(|e| RegistryError::Db(DbError::Task(format!("stored signature unreadable: {e}"))))?;
+    Ok(VersionInfo {
+        name: name.into(),
+        version,
+        aliases,
+        created_by,
+        created_at: created_at as u64,
+        bundle_sha256,
+        artifacts,
+        manifest,
+        signature,
+    })
+}

@@ -1,0 +1,107 @@
+//! `edgefleet-controller serve`: open the data directory, serve the API until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_shared::keys::{FileKey, Signer as _};
+use edgefleet_shared::profile::ProfileOptions;
+use edgefleet_shared::trust::TrustStore;
+use tokio::net::TcpListener;
+
+use crate::Error;
+use crate::api::{AppState, router};
+use crate::auth;
+use crate::config::{ControllerConfig, DataDir};
+use crate::db::Db;
+use crate::registry::Registry;
+use crate::store::FsStore;
+
+/// What `serve` tells its caller once it is listening.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// The bootstrap admin token, on the first start only.
+    pub admin_token: Option<String>,
+}
+
+/// Opens (creating on first start) the data directory: database, artifact store, signing key.
+pub fn open(data: &DataDir) -> Result<(Db, Arc<FsStore>, FileKey), Error> {
+    create_private_dir(&data.root)?;
+    let db = Db::open(&data.database())?;
+    let store = Arc::new(FsStore::new(&data.artifacts()).map_err(|e| Error::Startup(e.to_string()))?);
+    let key = FileKey::load_or_generate(&data.signing_key()).map_err(|e| Error::Startup(e.to_string()))?;
+    Ok((db, store, key))
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), Error> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path).map_err(|e| Error::Startup(format!("cannot create data dir {}: {e}", path.display())))
+}
+
+/// The trust file agents are provisioned with: this controller's public key.
+pub fn trust_file(data: &DataDir) -> Result<Vec<u8>, Error> {
+    let path = data.signing_key();
+    if !path.exists() {
+        return Err(Error::Startup(format!(
+            "no signing key at {}: start the controller once with this --data-dir",
+            path.display()
+        )));
+    }
+    let key = FileKey::load(&path).map_err(|e| Error::Startup(e.to_string()))?;
+    Ok(TrustStore::new(1, [key.public_key()]).to_bytes())
+}
+
+/// Serves until `shutdown` resolves; `on_started` runs once the socket is bound.
+pub async fn run(
+    config: ControllerConfig,
+    data: DataDir,
+    admin_preset: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_started: impl FnOnce(&Started),
+) -> Result<(), Error> {
+    let (db, store, key) = open(&data)?;
+    let admin_token = db.call_blocking(|conn| auth::bootstrap_admin(conn, admin_preset))?;
+    tracing::info!(key_id = %key.key_id(), data_dir = %data.root.display(), "Controller data opened.");
+    let registry = Registry::new(
+        db.clone(),
+        store,
+        Arc::new(key),
+        data.scratch(),
+        ProfileOptions {
+            bins: config.registry.baseline_bins,
+            sample_rows: config.registry.baseline_sample_rows,
+            ..ProfileOptions::default()
+        },
+    );
+    let state = AppState { db, registry, prometheus: crate::observability::prometheus() };
+    let addr = config.server.listen;
+    let listener =
+        TcpListener::bind(addr).await.map_err(|e| Error::Startup(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| Error::Startup(e.to_string()))?;
+    tracing::info!(addr = %local, "Controller API listening.");
+    on_started(&Started { addr: local, admin_token });
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let app = router(state, config.server.max_upload_bytes);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(config.server.shutdown_grace_secs), server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("Controller stopped."),
+        Ok(Ok(Err(e))) => return Err(Error::Startup(format!("HTTP server failed: {e}"))),
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed."),
+        Err(_) => tracing::warn!("Requests still running after the grace period; stopping anyway."),
+    }
+    Ok(())
+}

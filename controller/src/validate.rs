@@ -1,0 +1,253 @@
+//! Validation on push: the model must load in tract, its schema becomes the manifest's, the
+//! golden self-test outputs come from running it, and the baseline profile (with output
+//! profiles) comes from the reference data. Runs on a blocking thread.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use edgefleet_shared::bundle::{GoldenTensor, SelfTest, SelfTestCase};
+use edgefleet_shared::dataset::Dataset;
+use edgefleet_shared::engine::{self, BackendConfig, BackendKind, Session, Signature, TensorSpec};
+use edgefleet_shared::inference::{Datatype, TensorMetadata};
+use edgefleet_shared::profile::{BaselineProfile, FeatureProfile, OutputProfile, ProfileOptions};
+use edgefleet_shared::tensor::{Tensor, TensorData};
+use rand::{RngExt as _, SeedableRng as _};
+use serde_json::Value;
+
+/// Why a pushed version is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidationError {
+    /// The file is not a model tract can load and run.
+    #[error("not a valid ONNX model: {0}")]
+    Model(String),
+    /// The reference data cannot be read or does not fit the model.
+    #[error("invalid baseline: {0}")]
+    Baseline(String),
+}
+
+/// Reference data as uploaded.
+#[derive(Debug, Clone)]
+pub enum BaselineData {
+    /// CSV with a header row.
+    Csv(Vec<u8>),
+    /// A `.npy` array.
+    Npy(Vec<u8>),
+}
+
+/// What validation found out about a model.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// Inputs.
+    pub inputs: Vec<TensorMetadata>,
+    /// Outputs.
+    pub outputs: Vec<TensorMetadata>,
+    /// Golden self-test.
+    pub self_test: SelfTest,
+    /// Baseline profile with output profiles, if data was given.
+    pub baseline: Option<BaselineProfile>,
+}
+
+/// Golden cases stored per version.
+const GOLDEN_CASES: usize = 3;
+/// Relative-and-absolute tolerance devices apply to golden outputs.
+const GOLDEN_TOLERANCE: f64 = 1e-4;
+/// Rows per engine run when profiling outputs over the reference data.
+const PROFILE_BATCH: usize = 256;
+
+/// Loads `model_path` in tract and validates it, with optional reference data.
+pub fn validate(
+    model_path: &Path,
+    baseline: Option<&BaselineData>,
+    options: &ProfileOptions,
+) -> Result<Validated, ValidationError> {
+    let engine = engine::load(model_path, &BackendConfig { kind: BackendKind::Tract, ..BackendConfig::default() })
+        .map_err(|e| ValidationError::Model(strip_path(&e.to_string(), model_path)))?;
+    let sig = engine.signature().clone();
+    let mut session = engine.clone().session().map_err(|e| ValidationError::Model(e.to_string()))?;
+
+    let data = baseline.map(|b| read_baseline(b, &sig)).transpose()?;
+    let feature_input = feature_input(&sig);
+    if let (Some(data), Some((_, spec))) = (&data, &feature_input) {
+        let width = spec.shape[1].unwrap_or(data.columns.len());
+        if data.columns.len() != width {
+            return Err(ValidationError::Baseline(format!(
+                "{} columns, but model input {:?} takes {width} features per row",
+                data.columns.len(),
+                spec.name
+            )));
+        }
+    }
+
+    let golden_inputs = match (&data, &feature_input) {
+        (Some(d), Some((_, spec))) => vec![rows_tensor(&d.rows[..d.rows.len().min(GOLDEN_CASES)], spec)?],
+        _ => synthetic_inputs(&sig)?,
+    };
+    let outputs = session
+        .run(golden_inputs.clone())
+        .map_err(|e| ValidationError::Model(format!("the model loads but does not run: {e}")))?;
+    let self_test = SelfTest {
+        tolerance: GOLDEN_TOLERANCE,
+        cases: vec![SelfTestCase {
+            inputs: golden_inputs.iter().zip(&sig.inputs).map(|(t, s)| golden(&s.name, t)).collect(),
+            outputs: outputs.iter().zip(&sig.outputs).map(|(t, s)| golden(&s.name, t)).collect(),
+        }],
+    };
+
+    let baseline = match data {
+        Some(d) => {
+            let mut profile = BaselineProfile::from_dataset(&d, options);
+            if let Some((_, spec)) = &feature_input {
+                profile.outputs = output_profiles(session.as_mut(), &sig, spec, &d, options.bins)?;
+            }
+            Some(profile)
+        }
+        None => None,
+    };
+    Ok(Validated {
+        inputs: sig.inputs.iter().map(TensorSpec::metadata).collect(),
+        outputs: sig.outputs.iter().map(TensorSpec::metadata).collect(),
+        self_test,
+        baseline,
+    })
+}
+
+/// Engines quote the temp file's path; the operator knows the file by another name.
+fn strip_path(message: &str, path: &Path) -> String {
+    message.replace(&format!("cannot load model {}: ", path.display()), "")
+}
+
+fn read_baseline(b: &BaselineData, sig: &Signature) -> Result<Dataset, ValidationError> {
+    let bad = |e: edgefleet_shared::dataset::DatasetError| ValidationError::Baseline(e.to_string());
+    match b {
+        BaselineData::Csv(bytes) => Dataset::from_csv(bytes.as_slice()).map_err(bad),
+        BaselineData::Npy(bytes) => Dataset::from_npy(bytes, None).map_err(bad).map(|mut d| {
+            if let Some((_, spec)) = feature_input(sig)
+                && spec.shape[1] == Some(d.columns.len())
+            {
+                d.columns = (0..d.columns.len()).map(|i| format!("{}[{i}]", spec.name)).collect();
+            }
+            d
+        }),
+    }
+}
+
+/// The model's one row-of-features input (rank 2, dynamic batch, numeric), if it has exactly one.
+fn feature_input(sig: &Signature) -> Option<(usize, &TensorSpec)> {
+    match sig.inputs.as_slice() {
+        [spec] if spec.shape.len() == 2 && spec.shape[0].is_none() && spec.datatype != Datatype::Bool => {
+            Some((0, spec))
+        }
+        _ => None,
+    }
+}
+
+fn rows_tensor(rows: &[Vec<f64>], spec: &TensorSpec) -> Result<Tensor, ValidationError> {
+    let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    let shape = vec![rows.len(), rows.first().map_or(0, Vec::len)];
+    let data = match spec.datatype {
+        Datatype::Fp32 => TensorData::F32(flat.iter().map(|v| *v as f32).collect()),
+        Datatype::Fp64 => TensorData::F64(flat),
+        Datatype::Int32 => TensorData::I32(flat.iter().map(|v| *v as i32).collect()),
+        Datatype::Int64 => TensorData::I64(flat.iter().map(|v| *v as i64).collect()),
+        other => {
+            return Err(ValidationError::Baseline(format!(
+                "input {:?} is {other}; baselines need a numeric input",
+                spec.name
+            )));
+        }
+    };
+    Tensor::new(shape, data).map_err(|e| ValidationError::Baseline(e.to_string()))
+}
+
+/// Deterministic pseudo-random inputs (batch 2 where the batch is dynamic) for models without
+/// usable reference data.
+fn synthetic_inputs(sig: &Signature) -> Result<Vec<Tensor>, ValidationError> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x901d);
+    sig.inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> =
+                spec.shape.iter().enumerate().map(|(i, d)| d.unwrap_or(if i == 0 { 2 } else { 1 })).collect();
+            let n: usize = shape.iter().product();
+            let data = match spec.datatype {
+                Datatype::Fp32 => TensorData::F32((0..n).map(|_| rng.random_range(-1.0..1.0)).collect()),
+                Datatype::Fp64 => TensorData::F64((0..n).map(|_| rng.random_range(-1.0..1.0)).collect()),
+                Datatype::Int8 => TensorData::I8((0..n).map(|_| rng.random_range(0..10)).collect()),
+                Datatype::Int16 => TensorData::I16((0..n).map(|_| rng.random_range(0..10)).collect()),
+                Datatype::Int32 => TensorData::I32((0..n).map(|_| rng.random_range(0..256)).collect()),
+                Datatype::Int64 => TensorData::I64((0..n).map(|_| rng.random_range(0..10)).collect()),
+                Datatype::Uint8 => TensorData::U8((0..n).map(|_| rng.random_range(0..=255)).collect()),
+                Datatype::Uint16 => TensorData::U16((0..n).map(|_| rng.random_range(0..10)).collect()),
+                Datatype::Uint32 => TensorData::U32((0..n).map(|_| rng.random_range(0..10)).collect()),
+                Datatype::Uint64 => TensorData::U64((0..n).map(|_| rng.random_range(0..10)).collect()),
+                Datatype::Bool => TensorData::Bool((0..n).map(|_| rng.random_bool(0.5)).collect()),
+                other => {
+                    return Err(ValidationError::Model(format!(
+                        "input {:?} has datatype {other}, which edgefleet cannot serve",
+                        spec.name
+                    )));
+                }
+            };
+            Tensor::new(shape, data).map_err(|e| ValidationError::Model(e.to_string()))
+        })
+        .collect()
+}
+
+fn golden(name: &str, t: &Tensor) -> GoldenTensor {
+    let data = match serde_json::to_value(t.json_data()) {
+        Ok(Value::Array(v)) => v,
+        _ => Vec::new(),
+    };
+    GoldenTensor { name: name.into(), datatype: t.datatype(), shape: t.shape.clone(), data }
+}
+
+/// Runs the model over the reference rows and profiles each output: integer outputs and
+/// multi-column scores as class histograms (scores by their argmax), scalar floats as numbers.
+fn output_profiles(
+    session: &mut dyn Session,
+    sig: &Signature,
+    spec: &TensorSpec,
+    data: &Dataset,
+    bins: usize,
+) -> Result<Vec<OutputProfile>, ValidationError> {
+    let mut classes: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); sig.outputs.len()];
+    let mut numbers: Vec<Vec<f64>> = vec![Vec::new(); sig.outputs.len()];
+    for chunk in data.rows.chunks(PROFILE_BATCH) {
+        let outputs = session
+            .run(vec![rows_tensor(chunk, spec)?])
+            .map_err(|e| ValidationError::Baseline(format!("running the model over the baseline failed: {e}")))?;
+        for (ix, out) in outputs.iter().enumerate() {
+            let rows = out.shape.first().copied().unwrap_or(1).max(1);
+            let width = out.data.len() / rows;
+            let values = out.data.to_f64_vec();
+            if is_integer(&out.data) {
+                for v in values {
+                    *classes[ix].entry(format!("{v}")).or_default() += 1;
+                }
+            } else if width > 1 {
+                for row in values.chunks(width) {
+                    let arg = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+                    *classes[ix].entry(arg.to_string()).or_default() += 1;
+                }
+            } else {
+                numbers[ix].extend(values);
+            }
+        }
+    }
+    Ok(sig
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(ix, s)| {
+            if numbers[ix].is_empty() {
+                OutputProfile::Classes { name: s.name.clone(), classes: std::mem::take(&mut classes[ix]) }
+            } else {
+                OutputProfile::Numeric(FeatureProfile::from_values(&s.name, numbers[ix].iter().copied(), bins))
+            }
+        })
+        .collect())
+}
+
+fn is_integer(d: &TensorData) -> bool {
+    !matches!(d, TensorData::F32(_) | TensorData::F64(_))
+}

@@ -1,0 +1,115 @@
+//! Running `edgefleet-controller` and the `edgefleet` CLI.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::binary;
+
+/// The admin token tests preset through `EDGEFLEET_ADMIN_TOKEN`.
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// A running controller, killed when dropped.
+pub struct ControllerProcess {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub admin_token_line: Option<String>,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl ControllerProcess {
+    /// Starts `edgefleet-controller serve --data-dir DIR --listen 127.0.0.1:0`.
+    pub fn start(data_dir: &Path) -> ControllerProcess {
+        let mut child = Command::new(binary("edgefleet-controller"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("EDGEFLEET_ADMIN_TOKEN", ADMIN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn controller");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let (etx, erx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = etx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut admin_token_line = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log: Vec<String> = erx.try_iter().collect();
+                panic!("controller did not start; stderr:\n{}", log.join("\n"))
+            };
+            if line.starts_with("admin token: ") {
+                admin_token_line = Some(line);
+            } else if let Some(url) = line.strip_prefix("edgefleet-controller listening on ") {
+                return ControllerProcess {
+                    child,
+                    base: url.to_owned(),
+                    data_dir: data_dir.to_owned(),
+                    admin_token_line,
+                    stderr: erx,
+                };
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                assert!(s.success(), "controller exit {s:?}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "controller did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs the `edgefleet` CLI against this controller with `token`.
+    pub fn cli(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(binary("edgefleet"))
+            .args(["--controller", &self.base, "--token", token])
+            .args(args)
+            .output()
+            .expect("run edgefleet")
+    }
+
+    /// Runs the CLI with `--output json`, asserting success, and parses the answer.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.cli(ADMIN, &all);
+        assert!(out.status.success(), "edgefleet {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
