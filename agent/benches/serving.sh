@@ -22,7 +22,9 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 ort_lib="$(agent/scripts/fetch-onnxruntime.sh)"
 
-echo "== build (release, tract-only agent; engine bench with ort)"
+echo "== build (release: an ort-enabled agent for the compute-bound comparison, then the tract-only one)"
+cargo build --release -q -p edgefleet-agent --features ort
+cp target/release/edgefleet-agent "$work/edgefleet-agent-ort"
 cargo build --release -q -p edgefleet-agent
 agent_bin="target/release/edgefleet-agent"
 echo "binary bytes=$(stat -c %s "$agent_bin") (stripped, default features: tract only)"
@@ -71,6 +73,18 @@ load "agent magika binary" "$agent/v2/models/magika/infer" "$work/magika.bin" 1 
 load "agent magika json" "$agent/v2/models/magika/infer" "$work/magika.json" 2 8
 echo "agent loaded rss_kib=$(awk '/VmRSS/{print $2}' /proc/$agent_pid/status) (after the load points)"
 kill "$agent_pid"
+
+echo "== agent with the ort backend (ONNX Runtime $ort_lib), Magika"
+"$work/edgefleet-agent-ort" serve --listen 127.0.0.1:0 --backend ort --ort-library "$ort_lib" \
+  --model magika=tests/testdata/magika.onnx >"$work/agent-ort.out" 2>"$work/agent-ort.err" &
+pids+=($!)
+ort_pid=$!
+wait_line "$work/agent-ort.out" "listening on"
+agent_ort="$(sed -n 's/^edgefleet-agent listening on //p' "$work/agent-ort.out")"
+wait_ready "$agent_ort/v2/models/magika/ready"
+load "agent-ort magika json" "$agent_ort/v2/models/magika/infer" "$work/magika.json" 1 1
+load "agent-ort magika json" "$agent_ort/v2/models/magika/infer" "$work/magika.json" 2 8
+kill "$ort_pid"
 
 echo "== Python peer: onnxruntime + FastAPI/uvicorn (same wrk, same bodies)"
 for model in mlp magika; do

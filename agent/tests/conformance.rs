@@ -60,6 +60,8 @@ fn both_backends_report_the_same_signature() {
         };
         assert_eq!(names(tract.signature()), names(ort.signature()), "{}", r.name);
         assert_eq!(tract.signature().inputs[0].shape, ort.signature().inputs[0].shape, "{}", r.name);
+        let dims = |s: &engine::Signature| s.outputs.iter().map(|t| t.shape.clone()).collect::<Vec<_>>();
+        assert_eq!(dims(tract.signature()), dims(ort.signature()), "{}: output shapes", r.name);
     }
 }
 

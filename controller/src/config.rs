@@ -16,6 +16,26 @@ pub struct ControllerConfig {
     pub server: ServerConfig,
     /// Registry.
     pub registry: RegistryConfig,
+    /// Fleet.
+    pub fleet: FleetConfig,
+}
+
+/// Fleet settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// Lifetime of a signed deployment document; documents are re-signed at half of it.
+    pub document_ttl_secs: u64,
+    /// A device counts as online if it was heard from within this many seconds.
+    pub online_window_secs: u64,
+    /// How often to look for documents to refresh.
+    pub refresh_interval_secs: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig { document_ttl_secs: 7 * 24 * 3600, online_window_secs: 90, refresh_interval_secs: 60 }
+    }
 }
 
 /// HTTP server settings.
@@ -71,6 +91,11 @@ impl ControllerConfig {
     pub fn validate(&self) -> Result<(), crate::Error> {
         if self.registry.baseline_bins < 2 {
             return Err(crate::Error::Config("registry.baseline_bins must be at least 2".into()));
+        }
+        if self.fleet.document_ttl_secs < 120 || self.fleet.refresh_interval_secs == 0 {
+            return Err(crate::Error::Config(
+                "fleet.document_ttl_secs must be at least 120 and refresh_interval_secs above 0".into(),
+            ));
         }
         if self.server.max_upload_bytes == 0 {
             return Err(crate::Error::Config("server.max_upload_bytes must be above 0".into()));

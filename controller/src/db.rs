@@ -95,6 +95,37 @@ const MIGRATIONS: &[&str] = &[
         detail  TEXT NOT NULL
     );
     ",
+    // 2: fleet: enrollment tokens, devices, per-device desired state.
+    "
+    CREATE TABLE enrollment_tokens (
+        id          INTEGER PRIMARY KEY,
+        hash        TEXT NOT NULL UNIQUE,
+        uses_left   INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        labels      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        created_by  TEXT NOT NULL
+    );
+    CREATE TABLE devices (
+        id                TEXT PRIMARY KEY,
+        public_key        TEXT NOT NULL,
+        labels            TEXT NOT NULL,
+        enrolled_at       INTEGER NOT NULL,
+        enrollment_token  INTEGER REFERENCES enrollment_tokens(id),
+        last_seen         INTEGER,
+        status            TEXT
+    );
+    CREATE TABLE desired (
+        device_id   TEXT PRIMARY KEY REFERENCES devices(id),
+        sequence    INTEGER NOT NULL,
+        model       TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        envelope    TEXT NOT NULL,
+        issued_at   INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX desired_expiry ON desired(expires_at);
+    ",
 ];
 
 /// A shared handle to the database.

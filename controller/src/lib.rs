@@ -11,6 +11,7 @@
 //! - [`cli`]: the `edgefleet` operator CLI (HTTP client, output formatting).
 //! - [`config`]: typed TOML configuration and the data-directory layout.
 //! - [`db`]: SQLite (WAL), migrations, the blocking-call handle, the audit log.
+//! - [`fleet`]: enrollment, device-signed requests, status, signed per-device documents.
 //! - [`observability`]: logging and the Prometheus recorder.
 //! - [`registry`]: the push pipeline, versions, aliases, lineage queries.
 //! - [`serve`]: start-up (data dir, key, bootstrap token) and the server loop.
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod fleet;
 pub mod observability;
 pub mod registry;
 pub mod serve;

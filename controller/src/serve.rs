@@ -15,6 +15,7 @@ use crate::api::{AppState, router};
 use crate::auth;
 use crate::config::{ControllerConfig, DataDir};
 use crate::db::Db;
+use crate::fleet::{Fleet, FleetSettings};
 use crate::registry::Registry;
 use crate::store::FsStore;
 
@@ -68,10 +69,21 @@ pub async fn run(
     let (db, store, key) = open(&data)?;
     let admin_token = db.call_blocking(|conn| auth::bootstrap_admin(conn, admin_preset))?;
     tracing::info!(key_id = %key.key_id(), data_dir = %data.root.display(), "Controller data opened.");
+    let key = Arc::new(key);
+    let fleet = Fleet::new(
+        db.clone(),
+        key.clone(),
+        FleetSettings {
+            document_ttl_secs: config.fleet.document_ttl_secs,
+            online_window_secs: config.fleet.online_window_secs,
+            mqtt_url: None,
+            topic_prefix: edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX.into(),
+        },
+    );
     let registry = Registry::new(
         db.clone(),
         store,
-        Arc::new(key),
+        key,
         data.scratch(),
         ProfileOptions {
             bins: config.registry.baseline_bins,
@@ -79,7 +91,9 @@ pub async fn run(
             ..ProfileOptions::default()
         },
     );
-    let state = AppState { db, registry, prometheus: crate::observability::prometheus() };
+    let refresher =
+        tokio::spawn(refresh_documents(fleet.clone(), Duration::from_secs(config.fleet.refresh_interval_secs)));
+    let state = AppState { db, registry, fleet, prometheus: crate::observability::prometheus() };
     let addr = config.server.listen;
     let listener =
         TcpListener::bind(addr).await.map_err(|e| Error::Startup(format!("cannot listen on {addr}: {e}")))?;
@@ -96,6 +110,7 @@ pub async fn run(
             .await
     });
     shutdown.await;
+    refresher.abort();
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(config.server.shutdown_grace_secs), server).await {
         Ok(Ok(Ok(()))) => tracing::info!("Controller stopped."),
@@ -104,4 +119,17 @@ pub async fn run(
         Err(_) => tracing::warn!("Requests still running after the grace period; stopping anyway."),
     }
     Ok(())
+}
+
+/// Re-signs documents past half their lifetime, forever.
+async fn refresh_documents(fleet: Fleet, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match fleet.refresh_expiring().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(documents = n, "Deployment documents refreshed before expiry."),
+            Err(e) => tracing::error!(error = %e, "Refreshing deployment documents failed."),
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`profile`]: baseline profiles (quantile bins, moments, reservoir sample).
 //! - [`dataset`]: reference data from CSV or `.npy`.
 //! - [`deployment`]: the signed deployment document.
+//! - [`fleet`]: enrollment, device-signed requests, status reports, MQTT topics.
 //! - [`signature`]: detached signatures and the signed envelope.
 //! - [`keys`]: Ed25519 keys, key ids, the `Signer` trait, 0600 key files.
 //! - [`trust`]: the trust store and key rotation.
@@ -28,6 +29,7 @@ pub mod compress;
 pub mod dataset;
 pub mod deployment;
 pub mod engine;
+pub mod fleet;
 pub mod inference;
 pub mod keys;
 #[cfg(feature = "service")]

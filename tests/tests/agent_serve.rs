@@ -161,6 +161,7 @@ mod ort_backend {
             client.get(agent.url("/v2/models/magika")).send().await.expect("GET").json().await.expect("json");
         assert_eq!(meta["platform"], "onnxruntime_onnx");
         assert_eq!(meta["inputs"][0]["shape"], json!([-1, 2048]));
+        assert_eq!(meta["outputs"][0]["shape"], json!([-1, 214]));
         let reference: Value =
             serde_json::from_slice(&std::fs::read(testdata().join("magika.reference.json")).expect("read"))
                 .expect("json");

@@ -1,6 +1,7 @@
 //! The operator REST API under `/api/v1` (JSON; bearer tokens with roles).
 
 mod artifacts;
+mod devices;
 mod error;
 mod models;
 mod tokens;
@@ -16,6 +17,7 @@ use utoipa::OpenApi;
 pub use error::ApiError;
 
 use crate::db::Db;
+use crate::fleet::Fleet;
 use crate::registry::Registry;
 
 /// State shared by the handlers.
@@ -25,6 +27,8 @@ pub struct AppState {
     pub db: Db,
     /// Registry service.
     pub registry: Registry,
+    /// Fleet service.
+    pub fleet: Fleet,
     /// Renders `/metrics`.
     pub prometheus: PrometheusHandle,
 }
@@ -49,7 +53,15 @@ pub struct AppState {
         tokens::create,
         tokens::list,
         tokens::revoke,
-        tokens::audit
+        tokens::audit,
+        devices::create_enrollment_token,
+        devices::enroll,
+        devices::desired,
+        devices::artifact,
+        devices::status,
+        devices::list,
+        devices::show,
+        devices::deploy
     ),
     components(schemas(
         crate::registry::VersionInfo,
@@ -88,6 +100,14 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/audit", get(tokens::audit))
+        .route("/enrollment-tokens", post(devices::create_enrollment_token))
+        .route("/enroll", post(devices::enroll))
+        .route("/devices", get(devices::list))
+        .route("/devices/{id}", get(devices::show))
+        .route("/devices/{id}/desired", get(devices::desired))
+        .route("/devices/{id}/artifacts/{sha256}", get(devices::artifact))
+        .route("/devices/{id}/status", post(devices::status))
+        .route("/deployments", post(devices::deploy))
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)

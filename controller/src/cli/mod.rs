@@ -48,6 +48,20 @@ pub enum Command {
     /// Operator tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Devices and their enrollment tokens.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Sign and issue deployment documents: `deploy N:V (--device ID | --selector k=v)`.
+    Deploy {
+        /// `NAME:VERSION` (VERSION a number or an alias).
+        reference: String,
+        /// One device.
+        #[arg(long, conflicts_with = "selector")]
+        device: Option<String>,
+        /// Every device with these labels (`k=v`, repeatable).
+        #[arg(long, value_parser = parse_kv, required_unless_present = "device")]
+        selector: Vec<(String, String)>,
+    },
     /// The audit log, newest first.
     Audit {
         /// How many records.
@@ -106,6 +120,38 @@ pub struct PushArgs {
     /// Explicit version number (must be above the latest).
     #[arg(long)]
     pub version: Option<u64>,
+}
+
+/// `edgefleet device ...`
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(DeviceTokenCommand),
+    /// List devices.
+    List,
+    /// Show one device with its last status.
+    Show {
+        /// Device id.
+        id: String,
+    },
+}
+
+/// `edgefleet device token ...`
+#[derive(Debug, Subcommand)]
+pub enum DeviceTokenCommand {
+    /// Create an enrollment token (with `--output json` the secret is in the field `token`).
+    Create {
+        /// How many devices may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Lifetime, e.g. `1h`, `30m`, `7d`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Label for the devices, `k=v`; repeatable.
+        #[arg(long = "label", value_parser = parse_kv)]
+        labels: Vec<(String, String)>,
+    },
 }
 
 /// `edgefleet token ...`
@@ -177,6 +223,24 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Token(TokenCommand::Revoke { id }) => {
             client.delete(&format!("/api/v1/tokens/{id}")).await?;
             output::done(out, &format!("token {id} revoked"));
+        }
+        Command::Device(DeviceCommand::Token(DeviceTokenCommand::Create { uses, ttl, labels })) => {
+            let labels: std::collections::BTreeMap<_, _> = labels.into_iter().collect();
+            let body = serde_json::json!({ "uses": uses, "ttl_secs": ttl.as_secs(), "labels": labels });
+            output::enrollment_token(out, &client.post_json("/api/v1/enrollment-tokens", &body).await?);
+        }
+        Command::Device(DeviceCommand::List) => output::devices(out, &client.get_json("/api/v1/devices").await?),
+        Command::Device(DeviceCommand::Show { id }) => {
+            output::device(out, &client.get_json(&format!("/api/v1/devices/{id}")).await?)
+        }
+        Command::Deploy { reference, device, selector } => {
+            let (name, Some(v)) = split_ref(&reference) else {
+                return Err(CliError::Usage(format!("expected NAME:VERSION, got {reference:?}")));
+            };
+            let selector: Option<std::collections::BTreeMap<_, _>> =
+                (!selector.is_empty()).then(|| selector.into_iter().collect());
+            let body = serde_json::json!({ "model": name, "version": v, "device": device, "selector": selector });
+            output::issued(out, &client.post_json("/api/v1/deployments", &body).await?);
         }
         Command::Audit { limit } => {
             output::audit(out, &client.get_json(&format!("/api/v1/audit?limit={limit}")).await?)

@@ -171,6 +171,100 @@ pub(super) fn audit(out: Output, v: &Value) {
     table(&["at", "actor", "action", "target", "detail"], &rows);
 }
 
+/// `device token create`.
+pub(super) fn enrollment_token(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    println!(
+        "enrollment token {} ({} use(s), expires {}): {}",
+        s(&v["id"]),
+        s(&v["uses"]),
+        time(&v["expires_at"]),
+        s(&v["token"])
+    );
+}
+
+fn model_ref(v: &Value) -> String {
+    if v.is_null() { "-".into() } else { format!("{}:{}", s(&v["name"]), s(&v["version"])) }
+}
+
+fn labels(v: &Value) -> String {
+    v.as_object()
+        .map(|o| o.iter().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+/// `device list`.
+pub(super) fn devices(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let st = &d["status"];
+            let error = st["last_refusal"]["class"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| (st["last_activation"]["ok"] == false).then(|| s(&st["last_activation"]["error"])));
+            vec![
+                s(&d["id"]),
+                if d["online"] == true { "online".into() } else { "offline".into() },
+                labels(&d["labels"]),
+                model_ref(&d["desired"]),
+                model_ref(&st["active"]),
+                error.unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&["id", "state", "labels", "desired", "active", "last error"], &rows);
+}
+
+/// `device show`.
+pub(super) fn device(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let st = &v["status"];
+    println!("device:    {} ({})", s(&v["id"]), if v["online"] == true { "online" } else { "offline" });
+    println!("labels:    {}", labels(&v["labels"]));
+    println!("enrolled:  {}", time(&v["enrolled_at"]));
+    println!("last seen: {}", time(&v["last_seen"]));
+    println!("desired:   {} (sequence {})", model_ref(&v["desired"]), s(&v["desired_sequence"]));
+    println!("active:    {} (previous {})", model_ref(&st["active"]), model_ref(&st["previous"]));
+    if !st["last_activation"].is_null() {
+        let a = &st["last_activation"];
+        println!(
+            "activation: {} {} in {} ms {}",
+            model_ref(&a["model"]),
+            if a["ok"] == true { "ok" } else { "FAILED" },
+            s(&a["duration_ms"]),
+            s(&a["error"])
+        );
+    }
+    if !st["last_refusal"].is_null() {
+        let r = &st["last_refusal"];
+        println!("refused:   [{}] {} at {}", s(&r["class"]), s(&r["message"]), time(&r["at"]));
+    }
+}
+
+/// `deploy`.
+pub(super) fn issued(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| vec![s(&i["device_id"]), s(&i["version"]), s(&i["sequence"]), time(&i["expires_at"])])
+        .collect();
+    table(&["device", "version", "sequence", "expires"], &rows);
+}
+
 /// A command with nothing to show but success.
 pub(super) fn done(out: Output, message: &str) {
     if out == Output::Json {

@@ -228,29 +228,40 @@ fn signature(model: &InferenceModel) -> TractResult<Result<Signature, EngineErro
             v
         }
         Err(_) => {
-            // Inputs as declared. tract drops declared output types, so those come from typing
-            // the graph at the warm-up shape; output shapes stay as declared (dynamic stays -1).
+            // Inputs as declared; tract drops declared output types and shapes.
             let declared_shape = |f: &InferenceFact| -> Option<Vec<Option<usize>>> {
                 (!f.shape.is_open())
                     .then(|| f.shape.dims().map(|d| d.concretize().and_then(|d| d.to_usize().ok())).collect())
             };
+            // Output dimensions are found by typing the graph at batch 1 and batch 2 of the
+            // inputs' dynamic dimensions: a dimension that changes between the two is dynamic.
             let mut v = Vec::new();
-            let mut concrete = model.clone();
+            let mut at = [model.clone(), model.clone()];
             for (ix, o) in inputs.iter().enumerate() {
                 let f = model.input_fact(ix)?;
                 let (dt, shape) = (f.datum_type.concretize(), declared_shape(f));
                 if let (Some(dt), Some(shape)) = (dt, &shape) {
-                    let dims: Vec<usize> = shape.iter().map(|d| d.unwrap_or(1)).collect();
-                    concrete.set_input_fact(ix, InferenceFact::dt_shape(dt, dims))?;
+                    for (size, m) in [1usize, 2].into_iter().zip(at.iter_mut()) {
+                        let dims: Vec<usize> = shape.iter().map(|d| d.unwrap_or(size)).collect();
+                        m.set_input_fact(ix, InferenceFact::dt_shape(dt, dims))?;
+                    }
                 }
                 v.push((input_name(*o), dt, shape));
             }
-            let typed = concrete.into_typed()?;
+            let [one, two] = at;
+            let (one, two) = (one.into_typed()?, two.into_typed()?);
             for (ix, o) in outputs.iter().enumerate() {
-                let at_warmup = typed.output_fact(ix)?;
-                let shape = declared_shape(model.output_fact(ix)?)
-                    .unwrap_or_else(|| at_warmup.shape.iter().map(|d| d.to_usize().ok()).collect());
-                v.push((output_name(*o), Some(at_warmup.datum_type), Some(shape)));
+                let (a, b) = (one.output_fact(ix)?, two.output_fact(ix)?);
+                let shape = a
+                    .shape
+                    .iter()
+                    .zip(b.shape.iter())
+                    .map(|(x, y)| match (x.to_usize().ok(), y.to_usize().ok()) {
+                        (Some(x), Some(y)) if x == y => Some(x),
+                        _ => None,
+                    })
+                    .collect();
+                v.push((output_name(*o), Some(a.datum_type), Some(shape)));
             }
             v
         }

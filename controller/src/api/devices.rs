@@ -1,0 +1,181 @@
+//! Device-facing routes (`/enroll`, `/devices/{id}/...`, authenticated by the device's key) and
+//! the operator's fleet routes (enrollment tokens, device list, deploy).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use edgefleet_shared::fleet::{
+    DEVICE_HEADER, DeviceStatus, EnrollRequest, EnrollResponse, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::auth::{Caller, Role};
+use crate::fleet::{DeployRequest, DeviceInfo, EnrollmentToken, FleetError, Issued};
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        match e {
+            FleetError::BadRequest(m) => ApiError::bad_request(m),
+            FleetError::Unauthorized(m) => ApiError::unauthorized(m),
+            FleetError::NotFound(m) => ApiError::not_found(m),
+            FleetError::Registry(r) => r.into(),
+            FleetError::Db(d) => d.into(),
+        }
+    }
+}
+
+/// Body of `POST /enrollment-tokens`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateEnrollmentToken {
+    /// Devices that may enroll with it (default 1).
+    #[serde(default = "one")]
+    uses: u32,
+    /// Lifetime in seconds (default 1 hour).
+    #[serde(default = "hour")]
+    ttl_secs: u64,
+    /// Labels for the devices.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn hour() -> u64 {
+    3600
+}
+
+/// Creates an enrollment token.
+#[utoipa::path(post, path = "/api/v1/enrollment-tokens", request_body = CreateEnrollmentToken, responses((status = 201, body = EnrollmentToken)))]
+pub(super) async fn create_enrollment_token(
+    caller: Caller,
+    State(state): State<AppState>,
+    body: Result<Json<CreateEnrollmentToken>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<EnrollmentToken>), ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let token = state.fleet.create_token(req.uses, req.ttl_secs, req.labels, caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+/// Enrolls a device (authenticated by the enrollment token in the body).
+#[utoipa::path(post, path = "/api/v1/enroll", responses((status = 200, description = "device id and broker"), (status = 401, body = super::ErrorSchema)))]
+pub(super) async fn enroll(
+    State(state): State<AppState>,
+    body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(state.fleet.enroll(req).await?))
+}
+
+/// Checks the device headers of a request against the device `id` in the path. `uri` must be
+/// the original URI (routes are nested under `/api/v1`, which `Uri` would strip).
+async fn device_auth(
+    state: &AppState,
+    id: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let claimed = header(DEVICE_HEADER).ok_or_else(|| ApiError::unauthorized(format!("missing {DEVICE_HEADER}")))?;
+    if claimed != id {
+        return Err(ApiError::forbidden(format!("device {claimed:?} may not act for {id:?}")));
+    }
+    let timestamp = header(TIMESTAMP_HEADER)
+        .and_then(|t| t.parse::<u64>().ok())
+        .ok_or_else(|| ApiError::unauthorized(format!("missing or invalid {TIMESTAMP_HEADER}")))?;
+    let signature =
+        header(SIGNATURE_HEADER).ok_or_else(|| ApiError::unauthorized(format!("missing {SIGNATURE_HEADER}")))?;
+    let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    state.fleet.authenticate(claimed, method.as_str().to_owned(), path, timestamp, body.to_vec(), signature).await?;
+    Ok(())
+}
+
+/// The device's signed deployment document (204 when none).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/desired", responses((status = 200, description = "signed envelope"), (status = 204)))]
+pub(super) async fn desired(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    device_auth(&state, &id, &method, &uri, &headers, b"").await?;
+    Ok(match state.fleet.desired(id).await? {
+        Some(env) => Json(env).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// An artifact of the device's current document (compressed; `Range` supported).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/artifacts/{sha256}", responses((status = 200), (status = 206), (status = 403, body = super::ErrorSchema)))]
+pub(super) async fn artifact(
+    State(state): State<AppState>,
+    Path((id, sha256)): Path<(String, String)>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    device_auth(&state, &id, &method, &uri, &headers, b"").await?;
+    if !state.fleet.may_download(id.clone(), sha256.clone()).await? {
+        return Err(ApiError::forbidden(format!("artifact {sha256} is not part of device {id:?}'s deployment")));
+    }
+    super::artifacts::serve_artifact(&state, &sha256, &headers).await
+}
+
+/// A device reports its status.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/status", responses((status = 204)))]
+pub(super) async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    device_auth(&state, &id, &method, &uri, &headers, &body).await?;
+    let status: DeviceStatus =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("status: {e}")))?;
+    state.fleet.record_status(id, status).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lists devices.
+#[utoipa::path(get, path = "/api/v1/devices", responses((status = 200, body = Vec<DeviceInfo>)))]
+pub(super) async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.fleet.devices(None).await?))
+}
+
+/// One device.
+#[utoipa::path(get, path = "/api/v1/devices/{id}", responses((status = 200, body = DeviceInfo), (status = 404, body = super::ErrorSchema)))]
+pub(super) async fn show(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceInfo>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let mut all = state.fleet.devices(Some(id)).await?;
+    all.pop().map(Json).ok_or_else(|| ApiError::not_found("unknown device"))
+}
+
+/// Signs and issues deployment documents.
+#[utoipa::path(post, path = "/api/v1/deployments", request_body = DeployRequest, responses((status = 201, body = Vec<Issued>)))]
+pub(super) async fn deploy(
+    caller: Caller,
+    State(state): State<AppState>,
+    body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Vec<Issued>>), ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok((StatusCode::CREATED, Json(state.fleet.deploy(req, caller.actor()).await?)))
+}

@@ -1,0 +1,210 @@
+//! Fleet wire types: enrollment, device-signed HTTP requests, status reports, MQTT topics.
+//!
+//! A device proves who it is by signing each HTTP request with the Ed25519 key it generated on
+//! first start and registered at enrollment. The signed payload binds the method, the path with
+//! query, a timestamp and the body's digest, so a captured request cannot be replayed later,
+//! sent to another path, or given another body.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use crate::deployment::ModelRef;
+use crate::keys::{PublicKey, Signer};
+use crate::verify::sha256_hex;
+
+/// Header: the device id.
+pub const DEVICE_HEADER: &str = "x-edgefleet-device";
+/// Header: unix seconds when the request was signed.
+pub const TIMESTAMP_HEADER: &str = "x-edgefleet-timestamp";
+/// Header: base64 Ed25519 signature over [`request_payload`].
+pub const SIGNATURE_HEADER: &str = "x-edgefleet-signature";
+/// How far a request's timestamp may be from the controller's clock.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+/// Default MQTT topic prefix.
+pub const DEFAULT_TOPIC_PREFIX: &str = "edgefleet/v1";
+
+/// The bytes a device signs for one HTTP request.
+pub fn request_payload(method: &str, path_and_query: &str, timestamp: u64, body: &[u8]) -> Vec<u8> {
+    format!("edgefleet-request-v1\n{method}\n{path_and_query}\n{timestamp}\n{}", sha256_hex(body)).into_bytes()
+}
+
+/// Signs a request; returns the value of [`SIGNATURE_HEADER`].
+pub fn sign_request(signer: &dyn Signer, method: &str, path_and_query: &str, timestamp: u64, body: &[u8]) -> String {
+    B64.encode(signer.sign(&request_payload(method, path_and_query, timestamp, body)))
+}
+
+/// Why a device request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestAuthError {
+    /// The timestamp is too far from now (replayed or badly set clock).
+    #[error("stale request: timestamp {timestamp} is more than {MAX_CLOCK_SKEW_SECS} s from the controller's {now}")]
+    Stale {
+        /// Request time.
+        timestamp: u64,
+        /// Controller time.
+        now: u64,
+    },
+    /// The signature does not verify under the device's key.
+    #[error("bad request signature")]
+    BadSignature,
+}
+
+/// Checks a device-signed request.
+pub fn verify_request(
+    key: &PublicKey,
+    method: &str,
+    path_and_query: &str,
+    timestamp: u64,
+    body: &[u8],
+    signature_b64: &str,
+    now: u64,
+) -> Result<(), RequestAuthError> {
+    if timestamp.abs_diff(now) > MAX_CLOCK_SKEW_SECS {
+        return Err(RequestAuthError::Stale { timestamp, now });
+    }
+    let sig = B64.decode(signature_b64).map_err(|_| RequestAuthError::BadSignature)?;
+    if key.verify(&request_payload(method, path_and_query, timestamp, body), &sig) {
+        Ok(())
+    } else {
+        Err(RequestAuthError::BadSignature)
+    }
+}
+
+/// Device id for a public key: `dev-` and the key id, so an id cannot be claimed without the key.
+pub fn device_id(key: &PublicKey) -> String {
+    format!("dev-{}", key.key_id())
+}
+
+/// `POST /api/v1/enroll` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The enrollment token.
+    pub token: String,
+    /// Base64 of the device's Ed25519 public key.
+    pub public_key: String,
+    /// Labels the device reports (merged with the token's labels; the token's win).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/enroll` answer. It carries no keys: devices trust controller keys only from
+/// their provisioned trust file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// The device's id.
+    pub device_id: String,
+    /// Broker the device should use, when the controller has one.
+    pub mqtt_url: Option<String>,
+    /// Topic prefix.
+    pub topic_prefix: String,
+    /// Labels now recorded for the device.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Outcome of one activation attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationReport {
+    /// Model version tried.
+    pub model: ModelRef,
+    /// Document sequence it came from.
+    pub sequence: u64,
+    /// Whether the version is now serving.
+    pub ok: bool,
+    /// Stage that failed (`download`, `verify`, `load`, `self_test`, `watch`) and why.
+    pub error: Option<String>,
+    /// Unix seconds.
+    pub at: u64,
+    /// Milliseconds from document accepted to commit or rollback.
+    pub duration_ms: u64,
+}
+
+/// A refused deployment document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Attack or failure class (`bad_signature`, `hash_mismatch`, ...).
+    pub class: String,
+    /// Details.
+    pub message: String,
+    /// Sequence of the refused document, when it could be read.
+    pub sequence: Option<u64>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// What a device reports about itself.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Agent version.
+    pub agent_version: String,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+    /// Version serving now.
+    pub active: Option<ModelRef>,
+    /// Version kept for rollback.
+    pub previous: Option<ModelRef>,
+    /// Last accepted document sequence.
+    pub last_sequence: Option<u64>,
+    /// Last refused document.
+    pub last_refusal: Option<Refusal>,
+    /// Last activation attempt.
+    pub last_activation: Option<ActivationReport>,
+    /// Inference requests answered since start.
+    pub requests: u64,
+    /// Share of inference requests that failed, since start.
+    pub error_rate: f64,
+}
+
+/// MQTT topics under a prefix.
+pub mod topics {
+    /// Desired state (controller → device, retained).
+    pub fn desired(prefix: &str, device: &str) -> String {
+        format!("{prefix}/devices/{device}/desired")
+    }
+    /// Status (device → controller; last will marks offline).
+    pub fn status(prefix: &str, device: &str) -> String {
+        format!("{prefix}/devices/{device}/status")
+    }
+    /// Telemetry (device → controller, QoS 1).
+    pub fn telemetry(prefix: &str, device: &str) -> String {
+        format!("{prefix}/devices/{device}/telemetry")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::FileKey;
+
+    #[test]
+    fn signed_requests_verify_only_unchanged_and_fresh() {
+        let key = FileKey::from_seed([9; 32]);
+        let pk = key.public_key();
+        let sig = sign_request(&key, "GET", "/api/v1/devices/d/desired", 1000, b"");
+        assert_eq!(verify_request(&pk, "GET", "/api/v1/devices/d/desired", 1000, b"", &sig, 1100), Ok(()));
+        assert_eq!(
+            verify_request(&pk, "GET", "/api/v1/devices/e/desired", 1000, b"", &sig, 1100),
+            Err(RequestAuthError::BadSignature)
+        );
+        assert_eq!(
+            verify_request(&pk, "POST", "/api/v1/devices/d/desired", 1000, b"", &sig, 1100),
+            Err(RequestAuthError::BadSignature)
+        );
+        assert_eq!(
+            verify_request(&pk, "GET", "/api/v1/devices/d/desired", 1000, b"x", &sig, 1100),
+            Err(RequestAuthError::BadSignature)
+        );
+        assert_eq!(
+            verify_request(&pk, "GET", "/api/v1/devices/d/desired", 1000, b"", &sig, 1000 + MAX_CLOCK_SKEW_SECS + 1),
+            Err(RequestAuthError::Stale { timestamp: 1000, now: 1000 + MAX_CLOCK_SKEW_SECS + 1 })
+        );
+        let other = FileKey::from_seed([10; 32]).public_key();
+        assert_eq!(
+            verify_request(&other, "GET", "/api/v1/devices/d/desired", 1000, b"", &sig, 1000),
+            Err(RequestAuthError::BadSignature)
+        );
+    }
+}
