@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve local ONNX files over KServe v2 HTTP, without a controller.
     Serve(ServeArgs),
+    /// Fleet mode: enroll with a controller and follow its signed desired state.
+    Run(RunArgs),
     /// Print the default configuration file, with every option documented.
     PrintDefaultConfig,
     /// Check a signed deployment document offline, as a device would (exit 0 verified,
@@ -107,6 +109,100 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
+}
+
+/// `run` options; flags override the config file's `[fleet]` and `[server]` values.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML configuration file (see `print-default-config`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Controller URL.
+    #[arg(long)]
+    pub controller: Option<String>,
+    /// Enrollment token (first start only).
+    #[arg(long)]
+    pub enroll_token: Option<String>,
+    /// File with the enrollment token; deleted after enrolling.
+    #[arg(long)]
+    pub enroll_token_file: Option<PathBuf>,
+    /// Trust file with the controller keys to accept.
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    /// State directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address of the inference API [default: 127.0.0.1:8500].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Label reported at enrollment, `k=v`; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// MQTT broker URL, overriding the controller's.
+    #[arg(long)]
+    pub mqtt: Option<String>,
+    /// Inference engine: tract, ort or auto.
+    #[arg(long, value_parser = str::parse::<BackendKind>)]
+    pub backend: Option<BackendKind>,
+    /// libonnxruntime.so for the ort backend (else ORT_DYLIB_PATH).
+    #[arg(long, value_name = "PATH")]
+    pub ort_library: Option<PathBuf>,
+    /// Seconds between desired-state polls.
+    #[arg(long)]
+    pub poll_interval_secs: Option<u64>,
+    /// Seconds between status reports.
+    #[arg(long)]
+    pub status_interval_secs: Option<u64>,
+    /// Seconds to watch a new version before committing to it.
+    #[arg(long)]
+    pub watch_window_secs: Option<u64>,
+    /// Worker threads per model.
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected k=v, got {s:?}"))?;
+    if k.is_empty() {
+        return Err(format!("expected k=v, got {s:?}"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+impl RunArgs {
+    /// The effective configuration: the file (or defaults), then the flags, validated.
+    pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        let f = &mut config.fleet;
+        macro_rules! set {
+            ($($flag:ident => $field:expr),* $(,)?) => {$(
+                if let Some(v) = self.$flag { $field = v; }
+            )*};
+        }
+        set!(poll_interval_secs => f.poll_interval_secs, status_interval_secs => f.status_interval_secs,
+            watch_window_secs => f.watch_window_secs, workers => f.workers, data_dir => f.data_dir);
+        f.controller = self.controller.or(f.controller.take());
+        f.enroll_token = self.enroll_token.or(f.enroll_token.take());
+        f.enroll_token_file = self.enroll_token_file.or(f.enroll_token_file.take());
+        f.trust_file = self.trust.or(f.trust_file.take());
+        f.mqtt = self.mqtt.or(f.mqtt.take());
+        f.labels.extend(self.labels);
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if let Some(kind) = self.backend {
+            config.backend.kind = kind;
+        }
+        if let Some(lib) = self.ort_library {
+            config.backend.ort.library_path = Some(lib);
+        }
+        config.validate()?;
+        config.validate_fleet()?;
+        Ok(config)
+    }
 }
 
 fn parse_model(s: &str) -> Result<(String, PathBuf), String> {

@@ -47,6 +47,63 @@ pub struct AgentConfig {
     pub backend: BackendConfig,
     /// Models to serve in standalone mode.
     pub models: Vec<ModelConfig>,
+    /// Fleet mode (`edgefleet-agent run`).
+    pub fleet: FleetConfig,
+}
+
+/// Fleet mode: where the controller is, how this device proves itself, how it activates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// Controller base URL, e.g. `https://controller.example:7700`.
+    pub controller: Option<String>,
+    /// Enrollment token (first start only).
+    pub enroll_token: Option<String>,
+    /// File holding the enrollment token; deleted after a successful enrollment.
+    pub enroll_token_file: Option<PathBuf>,
+    /// Trust file with the controller keys this device accepts (provisioned out of band).
+    pub trust_file: Option<PathBuf>,
+    /// State directory: device key, state file, model slots, download staging.
+    pub data_dir: PathBuf,
+    /// Labels reported at enrollment.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// MQTT broker URL overriding the one the controller hands out.
+    pub mqtt: Option<String>,
+    /// How often to ask the controller for the desired state over HTTP.
+    pub poll_interval_secs: u64,
+    /// How often to report status when nothing happens.
+    pub status_interval_secs: u64,
+    /// After a swap, how long to watch the new version before committing to it.
+    pub watch_window_secs: u64,
+    /// Error rate during the watch window above which the agent rolls back.
+    pub max_error_rate: f64,
+    /// Requests needed in the watch window before the error rate is judged.
+    pub min_watch_requests: u64,
+    /// Worker threads per model.
+    pub workers: usize,
+    /// Queue capacity per model.
+    pub queue_capacity: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            controller: None,
+            enroll_token: None,
+            enroll_token_file: None,
+            trust_file: None,
+            data_dir: PathBuf::from("/var/lib/edgefleet"),
+            labels: Default::default(),
+            mqtt: None,
+            poll_interval_secs: 30,
+            status_interval_secs: 30,
+            watch_window_secs: 30,
+            max_error_rate: 0.05,
+            min_watch_requests: 20,
+            workers: default_workers(),
+            queue_capacity: default_queue_capacity(),
+        }
+    }
 }
 
 /// HTTP server settings.
@@ -142,6 +199,28 @@ impl AgentConfig {
     /// Parses TOML text; `path` is only used in messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+    }
+
+    /// Checks what fleet mode needs on top of [`AgentConfig::validate`].
+    pub fn validate_fleet(&self) -> Result<(), ConfigError> {
+        let f = &self.fleet;
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if f.controller.is_none() {
+            return invalid("fleet.controller (--controller) is required in fleet mode");
+        }
+        if f.trust_file.is_none() {
+            return invalid("fleet.trust_file (--trust) is required: the controller keys this device accepts");
+        }
+        if f.poll_interval_secs == 0 || f.status_interval_secs == 0 {
+            return invalid("fleet.poll_interval_secs and status_interval_secs must be above 0");
+        }
+        if !(0.0..=1.0).contains(&f.max_error_rate) {
+            return invalid("fleet.max_error_rate must be between 0 and 1");
+        }
+        if f.workers == 0 || f.queue_capacity == 0 {
+            return invalid("fleet.workers and fleet.queue_capacity must be at least 1");
+        }
+        Ok(())
     }
 
     /// Checks values that the types alone do not constrain.

@@ -9,6 +9,7 @@
 //! - [`cli`]: command-line arguments and how they map onto the configuration.
 //! - [`config`]: the typed TOML configuration and its shipped defaults.
 //! - [`engine`]: (re-exported from `edgefleet-shared`) the backend trait, tract and ONNX Runtime.
+//! - [`fleet`]: fleet mode: enrollment, desired state, verified download, activation, status.
 //! - [`http`]: the KServe v2 routes, request decoding and response encoding.
 //! - [`inspect`]: offline verification of deployment documents (`verify`).
 //! - [`observability`]: logging set-up and the Prometheus recorder.
@@ -19,6 +20,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod http;
 pub mod inspect;
 pub mod observability;

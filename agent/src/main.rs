@@ -22,6 +22,22 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Verify(args) => verify(args),
+        Command::Run(args) => {
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("edgefleet-agent: {e}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            match run_fleet(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("edgefleet-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve(args) => {
             let config = match args.into_config() {
                 Ok(c) => c,
@@ -68,16 +84,26 @@ fn verify(args: edgefleet_agent::cli::VerifyArgs) -> ExitCode {
     }
 }
 
-fn run_serve(config: edgefleet_agent::config::AgentConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime(config: &edgefleet_agent::config::AgentConfig) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.http_threads)
         .thread_name("edgefleet-http")
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve::run(config, shutdown::signal(), |addr| {
-        // A stable line on stdout so scripts and tests can find a port chosen with :0.
-        println!("edgefleet-agent listening on http://{addr}");
-    }))?;
+        .context("cannot start the async runtime")
+}
+
+/// A stable line on stdout so scripts and tests can find a port chosen with :0.
+fn announce(addr: std::net::SocketAddr) {
+    println!("edgefleet-agent listening on http://{addr}");
+}
+
+fn run_serve(config: edgefleet_agent::config::AgentConfig) -> anyhow::Result<()> {
+    runtime(&config)?.block_on(serve::run(config, shutdown::signal(), announce))?;
+    Ok(())
+}
+
+fn run_fleet(config: edgefleet_agent::config::AgentConfig) -> anyhow::Result<()> {
+    runtime(&config)?.block_on(edgefleet_agent::fleet::run(config, shutdown::signal(), announce))?;
     Ok(())
 }

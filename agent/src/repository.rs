@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -26,6 +27,8 @@ pub struct ServedModel {
     pub pool: WorkerPool,
     /// Pre-registered metric handles, so the hot path does no label lookups.
     pub metrics: ModelMetrics,
+    /// Answered and failed requests.
+    pub outcomes: Outcomes,
 }
 
 /// Metric handles for one model version.
@@ -66,6 +69,49 @@ impl ModelMetrics {
             batch_rows: histogram!("edgefleet_agent_inference_batch_rows", &labels),
             in_flight: gauge!("edgefleet_agent_inference_in_flight_requests", &labels),
         }
+    }
+}
+
+/// Loads a model and warms its workers without publishing it (fleet mode self-tests it first).
+pub async fn prepare(source: ModelSource, backend: &BackendConfig) -> Result<Arc<ServedModel>, EngineError> {
+    let started = Instant::now();
+    let backend = backend.clone();
+    let src = source.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<ServedModel, EngineError> {
+        let engine = engine::load(&src.path, &backend)?;
+        let metrics = ModelMetrics::new(&src.name, &src.version);
+        let pool = WorkerPool::start(&src.name, engine.clone(), &src.pool, metrics.batch_rows.clone())?;
+        Ok(ServedModel { metrics, name: src.name, version: src.version, engine, pool, outcomes: Outcomes::default() })
+    })
+    .await
+    .unwrap_or_else(|e| Err(EngineError::Run(format!("model loader panicked: {e}"))));
+    match &loaded {
+        Ok(model) => {
+            counter!("edgefleet_agent_model_loads_total", "result" => "ok").increment(1);
+            tracing::info!(model = %source.name, version = %source.version, platform = model.engine.platform(),
+                millis = started.elapsed().as_millis() as u64, "Model loaded and warmed up.");
+        }
+        Err(e) => {
+            counter!("edgefleet_agent_model_loads_total", "result" => "error").increment(1);
+            tracing::error!(model = %source.name, path = %source.path.display(), error = %e, "Model failed to load.");
+        }
+    }
+    loaded.map(Arc::new)
+}
+
+/// Requests this model version answered and failed (engine errors), for watch windows.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    /// Answered.
+    pub ok: AtomicU64,
+    /// Failed in the engine.
+    pub failed: AtomicU64,
+}
+
+impl Outcomes {
+    /// (answered, failed) so far.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
     }
 }
 
@@ -145,28 +191,12 @@ impl Repository {
     }
 
     /// Loads, warms up and publishes a model; the entry reads `Loading` meanwhile and `Failed`
-    /// if anything goes wrong.
+    /// if anything goes wrong (standalone serving).
     pub async fn load(&self, source: ModelSource, backend: &BackendConfig) -> Result<Arc<ServedModel>, EngineError> {
         self.write().insert(source.name.clone(), ModelState::Loading { version: source.version.clone() });
-        let started = Instant::now();
-        let backend = backend.clone();
-        let src = source.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<ServedModel, EngineError> {
-            let engine = engine::load(&src.path, &backend)?;
-            let metrics = ModelMetrics::new(&src.name, &src.version);
-            let pool = WorkerPool::start(&src.name, engine.clone(), &src.pool, metrics.batch_rows.clone())?;
-            Ok(ServedModel { metrics, name: src.name, version: src.version, engine, pool })
-        })
-        .await
-        .unwrap_or_else(|e| Err(EngineError::Run(format!("model loader panicked: {e}"))));
-        match loaded {
+        match prepare(source.clone(), backend).await {
             Ok(model) => {
-                let model = Arc::new(model);
-                self.write().insert(source.name.clone(), ModelState::Ready(model.clone()));
-                counter!("edgefleet_agent_model_loads_total", "result" => "ok").increment(1);
-                self.update_ready_gauge();
-                tracing::info!(model = %source.name, version = %source.version, platform = model.engine.platform(),
-                    millis = started.elapsed().as_millis() as u64, "Model loaded and warmed up.");
+                self.install(model.clone());
                 Ok(model)
             }
             Err(e) => {
@@ -174,11 +204,27 @@ impl Repository {
                     source.name.clone(),
                     ModelState::Failed { version: source.version.clone(), error: e.to_string() },
                 );
-                counter!("edgefleet_agent_model_loads_total", "result" => "error").increment(1);
-                tracing::error!(model = %source.name, path = %source.path.display(), error = %e, "Model failed to load.");
                 Err(e)
             }
         }
+    }
+
+    /// Publishes a prepared model under its name, atomically replacing what served before.
+    /// Requests already holding the old model finish on it; new ones get this one. Returns the
+    /// model it replaced.
+    pub fn install(&self, model: Arc<ServedModel>) -> Option<Arc<ServedModel>> {
+        let old = self.write().insert(model.name.clone(), ModelState::Ready(model));
+        self.update_ready_gauge();
+        match old {
+            Some(ModelState::Ready(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Stops serving `name`.
+    pub fn remove(&self, name: &str) {
+        self.write().remove(name);
+        self.update_ready_gauge();
     }
 
     /// Removes every model, closing their queues. Requests already queued finish first.

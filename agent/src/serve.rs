@@ -48,52 +48,81 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    let addr = config.server.listen;
-    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-    let repository = Repository::new();
-    let state = AppState {
-        repository: repository.clone(),
-        prometheus: observability::prometheus(),
-        max_body_bytes: config.server.max_body_bytes,
-    };
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let server = tokio::spawn(async move {
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            // Small request/response pairs: Nagle's delay would dominate their latency.
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
-    tracing::info!(addr = %local, "HTTP API listening.");
-    on_listening(local);
-
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let http = HttpServer::start(&config).await?;
+    on_listening(http.addr);
+    let repository = http.repository.clone();
     let loading = load_all(&repository, &config);
     tokio::pin!(shutdown);
     let load_result = tokio::select! {
         r = loading => r,
         () = &mut shutdown => Ok(()),
     };
-    if load_result.is_ok() && !shutdown_requested(&stop_tx) {
+    if load_result.is_ok() && !http.stopping() {
         shutdown.await;
     }
-    let _ = stop_tx.send(true);
-    match tokio::time::timeout(grace, server).await {
-        Ok(Ok(Ok(()))) => tracing::info!("All connections drained."),
-        Ok(Ok(Err(e))) => return Err(ServeError::Http(e)),
-        Ok(Err(join)) => tracing::error!(error = %join, "HTTP server task failed."),
-        Err(_) => tracing::warn!(
-            grace_secs = grace.as_secs(),
-            "Requests still running after the grace period; stopping anyway."
-        ),
-    }
-    stop_models(&repository).await;
+    http.drain(Duration::from_secs(config.server.shutdown_grace_secs)).await?;
     load_result
+}
+
+/// The KServe HTTP API over a repository, running until drained.
+#[derive(Debug)]
+pub struct HttpServer {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// The models it serves.
+    pub repository: Arc<Repository>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    /// Binds `server.listen` and starts serving an empty repository.
+    pub async fn start(config: &AgentConfig) -> Result<Self, ServeError> {
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+        let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+        let repository = Repository::new();
+        let state = AppState {
+            repository: repository.clone(),
+            prometheus: observability::prometheus(),
+            max_body_bytes: config.server.max_body_bytes,
+        };
+        let (stop, mut stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                // Small request/response pairs: Nagle's delay would dominate their latency.
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(addr = %local, "HTTP API listening.");
+        Ok(HttpServer { addr: local, repository, stop, task })
+    }
+
+    fn stopping(&self) -> bool {
+        shutdown_requested(&self.stop)
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish within `grace`, then stops
+    /// the models' workers.
+    pub async fn drain(self, grace: Duration) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(grace, self.task).await {
+            Ok(Ok(Ok(()))) => tracing::info!("All connections drained."),
+            Ok(Ok(Err(e))) => return Err(ServeError::Http(e)),
+            Ok(Err(join)) => tracing::error!(error = %join, "HTTP server task failed."),
+            Err(_) => tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "Requests still running after the grace period; stopping anyway."
+            ),
+        }
+        stop_models(&self.repository).await;
+        Ok(())
+    }
 }
 
 fn shutdown_requested(stop: &watch::Sender<bool>) -> bool {

@@ -321,9 +321,17 @@ pub fn verify_compressed_artifact(
     let mut checked_out = VerifyingWriter { inner: out, verifier: &mut content };
     let mut reader = checked_in;
     let result = decompress_capped(&mut reader, artifact.size, &mut checked_out);
-    if let Some(e) = reader.error.take() {
-        return Err(e);
+    // Drain what the decoder did not read so the transfer digest covers every byte; a transfer
+    // that is not the declared one (too long, wrong digest) is the precise diagnosis even when
+    // it also fails to decompress.
+    if reader.error.is_none() {
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
     }
+    let transfer_checked = match reader.error.take() {
+        Some(e) => Err(e),
+        None => transfer.finish(),
+    };
+    transfer_checked?;
     match result {
         Ok(_) => {}
         Err(DecompressError::TooLarge { .. }) => {
@@ -334,13 +342,6 @@ pub fn verify_compressed_artifact(
         }
         Err(DecompressError::Write(source)) => return Err(ArtifactError::Io { name: artifact.name.clone(), source }),
     }
-    // Drain what the decoder did not need, so trailing garbage counts against the transfer.
-    std::io::copy(&mut reader, &mut std::io::sink())
-        .map_err(|source| ArtifactError::Io { name: artifact.name.clone(), source })?;
-    if let Some(e) = reader.error.take() {
-        return Err(e);
-    }
-    transfer.finish()?;
     content.finish()
 }
 
@@ -370,6 +371,9 @@ struct VerifyingReader<'a, R> {
 
 impl<R: Read> Read for VerifyingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.error.is_some() {
+            return Err(std::io::Error::other("artifact exceeds its declared size"));
+        }
         let n = self.inner.read(buf)?;
         if let Err(e) = self.verifier.update(&buf[..n]) {
             self.error = Some(e);

@@ -75,10 +75,12 @@ async fn run(
     model.metrics.compute_seconds.record(result.compute.as_secs_f64());
     let tensors = result.outputs.map_err(|e| {
         model.metrics.engine_errors.increment(1);
+        model.outcomes.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ApiError::internal(e.to_string())
     })?;
     let response = encode(&model, &request, &outputs, &tensors)?;
     model.metrics.requests.increment(1);
+    model.outcomes.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     model.metrics.request_seconds.record(started.elapsed().as_secs_f64());
     Ok(response)
 }

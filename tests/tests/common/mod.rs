@@ -46,8 +46,17 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `edgefleet-agent serve --listen 127.0.0.1:0 ARGS` and waits for its address line.
     pub fn serve(args: &[&str], env: &[(&str, &Path)]) -> AgentProcess {
+        Self::spawn("serve", args, env)
+    }
+
+    /// Starts `edgefleet-agent run --listen 127.0.0.1:0 ARGS` (fleet mode).
+    pub fn run(args: &[&str]) -> AgentProcess {
+        Self::spawn("run", args, &[])
+    }
+
+    fn spawn(mode: &str, args: &[&str], env: &[(&str, &Path)]) -> AgentProcess {
         let mut cmd = Command::new(binary("edgefleet-agent"));
-        cmd.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
+        cmd.arg(mode).args(["--listen", "127.0.0.1:0"]).args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }

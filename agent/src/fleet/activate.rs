@@ -1,0 +1,269 @@
+//! Activation: fetch → verify → decompress → load → warm up → golden self-test → atomic swap →
+//! watch window → commit, or roll back to the previous version.
+//!
+//! Model files land in `models/NAME/VERSION/` only once every artifact verified: they are
+//! written to a temp directory, a `.complete` marker is written last, and the directory is
+//! renamed into place. A slot without the marker is never loaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgefleet_shared::bundle::{BUNDLE_FILE, BundleManifest, GoldenTensor, MODEL_FILE};
+use edgefleet_shared::deployment::{DeployedArtifact, DeploymentDocument};
+use edgefleet_shared::tensor::{Tensor, TensorData};
+use edgefleet_shared::verify::{ArtifactError, verify_artifact, verify_compressed_artifact};
+use tokio::sync::oneshot;
+
+use super::link::{Link, LinkError};
+use super::state::Slot;
+use crate::config::FleetConfig;
+use crate::engine::BackendConfig;
+use crate::repository::{ModelSource, Repository, ServedModel, prepare};
+use crate::worker::{Job, PoolConfig};
+
+/// Why an activation failed, by stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    /// Download failed (controller or network); retried on the next document or restart.
+    #[error("download: {0}")]
+    Download(LinkError),
+    /// An artifact is not what the document declares.
+    #[error("verify: {0}")]
+    Verify(ArtifactError),
+    /// Local files could not be written.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The model did not load or warm up.
+    #[error("load: {0}")]
+    Load(String),
+    /// The golden self-test failed.
+    #[error("self_test: {0}")]
+    SelfTest(String),
+    /// The watch window saw too many errors.
+    #[error("watch: {0}")]
+    Watch(String),
+}
+
+impl ActivationError {
+    /// Refusal class for artifact problems (`hash_mismatch`, ...), when this is one.
+    pub fn refusal_class(&self) -> Option<&'static str> {
+        match self {
+            ActivationError::Verify(e) => Some(e.class()),
+            ActivationError::Download(LinkError::Artifact(e)) => Some(e.class()),
+            _ => None,
+        }
+    }
+}
+
+/// The directory layout under the data dir.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// Layout under `root`.
+    pub fn new(root: &Path) -> Self {
+        Layout { root: root.to_owned() }
+    }
+    /// Device key.
+    pub fn device_key(&self) -> PathBuf {
+        self.root.join("device.key")
+    }
+    fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+    /// Slot directory of a version.
+    pub fn slot(&self, name: &str, version: u64) -> PathBuf {
+        self.root.join("models").join(name).join(version.to_string())
+    }
+}
+
+/// Downloads and verifies a document's artifacts into its slot (no-op if already complete).
+pub async fn fetch(link: &Link, layout: &Layout, doc: &DeploymentDocument) -> Result<PathBuf, ActivationError> {
+    let slot = layout.slot(&doc.model.name, doc.model.version);
+    if slot_complete(&slot, &doc.artifacts).await {
+        return Ok(slot);
+    }
+    let storage = |e: std::io::Error| ActivationError::Storage(e.to_string());
+    tokio::fs::create_dir_all(layout.staging()).await.map_err(storage)?;
+    let tmp = slot.with_extension("incoming");
+    let _ = tokio::fs::remove_dir_all(&tmp).await;
+    tokio::fs::create_dir_all(&tmp).await.map_err(storage)?;
+    for a in &doc.artifacts {
+        let part = layout.staging().join(format!("{}.part", a.compressed_sha256));
+        link.download(a, &part).await.map_err(|e| match e {
+            LinkError::Artifact(a) => ActivationError::Verify(a),
+            other => ActivationError::Download(other),
+        })?;
+        let (artifact, part2, out) = (a.clone(), part.clone(), tmp.join(&a.name));
+        let verified = tokio::task::spawn_blocking(move || -> Result<(), ActivationError> {
+            let input = std::io::BufReader::new(std::fs::File::open(&part2).map_err(storage)?);
+            let mut output = std::fs::File::create(&out).map_err(storage)?;
+            verify_compressed_artifact(&artifact, input, &mut output).map_err(ActivationError::Verify)?;
+            output.sync_all().map_err(storage)
+        })
+        .await
+        .map_err(|e| ActivationError::Storage(e.to_string()))?;
+        if let Err(e) = verified {
+            // A tampered or truncated download must not be resumed: start over next time.
+            let _ = tokio::fs::remove_file(&part).await;
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            return Err(e);
+        }
+        let _ = tokio::fs::remove_file(&part).await;
+    }
+    let marker = serde_json::to_vec(&doc.artifacts).unwrap_or_default();
+    super::state::write_atomic(&tmp.join(".complete"), &marker).map_err(storage)?;
+    let _ = tokio::fs::remove_dir_all(&slot).await;
+    tokio::fs::rename(&tmp, &slot).await.map_err(storage)?;
+    Ok(slot)
+}
+
+/// Whether a slot holds every artifact, complete and matching its digest.
+pub async fn slot_complete(slot: &Path, artifacts: &[DeployedArtifact]) -> bool {
+    if !slot.join(".complete").is_file() {
+        return false;
+    }
+    let (slot, artifacts) = (slot.to_owned(), artifacts.to_vec());
+    tokio::task::spawn_blocking(move || {
+        artifacts.iter().all(|a| {
+            std::fs::File::open(slot.join(&a.name))
+                .map(std::io::BufReader::new)
+                .is_ok_and(|f| verify_artifact(a, f).is_ok())
+        })
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Loads a slot's model and warms it up (not yet serving).
+pub async fn load(
+    slot: &Path,
+    doc_model: &edgefleet_shared::deployment::ModelRef,
+    config: &FleetConfig,
+    backend: &BackendConfig,
+) -> Result<Arc<ServedModel>, ActivationError> {
+    let source = ModelSource {
+        name: doc_model.name.clone(),
+        version: doc_model.version.to_string(),
+        path: slot.join(MODEL_FILE),
+        pool: PoolConfig { workers: config.workers, queue_capacity: config.queue_capacity, batching: None },
+    };
+    prepare(source, backend).await.map_err(|e| ActivationError::Load(e.to_string()))
+}
+
+/// Runs the bundle's golden cases through the model's workers and compares within tolerance.
+pub async fn self_test(
+    slot: &Path,
+    model: &ServedModel,
+    expected: &edgefleet_shared::deployment::ModelRef,
+) -> Result<(), ActivationError> {
+    let bytes = tokio::fs::read(slot.join(BUNDLE_FILE))
+        .await
+        .map_err(|e| ActivationError::SelfTest(format!("bundle.json: {e}")))?;
+    let bundle = BundleManifest::from_bytes(&bytes).map_err(|e| ActivationError::SelfTest(e.to_string()))?;
+    if bundle.name != expected.name || bundle.version != expected.version {
+        return Err(ActivationError::SelfTest(format!(
+            "bundle is {}:{}, the document names {}:{}",
+            bundle.name, bundle.version, expected.name, expected.version
+        )));
+    }
+    if bundle.self_test.cases.is_empty() {
+        return Err(ActivationError::SelfTest("the bundle has no golden cases".into()));
+    }
+    let sig = model.engine.signature();
+    for (n, case) in bundle.self_test.cases.iter().enumerate() {
+        let inputs =
+            sig.inputs
+                .iter()
+                .map(|spec| {
+                    let g = case.inputs.iter().find(|g| g.name == spec.name).ok_or_else(|| {
+                        ActivationError::SelfTest(format!("case {n}: no golden input {:?}", spec.name))
+                    })?;
+                    golden_tensor(g).map_err(|e| ActivationError::SelfTest(format!("case {n}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+        let (reply, answer) = oneshot::channel();
+        model
+            .pool
+            .try_submit(Job { inputs, enqueued: Instant::now(), reply })
+            .map_err(|e| ActivationError::SelfTest(e.to_string()))?;
+        let result = answer.await.map_err(|_| ActivationError::SelfTest("worker stopped".into()))?;
+        let outputs = result.outputs.map_err(|e| ActivationError::SelfTest(format!("case {n}: {e}")))?;
+        for (spec, got) in sig.outputs.iter().zip(&outputs) {
+            let Some(want) = case.outputs.iter().find(|g| g.name == spec.name) else { continue };
+            let want = golden_tensor(want).map_err(|e| ActivationError::SelfTest(format!("case {n}: {e}")))?;
+            compare(got, &want, bundle.self_test.tolerance)
+                .map_err(|e| ActivationError::SelfTest(format!("case {n}, output {:?}: {e}", spec.name)))?;
+        }
+    }
+    Ok(())
+}
+
+fn golden_tensor(g: &GoldenTensor) -> Result<Tensor, String> {
+    Tensor::from_json(g.datatype, g.shape.clone(), &serde_json::Value::Array(g.data.clone()))
+        .map_err(|e| format!("{}: {e}", g.name))
+}
+
+fn compare(got: &Tensor, want: &Tensor, tolerance: f64) -> Result<(), String> {
+    if got.shape != want.shape || got.datatype() != want.datatype() {
+        return Err(format!("got {} {:?}, expected {} {:?}", got.datatype(), got.shape, want.datatype(), want.shape));
+    }
+    if matches!(want.data, TensorData::I64(_) | TensorData::U64(_)) {
+        return if got.data == want.data { Ok(()) } else { Err("integer outputs differ".into()) };
+    }
+    for (i, (g, w)) in got.data.to_f64_vec().iter().zip(want.data.to_f64_vec()).enumerate() {
+        if (g - w).abs() > tolerance * (1.0 + w.abs()) || g.is_nan() != w.is_nan() {
+            return Err(format!("element {i} is {g}, expected {w} (tolerance {tolerance})"));
+        }
+    }
+    Ok(())
+}
+
+/// Serves `model` and watches it: returns the replaced model to keep for rollback, or rolls
+/// back itself and errs when the new version fails more than allowed.
+pub async fn swap_and_watch(
+    repository: &Repository,
+    model: Arc<ServedModel>,
+    config: &FleetConfig,
+) -> Result<Option<Arc<ServedModel>>, ActivationError> {
+    let previous = repository.install(model.clone());
+    tracing::info!(model = %model.name, version = %model.version, "Swapped to the new version; watching it.");
+    tokio::time::sleep(Duration::from_secs(config.watch_window_secs)).await;
+    let (ok, failed) = model.outcomes.snapshot();
+    let total = ok + failed;
+    if total >= config.min_watch_requests && total > 0 && failed as f64 / total as f64 > config.max_error_rate {
+        match &previous {
+            Some(p) => {
+                repository.install(p.clone());
+            }
+            None => repository.remove(&model.name),
+        }
+        return Err(ActivationError::Watch(format!(
+            "{failed} of {total} requests failed in the watch window (limit {:.1}%)",
+            config.max_error_rate * 100.0
+        )));
+    }
+    Ok(previous)
+}
+
+/// The slot a state entry points to, if it is complete on disk.
+pub async fn existing_slot(layout: &Layout, slot: &Slot) -> Option<PathBuf> {
+    let dir = layout.slot(&slot.model.name, slot.model.version);
+    slot_complete(&dir, &slot.artifacts).await.then_some(dir)
+}
+
+/// Removes slot directories of `name` other than the versions to keep.
+pub async fn collect_garbage(layout: &Layout, name: &str, keep: &[u64]) {
+    let dir = layout.root.join("models").join(name);
+    let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let file = e.file_name();
+        let keep_it = file.to_str().and_then(|n| n.parse::<u64>().ok()).is_some_and(|v| keep.contains(&v));
+        if !keep_it {
+            let _ = tokio::fs::remove_dir_all(e.path()).await;
+        }
+    }
+}

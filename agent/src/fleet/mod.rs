@@ -1,0 +1,318 @@
+//! Fleet mode (`edgefleet-agent run`): enroll once, follow the controller's signed desired
+//! state, activate new versions safely, report status — while serving the same HTTP API.
+//!
+//! The agent is the HTTP server plus one sync task. The sync task asks the controller for the
+//! device's document (every `poll_interval_secs`), verifies it with the shared verifier
+//! against the provisioned trust file and the last accepted sequence, and activates what it
+//! names. State (active, previous, last sequence) is persisted atomically after every step.
+
+pub mod activate;
+pub mod link;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgefleet_shared::deployment::DeploymentDocument;
+use edgefleet_shared::fleet::{ActivationReport, DeviceStatus, Refusal};
+use edgefleet_shared::keys::FileKey;
+use edgefleet_shared::signature::SignedEnvelope;
+use edgefleet_shared::trust::TrustStore;
+use edgefleet_shared::verify::{sha256_hex, verify_deployment};
+
+use self::activate::{ActivationError, Layout};
+use self::link::Link;
+use self::state::{DeviceState, Slot, StateFile};
+use crate::config::AgentConfig;
+use crate::repository::ServedModel;
+use crate::serve::{HttpServer, ServeError};
+
+/// Fleet-mode start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Configuration or provisioning is unusable.
+    #[error("{0}")]
+    Setup(String),
+    /// The HTTP server failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+struct Agent {
+    config: AgentConfig,
+    layout: Layout,
+    state_file: StateFile,
+    state: DeviceState,
+    trust: TrustStore,
+    link: Link,
+    http: Arc<crate::repository::Repository>,
+    started: Instant,
+    /// Digest of the last envelope handled, so an unchanged document is not re-verified.
+    last_envelope: Option<String>,
+}
+
+/// Runs fleet mode until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), FleetError> {
+    let f = &config.fleet;
+    let setup = |m: String| FleetError::Setup(m);
+    let trust_path = f.trust_file.clone().ok_or_else(|| setup("no trust file configured".into()))?;
+    let trust_bytes = std::fs::read(&trust_path)
+        .map_err(|e| setup(format!("cannot read trust file {}: {e}", trust_path.display())))?;
+    let trust =
+        TrustStore::from_bytes(&trust_bytes).map_err(|e| setup(format!("trust file {}: {e}", trust_path.display())))?;
+    std::fs::create_dir_all(&f.data_dir).map_err(|e| setup(format!("cannot create {}: {e}", f.data_dir.display())))?;
+    let layout = Layout::new(&f.data_dir);
+    let key = Arc::new(FileKey::load_or_generate(&layout.device_key()).map_err(|e| setup(e.to_string()))?);
+    let state_file = StateFile::new(&f.data_dir);
+    let mut state = state_file.load().map_err(|e| setup(e.to_string()))?;
+    let controller = f.controller.clone().ok_or_else(|| setup("no controller configured".into()))?;
+
+    let http = HttpServer::start(&config).await?;
+    on_listening(http.addr);
+
+    let device_id = match state.device_id.clone() {
+        Some(id) => id,
+        None => enroll(&config, &controller, &key, &mut state, &state_file).await?,
+    };
+    let link = Link::new(&controller, key, device_id.clone()).map_err(|e| setup(e.to_string()))?;
+    let mut agent = Agent {
+        config: config.clone(),
+        layout,
+        state_file,
+        state,
+        trust,
+        link,
+        http: http.repository.clone(),
+        started: Instant::now(),
+        last_envelope: None,
+    };
+    agent.restore().await;
+    tracing::info!(device = %device_id, "Fleet mode running.");
+
+    tokio::pin!(shutdown);
+    let mut poll = tokio::time::interval(Duration::from_secs(config.fleet.poll_interval_secs));
+    let mut report = tokio::time::interval(Duration::from_secs(config.fleet.status_interval_secs));
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = poll.tick() => agent.sync().await,
+            _ = report.tick() => agent.report().await,
+        }
+    }
+    http.drain(Duration::from_secs(config.server.shutdown_grace_secs)).await?;
+    Ok(())
+}
+
+async fn enroll(
+    config: &AgentConfig,
+    controller: &str,
+    key: &FileKey,
+    state: &mut DeviceState,
+    state_file: &StateFile,
+) -> Result<String, FleetError> {
+    let f = &config.fleet;
+    let token = match (&f.enroll_token, &f.enroll_token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| FleetError::Setup(format!("cannot read enrollment token {}: {e}", path.display())))?,
+        (None, None) => return Err(FleetError::Setup("not enrolled yet and no enrollment token given".into())),
+    };
+    // The controller may still be starting (boot order): retry with backoff rather than fail.
+    let mut delay = Duration::from_millis(250);
+    let answer = loop {
+        match link::enroll(controller, key, &token, &f.labels).await {
+            Ok(a) => break a,
+            Err(link::LinkError::Refused { status, message }) => {
+                return Err(FleetError::Setup(format!("enrollment refused ({status}): {message}")));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Enrollment failed; retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    state.device_id = Some(answer.device_id.clone());
+    state.mqtt_url = answer.mqtt_url.clone();
+    state_file.save(state).map_err(|e| FleetError::Setup(e.to_string()))?;
+    if let Some(path) = &f.enroll_token_file {
+        // Consumed: a leaked image must not carry a usable token.
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "Cannot delete the used enrollment token file.");
+        }
+    }
+    tracing::info!(device = %answer.device_id, "Enrolled.");
+    Ok(answer.device_id)
+}
+
+impl Agent {
+    /// After a restart, serves the active version again (verified on disk), else the previous.
+    async fn restore(&mut self) {
+        for slot in [self.state.active.clone(), self.state.previous.clone()].into_iter().flatten() {
+            let Some(dir) = activate::existing_slot(&self.layout, &slot).await else {
+                tracing::warn!(model = %slot.model.name, version = slot.model.version, "Slot incomplete or corrupt; not serving it.");
+                continue;
+            };
+            match activate::load(&dir, &slot.model, &self.config.fleet, &self.config.backend).await {
+                Ok(model) => {
+                    self.http.install(model);
+                    tracing::info!(model = %slot.model.name, version = slot.model.version, "Restored the serving version.");
+                    return;
+                }
+                Err(e) => tracing::error!(error = %e, "Cannot restore a slot."),
+            }
+        }
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.state_file.save(&self.state) {
+            tracing::error!(error = %e, "Cannot persist the device state.");
+        }
+    }
+
+    async fn sync(&mut self) {
+        let envelope = match self.link.desired().await {
+            Ok(Some(env)) => env,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "Cannot fetch the desired state.");
+                return;
+            }
+        };
+        let digest = sha256_hex(envelope.document.as_bytes());
+        if self.last_envelope.as_deref() == Some(&digest) {
+            return;
+        }
+        self.last_envelope = Some(digest);
+        self.handle(envelope).await;
+        self.report().await;
+    }
+
+    async fn handle(&mut self, envelope: SignedEnvelope) {
+        let Some(bytes) = envelope.document_bytes() else {
+            return self.refuse("malformed", "the envelope's document is not base64".into(), None);
+        };
+        let device = self.state.device_id.clone().unwrap_or_default();
+        let doc =
+            match verify_deployment(&bytes, &envelope.signature, &self.trust, &device, self.state.last_sequence, now())
+            {
+                Ok(doc) => doc,
+                Err(e) => {
+                    metrics::counter!("edgefleet_agent_verifications_total", "result" => e.class()).increment(1);
+                    let seq = serde_json::from_slice::<DeploymentDocument>(&bytes).ok().map(|d| d.sequence);
+                    return self.refuse(e.class(), e.to_string(), seq);
+                }
+            };
+        metrics::counter!("edgefleet_agent_verifications_total", "result" => "ok").increment(1);
+        self.state.last_sequence = Some(doc.sequence);
+        self.save();
+        if self.state.active.as_ref().is_some_and(|a| a.model == doc.model) {
+            // A refresh or a re-issue of what already serves: nothing to activate.
+            if let Some(active) = &mut self.state.active {
+                active.sequence = doc.sequence;
+            }
+            return self.save();
+        }
+        self.activate(doc).await;
+    }
+
+    fn refuse(&mut self, class: &str, message: String, sequence: Option<u64>) {
+        tracing::warn!(class, %message, "Deployment document refused.");
+        self.state.last_refusal = Some(Refusal { class: class.into(), message, sequence, at: now() });
+        self.save();
+    }
+
+    async fn activate(&mut self, doc: DeploymentDocument) {
+        let started = Instant::now();
+        tracing::info!(model = %doc.model.name, version = doc.model.version, sequence = doc.sequence, "Activating.");
+        let result = self.try_activate(&doc).await;
+        let report = ActivationReport {
+            model: doc.model.clone(),
+            sequence: doc.sequence,
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(ToString::to_string),
+            at: now(),
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        metrics::counter!("edgefleet_agent_activations_total", "result" => if report.ok { "ok" } else { "failed" })
+            .increment(1);
+        match result {
+            Ok(previous_model) => {
+                let new_slot =
+                    Slot { model: doc.model.clone(), sequence: doc.sequence, artifacts: doc.artifacts.clone() };
+                let old = self.state.active.replace(new_slot);
+                // The version that served before becomes the rollback slot when it is the same model.
+                self.state.previous = old.filter(|o| o.model.name == doc.model.name).or(self.state.previous.take());
+                drop(previous_model);
+                tracing::info!(model = %doc.model.name, version = doc.model.version, ms = report.duration_ms, "Activated.");
+            }
+            Err(e) => {
+                if let Some(class) = e.refusal_class() {
+                    self.state.last_refusal = Some(Refusal {
+                        class: class.into(),
+                        message: e.to_string(),
+                        sequence: Some(doc.sequence),
+                        at: now(),
+                    });
+                }
+                metrics::counter!("edgefleet_agent_rollbacks_total").increment(1);
+                tracing::error!(model = %doc.model.name, version = doc.model.version, error = %e, "Activation failed; the previous version keeps serving.");
+            }
+        }
+        self.state.last_activation = Some(report);
+        self.save();
+        let keep: Vec<u64> = [&self.state.active, &self.state.previous]
+            .into_iter()
+            .flatten()
+            .filter(|s| s.model.name == doc.model.name)
+            .map(|s| s.model.version)
+            .collect();
+        activate::collect_garbage(&self.layout, &doc.model.name, &keep).await;
+    }
+
+    async fn try_activate(&self, doc: &DeploymentDocument) -> Result<Option<Arc<ServedModel>>, ActivationError> {
+        let slot = activate::fetch(&self.link, &self.layout, doc).await?;
+        let model = activate::load(&slot, &doc.model, &self.config.fleet, &self.config.backend).await?;
+        activate::self_test(&slot, &model, &doc.model).await?;
+        activate::swap_and_watch(&self.http, model, &self.config.fleet).await
+    }
+
+    fn status(&self) -> DeviceStatus {
+        let (mut ok, mut failed) = (0, 0);
+        for (_, entry) in self.http.list() {
+            if let crate::repository::ModelState::Ready(m) = entry {
+                let (o, f) = m.outcomes.snapshot();
+                ok += o;
+                failed += f;
+            }
+        }
+        DeviceStatus {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            active: self.state.active.as_ref().map(|s| s.model.clone()),
+            previous: self.state.previous.as_ref().map(|s| s.model.clone()),
+            last_sequence: self.state.last_sequence,
+            last_refusal: self.state.last_refusal.clone(),
+            last_activation: self.state.last_activation.clone(),
+            requests: ok + failed,
+            error_rate: if ok + failed == 0 { 0.0 } else { failed as f64 / (ok + failed) as f64 },
+        }
+    }
+
+    async fn report(&self) {
+        if let Err(e) = self.link.report(&self.status()).await {
+            tracing::debug!(error = %e, "Cannot report status.");
+        }
+    }
+}
