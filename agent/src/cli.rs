@@ -76,16 +76,13 @@ impl VerifyArgs {
     }
 }
 
-/// `serve` options; flags override the config file.
+/// Options both daemon modes take; flags override the config file.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub struct CommonArgs {
     /// TOML configuration file (see `print-default-config`).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// A model to serve, as NAME=PATH.onnx; repeat for several.
-    #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
-    pub models: Vec<(String, PathBuf)>,
-    /// Listen address [default: 127.0.0.1:8500].
+    /// Listen address of the inference API [default: 127.0.0.1:8500].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// Inference engine: tract, ort or auto [default: auto].
@@ -94,6 +91,37 @@ pub struct ServeArgs {
     /// libonnxruntime.so for the ort backend (else ORT_DYLIB_PATH).
     #[arg(long, value_name = "PATH")]
     pub ort_library: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    /// The config file (or defaults) with these flags applied.
+    fn load(self) -> Result<AgentConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if let Some(kind) = self.backend {
+            config.backend.kind = kind;
+        }
+        if let Some(lib) = self.ort_library {
+            config.backend.ort.library_path = Some(lib);
+        }
+        Ok(config)
+    }
+}
+
+/// `serve` options; flags override the config file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file, listen address, backend.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// A model to serve, as NAME=PATH.onnx; repeat for several.
+    #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
+    pub models: Vec<(String, PathBuf)>,
     /// Worker threads per model given with --model.
     #[arg(long)]
     pub workers: Option<usize>,
@@ -114,9 +142,9 @@ pub struct ServeArgs {
 /// `run` options; flags override the config file's `[fleet]` and `[server]` values.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// TOML configuration file (see `print-default-config`).
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
+    /// Config file, listen address, backend.
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Controller URL.
     #[arg(long)]
     pub controller: Option<String>,
@@ -132,21 +160,12 @@ pub struct RunArgs {
     /// State directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Listen address of the inference API [default: 127.0.0.1:8500].
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
     /// Label reported at enrollment, `k=v`; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     /// MQTT broker URL, overriding the controller's.
     #[arg(long)]
     pub mqtt: Option<String>,
-    /// Inference engine: tract, ort or auto.
-    #[arg(long, value_parser = str::parse::<BackendKind>)]
-    pub backend: Option<BackendKind>,
-    /// libonnxruntime.so for the ort backend (else ORT_DYLIB_PATH).
-    #[arg(long, value_name = "PATH")]
-    pub ort_library: Option<PathBuf>,
     /// Seconds between desired-state polls.
     #[arg(long)]
     pub poll_interval_secs: Option<u64>,
@@ -172,10 +191,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 impl RunArgs {
     /// The effective configuration: the file (or defaults), then the flags, validated.
     pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => AgentConfig::from_file(path)?,
-            None => AgentConfig::default(),
-        };
+        let mut config = self.common.load()?;
         let f = &mut config.fleet;
         macro_rules! set {
             ($($flag:ident => $field:expr),* $(,)?) => {$(
@@ -190,15 +206,6 @@ impl RunArgs {
         f.trust_file = self.trust.or(f.trust_file.take());
         f.mqtt = self.mqtt.or(f.mqtt.take());
         f.labels.extend(self.labels);
-        if let Some(listen) = self.listen {
-            config.server.listen = listen;
-        }
-        if let Some(kind) = self.backend {
-            config.backend.kind = kind;
-        }
-        if let Some(lib) = self.ort_library {
-            config.backend.ort.library_path = Some(lib);
-        }
         config.validate()?;
         config.validate_fleet()?;
         Ok(config)
@@ -216,19 +223,7 @@ fn parse_model(s: &str) -> Result<(String, PathBuf), String> {
 impl ServeArgs {
     /// The effective configuration: the file (or defaults), then the flags, validated.
     pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => AgentConfig::from_file(path)?,
-            None => AgentConfig::default(),
-        };
-        if let Some(listen) = self.listen {
-            config.server.listen = listen;
-        }
-        if let Some(kind) = self.backend {
-            config.backend.kind = kind;
-        }
-        if let Some(lib) = self.ort_library {
-            config.backend.ort.library_path = Some(lib);
-        }
+        let mut config = self.common.load()?;
         if let Some(n) = self.max_body_bytes {
             config.server.max_body_bytes = n;
         }

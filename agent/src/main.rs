@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use edgefleet_agent::cli::{Cli, Command};
-use edgefleet_agent::config::DEFAULT_CONFIG;
+use edgefleet_agent::config::{AgentConfig, DEFAULT_CONFIG};
 use edgefleet_agent::{observability, serve, shutdown};
 
 /// `EX_USAGE` from sysexits.h: the configuration or command line is wrong.
@@ -22,37 +22,28 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Verify(args) => verify(args),
-        Command::Run(args) => {
-            let config = match args.into_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("edgefleet-agent: {e}");
-                    return ExitCode::from(EXIT_BAD_CONFIG);
-                }
-            };
-            match run_fleet(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("edgefleet-agent: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Run(args) => launch(args.into_config(), run_fleet),
+        Command::Serve(args) => launch(args.into_config(), run_serve),
+    }
+}
+
+/// Runs a daemon mode: exit 64 for a bad configuration, 1 when it fails, 0 after a clean stop.
+fn launch(
+    config: Result<AgentConfig, edgefleet_agent::config::ConfigError>,
+    mode: fn(AgentConfig) -> anyhow::Result<()>,
+) -> ExitCode {
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edgefleet-agent: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
         }
-        Command::Serve(args) => {
-            let config = match args.into_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("edgefleet-agent: {e}");
-                    return ExitCode::from(EXIT_BAD_CONFIG);
-                }
-            };
-            match run_serve(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("edgefleet-agent: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+    };
+    match mode(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgefleet-agent: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -84,7 +75,7 @@ fn verify(args: edgefleet_agent::cli::VerifyArgs) -> ExitCode {
     }
 }
 
-fn runtime(config: &edgefleet_agent::config::AgentConfig) -> anyhow::Result<tokio::runtime::Runtime> {
+fn runtime(config: &AgentConfig) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.http_threads)
         .thread_name("edgefleet-http")
@@ -98,12 +89,12 @@ fn announce(addr: std::net::SocketAddr) {
     println!("edgefleet-agent listening on http://{addr}");
 }
 
-fn run_serve(config: edgefleet_agent::config::AgentConfig) -> anyhow::Result<()> {
+fn run_serve(config: AgentConfig) -> anyhow::Result<()> {
     runtime(&config)?.block_on(serve::run(config, shutdown::signal(), announce))?;
     Ok(())
 }
 
-fn run_fleet(config: edgefleet_agent::config::AgentConfig) -> anyhow::Result<()> {
+fn run_fleet(config: AgentConfig) -> anyhow::Result<()> {
     runtime(&config)?.block_on(edgefleet_agent::fleet::run(config, shutdown::signal(), announce))?;
     Ok(())
 }

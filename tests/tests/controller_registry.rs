@@ -39,11 +39,14 @@ async fn push_list_show_alias_download_and_survive_a_restart() {
         ["--metric", "accuracy=0.97", "--param", "lr=0.1", "--dataset-hash", DATASET, "--code-commit", "abc123"];
     let iris_csv = fixture("iris_baseline.csv");
     let bc_csv = fixture("breast_cancer_baseline.csv");
+    let mlp_csv = fixture("mlp_baseline.csv");
+    let wine_csv = fixture("wine_baseline.csv");
+    // dtypes has five inputs and Magika 2,048 byte features: no tabular baseline fits them.
     let mut pushes = vec![
         ("iris_logreg", "iris", Some(iris_csv.as_str())),
         ("breast_cancer_mlp", "breast-cancer", Some(bc_csv.as_str())),
-        ("mlp", "mlp", None),
-        ("wine_forest", "wine", None),
+        ("mlp", "mlp", Some(mlp_csv.as_str())),
+        ("wine_forest", "wine", Some(wine_csv.as_str())),
         ("dtypes", "dtypes", None),
         ("magika", "magika", None),
     ];
