@@ -98,6 +98,11 @@ pub async fn run(
     };
     agent.restore().await;
     tracing::info!(device = %device_id, "Fleet mode running.");
+    if let Some(doc) = agent.state.pending.clone() {
+        tracing::info!(model = %doc.model.name, version = doc.model.version, "Resuming an interrupted activation.");
+        agent.activate(doc).await;
+        agent.report().await;
+    }
 
     tokio::pin!(shutdown);
     let mut poll = tokio::time::interval(Duration::from_secs(config.fleet.poll_interval_secs));
@@ -203,6 +208,11 @@ impl Agent {
         let Some(bytes) = envelope.document_bytes() else {
             return self.refuse("malformed", "the envelope's document is not base64".into(), None);
         };
+        let digest = sha256_hex(&bytes);
+        if self.state.last_document_sha256.as_deref() == Some(digest.as_str()) {
+            // The document this device already accepted (its activation is done or resumed).
+            return;
+        }
         let device = self.state.device_id.clone().unwrap_or_default();
         let doc =
             match verify_deployment(&bytes, &envelope.signature, &self.trust, &device, self.state.last_sequence, now())
@@ -216,14 +226,17 @@ impl Agent {
             };
         metrics::counter!("edgefleet_agent_verifications_total", "result" => "ok").increment(1);
         self.state.last_sequence = Some(doc.sequence);
-        self.save();
+        self.state.last_document_sha256 = Some(digest);
         if self.state.active.as_ref().is_some_and(|a| a.model == doc.model) {
             // A refresh or a re-issue of what already serves: nothing to activate.
             if let Some(active) = &mut self.state.active {
                 active.sequence = doc.sequence;
             }
+            self.state.pending = None;
             return self.save();
         }
+        self.state.pending = Some(doc.clone());
+        self.save();
         self.activate(doc).await;
     }
 
@@ -271,6 +284,7 @@ impl Agent {
             }
         }
         self.state.last_activation = Some(report);
+        self.state.pending = None;
         self.save();
         let keep: Vec<u64> = [&self.state.active, &self.state.previous]
             .into_iter()

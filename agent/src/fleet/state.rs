@@ -32,6 +32,11 @@ pub struct DeviceState {
     pub mqtt_url: Option<String>,
     /// Highest document sequence accepted.
     pub last_sequence: Option<u64>,
+    /// SHA-256 of the last accepted document's bytes: the same document seen again (after a
+    /// restart, or on every poll) is known, not a replay.
+    pub last_document_sha256: Option<String>,
+    /// A document accepted but not yet activated; a restart resumes its activation.
+    pub pending: Option<edgefleet_shared::deployment::DeploymentDocument>,
     /// Serving.
     pub active: Option<Slot>,
     /// Kept for rollback.
