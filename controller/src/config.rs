@@ -18,6 +18,33 @@ pub struct ControllerConfig {
     pub registry: RegistryConfig,
     /// Fleet.
     pub fleet: FleetConfig,
+    /// MQTT broker.
+    pub mqtt: MqttConfig,
+}
+
+/// MQTT: the embedded broker, or an external one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Where the embedded broker listens (plain TCP); none disables it.
+    pub listen: Option<SocketAddr>,
+    /// An external broker (`mqtt://host:port`) instead of the embedded one.
+    pub url: Option<String>,
+    /// The broker URL handed to agents, when they reach the embedded broker by another name.
+    pub advertise_url: Option<String>,
+    /// Topic prefix.
+    pub topic_prefix: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            url: None,
+            advertise_url: None,
+            topic_prefix: edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX.into(),
+        }
+    }
 }
 
 /// Fleet settings.

@@ -287,6 +287,54 @@ impl Fleet {
             .await
     }
 
+    /// Every device's current document, for republishing.
+    pub async fn all_desired(&self) -> Result<Vec<(String, SignedEnvelope)>, FleetError> {
+        self.db
+            .call(|conn| -> Result<Vec<(String, SignedEnvelope)>, FleetError> {
+                let rows: Vec<(String, String)> = conn
+                    .prepare("SELECT device_id, envelope FROM desired ORDER BY device_id")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows.into_iter().filter_map(|(d, e)| serde_json::from_str(&e).ok().map(|e| (d, e))).collect())
+            })
+            .await
+    }
+
+    /// Checks an envelope signed by `device`'s key (status over MQTT); returns the signed bytes.
+    pub async fn verify_device_envelope(
+        &self,
+        device: String,
+        envelope: SignedEnvelope,
+    ) -> Result<Vec<u8>, FleetError> {
+        self.db
+            .call(move |conn| -> Result<Vec<u8>, FleetError> {
+                let key: Option<String> = conn
+                    .query_row("SELECT public_key FROM devices WHERE id = ?1", params![device], |r| r.get(0))
+                    .optional()?;
+                let key = key
+                    .and_then(|k| PublicKey::from_base64(&k))
+                    .ok_or_else(|| FleetError::Unauthorized(format!("unknown device {device:?}")))?;
+                let bytes =
+                    envelope.document_bytes().ok_or_else(|| FleetError::BadRequest("document is not base64".into()))?;
+                let sig = envelope.signature.bytes().unwrap_or_default();
+                if envelope.signature.key_id != key.key_id() || !key.verify(&bytes, &sig) {
+                    return Err(FleetError::Unauthorized(format!("status not signed by device {device:?}")));
+                }
+                Ok(bytes)
+            })
+            .await
+    }
+
+    /// Records that a device dropped off (its MQTT last will).
+    pub async fn mark_offline(&self, device: String) -> Result<(), FleetError> {
+        self.db
+            .call(move |conn| -> Result<(), FleetError> {
+                conn.execute("UPDATE devices SET last_seen = NULL WHERE id = ?1", params![device])?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Whether `sha256` is an artifact of the device's current document.
     pub async fn may_download(&self, device_id: String, sha256: String) -> Result<bool, FleetError> {
         Ok(self.desired(device_id).await?.and_then(|env| env.document_bytes()).is_some_and(|bytes| {
@@ -340,10 +388,10 @@ impl Fleet {
 
     /// Re-signs documents that pass half their lifetime, with the next sequence, so devices
     /// that follow the controller never see their document expire.
-    pub async fn refresh_expiring(&self) -> Result<usize, FleetError> {
+    pub async fn refresh_expiring(&self) -> Result<Vec<String>, FleetError> {
         let this = self.clone();
         self.db
-            .call(move |conn| -> Result<usize, FleetError> {
+            .call(move |conn| -> Result<Vec<String>, FleetError> {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let horizon = now() + (this.settings.document_ttl_secs / 2) as i64;
                 let due: Vec<(String, String, i64)> = tx
@@ -355,7 +403,7 @@ impl Fleet {
                     this.issue(&tx, device, &ModelRef { name: model.clone(), version: *version as u64 }, &artifacts)?;
                 }
                 tx.commit()?;
-                Ok(due.len())
+                Ok(due.into_iter().map(|(d, _, _)| d).collect())
             })
             .await
     }

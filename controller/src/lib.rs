@@ -12,6 +12,7 @@
 //! - [`config`]: typed TOML configuration and the data-directory layout.
 //! - [`db`]: SQLite (WAL), migrations, the blocking-call handle, the audit log.
 //! - [`fleet`]: enrollment, device-signed requests, status, signed per-device documents.
+//! - [`mqtt`]: the embedded broker and the client publishing desired state, taking status.
 //! - [`observability`]: logging and the Prometheus recorder.
 //! - [`registry`]: the push pipeline, versions, aliases, lineage queries.
 //! - [`serve`]: start-up (data dir, key, bootstrap token) and the server loop.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod fleet;
+pub mod mqtt;
 pub mod observability;
 pub mod registry;
 pub mod serve;

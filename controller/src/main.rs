@@ -29,6 +29,12 @@ enum Command {
         /// Listen address [default: 127.0.0.1:7700].
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Embedded MQTT broker address [default: 127.0.0.1:1883].
+        #[arg(long, conflicts_with = "mqtt_url")]
+        mqtt_listen: Option<std::net::SocketAddr>,
+        /// External MQTT broker (`mqtt://host:port`) instead of the embedded one.
+        #[arg(long)]
+        mqtt_url: Option<String>,
     },
     /// Write the trust file agents are provisioned with (this controller's public key).
     PublicKey {
@@ -54,7 +60,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::PublicKey { data_dir, out } => public_key(DataDir { root: data_dir }, out),
-        Command::Serve { data_dir, config, listen } => serve_cmd(data_dir, config, listen),
+        Command::Serve { data_dir, config, listen, mqtt_listen, mqtt_url } => {
+            serve_cmd(data_dir, config, listen, mqtt_listen, mqtt_url)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,13 +86,25 @@ fn public_key(data: DataDir, out: Option<PathBuf>) -> Result<(), Error> {
     }
 }
 
-fn serve_cmd(data_dir: PathBuf, config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> Result<(), Error> {
+fn serve_cmd(
+    data_dir: PathBuf,
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    mqtt_listen: Option<std::net::SocketAddr>,
+    mqtt_url: Option<String>,
+) -> Result<(), Error> {
     let mut config = match config {
         Some(path) => ControllerConfig::from_file(&path)?,
         None => ControllerConfig::default(),
     };
     if let Some(addr) = listen {
         config.server.listen = addr;
+    }
+    if let Some(addr) = mqtt_listen {
+        config.mqtt.listen = Some(addr);
+    }
+    if mqtt_url.is_some() {
+        config.mqtt.url = mqtt_url;
     }
     let preset = std::env::var("EDGEFLEET_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -70,16 +70,30 @@ pub async fn run(
     let admin_token = db.call_blocking(|conn| auth::bootstrap_admin(conn, admin_preset))?;
     tracing::info!(key_id = %key.key_id(), data_dir = %data.root.display(), "Controller data opened.");
     let key = Arc::new(key);
+    // The broker: an external one by URL, else the embedded one (unless disabled).
+    let (broker_url, advertised) = match (&config.mqtt.url, config.mqtt.listen) {
+        (Some(url), _) => (Some(url.clone()), Some(url.clone())),
+        (None, Some(listen)) => {
+            let addr = crate::mqtt::start_embedded(listen)?;
+            let url = format!("mqtt://{addr}");
+            (Some(url.clone()), Some(config.mqtt.advertise_url.clone().unwrap_or(url)))
+        }
+        (None, None) => (None, None),
+    };
     let fleet = Fleet::new(
         db.clone(),
         key.clone(),
         FleetSettings {
             document_ttl_secs: config.fleet.document_ttl_secs,
             online_window_secs: config.fleet.online_window_secs,
-            mqtt_url: None,
-            topic_prefix: edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX.into(),
+            mqtt_url: advertised,
+            topic_prefix: config.mqtt.topic_prefix.clone(),
         },
     );
+    let mqtt = match &broker_url {
+        Some(url) => Some(crate::mqtt::Mqtt::connect(url, &config.mqtt.topic_prefix, fleet.clone())?),
+        None => None,
+    };
     let registry = Registry::new(
         db.clone(),
         store,
@@ -91,9 +105,12 @@ pub async fn run(
             ..ProfileOptions::default()
         },
     );
-    let refresher =
-        tokio::spawn(refresh_documents(fleet.clone(), Duration::from_secs(config.fleet.refresh_interval_secs)));
-    let state = AppState { db, registry, fleet, prometheus: crate::observability::prometheus() };
+    let refresher = tokio::spawn(refresh_documents(
+        fleet.clone(),
+        mqtt.clone(),
+        Duration::from_secs(config.fleet.refresh_interval_secs),
+    ));
+    let state = AppState { db, registry, fleet, mqtt, prometheus: crate::observability::prometheus() };
     let addr = config.server.listen;
     let listener =
         TcpListener::bind(addr).await.map_err(|e| Error::Startup(format!("cannot listen on {addr}: {e}")))?;
@@ -121,15 +138,30 @@ pub async fn run(
     Ok(())
 }
 
-/// Re-signs documents past half their lifetime, forever.
-async fn refresh_documents(fleet: Fleet, every: Duration) {
+/// Re-signs documents past half their lifetime, forever, and publishes the new ones.
+async fn refresh_documents(fleet: Fleet, mqtt: Option<crate::mqtt::Mqtt>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         match fleet.refresh_expiring().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(documents = n, "Deployment documents refreshed before expiry."),
+            Ok(devices) if devices.is_empty() => {}
+            Ok(devices) => {
+                tracing::info!(documents = devices.len(), "Deployment documents refreshed before expiry.");
+                publish(&fleet, mqtt.as_ref(), &devices).await;
+            }
             Err(e) => tracing::error!(error = %e, "Refreshing deployment documents failed."),
+        }
+    }
+}
+
+/// Publishes the current documents of `devices` (retained), when there is a broker.
+pub async fn publish(fleet: &Fleet, mqtt: Option<&crate::mqtt::Mqtt>, devices: &[String]) {
+    let Some(mqtt) = mqtt else { return };
+    for device in devices {
+        match fleet.desired(device.clone()).await {
+            Ok(Some(env)) => mqtt.publish_desired(device, &env).await,
+            Ok(None) => {}
+            Err(e) => tracing::error!(%device, error = %e, "Cannot read a document to publish."),
         }
     }
 }

@@ -158,6 +158,23 @@ pub struct DeviceStatus {
     pub error_rate: f64,
 }
 
+/// Host and port of an `mqtt://HOST:PORT` (or `tcp://`) broker URL; port 1883 when absent.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("broker URL {url:?} must start with mqtt:// (TLS brokers are not supported yet)"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("broker URL {url:?} has an invalid port"))?),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        return Err(format!("broker URL {url:?} has no host"));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+}
+
 /// MQTT topics under a prefix.
 pub mod topics {
     /// Desired state (controller → device, retained).
@@ -178,6 +195,14 @@ pub mod topics {
 mod tests {
     use super::*;
     use crate::keys::FileKey;
+
+    #[test]
+    fn broker_urls_parse() {
+        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884"), Ok(("127.0.0.1".into(), 1884)));
+        assert_eq!(parse_mqtt_url("tcp://broker"), Ok(("broker".into(), 1883)));
+        assert!(parse_mqtt_url("mqtts://broker:8883").is_err());
+        assert!(parse_mqtt_url("mqtt://:1883").is_err());
+    }
 
     #[test]
     fn signed_requests_verify_only_unchanged_and_fresh() {

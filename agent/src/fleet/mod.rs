@@ -8,6 +8,7 @@
 
 pub mod activate;
 pub mod link;
+pub mod mqtt;
 pub mod state;
 
 use std::future::Future;
@@ -55,7 +56,12 @@ struct Agent {
     started: Instant,
     /// Digest of the last envelope handled, so an unchanged document is not re-verified.
     last_envelope: Option<String>,
+    /// The broker link, when there is a broker.
+    mqtt: Option<mqtt::MqttLink>,
 }
+
+/// While MQTT is up, the HTTP poll runs only every this many ticks, as a safety net.
+const POLL_DIVISOR_WHILE_CONNECTED: u64 = 10;
 
 /// Runs fleet mode until `shutdown` resolves.
 pub async fn run(
@@ -84,7 +90,17 @@ pub async fn run(
         Some(id) => id,
         None => enroll(&config, &controller, &key, &mut state, &state_file).await?,
     };
-    let link = Link::new(&controller, key, device_id.clone()).map_err(|e| setup(e.to_string()))?;
+    let link = Link::new(&controller, key.clone(), device_id.clone()).map_err(|e| setup(e.to_string()))?;
+    let broker = config.fleet.mqtt.clone().or(state.mqtt_url.clone());
+    let (mqtt, mut desired_rx) = match &broker {
+        Some(url) => {
+            let prefix =
+                state.topic_prefix.clone().unwrap_or_else(|| edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX.into());
+            let (link, rx) = mqtt::MqttLink::start(url, &prefix, &device_id, key).map_err(setup)?;
+            (Some(link), Some(rx))
+        }
+        None => (None, None),
+    };
     let mut agent = Agent {
         config: config.clone(),
         layout,
@@ -95,6 +111,7 @@ pub async fn run(
         http: http.repository.clone(),
         started: Instant::now(),
         last_envelope: None,
+        mqtt,
     };
     agent.restore().await;
     tracing::info!(device = %device_id, "Fleet mode running.");
@@ -107,15 +124,32 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut poll = tokio::time::interval(Duration::from_secs(config.fleet.poll_interval_secs));
     let mut report = tokio::time::interval(Duration::from_secs(config.fleet.status_interval_secs));
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            _ = poll.tick() => agent.sync().await,
+            Some(env) = next_desired(&mut desired_rx) => {
+                agent.handle_envelope(env).await;
+            }
+            _ = poll.tick() => {
+                ticks += 1;
+                let connected = agent.mqtt.as_ref().is_some_and(mqtt::MqttLink::connected);
+                if !connected || ticks.is_multiple_of(POLL_DIVISOR_WHILE_CONNECTED) {
+                    agent.sync().await;
+                }
+            }
             _ = report.tick() => agent.report().await,
         }
     }
     http.drain(Duration::from_secs(config.server.shutdown_grace_secs)).await?;
     Ok(())
+}
+
+async fn next_desired(rx: &mut Option<tokio::sync::mpsc::Receiver<SignedEnvelope>>) -> Option<SignedEnvelope> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn enroll(
@@ -150,6 +184,7 @@ async fn enroll(
     };
     state.device_id = Some(answer.device_id.clone());
     state.mqtt_url = answer.mqtt_url.clone();
+    state.topic_prefix = Some(answer.topic_prefix.clone());
     state_file.save(state).map_err(|e| FleetError::Setup(e.to_string()))?;
     if let Some(path) = &f.enroll_token_file {
         // Consumed: a leaked image must not carry a usable token.
@@ -195,6 +230,11 @@ impl Agent {
                 return;
             }
         };
+        self.handle_envelope(envelope).await;
+    }
+
+    /// Handles a document from either transport, once per distinct envelope.
+    async fn handle_envelope(&mut self, envelope: SignedEnvelope) {
         let digest = sha256_hex(envelope.document.as_bytes());
         if self.last_envelope.as_deref() == Some(&digest) {
             return;
@@ -324,8 +364,13 @@ impl Agent {
         }
     }
 
+    /// Reports status over MQTT when connected, else over HTTP.
     async fn report(&self) {
-        if let Err(e) = self.link.report(&self.status()).await {
+        let status = self.status();
+        if self.mqtt.as_ref().is_some_and(|m| m.publish_status(&status)) {
+            return;
+        }
+        if let Err(e) = self.link.report(&status).await {
             tracing::debug!(error = %e, "Cannot report status.");
         }
     }

@@ -30,6 +30,8 @@ pub struct DeviceState {
     pub device_id: Option<String>,
     /// Broker handed out at enrollment.
     pub mqtt_url: Option<String>,
+    /// Topic prefix handed out at enrollment.
+    pub topic_prefix: Option<String>,
     /// Highest document sequence accepted.
     pub last_sequence: Option<u64>,
     /// SHA-256 of the last accepted document's bytes: the same document seen again (after a

@@ -177,5 +177,9 @@ pub(super) async fn deploy(
 ) -> Result<(StatusCode, Json<Vec<Issued>>), ApiError> {
     caller.require(Role::Operator)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    Ok((StatusCode::CREATED, Json(state.fleet.deploy(req, caller.actor()).await?)))
+    let issued = state.fleet.deploy(req, caller.actor()).await?;
+    let devices: Vec<String> = issued.iter().map(|i| i.device_id.clone()).collect();
+    crate::serve::publish(&state.fleet, state.mqtt.as_ref(), &devices).await;
+    metrics::counter!("edgefleet_controller_documents_issued_total").increment(issued.len() as u64);
+    Ok((StatusCode::CREATED, Json(issued)))
 }

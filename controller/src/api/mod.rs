@@ -29,6 +29,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Fleet service.
     pub fleet: Fleet,
+    /// MQTT client, when the controller has a broker.
+    pub mqtt: Option<crate::mqtt::Mqtt>,
     /// Renders `/metrics`.
     pub prometheus: PrometheusHandle,
 }

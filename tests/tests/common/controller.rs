@@ -21,11 +21,18 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    /// Starts `edgefleet-controller serve --data-dir DIR --listen 127.0.0.1:0`.
+    /// Starts `edgefleet-controller serve --data-dir DIR --listen 127.0.0.1:0` with its
+    /// embedded broker on a free port.
     pub fn start(data_dir: &Path) -> ControllerProcess {
+        Self::start_with(data_dir, &["--mqtt-listen", "127.0.0.1:0"])
+    }
+
+    /// Starts the controller with extra arguments (e.g. `--mqtt-url`).
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> ControllerProcess {
         let mut child = Command::new(binary("edgefleet-controller"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("EDGEFLEET_ADMIN_TOKEN", ADMIN)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

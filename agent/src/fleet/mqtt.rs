@@ -1,0 +1,102 @@
+//! The agent's MQTT link: receives its signed document from the retained
+//! `PREFIX/devices/{id}/desired` topic and publishes device-signed status on
+//! `PREFIX/devices/{id}/status`, with a last will that marks it offline.
+//!
+//! rumqttc reconnects on the next poll after an error; the loop backs off exponentially. While
+//! the link is down the agent falls back to HTTP polling.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use edgefleet_shared::fleet::{DeviceStatus, parse_mqtt_url, topics};
+use edgefleet_shared::keys::FileKey;
+use edgefleet_shared::signature::SignedEnvelope;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+/// Last-will payload (matches the controller's).
+const OFFLINE: &[u8] = b"offline";
+/// Largest packet accepted or sent.
+const MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// A running MQTT link.
+#[derive(Debug, Clone)]
+pub struct MqttLink {
+    client: AsyncClient,
+    connected: Arc<AtomicBool>,
+    key: Arc<FileKey>,
+    status_topic: String,
+}
+
+impl MqttLink {
+    /// Connects (in the background) and forwards documents from the desired topic.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        device: &str,
+        key: Arc<FileKey>,
+    ) -> Result<(Self, mpsc::Receiver<SignedEnvelope>), String> {
+        let (host, port) = parse_mqtt_url(url)?;
+        let status_topic = topics::status(prefix, device);
+        let desired_topic = topics::desired(prefix, device);
+        let mut options = MqttOptions::new(device, host, port);
+        options.set_keep_alive(Duration::from_secs(15));
+        options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        options.set_last_will(LastWill::new(&status_topic, OFFLINE.to_vec(), QoS::AtLeastOnce, false));
+        let (client, mut events) = AsyncClient::new(options, 64);
+        let connected = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel(8);
+        let (c, flag) = (client.clone(), connected.clone());
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff = Duration::from_millis(100);
+                        flag.store(true, Ordering::Relaxed);
+                        tracing::info!("MQTT connected.");
+                        if let Err(e) = c.subscribe(&desired_topic, QoS::AtLeastOnce).await {
+                            tracing::warn!(error = %e, "Cannot subscribe to the desired state.");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == desired_topic => {
+                        match serde_json::from_slice::<SignedEnvelope>(&p.payload) {
+                            Ok(env) => {
+                                if tx.send(env).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "Desired-state message is not a signed envelope."),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if flag.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "MQTT connection lost; falling back to HTTP polling.");
+                        }
+                        metrics::counter!("edgefleet_agent_mqtt_reconnects_total").increment(1);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+        Ok((MqttLink { client, connected, key, status_topic }, rx))
+    }
+
+    /// Whether the broker connection is up.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Publishes status signed with the device key; false when it could not be queued.
+    pub fn publish_status(&self, status: &DeviceStatus) -> bool {
+        if !self.connected() {
+            return false;
+        }
+        let env = SignedEnvelope::sign(&serde_json::to_vec(status).unwrap_or_default(), self.key.as_ref());
+        let payload = serde_json::to_vec(&env).unwrap_or_default();
+        self.client.try_publish(&self.status_topic, QoS::AtLeastOnce, false, payload).is_ok()
+    }
+}

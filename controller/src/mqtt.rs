@@ -1,0 +1,178 @@
+//! MQTT: the embedded broker (rumqttd, on its own thread) or an external one, and the
+//! controller's client that publishes each device's signed document retained on
+//! `PREFIX/devices/{id}/desired` and takes device status from `PREFIX/devices/+/status`.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use edgefleet_shared::fleet::{DeviceStatus, parse_mqtt_url, topics};
+use edgefleet_shared::signature::SignedEnvelope;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::Error;
+use crate::fleet::Fleet;
+
+/// Largest MQTT packet either side sends or accepts.
+pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// Starts rumqttd on `listen` (port 0 picks a free port) on its own thread and waits until it
+/// accepts connections. Returns the bound address.
+pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, Error> {
+    let addr = if listen.port() == 0 {
+        // rumqttd does not report the port it bound, so a free one is chosen here first.
+        let probe = TcpListener::bind(listen).map_err(|e| Error::Startup(format!("cannot bind MQTT {listen}: {e}")))?;
+        probe.local_addr().map_err(|e| Error::Startup(e.to_string()))?
+    } else {
+        listen
+    };
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: MAX_PACKET_BYTES,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "edgefleet-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 100_000,
+            max_outgoing_packet_count: 1_000,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("edgefleet-v4".to_owned(), server)])),
+        ..Default::default()
+    };
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            // rumqttd has no shutdown: the thread lives as long as the process.
+            if let Err(e) = rumqttd::Broker::new(config).start() {
+                tracing::error!(error = %e, "Embedded MQTT broker stopped.");
+            }
+        })
+        .map_err(|e| Error::Startup(format!("cannot start the MQTT broker thread: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            return Err(Error::Startup(format!("the embedded MQTT broker did not start on {addr}")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!(%addr, "Embedded MQTT broker listening (plain TCP).");
+    Ok(addr)
+}
+
+/// The controller's MQTT client.
+#[derive(Debug, Clone)]
+pub struct Mqtt {
+    client: AsyncClient,
+    prefix: String,
+}
+
+impl Mqtt {
+    /// Connects to `url` and keeps the connection (reconnecting with backoff) in a task that
+    /// subscribes to device status and republishes every desired document after each connect
+    /// (a broker without persistence loses retained messages when it restarts).
+    pub fn connect(url: &str, prefix: &str, fleet: Fleet) -> Result<Self, Error> {
+        let (host, port) = parse_mqtt_url(url).map_err(Error::Config)?;
+        let mut options = MqttOptions::new(format!("edgefleet-controller-{}", std::process::id()), host, port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        let (client, mut events) = AsyncClient::new(options, 1_000);
+        let mqtt = Mqtt { client, prefix: prefix.to_owned() };
+        let this = mqtt.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff = Duration::from_millis(100);
+                        tracing::info!("Connected to the MQTT broker.");
+                        let filter = topics::status(&this.prefix, "+");
+                        if let Err(e) = this.client.subscribe(filter, QoS::AtLeastOnce).await {
+                            tracing::warn!(error = %e, "Cannot subscribe to device status.");
+                        }
+                        this.republish_all(&fleet).await;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => this.on_status(&fleet, &p.topic, &p.payload).await,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting.");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+        Ok(mqtt)
+    }
+
+    /// Publishes a device's current document, retained.
+    pub async fn publish_desired(&self, device: &str, envelope: &SignedEnvelope) {
+        let payload = serde_json::to_vec(envelope).unwrap_or_default();
+        if let Err(e) =
+            self.client.publish(topics::desired(&self.prefix, device), QoS::AtLeastOnce, true, payload).await
+        {
+            tracing::warn!(%device, error = %e, "Cannot publish the desired state; devices will poll it.");
+        }
+    }
+
+    async fn republish_all(&self, fleet: &Fleet) {
+        match fleet.all_desired().await {
+            Ok(all) => {
+                for (device, env) in all {
+                    self.publish_desired(&device, &env).await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "Cannot read desired documents to republish."),
+        }
+    }
+
+    async fn on_status(&self, fleet: &Fleet, topic: &str, payload: &[u8]) {
+        let Some(device) =
+            topic.strip_prefix(&format!("{}/devices/", self.prefix)).and_then(|r| r.strip_suffix("/status"))
+        else {
+            return;
+        };
+        if payload == OFFLINE {
+            // The broker published the device's last will.
+            if let Err(e) = fleet.mark_offline(device.to_owned()).await {
+                tracing::warn!(%device, error = %e, "Cannot record the device offline.");
+            }
+            return;
+        }
+        let Ok(envelope) = serde_json::from_slice::<SignedEnvelope>(payload) else {
+            metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "malformed").increment(1);
+            return;
+        };
+        match fleet.verify_device_envelope(device.to_owned(), envelope).await {
+            Ok(bytes) => match serde_json::from_slice::<DeviceStatus>(&bytes) {
+                Ok(status) => {
+                    if let Err(e) = fleet.record_status(device.to_owned(), status).await {
+                        tracing::warn!(%device, error = %e, "Cannot record status.");
+                    }
+                }
+                Err(_) => metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "malformed")
+                    .increment(1),
+            },
+            Err(e) => {
+                metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "signature").increment(1);
+                tracing::warn!(%device, error = %e, "Status refused.");
+            }
+        }
+    }
+}
+
+/// Last-will payload: the broker publishes it when a device drops off.
+pub const OFFLINE: &[u8] = b"offline";

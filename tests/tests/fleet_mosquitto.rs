@@ -1,0 +1,145 @@
+//! Fleet mode against an external broker (Mosquitto): documents arrive over MQTT, status goes
+//! back over it, a broker outage falls back to HTTP polling, and the agent reconnects.
+//!
+//! Needs `mosquitto` on PATH or in /usr/sbin (`.ci/run` installs it with apt).
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::controller::ControllerProcess;
+use common::{AgentProcess, binary, testdata};
+use reqwest::StatusCode;
+use serde_json::json;
+
+fn mosquitto_binary() -> PathBuf {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("mosquitto is not installed: apt-get install -y mosquitto (as .ci/run does)")
+}
+
+struct Mosquitto(Child);
+
+impl Mosquitto {
+    fn start(dir: &Path, port: u16) -> Mosquitto {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))
+            .expect("conf");
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto(child)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn served_version(http: &reqwest::Client, agent: &AgentProcess) -> Option<String> {
+    let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let r = http.post(agent.url("/v2/models/iris/infer")).json(&body).send().await.ok()?;
+    (r.status() == StatusCode::OK)
+        .then(|| r.headers()["x-edgefleet-model-version"].to_str().ok().map(str::to_owned))
+        .flatten()
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_through_mosquitto_with_an_outage_covered_by_http_polling() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let broker = Mosquitto::start(dir.path(), port);
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let c = ControllerProcess::start_with(&dir.path().join("controller"), &["--mqtt-url", &url]);
+    for _ in 0..3 {
+        c.cli_json(&["model", "push", &testdata().join("iris_logreg.onnx").to_string_lossy(), "--name", "iris"]);
+    }
+    let trust = dir.path().join("trust.json");
+    let o = Command::new(binary("edgefleet-controller"))
+        .args(["public-key", "--data-dir"])
+        .arg(dir.path().join("controller"))
+        .arg("--out")
+        .arg(&trust)
+        .output()
+        .expect("public-key");
+    assert!(o.status.success());
+    let token = c.cli_json(&["device", "token", "create"])["token"].as_str().expect("token").to_owned();
+    let data = dir.path().join("agent");
+    // A poll interval of 1 s: while MQTT is up the agent polls only every 10th tick.
+    let agent = AgentProcess::run(&[
+        "--controller",
+        &c.base,
+        "--enroll-token",
+        &token,
+        "--trust",
+        trust.to_str().expect("utf-8"),
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--poll-interval-secs",
+        "1",
+        "--status-interval-secs",
+        "1",
+        "--watch-window-secs",
+        "0",
+        "--backend",
+        "tract",
+    ]);
+    let http = reqwest::Client::new();
+    let mut id = String::new();
+    until("enrollment and an MQTT status report", async || {
+        let list = c.cli_json(&["device", "list"]);
+        id = list[0]["id"].as_str().unwrap_or_default().to_owned();
+        !id.is_empty() && list[0]["online"] == true
+    })
+    .await;
+    // Reading the log consumes it: the next "MQTT connected." found is a reconnection.
+    until("the agent's MQTT connection", async || agent.log().contains("MQTT connected.")).await;
+
+    let started = Instant::now();
+    c.cli_json(&["deploy", "iris:1", "--device", &id]);
+    until("v1 over MQTT", async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
+    let over_mqtt = started.elapsed();
+
+    drop(broker);
+    c.cli_json(&["deploy", "iris:2", "--device", &id]);
+    until("v2 over HTTP polling while the broker is down", async || {
+        served_version(&http, &agent).await.as_deref() == Some("2")
+    })
+    .await;
+
+    let _broker = Mosquitto::start(dir.path(), port);
+    let mut log = String::new();
+    until("the agent to reconnect", async || {
+        log.push_str(&agent.log());
+        log.contains("MQTT connected.")
+    })
+    .await;
+    c.cli_json(&["deploy", "iris:3", "--device", &id]);
+    until("v3 after the broker returned", async || served_version(&http, &agent).await.as_deref() == Some("3")).await;
+    eprintln!("deploy to serving over MQTT: {over_mqtt:?}");
+}
