@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::controller::{ADMIN, ControllerProcess};
+use common::mosquitto::Mosquitto;
 use common::{AgentProcess, binary, testdata};
 use edgefleet_shared::compress::compress;
 use reqwest::StatusCode;
@@ -42,9 +43,61 @@ fn device_status(c: &ControllerProcess, id: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn enroll_deploy_swap_under_load_refuse_bad_versions_and_roll_back() {
+async fn with_the_embedded_broker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = ControllerProcess::start(&dir.path().join("controller"));
+    scenario(&dir, c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_mosquitto() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let _broker = Mosquitto::start(dir.path(), port);
+    let c = ControllerProcess::start_with(
+        &dir.path().join("controller"),
+        &["--mqtt-url", &format!("mqtt://127.0.0.1:{port}")],
+    );
+    scenario(&dir, c).await;
+}
+
+/// Captures the retained desired document of `device` from the broker the agent uses.
+async fn retained_desired(broker_url: &str, device: &str) -> Vec<u8> {
+    let (host, port) = edgefleet_shared::fleet::parse_mqtt_url(broker_url).expect("url");
+    let (client, mut events) =
+        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("edgefleet-test-spy", host, port), 10);
+    let topic = edgefleet_shared::fleet::topics::desired("edgefleet/v1", device);
+    client.subscribe(&topic, rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no retained document");
+        if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+            tokio::time::timeout(Duration::from_secs(1), events.poll()).await
+        {
+            return p.payload.to_vec();
+        }
+    }
+}
+
+/// Publishes `payload` on a device's desired topic, as any client of an ACL-less broker can.
+async fn inject_desired(broker_url: &str, device: &str, payload: Vec<u8>) {
+    let (host, port) = edgefleet_shared::fleet::parse_mqtt_url(broker_url).expect("url");
+    let (client, mut events) =
+        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("edgefleet-test-attacker", host, port), 10);
+    let topic = edgefleet_shared::fleet::topics::desired("edgefleet/v1", device);
+    client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload).await.expect("publish");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) =
+            tokio::time::timeout(Duration::from_secs(1), events.poll()).await
+        {
+            return;
+        }
+    }
+    panic!("the injected message was not acknowledged");
+}
+
+async fn scenario(dir: &tempfile::TempDir, c: ControllerProcess) {
     for _ in 0..2 {
         c.cli_json(&[
             "model",
@@ -105,6 +158,9 @@ async fn enroll_deploy_swap_under_load_refuse_bad_versions_and_roll_back() {
     c.cli_json(&["deploy", "iris:1", "--selector", "site=lab"]);
     wait_for("v1 serving", 60, async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
     let deploy_to_serving = t0.elapsed();
+    let state: Value = serde_json::from_slice(&std::fs::read(data.join("state.json")).expect("state")).expect("json");
+    let broker_url = state["mqtt_url"].as_str().expect("the agent got a broker at enrollment").to_owned();
+    let first_document = retained_desired(&broker_url, &id).await;
 
     // 32 clients infer continuously while v2 rolls in: not one request may fail.
     let stop = Arc::new(AtomicBool::new(false));
@@ -179,6 +235,14 @@ async fn enroll_deploy_swap_under_load_refuse_bad_versions_and_roll_back() {
     let issued = c.cli_json(&["deploy", "iris:1", "--device", &id]);
     assert!(issued[0]["sequence"].as_u64().expect("sequence") >= 4);
     wait_for("rollback to v1", 60, async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
+
+    // An attacker replays the first (validly signed, older) document on the broker.
+    inject_desired(&broker_url, &id, first_document).await;
+    wait_for("replay refused", 60, async || {
+        device_status(&c, &id)["status"]["last_refusal"]["class"] == "older_sequence"
+    })
+    .await;
+    assert_eq!(served_version(&http, &agent).await.as_deref(), Some("1"));
 
     // Tampering at the controller: v4's stored model bytes are swapped for another model.
     let v4 = c.cli_json(&["model", "push", &fixture("iris_logreg.onnx"), "--name", "iris", "--param", "build=4"]);

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub, reason = "each test binary uses a different subset")]
 
 pub mod controller;
+pub mod mosquitto;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
