@@ -99,19 +99,45 @@ pub async fn prepare(source: ModelSource, backend: &BackendConfig) -> Result<Arc
     loaded.map(Arc::new)
 }
 
-/// Requests this model version answered and failed (engine errors), for watch windows.
+/// Latencies kept per model version for status quantiles.
+const LATENCY_WINDOW: usize = 1024;
+
+/// Requests this model version answered and failed (engine errors), for watch windows, and its
+/// most recent request latencies, for status reports.
 #[derive(Debug, Default)]
 pub struct Outcomes {
     /// Answered.
     pub ok: AtomicU64,
     /// Failed in the engine.
     pub failed: AtomicU64,
+    recent_us: std::sync::Mutex<std::collections::VecDeque<u32>>,
 }
 
 impl Outcomes {
     /// (answered, failed) so far.
     pub fn snapshot(&self) -> (u64, u64) {
         (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+
+    /// Records an answered request's latency.
+    pub fn record_latency(&self, latency: std::time::Duration) {
+        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        let mut recent = self.recent_us.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == LATENCY_WINDOW {
+            recent.pop_front();
+        }
+        recent.push_back(us);
+    }
+
+    /// (p50, p99) in milliseconds over the recent window, if any request was answered.
+    pub fn latency_quantiles_ms(&self) -> Option<(f64, f64)> {
+        let mut v: Vec<u32> = self.recent_us.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let q = |p: usize| f64::from(v[(v.len() - 1) * p / 100]) / 1000.0;
+        Some((q(50), q(99)))
     }
 }
 

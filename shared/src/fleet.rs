@@ -156,6 +156,12 @@ pub struct DeviceStatus {
     pub requests: u64,
     /// Share of inference requests that failed, since start.
     pub error_rate: f64,
+    /// Median latency of the active version's recent requests (ms).
+    #[serde(default)]
+    pub latency_p50_ms: Option<f64>,
+    /// 99th percentile latency of the active version's recent requests (ms).
+    #[serde(default)]
+    pub latency_p99_ms: Option<f64>,
 }
 
 /// Host and port of an `mqtt://HOST:PORT` (or `tcp://`) broker URL; port 1883 when absent.

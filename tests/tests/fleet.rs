@@ -219,8 +219,11 @@ async fn scenario(dir: &tempfile::TempDir, c: ControllerProcess) {
     for client in clients {
         client.await.expect("client");
     }
+    wait_for("latency in the status", 30, async || device_status(&c, &id)["status"]["latency_p99_ms"].is_f64()).await;
     let status = device_status(&c, &id);
     assert!(status["status"]["last_activation"]["error"].as_str().expect("error").starts_with("self_test"), "{status}");
+    let (p50, p99) = (status["status"]["latency_p50_ms"].as_f64(), status["status"]["latency_p99_ms"].as_f64());
+    assert!(p50.zip(p99).is_some_and(|(a, b)| a > 0.0 && a <= b), "{status}");
     assert_eq!(status["status"]["active"]["version"], 2);
     assert_eq!(
         failed.load(Ordering::Relaxed),

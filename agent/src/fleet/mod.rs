@@ -343,12 +343,15 @@ impl Agent {
     }
 
     fn status(&self) -> DeviceStatus {
-        let (mut ok, mut failed) = (0, 0);
-        for (_, entry) in self.http.list() {
+        let (mut ok, mut failed, mut latency) = (0, 0, None);
+        for (name, entry) in self.http.list() {
             if let crate::repository::ModelState::Ready(m) = entry {
                 let (o, f) = m.outcomes.snapshot();
                 ok += o;
                 failed += f;
+                if self.state.active.as_ref().is_some_and(|a| a.model.name == name) {
+                    latency = m.outcomes.latency_quantiles_ms();
+                }
             }
         }
         DeviceStatus {
@@ -361,6 +364,8 @@ impl Agent {
             last_activation: self.state.last_activation.clone(),
             requests: ok + failed,
             error_rate: if ok + failed == 0 { 0.0 } else { failed as f64 / (ok + failed) as f64 },
+            latency_p50_ms: latency.map(|l| l.0),
+            latency_p99_ms: latency.map(|l| l.1),
         }
     }
 

@@ -82,6 +82,7 @@ async fn run(
     model.metrics.requests.increment(1);
     model.outcomes.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     model.metrics.request_seconds.record(started.elapsed().as_secs_f64());
+    model.outcomes.record_latency(started.elapsed());
     Ok(response)
 }
 

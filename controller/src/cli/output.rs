@@ -235,6 +235,13 @@ pub(super) fn device(out: Output, v: &Value) {
     println!("last seen: {}", time(&v["last_seen"]));
     println!("desired:   {} (sequence {})", model_ref(&v["desired"]), s(&v["desired_sequence"]));
     println!("active:    {} (previous {})", model_ref(&st["active"]), model_ref(&st["previous"]));
+    println!(
+        "serving:   {} requests, error rate {}, latency p50 {} ms, p99 {} ms",
+        s(&st["requests"]),
+        s(&st["error_rate"]),
+        s(&st["latency_p50_ms"]),
+        s(&st["latency_p99_ms"])
+    );
     if !st["last_activation"].is_null() {
         let a = &st["last_activation"];
         println!(
