@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::controller::{ADMIN, ControllerProcess};
 use common::mosquitto::Mosquitto;
-use common::{AgentProcess, binary, testdata};
+use common::{AgentProcess, strs, testdata, until};
 use edgefleet_shared::compress::compress;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -28,14 +27,6 @@ async fn served_version(http: &reqwest::Client, agent: &AgentProcess) -> Option<
     (r.status() == StatusCode::OK)
         .then(|| r.headers()["x-edgefleet-model-version"].to_str().ok().map(str::to_owned))
         .flatten()
-}
-
-async fn wait_for(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn device_status(c: &ControllerProcess, id: &str) -> Value {
@@ -109,41 +100,17 @@ async fn scenario(dir: &tempfile::TempDir, c: ControllerProcess) {
             &fixture("iris_baseline.csv"),
         ]);
     }
-    let trust = dir.path().join("trust.json");
-    let o = Command::new(binary("edgefleet-controller"))
-        .args(["public-key", "--data-dir"])
-        .arg(dir.path().join("controller"))
-        .arg("--out")
-        .arg(&trust)
-        .output()
-        .expect("public-key");
-    assert!(o.status.success());
+    let trust = c.trust_file(dir.path());
     let token =
         c.cli_json(&["device", "token", "create", "--label", "site=lab"])["token"].as_str().expect("token").to_owned();
-
     let data = dir.path().join("agent");
-    let args = [
-        "--controller",
-        &c.base,
-        "--enroll-token",
-        &token,
-        "--trust",
-        trust.to_str().expect("utf-8"),
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--poll-interval-secs",
-        "1",
-        "--status-interval-secs",
-        "1",
-        "--watch-window-secs",
-        "1",
-        "--backend",
-        "tract",
-    ];
+    let mut args = c.agent_args(&trust, &data, 1);
+    args.extend(["--enroll-token".to_owned(), token]);
+    let args = strs(&args);
     let agent = AgentProcess::run(&args);
     let http = reqwest::Client::new();
     let mut id = String::new();
-    wait_for("enrollment", 30, async || {
+    until("enrollment", 30, async || {
         let list = c.cli_json(&["device", "list"]);
         id = list[0]["id"].as_str().unwrap_or_default().to_owned();
         !id.is_empty()
@@ -156,7 +123,7 @@ async fn scenario(dir: &tempfile::TempDir, c: ControllerProcess) {
 
     let t0 = Instant::now();
     c.cli_json(&["deploy", "iris:1", "--selector", "site=lab"]);
-    wait_for("v1 serving", 60, async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
+    until("v1 serving", 60, async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
     let deploy_to_serving = t0.elapsed();
     let state: Value = serde_json::from_slice(&std::fs::read(data.join("state.json")).expect("state")).expect("json");
     let broker_url = state["mqtt_url"].as_str().expect("the agent got a broker at enrollment").to_owned();
@@ -195,9 +162,9 @@ async fn scenario(dir: &tempfile::TempDir, c: ControllerProcess) {
         })
         .collect();
     c.cli_json(&["deploy", "iris:2", "--device", &id]);
-    wait_for("clients to see v2", 60, async || saw_v2.load(Ordering::Relaxed)).await;
+    until("clients to see v2", 60, async || saw_v2.load(Ordering::Relaxed)).await;
     // Keep the load on through the watch window and the commit.
-    wait_for("v2 committed", 60, async || device_status(&c, &id)["status"]["active"]["version"] == 2).await;
+    until("v2 committed", 60, async || device_status(&c, &id)["status"]["active"]["version"] == 2).await;
 
     // v3 loads but fails its golden self-test (nondeterministic): v2 keeps serving.
     c.cli_json(&[
@@ -210,7 +177,7 @@ async fn scenario(dir: &tempfile::TempDir, c: ControllerProcess) {
         &fixture("iris_baseline.csv"),
     ]);
     c.cli_json(&["deploy", "iris:3", "--device", &id]);
-    wait_for("v3 refused", 60, async || {
+    until("v3 refused", 60, async || {
         let s = device_status(&c, &id);
         s["status"]["last_activation"]["model"]["version"] == 3 && s["status"]["last_activation"]["ok"] == false
     })
@@ -219,7 +186,7 @@ async fn scenario(dir: &tempfile::TempDir, c: ControllerProcess) {
     for client in clients {
         client.await.expect("client");
     }
-    wait_for("latency in the status", 30, async || device_status(&c, &id)["status"]["latency_p99_ms"].is_f64()).await;
+    until("latency in the status", 30, async || device_status(&c, &id)["status"]["latency_p99_ms"].is_f64()).await;
     let status = device_status(&c, &id);
     assert!(status["status"]["last_activation"]["error"].as_str().expect("error").starts_with("self_test"), "{status}");
     let (p50, p99) = (status["status"]["latency_p50_ms"].as_f64(), status["status"]["latency_p99_ms"].as_f64());
@@ -237,14 +204,12 @@ async fn scenario(dir: &tempfile::TempDir, c: ControllerProcess) {
     // An operator rollback to v1 is a new document with a higher sequence.
     let issued = c.cli_json(&["deploy", "iris:1", "--device", &id]);
     assert!(issued[0]["sequence"].as_u64().expect("sequence") >= 4);
-    wait_for("rollback to v1", 60, async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
+    until("rollback to v1", 60, async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
 
     // An attacker replays the first (validly signed, older) document on the broker.
     inject_desired(&broker_url, &id, first_document).await;
-    wait_for("replay refused", 60, async || {
-        device_status(&c, &id)["status"]["last_refusal"]["class"] == "older_sequence"
-    })
-    .await;
+    until("replay refused", 60, async || device_status(&c, &id)["status"]["last_refusal"]["class"] == "older_sequence")
+        .await;
     assert_eq!(served_version(&http, &agent).await.as_deref(), Some("1"));
 
     // Tampering at the controller: v4's stored model bytes are swapped for another model.
@@ -276,7 +241,7 @@ async fn scenario(dir: &tempfile::TempDir, c: ControllerProcess) {
     // Restart: the agent serves its verified active version again before talking to anyone.
     drop(agent);
     let agent = AgentProcess::run(&args);
-    wait_for("restored v1", 60, async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
+    until("restored v1", 60, async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
     eprintln!("deploy to serving on loopback: {deploy_to_serving:?}");
     assert!(ADMIN.len() > 16);
 }

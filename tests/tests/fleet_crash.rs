@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::controller::ControllerProcess;
-use common::{AgentProcess, binary, metric, testdata};
+use common::{AgentProcess, metric, strs, testdata};
 use edgefleet_shared::compress::{DEFAULT_LEVEL, compress};
 use edgefleet_shared::verify::sha256_hex;
 use reqwest::StatusCode;
@@ -35,34 +34,12 @@ async fn kill_9_at_random_points_never_leaves_a_partial_model() {
     for build in ["1", "2"] {
         c.cli_json(&["model", "push", &fixture("magika.onnx"), "--name", "m", "--param", &format!("build={build}")]);
     }
-    let trust = dir.path().join("trust.json");
-    let o = Command::new(binary("edgefleet-controller"))
-        .args(["public-key", "--data-dir"])
-        .arg(dir.path().join("controller"))
-        .arg("--out")
-        .arg(&trust)
-        .output()
-        .expect("public-key");
-    assert!(o.status.success());
+    let trust = c.trust_file(dir.path());
     let token = c.cli_json(&["device", "token", "create", "--uses", "1"])["token"].as_str().expect("token").to_owned();
     let data = dir.path().join("agent");
-    let base_args = [
-        "--controller",
-        c.base.as_str(),
-        "--trust",
-        trust.to_str().expect("utf-8"),
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--poll-interval-secs",
-        "1",
-        "--status-interval-secs",
-        "1",
-        "--watch-window-secs",
-        "1",
-        "--backend",
-        "tract",
-    ];
-    let mut first = base_args.to_vec();
+    let base = c.agent_args(&trust, &data, 1);
+    let base_args = strs(&base);
+    let mut first = base_args.clone();
     first.extend(["--enroll-token", token.as_str()]);
     let mut agent = AgentProcess::run(&first);
     let http = reqwest::Client::new();

@@ -6,12 +6,11 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::controller::ControllerProcess;
 use common::mosquitto::Mosquitto;
-use common::{AgentProcess, binary, testdata};
+use common::{AgentProcess, strs, testdata, until};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -21,14 +20,6 @@ async fn served_version(http: &reqwest::Client, agent: &AgentProcess) -> Option<
     (r.status() == StatusCode::OK)
         .then(|| r.headers()["x-edgefleet-model-version"].to_str().ok().map(str::to_owned))
         .flatten()
-}
-
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,67 +32,45 @@ async fn mqtt_through_mosquitto_with_an_outage_covered_by_http_polling() {
     for _ in 0..3 {
         c.cli_json(&["model", "push", &testdata().join("iris_logreg.onnx").to_string_lossy(), "--name", "iris"]);
     }
-    let trust = dir.path().join("trust.json");
-    let o = Command::new(binary("edgefleet-controller"))
-        .args(["public-key", "--data-dir"])
-        .arg(dir.path().join("controller"))
-        .arg("--out")
-        .arg(&trust)
-        .output()
-        .expect("public-key");
-    assert!(o.status.success());
+    let trust = c.trust_file(dir.path());
     let token = c.cli_json(&["device", "token", "create"])["token"].as_str().expect("token").to_owned();
     let data = dir.path().join("agent");
     // A poll interval of 1 s: while MQTT is up the agent polls only every 10th tick.
-    let agent = AgentProcess::run(&[
-        "--controller",
-        &c.base,
-        "--enroll-token",
-        &token,
-        "--trust",
-        trust.to_str().expect("utf-8"),
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--poll-interval-secs",
-        "1",
-        "--status-interval-secs",
-        "1",
-        "--watch-window-secs",
-        "0",
-        "--backend",
-        "tract",
-    ]);
+    let mut args = c.agent_args(&trust, &data, 0);
+    args.extend(["--enroll-token".to_owned(), token]);
+    let agent = AgentProcess::run(&strs(&args));
     let http = reqwest::Client::new();
     let mut id = String::new();
-    until("enrollment and an MQTT status report", async || {
+    until("enrollment and an MQTT status report", 60, async || {
         let list = c.cli_json(&["device", "list"]);
         id = list[0]["id"].as_str().unwrap_or_default().to_owned();
         !id.is_empty() && list[0]["online"] == true
     })
     .await;
     // Reading the log consumes it: the next "MQTT connected." found is a reconnection.
-    until("the agent's MQTT connection", async || agent.log().contains("MQTT connected.")).await;
+    until("the agent's MQTT connection", 60, async || agent.log().contains("MQTT connected.")).await;
 
     let started = Instant::now();
     c.cli_json(&["deploy", "iris:1", "--device", &id]);
-    until("v1 over MQTT", async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
+    until("v1 over MQTT", 60, async || served_version(&http, &agent).await.as_deref() == Some("1")).await;
     let over_mqtt = started.elapsed();
 
     drop(broker);
     c.cli_json(&["deploy", "iris:2", "--device", &id]);
-    until("v2 over HTTP polling while the broker is down", async || {
+    until("v2 over HTTP polling while the broker is down", 60, async || {
         served_version(&http, &agent).await.as_deref() == Some("2")
     })
     .await;
 
     let _broker = Mosquitto::start(dir.path(), port);
     let mut log = String::new();
-    until("the agent to reconnect", async || {
+    until("the agent to reconnect", 60, async || {
         log.push_str(&agent.log());
         log.contains("MQTT connected.")
     })
     .await;
     c.cli_json(&["deploy", "iris:3", "--device", &id]);
-    until("v3 after the broker returned", async || served_version(&http, &agent).await.as_deref() == Some("3")).await;
+    until("v3 after the broker returned", 60, async || served_version(&http, &agent).await.as_deref() == Some("3"))
+        .await;
     eprintln!("deploy to serving over MQTT: {over_mqtt:?}");
 }

@@ -95,6 +95,35 @@ impl ControllerProcess {
         }
     }
 
+    /// Writes this controller's trust file (`edgefleet-controller public-key`) into `dir`.
+    pub fn trust_file(&self, dir: &Path) -> PathBuf {
+        let trust = dir.join("trust.json");
+        let out = Command::new(binary("edgefleet-controller"))
+            .args(["public-key", "--data-dir"])
+            .arg(&self.data_dir)
+            .arg("--out")
+            .arg(&trust)
+            .output()
+            .expect("public-key");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        trust
+    }
+
+    /// `edgefleet-agent run` arguments against this controller: its trust file, a data dir,
+    /// 1 s poll and status intervals, the given watch window, tract.
+    pub fn agent_args(&self, trust: &Path, data: &Path, watch_window_secs: u64) -> Vec<String> {
+        let mut args: Vec<String> = ["--controller", &self.base, "--trust"].map(str::to_owned).to_vec();
+        args.push(trust.display().to_string());
+        args.push("--data-dir".into());
+        args.push(data.display().to_string());
+        args.extend(
+            ["--poll-interval-secs", "1", "--status-interval-secs", "1", "--backend", "tract"].map(str::to_owned),
+        );
+        args.push("--watch-window-secs".into());
+        args.push(watch_window_secs.to_string());
+        args
+    }
+
     /// Runs the `edgefleet` CLI against this controller with `token`.
     pub fn cli(&self, token: &str, args: &[&str]) -> Output {
         Command::new(binary("edgefleet"))
