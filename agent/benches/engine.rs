@@ -73,10 +73,10 @@ fn raw_tract(path: &Path, input: &Tensor) -> impl FnMut() {
 }
 
 fn datum(t: &Tensor) -> DatumType {
-    match t.data {
+    match &t.data {
         edgefleet_agent::tensor::TensorData::F32(_) => f32::datum_type(),
         edgefleet_agent::tensor::TensorData::I32(_) => i32::datum_type(),
-        _ => unimplemented!("benchmark inputs are FP32 or INT32"),
+        other => panic!("the benchmark feeds FP32 or INT32 inputs, not {:?}", other.datatype()),
     }
 }
 
@@ -84,7 +84,7 @@ fn to_tract(t: &Tensor) -> TValue {
     match &t.data {
         edgefleet_agent::tensor::TensorData::F32(v) => Tensor_::from_shape(&t.shape, v).unwrap().into_tvalue(),
         edgefleet_agent::tensor::TensorData::I32(v) => Tensor_::from_shape(&t.shape, v).unwrap().into_tvalue(),
-        _ => unimplemented!("benchmark inputs are FP32 or INT32"),
+        other => panic!("the benchmark feeds FP32 or INT32 inputs, not {:?}", other.datatype()),
     }
 }
 
