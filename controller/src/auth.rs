@@ -156,8 +156,7 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?
             .to_owned();
-        let caller =
-            state.db.call(move |conn| lookup(conn, &token).map_err(|e| ApiError::from(db::DbError::from(e)))).await?;
+        let caller = state.db.call(move |conn| lookup(conn, &token).map_err(ApiError::from)).await?;
         caller.ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
     }
 }

@@ -46,11 +46,11 @@ pub enum ActivationError {
 }
 
 impl ActivationError {
-    /// Refusal class for artifact problems (`hash_mismatch`, ...), when this is one.
+    /// Refusal class for artifact problems (`hash_mismatch`, ...), when this is one. `fetch`
+    /// files every artifact problem, including one found mid-download, under `Verify`.
     pub fn refusal_class(&self) -> Option<&'static str> {
         match self {
             ActivationError::Verify(e) => Some(e.class()),
-            ActivationError::Download(LinkError::Artifact(e)) => Some(e.class()),
             _ => None,
         }
     }

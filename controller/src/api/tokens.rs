@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
 use crate::auth::{self, Caller, Role};
-use crate::db::{self, DbError};
+use crate::db;
 
 /// Body of `POST /tokens`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -85,9 +85,7 @@ pub(super) async fn create(
     let (name, role, secret) = (req.name.clone(), req.role, token.clone());
     let id = state
         .db
-        .call(move |conn| {
-            auth::insert_token(conn, &name, role, &secret, &actor).map_err(|e| ApiError::from(DbError::from(e)))
-        })
+        .call(move |conn| auth::insert_token(conn, &name, role, &secret, &actor).map_err(ApiError::from))
         .await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { id, name: req.name, role: req.role, token })))
 }
@@ -99,9 +97,8 @@ pub(super) async fn list(caller: Caller, State(state): State<AppState>) -> Resul
     let rows = state
         .db
         .call(|conn| -> Result<Vec<TokenInfo>, ApiError> {
-            let mut stmt = conn
-                .prepare("SELECT id, name, role, created_at, created_by, revoked_at FROM tokens ORDER BY id")
-                .map_err(DbError::from)?;
+            let mut stmt =
+                conn.prepare("SELECT id, name, role, created_at, created_by, revoked_at FROM tokens ORDER BY id")?;
             let rows = stmt
                 .query_map([], |r| {
                     Ok(TokenInfo {
@@ -112,10 +109,8 @@ pub(super) async fn list(caller: Caller, State(state): State<AppState>) -> Resul
                         created_by: r.get(4)?,
                         revoked_at: r.get(5)?,
                     })
-                })
-                .map_err(DbError::from)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(DbError::from)?;
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await?;
@@ -134,19 +129,16 @@ pub(super) async fn revoke(
     state
         .db
         .call(move |conn| -> Result<(), ApiError> {
-            let tx = conn.transaction().map_err(DbError::from)?;
-            let n = tx
-                .execute(
-                    "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
-                    params![db::now(), id],
-                )
-                .map_err(DbError::from)?;
+            let tx = conn.transaction()?;
+            let n = tx.execute(
+                "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+                params![db::now(), id],
+            )?;
             if n == 0 {
                 return Err(ApiError::not_found(format!("no active token {id}")));
             }
-            db::audit(&tx, &actor, "token.revoke", &format!("token:{id}"), serde_json::json!({}))
-                .map_err(DbError::from)?;
-            tx.commit().map_err(DbError::from)?;
+            db::audit(&tx, &actor, "token.revoke", &format!("token:{id}"), serde_json::json!({}))?;
+            tx.commit()?;
             Ok(())
         })
         .await?;
@@ -171,9 +163,8 @@ pub(super) async fn audit(
     let rows = state
         .db
         .call(move |conn| -> Result<Vec<AuditEntry>, ApiError> {
-            let mut stmt = conn
-                .prepare("SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1")
-                .map_err(DbError::from)?;
+            let mut stmt =
+                conn.prepare("SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
             let rows = stmt
                 .query_map(params![limit], |r| {
                     let detail: String = r.get(5)?;
@@ -185,10 +176,8 @@ pub(super) async fn audit(
                         target: r.get(4)?,
                         detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
                     })
-                })
-                .map_err(DbError::from)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(DbError::from)?;
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await?;

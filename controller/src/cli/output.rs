@@ -38,26 +38,22 @@ fn time(v: &Value) -> String {
     })
 }
 
-/// `model list`.
-pub(super) fn models(out: Output, v: &Value) {
+/// Prints a JSON array: as it is, or as a table with one row per element.
+fn list(out: Output, v: &Value, header: &[&str], row: impl Fn(&Value) -> Vec<String>) {
     if out == Output::Json {
         return json(v);
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            let versions = m["versions"].as_array().map_or(0, Vec::len);
-            let latest = m["versions"].as_array().and_then(|a| a.last()).map_or("-".into(), s);
-            let aliases = m["aliases"]
-                .as_object()
-                .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
-                .unwrap_or_default();
-            vec![s(&m["name"]), latest, versions.to_string(), aliases]
-        })
-        .collect();
-    table(&["name", "latest", "versions", "aliases"], &rows);
+    let rows: Vec<Vec<String>> = v.as_array().into_iter().flatten().map(row).collect();
+    table(header, &rows);
+}
+
+/// `model list`.
+pub(super) fn models(out: Output, v: &Value) {
+    list(out, v, &["name", "latest", "versions", "aliases"], |m| {
+        let versions = m["versions"].as_array().map_or(0, Vec::len);
+        let latest = m["versions"].as_array().and_then(|a| a.last()).map_or("-".into(), s);
+        vec![s(&m["name"]), latest, versions.to_string(), labels(&m["aliases"])]
+    });
 }
 
 /// `model show N`, `model alias`.
@@ -141,34 +137,18 @@ pub(super) fn created_token(out: Output, v: &Value) {
 
 /// `token list`.
 pub(super) fn tokens(out: Output, v: &Value) {
-    if out == Output::Json {
-        return json(v);
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|t| {
-            let state =
-                if t["revoked_at"].is_null() { "active".into() } else { format!("revoked {}", time(&t["revoked_at"])) };
-            vec![s(&t["id"]), s(&t["name"]), s(&t["role"]), time(&t["created_at"]), state]
-        })
-        .collect();
-    table(&["id", "name", "role", "created", "state"], &rows);
+    list(out, v, &["id", "name", "role", "created", "state"], |t| {
+        let state =
+            if t["revoked_at"].is_null() { "active".into() } else { format!("revoked {}", time(&t["revoked_at"])) };
+        vec![s(&t["id"]), s(&t["name"]), s(&t["role"]), time(&t["created_at"]), state]
+    });
 }
 
 /// `audit`.
 pub(super) fn audit(out: Output, v: &Value) {
-    if out == Output::Json {
-        return json(v);
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| vec![time(&a["at"]), s(&a["actor"]), s(&a["action"]), s(&a["target"]), a["detail"].to_string()])
-        .collect();
-    table(&["at", "actor", "action", "target", "detail"], &rows);
+    list(out, v, &["at", "actor", "action", "target", "detail"], |a| {
+        vec![time(&a["at"]), s(&a["actor"]), s(&a["action"]), s(&a["target"]), a["detail"].to_string()]
+    });
 }
 
 /// `device token create`.
@@ -189,6 +169,7 @@ fn model_ref(v: &Value) -> String {
     if v.is_null() { "-".into() } else { format!("{}:{}", s(&v["name"]), s(&v["version"])) }
 }
 
+/// `k=v,k=v` of an object (labels, aliases).
 fn labels(v: &Value) -> String {
     v.as_object()
         .map(|o| o.iter().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(","))
@@ -197,30 +178,21 @@ fn labels(v: &Value) -> String {
 
 /// `device list`.
 pub(super) fn devices(out: Output, v: &Value) {
-    if out == Output::Json {
-        return json(v);
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| {
-            let st = &d["status"];
-            let error = st["last_refusal"]["class"]
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| (st["last_activation"]["ok"] == false).then(|| s(&st["last_activation"]["error"])));
-            vec![
-                s(&d["id"]),
-                if d["online"] == true { "online".into() } else { "offline".into() },
-                labels(&d["labels"]),
-                model_ref(&d["desired"]),
-                model_ref(&st["active"]),
-                error.unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    table(&["id", "state", "labels", "desired", "active", "last error"], &rows);
+    list(out, v, &["id", "state", "labels", "desired", "active", "last error"], |d| {
+        let st = &d["status"];
+        let error = st["last_refusal"]["class"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| (st["last_activation"]["ok"] == false).then(|| s(&st["last_activation"]["error"])));
+        vec![
+            s(&d["id"]),
+            if d["online"] == true { "online".into() } else { "offline".into() },
+            labels(&d["labels"]),
+            model_ref(&d["desired"]),
+            model_ref(&st["active"]),
+            error.unwrap_or_else(|| "-".into()),
+        ]
+    });
 }
 
 /// `device show`.
@@ -260,16 +232,9 @@ pub(super) fn device(out: Output, v: &Value) {
 
 /// `deploy`.
 pub(super) fn issued(out: Output, v: &Value) {
-    if out == Output::Json {
-        return json(v);
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| vec![s(&i["device_id"]), s(&i["version"]), s(&i["sequence"]), time(&i["expires_at"])])
-        .collect();
-    table(&["device", "version", "sequence", "expires"], &rows);
+    list(out, v, &["device", "version", "sequence", "expires"], |i| {
+        vec![s(&i["device_id"]), s(&i["version"]), s(&i["sequence"]), time(&i["expires_at"])]
+    });
 }
 
 /// A command with nothing to show but success.
