@@ -157,6 +157,12 @@ pub struct RunArgs {
     /// Trust file with the controller keys to accept.
     #[arg(long)]
     pub trust: Option<PathBuf>,
+    /// CA certificates (PEM) for an https:// controller and an mqtts:// broker.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain http:// and mqtt:// to non-loopback hosts (never in production).
+    #[arg(long)]
+    pub insecure: bool,
     /// State directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -204,6 +210,8 @@ impl RunArgs {
         f.enroll_token = self.enroll_token.or(f.enroll_token.take());
         f.enroll_token_file = self.enroll_token_file.or(f.enroll_token_file.take());
         f.trust_file = self.trust.or(f.trust_file.take());
+        f.ca_file = self.ca_file.or(f.ca_file.take());
+        f.insecure |= self.insecure;
         f.mqtt = self.mqtt.or(f.mqtt.take());
         f.labels.extend(self.labels);
         config.validate()?;

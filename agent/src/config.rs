@@ -63,6 +63,11 @@ pub struct FleetConfig {
     pub enroll_token_file: Option<PathBuf>,
     /// Trust file with the controller keys this device accepts (provisioned out of band).
     pub trust_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for the controller's HTTPS and an `mqtts://` broker; the
+    /// system's roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain HTTP and MQTT to non-loopback hosts (logged as a warning).
+    pub insecure: bool,
     /// State directory: device key, state file, model slots, download staging.
     pub data_dir: PathBuf,
     /// Labels reported at enrollment.
@@ -92,6 +97,8 @@ impl Default for FleetConfig {
             enroll_token: None,
             enroll_token_file: None,
             trust_file: None,
+            ca_file: None,
+            insecure: false,
             data_dir: PathBuf::from("/var/lib/edgefleet"),
             labels: Default::default(),
             mqtt: None,
@@ -211,6 +218,16 @@ impl AgentConfig {
         if f.trust_file.is_none() {
             return invalid("fleet.trust_file (--trust) is required: the controller keys this device accepts");
         }
+        if let Some(url) = &f.controller {
+            let (host, tls) = edgefleet_shared::tls::http_url_host(url).map_err(ConfigError::Invalid)?;
+            if !tls {
+                edgefleet_shared::tls::check_plain(&format!("the controller URL {url}"), host, f.insecure)
+                    .map_err(ConfigError::Invalid)?;
+            }
+        }
+        if let Some(url) = &f.mqtt {
+            check_broker(url, f.insecure)?;
+        }
         if f.poll_interval_secs == 0 || f.status_interval_secs == 0 {
             return invalid("fleet.poll_interval_secs and status_interval_secs must be above 0");
         }
@@ -260,6 +277,16 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+/// Checks a broker URL against the plain-TCP rule (loopback, TLS, or `insecure`).
+pub fn check_broker(url: &str, insecure: bool) -> Result<(), ConfigError> {
+    let broker = edgefleet_shared::fleet::parse_mqtt_url(url).map_err(ConfigError::Invalid)?;
+    if !broker.tls {
+        edgefleet_shared::tls::check_plain(&format!("the broker {url}"), &broker.host, insecure)
+            .map_err(ConfigError::Invalid)?;
+    }
+    Ok(())
 }
 
 /// Model names appear in URLs and metric labels: keep them plain.

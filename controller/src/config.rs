@@ -20,15 +20,40 @@ pub struct ControllerConfig {
     pub fleet: FleetConfig,
     /// MQTT broker.
     pub mqtt: MqttConfig,
+    /// TLS for the API and the embedded broker.
+    pub tls: TlsConfig,
+}
+
+/// TLS settings. Plain TCP is allowed on loopback; elsewhere it needs `insecure = true`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first): with `key`, the API serves HTTPS and the embedded
+    /// broker accepts only TLS.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted when connecting to an external `mqtts://` broker; the
+    /// system's roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain HTTP and MQTT on non-loopback addresses (logged as a warning).
+    pub insecure: bool,
+}
+
+impl TlsConfig {
+    /// Certificate and key, when TLS serving is configured.
+    pub fn server_files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_deref()?))
+    }
 }
 
 /// MQTT: the embedded broker, or an external one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// Where the embedded broker listens (plain TCP); none disables it.
+    /// Where the embedded broker listens (TLS when `[tls]` has a certificate); none disables it.
     pub listen: Option<SocketAddr>,
-    /// An external broker (`mqtt://host:port`) instead of the embedded one.
+    /// An external broker (`mqtt://host:port` or `mqtts://host:port`) instead of the embedded one.
     pub url: Option<String>,
     /// The broker URL handed to agents, when they reach the embedded broker by another name.
     pub advertise_url: Option<String>,
@@ -104,18 +129,17 @@ impl Default for RegistryConfig {
 }
 
 impl ControllerConfig {
-    /// Reads and validates a TOML file.
+    /// Reads a TOML file (see [`ControllerConfig::validate`] once flags are applied).
     pub fn from_file(path: &Path) -> Result<Self, crate::Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| crate::Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        let config: ControllerConfig = toml::from_str(&text)
-            .map_err(|e| crate::Error::Config(format!("invalid config {}: {e}", path.display())))?;
-        config.validate()?;
-        Ok(config)
+        toml::from_str(&text).map_err(|e| crate::Error::Config(format!("invalid config {}: {e}", path.display())))
     }
 
-    /// Checks values the types do not constrain.
+    /// Checks values the types do not constrain, and the plain-TCP rule (which warns when
+    /// `tls.insecure` lets plain TCP through on a non-loopback address).
     pub fn validate(&self) -> Result<(), crate::Error> {
+        self.validate_transport()?;
         if self.registry.baseline_bins < 2 {
             return Err(crate::Error::Config("registry.baseline_bins must be at least 2".into()));
         }
@@ -126,6 +150,39 @@ impl ControllerConfig {
         }
         if self.server.max_upload_bytes == 0 {
             return Err(crate::Error::Config("server.max_upload_bytes must be above 0".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_transport(&self) -> Result<(), crate::Error> {
+        use edgefleet_shared::tls::check_plain;
+        let tls = &self.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(crate::Error::Config("tls.cert and tls.key must be set together".into()));
+        }
+        let serving_tls = tls.server_files().is_some();
+        if !serving_tls {
+            let addr = self.server.listen;
+            check_plain(&format!("the API on {addr} (plain HTTP)"), &addr.ip().to_string(), tls.insecure)
+                .map_err(crate::Error::Config)?;
+        }
+        match (&self.mqtt.url, self.mqtt.listen) {
+            (Some(url), _) => {
+                let broker = edgefleet_shared::fleet::parse_mqtt_url(url).map_err(crate::Error::Config)?;
+                if !broker.tls {
+                    check_plain(&format!("the broker {url}"), &broker.host, tls.insecure)
+                        .map_err(crate::Error::Config)?;
+                }
+            }
+            (None, Some(addr)) if !serving_tls => {
+                check_plain(
+                    &format!("the embedded broker on {addr} (plain MQTT)"),
+                    &addr.ip().to_string(),
+                    tls.insecure,
+                )
+                .map_err(crate::Error::Config)?;
+            }
+            (None, _) => {}
         }
         Ok(())
     }
@@ -160,6 +217,27 @@ impl DataDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_tcp_off_loopback_needs_tls_or_insecure() {
+        let mut config = ControllerConfig::default();
+        config.validate().expect("loopback defaults are fine");
+        config.server.listen = "0.0.0.0:7700".parse().expect("addr");
+        let err = config.validate().expect_err("plain HTTP on all interfaces").to_string();
+        assert!(err.contains("0.0.0.0:7700") && err.contains("insecure"), "{err}");
+        config.tls.insecure = true;
+        config.validate().expect("explicitly insecure");
+        config.tls = TlsConfig { cert: Some("c.pem".into()), key: Some("k.pem".into()), ..TlsConfig::default() };
+        config.mqtt.listen = Some("0.0.0.0:8883".parse().expect("addr"));
+        config.validate().expect("TLS on both listeners");
+        config.mqtt.url = Some("mqtt://broker.example:1883".into());
+        let err = config.validate().expect_err("plain external broker").to_string();
+        assert!(err.contains("broker.example"), "{err}");
+        config.mqtt.url = Some("mqtts://broker.example".into());
+        config.validate().expect("TLS external broker");
+        config.tls.key = None;
+        assert!(config.validate().expect_err("cert without key").to_string().contains("together"));
+    }
 
     #[test]
     fn shipped_file_is_the_default() {

@@ -32,9 +32,16 @@ enum Command {
         /// Embedded MQTT broker address [default: 127.0.0.1:1883].
         #[arg(long, conflicts_with = "mqtt_url")]
         mqtt_listen: Option<std::net::SocketAddr>,
-        /// External MQTT broker (`mqtt://host:port`) instead of the embedded one.
+        /// External MQTT broker (`mqtt://host:port` or `mqtts://host:port`) instead of the
+        /// embedded one.
         #[arg(long)]
         mqtt_url: Option<String>,
+        /// PEM certificate chain: serve HTTPS and MQTT over TLS (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Write the trust file agents are provisioned with (this controller's public key).
     PublicKey {
@@ -60,8 +67,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::PublicKey { data_dir, out } => public_key(DataDir { root: data_dir }, out),
-        Command::Serve { data_dir, config, listen, mqtt_listen, mqtt_url } => {
-            serve_cmd(data_dir, config, listen, mqtt_listen, mqtt_url)
+        Command::Serve { data_dir, config, listen, mqtt_listen, mqtt_url, tls_cert, tls_key } => {
+            let overrides = Overrides { listen, mqtt_listen, mqtt_url, tls_cert, tls_key };
+            serve_cmd(data_dir, config, overrides)
         }
     };
     match result {
@@ -86,25 +94,33 @@ fn public_key(data: DataDir, out: Option<PathBuf>) -> Result<(), Error> {
     }
 }
 
-fn serve_cmd(
-    data_dir: PathBuf,
-    config: Option<PathBuf>,
+/// Flags that override the configuration file.
+#[derive(Debug)]
+struct Overrides {
     listen: Option<std::net::SocketAddr>,
     mqtt_listen: Option<std::net::SocketAddr>,
     mqtt_url: Option<String>,
-) -> Result<(), Error> {
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+fn serve_cmd(data_dir: PathBuf, config: Option<PathBuf>, flags: Overrides) -> Result<(), Error> {
     let mut config = match config {
         Some(path) => ControllerConfig::from_file(&path)?,
         None => ControllerConfig::default(),
     };
-    if let Some(addr) = listen {
+    if let Some(addr) = flags.listen {
         config.server.listen = addr;
     }
-    if let Some(addr) = mqtt_listen {
+    if let Some(addr) = flags.mqtt_listen {
         config.mqtt.listen = Some(addr);
     }
-    if mqtt_url.is_some() {
-        config.mqtt.url = mqtt_url;
+    if flags.mqtt_url.is_some() {
+        config.mqtt.url = flags.mqtt_url;
+    }
+    if let (Some(cert), Some(key)) = (flags.tls_cert, flags.tls_key) {
+        config.tls.cert = Some(cert);
+        config.tls.key = Some(key);
     }
     let preset = std::env::var("EDGEFLEET_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -122,7 +138,7 @@ fn serve_cmd(
                 // Printed once, on a line of its own, for the operator (or a script) to capture.
                 println!("admin token: {token}");
             }
-            println!("edgefleet-controller listening on http://{}", started.addr);
+            println!("edgefleet-controller listening on {}", started.url);
         },
     ))
 }

@@ -4,11 +4,14 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgefleet_shared::fleet::{DeviceStatus, parse_mqtt_url, topics};
 use edgefleet_shared::signature::SignedEnvelope;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use edgefleet_shared::tls::ClientConfig;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
 use crate::Error;
 use crate::fleet::Fleet;
@@ -16,30 +19,67 @@ use crate::fleet::Fleet;
 /// Largest MQTT packet either side sends or accepts.
 pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
 
-/// Starts rumqttd on `listen` (port 0 picks a free port) on its own thread and waits until it
-/// accepts connections. Returns the bound address.
-pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, Error> {
-    let addr = if listen.port() == 0 {
-        // rumqttd does not report the port it bound, so a free one is chosen here first.
-        let probe = TcpListener::bind(listen).map_err(|e| Error::Startup(format!("cannot bind MQTT {listen}: {e}")))?;
-        probe.local_addr().map_err(|e| Error::Startup(e.to_string()))?
-    } else {
-        listen
-    };
-    let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 10_000,
-        max_payload_size: MAX_PACKET_BYTES,
-        max_inflight_count: 500,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let server = rumqttd::ServerSettings {
-        name: "edgefleet-v4".into(),
-        listen: addr,
-        tls: None,
+/// Where the embedded broker listens.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedBroker {
+    /// The listener devices use (TLS when configured).
+    pub public: SocketAddr,
+    /// Whether `public` speaks TLS.
+    pub tls: bool,
+    /// A plain listener on 127.0.0.1 for the controller's own client (the public one when it
+    /// is plain TCP already).
+    pub internal: SocketAddr,
+}
+
+fn free_port(listen: SocketAddr) -> Result<SocketAddr, Error> {
+    if listen.port() != 0 {
+        return Ok(listen);
+    }
+    // rumqttd does not report the port it bound, so a free one is chosen here first.
+    let probe = TcpListener::bind(listen).map_err(|e| Error::Startup(format!("cannot bind MQTT {listen}: {e}")))?;
+    probe.local_addr().map_err(|e| Error::Startup(e.to_string()))
+}
+
+fn server_settings(name: &str, listen: SocketAddr, tls: Option<rumqttd::TlsConfig>) -> rumqttd::ServerSettings {
+    rumqttd::ServerSettings {
+        name: name.into(),
+        listen,
+        tls,
         next_connection_delay_ms: 1,
-        connections,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: MAX_PACKET_BYTES,
+            max_inflight_count: 500,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    }
+}
+
+/// Starts rumqttd on `listen` (port 0 picks a free port) on its own thread, with TLS from the
+/// PEM `tls` files when given, and waits until it accepts connections.
+pub fn start_embedded(listen: SocketAddr, tls: Option<(&Path, &Path)>) -> Result<EmbeddedBroker, Error> {
+    let public = free_port(listen)?;
+    let mut servers = HashMap::new();
+    let internal = match tls {
+        Some((cert, key)) => {
+            // Fail here with the file's name rather than inside the broker thread.
+            edgefleet_shared::tls::server_config(cert, key).map_err(|e| Error::Config(e.to_string()))?;
+            let tls = rumqttd::TlsConfig::Rustls {
+                capath: None,
+                certpath: cert.display().to_string(),
+                keypath: key.display().to_string(),
+            };
+            servers.insert("edgefleet-tls".to_owned(), server_settings("edgefleet-tls", public, Some(tls)));
+            let internal = free_port(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            servers.insert("edgefleet-internal".to_owned(), server_settings("edgefleet-internal", internal, None));
+            internal
+        }
+        None => {
+            servers.insert("edgefleet-v4".to_owned(), server_settings("edgefleet-v4", public, None));
+            public
+        }
     };
     let config = rumqttd::Config {
         id: 0,
@@ -50,7 +90,7 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, Error> {
             max_segment_count: 10,
             ..Default::default()
         },
-        v4: Some(HashMap::from([("edgefleet-v4".to_owned(), server)])),
+        v4: Some(servers),
         ..Default::default()
     };
     std::thread::Builder::new()
@@ -63,14 +103,17 @@ pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, Error> {
         })
         .map_err(|e| Error::Startup(format!("cannot start the MQTT broker thread: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if Instant::now() > deadline {
-            return Err(Error::Startup(format!("the embedded MQTT broker did not start on {addr}")));
+    for addr in [public, internal] {
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::Startup(format!("the embedded MQTT broker did not start on {addr}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    tracing::info!(%addr, "Embedded MQTT broker listening (plain TCP).");
-    Ok(addr)
+    let transport = if tls.is_some() { "TLS" } else { "plain TCP" };
+    tracing::info!(addr = %public, transport, "Embedded MQTT broker listening.");
+    Ok(EmbeddedBroker { public, tls: tls.is_some(), internal })
 }
 
 /// The controller's MQTT client.
@@ -83,10 +126,16 @@ pub struct Mqtt {
 impl Mqtt {
     /// Connects to `url` and keeps the connection (reconnecting with backoff) in a task that
     /// subscribes to device status and republishes every desired document after each connect
-    /// (a broker without persistence loses retained messages when it restarts).
-    pub fn connect(url: &str, prefix: &str, fleet: Fleet) -> Result<Self, Error> {
-        let (host, port) = parse_mqtt_url(url).map_err(Error::Config)?;
-        let mut options = MqttOptions::new(format!("edgefleet-controller-{}", std::process::id()), host, port);
+    /// (a broker without persistence loses retained messages when it restarts). `mqtts://` URLs
+    /// use `tls`.
+    pub fn connect(url: &str, prefix: &str, fleet: Fleet, tls: Option<Arc<ClientConfig>>) -> Result<Self, Error> {
+        let broker = parse_mqtt_url(url).map_err(Error::Config)?;
+        let mut options =
+            MqttOptions::new(format!("edgefleet-controller-{}", std::process::id()), broker.host, broker.port);
+        if broker.tls {
+            let tls = tls.ok_or_else(|| Error::Config(format!("{url} needs TLS but none is configured")))?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        }
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
         let (client, mut events) = AsyncClient::new(options, 1_000);

@@ -8,7 +8,6 @@ use std::time::Duration;
 use edgefleet_shared::keys::{FileKey, Signer as _};
 use edgefleet_shared::profile::ProfileOptions;
 use edgefleet_shared::trust::TrustStore;
-use tokio::net::TcpListener;
 
 use crate::Error;
 use crate::api::{AppState, router};
@@ -24,6 +23,8 @@ use crate::store::FsStore;
 pub struct Started {
     /// Bound address.
     pub addr: SocketAddr,
+    /// Base URL of the API (`https://` when TLS is configured).
+    pub url: String,
     /// The bootstrap admin token, on the first start only.
     pub admin_token: Option<String>,
 }
@@ -66,17 +67,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_started: impl FnOnce(&Started),
 ) -> Result<(), Error> {
+    config.validate()?;
+    let server_tls = match config.tls.server_files() {
+        Some((cert, key)) => {
+            Some(edgefleet_shared::tls::server_config(cert, key).map_err(|e| Error::Config(e.to_string()))?)
+        }
+        None => None,
+    };
     let (db, store, key) = open(&data)?;
     let admin_token = db.call_blocking(|conn| auth::bootstrap_admin(conn, admin_preset))?;
     tracing::info!(key_id = %key.key_id(), data_dir = %data.root.display(), "Controller data opened.");
     let key = Arc::new(key);
-    // The broker: an external one by URL, else the embedded one (unless disabled).
+    // The broker: an external one by URL, else the embedded one (unless disabled). The
+    // controller's own client reaches the embedded broker on its internal plain listener.
     let (broker_url, advertised) = match (&config.mqtt.url, config.mqtt.listen) {
         (Some(url), _) => (Some(url.clone()), Some(url.clone())),
         (None, Some(listen)) => {
-            let addr = crate::mqtt::start_embedded(listen)?;
-            let url = format!("mqtt://{addr}");
-            (Some(url.clone()), Some(config.mqtt.advertise_url.clone().unwrap_or(url)))
+            let broker = crate::mqtt::start_embedded(listen, config.tls.server_files())?;
+            let scheme = if broker.tls { "mqtts" } else { "mqtt" };
+            let public = format!("{scheme}://{}", broker.public);
+            (Some(format!("mqtt://{}", broker.internal)), Some(config.mqtt.advertise_url.clone().unwrap_or(public)))
         }
         (None, None) => (None, None),
     };
@@ -91,7 +101,11 @@ pub async fn run(
         },
     );
     let mqtt = match &broker_url {
-        Some(url) => Some(crate::mqtt::Mqtt::connect(url, &config.mqtt.topic_prefix, fleet.clone())?),
+        Some(url) => {
+            let tls = edgefleet_shared::tls::client_config(config.tls.ca_file.as_deref())
+                .map_err(|e| Error::Config(e.to_string()))?;
+            Some(crate::mqtt::Mqtt::connect(url, &config.mqtt.topic_prefix, fleet.clone(), Some(tls))?)
+        }
         None => None,
     };
     let registry = Registry::new(
@@ -112,24 +126,36 @@ pub async fn run(
     ));
     let state = AppState { db, registry, fleet, mqtt, prometheus: crate::observability::prometheus() };
     let addr = config.server.listen;
-    let listener =
-        TcpListener::bind(addr).await.map_err(|e| Error::Startup(format!("cannot listen on {addr}: {e}")))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| Error::Startup(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(|e| Error::Startup(e.to_string()))?;
-    tracing::info!(addr = %local, "Controller API listening.");
-    on_started(&Started { addr: local, admin_token });
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let scheme = if server_tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %local, scheme, "Controller API listening.");
+    on_started(&Started { addr: local, url: format!("{scheme}://{local}"), admin_token });
     let app = router(state, config.server.max_upload_bytes);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let handle = axum_server::Handle::new();
+    let server = {
+        let handle = handle.clone();
+        let startup = |e: std::io::Error| Error::Startup(format!("cannot serve on {local}: {e}"));
+        let service = app.into_make_service();
+        match server_tls {
+            Some(tls) => {
+                let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+                let server = axum_server::from_tcp_rustls(listener, config).map_err(startup)?.handle(handle);
+                tokio::spawn(async move { server.serve(service).await })
+            }
+            None => {
+                let server = axum_server::from_tcp(listener).map_err(startup)?.handle(handle);
+                tokio::spawn(async move { server.serve(service).await })
+            }
+        }
+    };
     shutdown.await;
     refresher.abort();
-    let _ = stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(config.server.shutdown_grace_secs), server).await {
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    handle.graceful_shutdown(Some(grace));
+    match tokio::time::timeout(grace + Duration::from_secs(1), server).await {
         Ok(Ok(Ok(()))) => tracing::info!("Controller stopped."),
         Ok(Ok(Err(e))) => return Err(Error::Startup(format!("HTTP server failed: {e}"))),
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed."),

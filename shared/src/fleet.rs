@@ -164,21 +164,48 @@ pub struct DeviceStatus {
     pub latency_p99_ms: Option<f64>,
 }
 
-/// Host and port of an `mqtt://HOST:PORT` (or `tcp://`) broker URL; port 1883 when absent.
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("broker URL {url:?} must start with mqtt:// (TLS brokers are not supported yet)"))?;
+/// A broker address: `mqtt://HOST[:PORT]` or `tcp://` (plain, port 1883 by default), or
+/// `mqtts://HOST[:PORT]` or `ssl://` (TLS, port 8883 by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Whether the connection uses TLS.
+    pub tls: bool,
+}
+
+/// Parses a broker URL (see [`BrokerUrl`]).
+pub fn parse_mqtt_url(url: &str) -> Result<BrokerUrl, String> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")) {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("mqtts://").or_else(|| url.strip_prefix("ssl://")) {
+        (r, true)
+    } else {
+        return Err(format!("broker URL {url:?} must start with mqtt:// or mqtts://"));
+    };
     let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("broker URL {url:?} has an invalid port"))?),
-        None => (rest, 1883),
+    let default_port = if tls { 8883 } else { 1883 };
+    let bad_port = |_| format!("broker URL {url:?} has an invalid port");
+    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+        // An IPv6 literal: [::1] or [::1]:1883.
+        let (host, after) = inner.split_once(']').ok_or_else(|| format!("broker URL {url:?} has an unclosed '['"))?;
+        match after.strip_prefix(':') {
+            Some(p) => (host, p.parse::<u16>().map_err(bad_port)?),
+            None if after.is_empty() => (host, default_port),
+            None => return Err(format!("broker URL {url:?} has text after the address")),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, p)) => (host, p.parse::<u16>().map_err(bad_port)?),
+            None => (rest, default_port),
+        }
     };
     if host.is_empty() {
         return Err(format!("broker URL {url:?} has no host"));
     }
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+    Ok(BrokerUrl { host: host.to_owned(), port, tls })
 }
 
 /// MQTT topics under a prefix.
@@ -204,9 +231,15 @@ mod tests {
 
     #[test]
     fn broker_urls_parse() {
-        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884"), Ok(("127.0.0.1".into(), 1884)));
-        assert_eq!(parse_mqtt_url("tcp://broker"), Ok(("broker".into(), 1883)));
-        assert!(parse_mqtt_url("mqtts://broker:8883").is_err());
+        let url = |host: &str, port, tls| Ok(BrokerUrl { host: host.into(), port, tls });
+        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884"), url("127.0.0.1", 1884, false));
+        assert_eq!(parse_mqtt_url("tcp://broker"), url("broker", 1883, false));
+        assert_eq!(parse_mqtt_url("mqtts://broker"), url("broker", 8883, true));
+        assert_eq!(parse_mqtt_url("ssl://broker:9883/"), url("broker", 9883, true));
+        assert_eq!(parse_mqtt_url("mqtt://[::1]:1884"), url("::1", 1884, false));
+        assert_eq!(parse_mqtt_url("mqtts://[::1]"), url("::1", 8883, true));
+        assert!(parse_mqtt_url("http://broker").is_err());
+        assert!(parse_mqtt_url("mqtt://broker:x").is_err());
         assert!(parse_mqtt_url("mqtt://:1883").is_err());
     }
 

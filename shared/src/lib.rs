@@ -39,5 +39,7 @@ pub mod profile;
 pub mod shutdown;
 pub mod signature;
 pub mod tensor;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod trust;
 pub mod verify;

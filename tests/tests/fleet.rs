@@ -54,9 +54,9 @@ async fn with_mosquitto() {
 
 /// Captures the retained desired document of `device` from the broker the agent uses.
 async fn retained_desired(broker_url: &str, device: &str) -> Vec<u8> {
-    let (host, port) = edgefleet_shared::fleet::parse_mqtt_url(broker_url).expect("url");
+    let broker = edgefleet_shared::fleet::parse_mqtt_url(broker_url).expect("url");
     let (client, mut events) =
-        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("edgefleet-test-spy", host, port), 10);
+        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("edgefleet-test-spy", broker.host, broker.port), 10);
     let topic = edgefleet_shared::fleet::topics::desired("edgefleet/v1", device);
     client.subscribe(&topic, rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -72,9 +72,9 @@ async fn retained_desired(broker_url: &str, device: &str) -> Vec<u8> {
 
 /// Publishes `payload` on a device's desired topic, as any client of an ACL-less broker can.
 async fn inject_desired(broker_url: &str, device: &str, payload: Vec<u8>) {
-    let (host, port) = edgefleet_shared::fleet::parse_mqtt_url(broker_url).expect("url");
+    let broker = edgefleet_shared::fleet::parse_mqtt_url(broker_url).expect("url");
     let (client, mut events) =
-        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("edgefleet-test-attacker", host, port), 10);
+        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("edgefleet-test-attacker", broker.host, broker.port), 10);
     let topic = edgefleet_shared::fleet::topics::desired("edgefleet/v1", device);
     client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload).await.expect("publish");
     let deadline = Instant::now() + Duration::from_secs(10);

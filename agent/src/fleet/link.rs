@@ -10,6 +10,7 @@ use edgefleet_shared::fleet::{
 };
 use edgefleet_shared::keys::{FileKey, Signer as _};
 use edgefleet_shared::signature::SignedEnvelope;
+use edgefleet_shared::tls::ClientConfig;
 use edgefleet_shared::verify::ArtifactError;
 use tokio::io::AsyncWriteExt as _;
 
@@ -17,7 +18,7 @@ use tokio::io::AsyncWriteExt as _;
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The controller is unreachable or the transfer broke (retry later).
-    #[error("controller unreachable: {0}")]
+    #[error("controller unreachable: {}", edgefleet_shared::tls::error_chain(.0))]
     Transport(#[from] reqwest::Error),
     /// The controller refused (its status and error text).
     #[error("controller answered {status}: {message}")]
@@ -63,20 +64,25 @@ async fn refused(resp: reqwest::Response) -> LinkError {
     LinkError::Refused { status, message }
 }
 
-fn client() -> Result<reqwest::Client, LinkError> {
-    Ok(reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(300)).build()?)
+fn client(tls: &ClientConfig) -> Result<reqwest::Client, LinkError> {
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls.clone())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(300))
+        .build()?)
 }
 
 /// Enrolls with a token; the answer's device id must match this key.
 pub async fn enroll(
     base: &str,
+    tls: &ClientConfig,
     key: &FileKey,
     token: &str,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> Result<EnrollResponse, LinkError> {
     let body =
         EnrollRequest { token: token.to_owned(), public_key: key.public_key().to_base64(), labels: labels.clone() };
-    let resp = client()?.post(format!("{}/api/v1/enroll", base.trim_end_matches('/'))).json(&body).send().await?;
+    let resp = client(tls)?.post(format!("{}/api/v1/enroll", base.trim_end_matches('/'))).json(&body).send().await?;
     if !resp.status().is_success() {
         return Err(refused(resp).await);
     }
@@ -84,9 +90,14 @@ pub async fn enroll(
 }
 
 impl Link {
-    /// A link for an enrolled device.
-    pub fn new(base: &str, key: std::sync::Arc<FileKey>, device_id: String) -> Result<Self, LinkError> {
-        Ok(Link { base: base.trim_end_matches('/').to_owned(), http: client()?, key, device_id })
+    /// A link for an enrolled device; HTTPS trusts the roots in `tls`.
+    pub fn new(
+        base: &str,
+        tls: &ClientConfig,
+        key: std::sync::Arc<FileKey>,
+        device_id: String,
+    ) -> Result<Self, LinkError> {
+        Ok(Link { base: base.trim_end_matches('/').to_owned(), http: client(tls)?, key, device_id })
     }
 
     fn signed(&self, method: reqwest::Method, path: &str, body: &[u8]) -> reqwest::RequestBuilder {

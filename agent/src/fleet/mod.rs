@@ -82,21 +82,23 @@ pub async fn run(
     let state_file = StateFile::new(&f.data_dir);
     let mut state = state_file.load().map_err(|e| setup(e.to_string()))?;
     let controller = f.controller.clone().ok_or_else(|| setup("no controller configured".into()))?;
+    let tls = edgefleet_shared::tls::client_config(f.ca_file.as_deref()).map_err(|e| setup(e.to_string()))?;
 
     let http = HttpServer::start(&config).await?;
     on_listening(http.addr);
 
     let device_id = match state.device_id.clone() {
         Some(id) => id,
-        None => enroll(&config, &controller, &key, &mut state, &state_file).await?,
+        None => enroll(&config, &controller, &tls, &key, &mut state, &state_file).await?,
     };
-    let link = Link::new(&controller, key.clone(), device_id.clone()).map_err(|e| setup(e.to_string()))?;
+    let link = Link::new(&controller, &tls, key.clone(), device_id.clone()).map_err(|e| setup(e.to_string()))?;
     let broker = config.fleet.mqtt.clone().or(state.mqtt_url.clone());
     let (mqtt, mut desired_rx) = match &broker {
         Some(url) => {
             let prefix =
                 state.topic_prefix.clone().unwrap_or_else(|| edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX.into());
-            let (link, rx) = mqtt::MqttLink::start(url, &prefix, &device_id, key).map_err(setup)?;
+            crate::config::check_broker(url, f.insecure).map_err(|e| setup(e.to_string()))?;
+            let (link, rx) = mqtt::MqttLink::start(url, tls.clone(), &prefix, &device_id, key).map_err(setup)?;
             (Some(link), Some(rx))
         }
         None => (None, None),
@@ -155,6 +157,7 @@ async fn next_desired(rx: &mut Option<tokio::sync::mpsc::Receiver<SignedEnvelope
 async fn enroll(
     config: &AgentConfig,
     controller: &str,
+    tls: &edgefleet_shared::tls::ClientConfig,
     key: &FileKey,
     state: &mut DeviceState,
     state_file: &StateFile,
@@ -170,7 +173,7 @@ async fn enroll(
     // The controller may still be starting (boot order): retry with backoff rather than fail.
     let mut delay = Duration::from_millis(250);
     let answer = loop {
-        match link::enroll(controller, key, &token, &f.labels).await {
+        match link::enroll(controller, tls, key, &token, &f.labels).await {
             Ok(a) => break a,
             Err(link::LinkError::Refused { status, message }) => {
                 return Err(FleetError::Setup(format!("enrollment refused ({status}): {message}")));

@@ -12,7 +12,8 @@ use std::time::Duration;
 use edgefleet_shared::fleet::{DeviceStatus, parse_mqtt_url, topics};
 use edgefleet_shared::keys::FileKey;
 use edgefleet_shared::signature::SignedEnvelope;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use edgefleet_shared::tls::ClientConfig;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
 /// Last-will payload (matches the controller's).
@@ -30,17 +31,22 @@ pub struct MqttLink {
 }
 
 impl MqttLink {
-    /// Connects (in the background) and forwards documents from the desired topic.
+    /// Connects (in the background, over TLS with `tls` for `mqtts://`) and forwards documents
+    /// from the desired topic.
     pub fn start(
         url: &str,
+        tls: Arc<ClientConfig>,
         prefix: &str,
         device: &str,
         key: Arc<FileKey>,
     ) -> Result<(Self, mpsc::Receiver<SignedEnvelope>), String> {
-        let (host, port) = parse_mqtt_url(url)?;
+        let broker = parse_mqtt_url(url)?;
         let status_topic = topics::status(prefix, device);
         let desired_topic = topics::desired(prefix, device);
-        let mut options = MqttOptions::new(device, host, port);
+        let mut options = MqttOptions::new(device, broker.host, broker.port);
+        if broker.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        }
         options.set_keep_alive(Duration::from_secs(15));
         options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
         options.set_last_will(LastWill::new(&status_topic, OFFLINE.to_vec(), QoS::AtLeastOnce, false));
@@ -55,6 +61,7 @@ impl MqttLink {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff = Duration::from_millis(100);
                         flag.store(true, Ordering::Relaxed);
+                        metrics::gauge!("edgefleet_agent_mqtt_connected").set(1.0);
                         tracing::info!("MQTT connected.");
                         if let Err(e) = c.subscribe(&desired_topic, QoS::AtLeastOnce).await {
                             tracing::warn!(error = %e, "Cannot subscribe to the desired state.");
@@ -72,6 +79,7 @@ impl MqttLink {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        metrics::gauge!("edgefleet_agent_mqtt_connected").set(0.0);
                         if flag.swap(false, Ordering::Relaxed) {
                             tracing::warn!(error = %e, "MQTT connection lost; falling back to HTTP polling.");
                         }

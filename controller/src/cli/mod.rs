@@ -19,6 +19,12 @@ pub struct Cli {
     /// Controller URL.
     #[arg(long, env = "EDGEFLEET_CONTROLLER", default_value = "http://127.0.0.1:7700", global = true)]
     pub controller: String,
+    /// CA certificates (PEM) to trust for an https:// controller (else the system's roots).
+    #[arg(long, env = "EDGEFLEET_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Allow a plain http:// controller URL to a non-loopback host (the token travels in clear).
+    #[arg(long, env = "EDGEFLEET_INSECURE", global = true)]
+    pub insecure: bool,
     /// Bearer token.
     #[arg(long, env = "EDGEFLEET_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
@@ -193,7 +199,12 @@ fn split_ref(reference: &str) -> (&str, Option<&str>) {
 
 /// Runs a parsed command, writing results to stdout.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let client = Client::new(&cli.controller, cli.token.clone())?;
+    let (host, tls) = edgefleet_shared::tls::http_url_host(&cli.controller).map_err(CliError::Usage)?;
+    if !tls {
+        let what = format!("the controller URL {}", cli.controller);
+        edgefleet_shared::tls::check_plain(&what, host, cli.insecure).map_err(CliError::Usage)?;
+    }
+    let client = Client::new(&cli.controller, cli.token.clone(), cli.ca_file.as_deref())?;
     let out = cli.output;
     match cli.command {
         Command::Model(ModelCommand::Push(args)) => {

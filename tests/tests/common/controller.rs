@@ -18,6 +18,8 @@ pub struct ControllerProcess {
     pub data_dir: PathBuf,
     pub admin_token_line: Option<String>,
     pub stderr: mpsc::Receiver<String>,
+    /// The CA the CLI trusts when the controller serves HTTPS.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ControllerProcess {
@@ -71,6 +73,7 @@ impl ControllerProcess {
                     data_dir: data_dir.to_owned(),
                     admin_token_line,
                     stderr: erx,
+                    ca_file: None,
                 };
             }
         }
@@ -126,11 +129,12 @@ impl ControllerProcess {
 
     /// Runs the `edgefleet` CLI against this controller with `token`.
     pub fn cli(&self, token: &str, args: &[&str]) -> Output {
-        Command::new(binary("edgefleet"))
-            .args(["--controller", &self.base, "--token", token])
-            .args(args)
-            .output()
-            .expect("run edgefleet")
+        let mut cmd = Command::new(binary("edgefleet"));
+        cmd.args(["--controller", &self.base, "--token", token]);
+        if let Some(ca) = &self.ca_file {
+            cmd.arg("--ca-file").arg(ca);
+        }
+        cmd.args(args).output().expect("run edgefleet")
     }
 
     /// Runs the CLI with `--output json`, asserting success, and parses the answer.
