@@ -16,6 +16,7 @@
 //! - [`repository`]: the served models and their load/ready state.
 //! - [`serve`]: standalone mode: bind, load, serve, drain.
 //! - [`shutdown`], [`tensor`]: re-exported from `edgefleet-shared`.
+//! - [`systemd`]: readiness, status and watchdog notifications for `Type=notify` units.
 //! - [`worker`]: bounded per-model queues, worker threads and dynamic batching.
 
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod inspect;
 pub mod observability;
 pub mod repository;
 pub mod serve;
+pub mod systemd;
 pub mod worker;
 
 pub use edgefleet_shared::{engine, shutdown, tensor};

@@ -50,6 +50,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let http = HttpServer::start(&config).await?;
     on_listening(http.addr);
+    crate::systemd::spawn_watchdog();
     let repository = http.repository.clone();
     let loading = load_all(&repository, &config);
     tokio::pin!(shutdown);
@@ -58,8 +59,10 @@ pub async fn run(
         () = &mut shutdown => Ok(()),
     };
     if load_result.is_ok() && !http.stopping() {
+        crate::systemd::ready(&format!("serving {} model(s) on {}", config.models.len(), http.addr));
         shutdown.await;
     }
+    crate::systemd::stopping();
     http.drain(Duration::from_secs(config.server.shutdown_grace_secs)).await?;
     load_result
 }

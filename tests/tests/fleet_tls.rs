@@ -5,40 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::controller::{ADMIN, ControllerProcess};
+use common::pki::TestPki;
 use common::{AgentProcess, binary, metric, strs, testdata, until};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use reqwest::StatusCode;
 use serde_json::json;
-
-/// A CA certificate, and a server certificate it issued for localhost and 127.0.0.1.
-struct TestPki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_pki(dir: &Path) -> TestPki {
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "edgefleet test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().expect("server key");
-    let server_params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("server params");
-    let server_cert = server_params.signed_by(&server_key, &issuer).expect("server certificate");
-    let pki = TestPki { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") };
-    std::fs::write(&pki.ca, ca_cert.pem()).expect("write CA");
-    std::fs::write(&pki.cert, server_cert.pem()).expect("write certificate");
-    std::fs::write(&pki.key, server_key.serialize_pem()).expect("write key");
-    pki
-}
 
 async fn served_version(http: &reqwest::Client, agent: &AgentProcess) -> Option<String> {
     let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
@@ -51,11 +25,9 @@ async fn served_version(http: &reqwest::Client, agent: &AgentProcess) -> Option<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_deploy_and_serve_over_https_and_mqtts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = make_pki(dir.path());
-    let tls_args =
-        ["--tls-cert", &pki.cert.to_string_lossy(), "--tls-key", &pki.key.to_string_lossy()].map(str::to_owned);
+    let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
     let mut extra = vec!["--mqtt-listen".to_owned(), "127.0.0.1:0".to_owned()];
-    extra.extend(tls_args);
+    extra.extend(pki.controller_args());
     let mut c = ControllerProcess::start_with(&dir.path().join("controller"), &strs(&extra));
     assert!(c.base.starts_with("https://"), "{}", c.base);
     c.ca_file = Some(pki.ca.clone());

@@ -25,7 +25,8 @@ use crate::worker::{Job, PoolConfig};
 /// Why an activation failed, by stage.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
-    /// Download failed (controller or network); retried on the next document or restart.
+    /// Download failed (controller or network); the document stays pending and is retried on
+    /// every poll, and after a restart.
     #[error("download: {0}")]
     Download(LinkError),
     /// An artifact is not what the document declares.
@@ -118,6 +119,11 @@ pub async fn fetch(link: &Link, layout: &Layout, doc: &DeploymentDocument) -> Re
     super::state::write_atomic(&tmp.join(".complete"), &marker).map_err(storage)?;
     let _ = tokio::fs::remove_dir_all(&slot).await;
     tokio::fs::rename(&tmp, &slot).await.map_err(storage)?;
+    // The rename is durable only once the parent directory is synced: without it a power cut
+    // after state.json names this version can leave the slot missing.
+    if let Some(parent) = slot.parent() {
+        tokio::fs::File::open(parent).await.map_err(storage)?.sync_all().await.map_err(storage)?;
+    }
     Ok(slot)
 }
 
@@ -238,6 +244,7 @@ pub async fn swap_and_watch(
         match &previous {
             Some(p) => {
                 repository.install(p.clone());
+                crate::systemd::status(&format!("serving {} version {} (rolled back)", p.name, p.version));
             }
             None => repository.remove(&model.name),
         }
@@ -246,6 +253,7 @@ pub async fn swap_and_watch(
             config.max_error_rate * 100.0
         )));
     }
+    crate::systemd::status(&format!("serving {} version {}", model.name, model.version));
     Ok(previous)
 }
 

@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod mosquitto;
+pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
