@@ -126,6 +126,34 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX desired_expiry ON desired(expires_at);
     ",
+    // 3: staged rollouts and the devices each one changed.
+    "
+    CREATE TABLE rollouts (
+        id               INTEGER PRIMARY KEY,
+        model            TEXT NOT NULL,
+        version          INTEGER NOT NULL,
+        plan             TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        wave             INTEGER NOT NULL,
+        wave_started_at  INTEGER NOT NULL,
+        reason           TEXT,
+        gate_results     TEXT,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        created_by       TEXT NOT NULL
+    );
+    CREATE INDEX rollouts_state ON rollouts(state);
+    CREATE TABLE rollout_devices (
+        rollout_id       INTEGER NOT NULL REFERENCES rollouts(id),
+        device_id        TEXT NOT NULL REFERENCES devices(id),
+        wave             INTEGER NOT NULL,
+        prev_model       TEXT,
+        prev_version     INTEGER,
+        baseline_p99_ms  REAL,
+        joined_at        INTEGER NOT NULL,
+        PRIMARY KEY (rollout_id, device_id)
+    );
+    ",
 ];
 
 /// A shared handle to the database.

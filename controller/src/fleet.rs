@@ -32,6 +32,9 @@ pub enum FleetError {
     /// Unknown device, model or version (404).
     #[error("{0}")]
     NotFound(String),
+    /// Conflicts with the current state, e.g. a second rollout of one model (409).
+    #[error("{0}")]
+    Conflict(String),
     /// Registry lookup failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -408,7 +411,8 @@ impl Fleet {
             .await
     }
 
-    fn issue(
+    /// Signs and stores the next document for `device` (inside the caller's transaction).
+    pub(crate) fn issue(
         &self,
         tx: &Connection,
         device: &str,
@@ -503,7 +507,11 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), FleetError> {
     Ok(())
 }
 
-fn version_artifacts(conn: &Connection, model: &str, version: u64) -> Result<Vec<DeployedArtifact>, FleetError> {
+pub(crate) fn version_artifacts(
+    conn: &Connection,
+    model: &str,
+    version: u64,
+) -> Result<Vec<DeployedArtifact>, FleetError> {
     let rows: Vec<DeployedArtifact> = conn
         .prepare(
             "SELECT va.name, a.sha256, a.size, a.compressed_sha256, a.compressed_size
@@ -527,7 +535,10 @@ fn version_artifacts(conn: &Connection, model: &str, version: u64) -> Result<Vec
     Ok(rows)
 }
 
-fn matching_devices(conn: &Connection, selector: &BTreeMap<String, String>) -> Result<Vec<String>, FleetError> {
+pub(crate) fn matching_devices(
+    conn: &Connection,
+    selector: &BTreeMap<String, String>,
+) -> Result<Vec<String>, FleetError> {
     let all: Vec<(String, String)> = conn
         .prepare("SELECT id, labels FROM devices ORDER BY id")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?

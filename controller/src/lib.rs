@@ -15,6 +15,7 @@
 //! - [`mqtt`]: the embedded broker and the client publishing desired state, taking status.
 //! - [`observability`]: logging and the Prometheus recorder.
 //! - [`registry`]: the push pipeline, versions, aliases, lineage queries.
+//! - [`rollout`]: staged rollouts: waves, bake, quality gates, pause/abort with rollback.
 //! - [`serve`]: start-up (data dir, key, bootstrap token) and the server loop.
 //! - [`store`]: the content-addressed, compressed artifact store.
 //! - [`validate`]: model validation, golden self-test, baseline and output profiles.
@@ -28,6 +29,7 @@ pub mod fleet;
 pub mod mqtt;
 pub mod observability;
 pub mod registry;
+pub mod rollout;
 pub mod serve;
 pub mod store;
 pub mod validate;

@@ -124,7 +124,9 @@ pub async fn run(
         mqtt.clone(),
         Duration::from_secs(config.fleet.refresh_interval_secs),
     ));
-    let state = AppState { db, registry, fleet, mqtt, prometheus: crate::observability::prometheus() };
+    let rollouts = crate::rollout::Rollouts::new(db.clone(), fleet.clone());
+    let engine = tokio::spawn(drive_rollouts(rollouts.clone(), fleet.clone(), mqtt.clone()));
+    let state = AppState { db, registry, fleet, rollouts, mqtt, prometheus: crate::observability::prometheus() };
     let addr = config.server.listen;
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -153,6 +155,7 @@ pub async fn run(
     };
     shutdown.await;
     refresher.abort();
+    engine.abort();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     handle.graceful_shutdown(Some(grace));
     match tokio::time::timeout(grace + Duration::from_secs(1), server).await {
@@ -176,6 +179,19 @@ async fn refresh_documents(fleet: Fleet, mqtt: Option<crate::mqtt::Mqtt>, every:
                 publish(&fleet, mqtt.as_ref(), &devices).await;
             }
             Err(e) => tracing::error!(error = %e, "Refreshing deployment documents failed."),
+        }
+    }
+}
+
+/// Steps every running rollout once a second and publishes the documents it issues.
+async fn drive_rollouts(rollouts: crate::rollout::Rollouts, fleet: Fleet, mqtt: Option<crate::mqtt::Mqtt>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match rollouts.tick().await {
+            Ok(devices) => publish(&fleet, mqtt.as_ref(), &devices).await,
+            Err(e) => tracing::error!(error = %e, "Rollout step failed."),
         }
     }
 }

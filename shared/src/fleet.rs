@@ -162,6 +162,22 @@ pub struct DeviceStatus {
     /// 99th percentile latency of the active version's recent requests (ms).
     #[serde(default)]
     pub latency_p99_ms: Option<f64>,
+    /// Requests the active version answered or failed since it was activated.
+    #[serde(default)]
+    pub active_requests: u64,
+    /// Of those, how many failed in the engine.
+    #[serde(default)]
+    pub active_errors: u64,
+}
+
+/// A device's rollout bucket, 0..100: a stable hash of its id. A rollout wave at P% holds the
+/// devices whose bucket is below P, so waves are cumulative and the same on every controller.
+pub fn rollout_bucket(device_id: &str) -> u8 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("edgefleet-rollout-bucket:{device_id}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % 100) as u8
 }
 
 /// A broker address: `mqtt://HOST[:PORT]` or `tcp://` (plain, port 1883 by default), or
@@ -241,6 +257,17 @@ mod tests {
         assert!(parse_mqtt_url("http://broker").is_err());
         assert!(parse_mqtt_url("mqtt://broker:x").is_err());
         assert!(parse_mqtt_url("mqtt://:1883").is_err());
+    }
+
+    #[test]
+    fn rollout_buckets_are_stable_and_spread() {
+        assert_eq!(rollout_bucket("dev-0123456789abcdef"), rollout_bucket("dev-0123456789abcdef"));
+        let mut counts = [0u32; 10];
+        for i in 0..10_000 {
+            counts[usize::from(rollout_bucket(&format!("dev-{i:016x}")) / 10)] += 1;
+        }
+        // Each tenth of the range gets close to a tenth of the devices.
+        assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
     }
 
     #[test]

@@ -86,10 +86,15 @@ pub async fn run(
 
     let http = HttpServer::start(&config).await?;
     on_listening(http.addr);
+    crate::systemd::spawn_watchdog();
 
     let device_id = match state.device_id.clone() {
         Some(id) => id,
-        None => enroll(&config, &controller, &tls, &key, &mut state, &state_file).await?,
+        None => {
+            // Ready from systemd's point of view: up, and waiting for its first model.
+            crate::systemd::ready("enrolling with the controller");
+            enroll(&config, &controller, &tls, &key, &mut state, &state_file).await?
+        }
     };
     let link = Link::new(&controller, &tls, key.clone(), device_id.clone()).map_err(|e| setup(e.to_string()))?;
     let broker = config.fleet.mqtt.clone().or(state.mqtt_url.clone());
@@ -117,6 +122,10 @@ pub async fn run(
     };
     agent.restore().await;
     tracing::info!(device = %device_id, "Fleet mode running.");
+    crate::systemd::ready(&match &agent.state.active {
+        Some(slot) => format!("serving {} version {}", slot.model.name, slot.model.version),
+        None => "waiting for a deployment".to_owned(),
+    });
     if let Some(doc) = agent.state.pending.clone() {
         tracing::info!(model = %doc.model.name, version = doc.model.version, "Resuming an interrupted activation.");
         agent.activate(doc).await;
@@ -135,6 +144,11 @@ pub async fn run(
             }
             _ = poll.tick() => {
                 ticks += 1;
+                if let Some(doc) = agent.state.pending.clone() {
+                    // A download that failed (controller or network down) is retried each poll.
+                    agent.activate(doc).await;
+                    agent.report().await;
+                }
                 let connected = agent.mqtt.as_ref().is_some_and(mqtt::MqttLink::connected);
                 if !connected || ticks.is_multiple_of(POLL_DIVISOR_WHILE_CONNECTED) {
                     agent.sync().await;
@@ -143,6 +157,7 @@ pub async fn run(
             _ = report.tick() => agent.report().await,
         }
     }
+    crate::systemd::stopping();
     http.drain(Duration::from_secs(config.server.shutdown_grace_secs)).await?;
     Ok(())
 }
@@ -303,6 +318,7 @@ impl Agent {
         };
         metrics::counter!("edgefleet_agent_activations_total", "result" => if report.ok { "ok" } else { "failed" })
             .increment(1);
+        let transient = matches!(result, Err(ActivationError::Download(_)));
         match result {
             Ok(previous_model) => {
                 let new_slot =
@@ -327,7 +343,10 @@ impl Agent {
             }
         }
         self.state.last_activation = Some(report);
-        self.state.pending = None;
+        // A failed download is transient: the document stays pending and is retried.
+        if !transient {
+            self.state.pending = None;
+        }
         self.save();
         let keep: Vec<u64> = [&self.state.active, &self.state.previous]
             .into_iter()
@@ -346,14 +365,20 @@ impl Agent {
     }
 
     fn status(&self) -> DeviceStatus {
-        let (mut ok, mut failed, mut latency) = (0, 0, None);
+        let (mut ok, mut failed, mut latency, mut active) = (0, 0, None, (0, 0));
         for (name, entry) in self.http.list() {
             if let crate::repository::ModelState::Ready(m) = entry {
                 let (o, f) = m.outcomes.snapshot();
                 ok += o;
                 failed += f;
-                if self.state.active.as_ref().is_some_and(|a| a.model.name == name) {
+                if self
+                    .state
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.model.name == name && m.version == a.model.version.to_string())
+                {
                     latency = m.outcomes.latency_quantiles_ms();
+                    active = (o + f, f);
                 }
             }
         }
@@ -369,6 +394,8 @@ impl Agent {
             error_rate: if ok + failed == 0 { 0.0 } else { failed as f64 / (ok + failed) as f64 },
             latency_p50_ms: latency.map(|l| l.0),
             latency_p99_ms: latency.map(|l| l.1),
+            active_requests: active.0,
+            active_errors: active.1,
         }
     }
 

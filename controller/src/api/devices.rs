@@ -23,6 +23,7 @@ impl From<FleetError> for ApiError {
             FleetError::BadRequest(m) => ApiError::bad_request(m),
             FleetError::Unauthorized(m) => ApiError::unauthorized(m),
             FleetError::NotFound(m) => ApiError::not_found(m),
+            FleetError::Conflict(m) => ApiError::conflict(m),
             FleetError::Registry(r) => r.into(),
             FleetError::Db(d) => d.into(),
         }

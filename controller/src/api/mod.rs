@@ -4,6 +4,7 @@ mod artifacts;
 mod devices;
 mod error;
 mod models;
+mod rollouts;
 mod tokens;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -29,6 +30,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Fleet service.
     pub fleet: Fleet,
+    /// Rollout service.
+    pub rollouts: crate::rollout::Rollouts,
     /// MQTT client, when the controller has a broker.
     pub mqtt: Option<crate::mqtt::Mqtt>,
     /// Renders `/metrics`.
@@ -63,7 +66,11 @@ pub struct AppState {
         devices::status,
         devices::list,
         devices::show,
-        devices::deploy
+        devices::deploy,
+        rollouts::create,
+        rollouts::list,
+        rollouts::show,
+        rollouts::act
     ),
     components(schemas(
         crate::registry::VersionInfo,
@@ -76,6 +83,8 @@ pub struct AppState {
         tokens::TokenInfo,
         tokens::AuditEntry,
         models::AliasTarget,
+        crate::rollout::RolloutRequest,
+        crate::rollout::RolloutInfo,
         ErrorSchema
     ))
 )]
@@ -110,6 +119,9 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/devices/{id}/artifacts/{sha256}", get(devices::artifact))
         .route("/devices/{id}/status", post(devices::status))
         .route("/deployments", post(devices::deploy))
+        .route("/rollouts", post(rollouts::create).get(rollouts::list))
+        .route("/rollouts/{id}", get(rollouts::show))
+        .route("/rollouts/{id}/{action}", post(rollouts::act))
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)

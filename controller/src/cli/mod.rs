@@ -68,12 +68,73 @@ pub enum Command {
         #[arg(long, value_parser = parse_kv, required_unless_present = "device")]
         selector: Vec<(String, String)>,
     },
+    /// Staged rollouts with quality gates.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// The audit log, newest first.
     Audit {
         /// How many records.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+/// `edgefleet rollout ...`
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a rollout of `N:V` to the devices matching `--selector`.
+    Create(RolloutArgs),
+    /// List rollouts, newest first.
+    List,
+    /// Waves, devices, measurements and gate values of one rollout.
+    Status {
+        /// Rollout id.
+        id: i64,
+    },
+    /// Stop issuing waves (devices keep what they have).
+    Pause {
+        /// Rollout id.
+        id: i64,
+    },
+    /// Continue a paused rollout (its current wave bakes again).
+    Resume {
+        /// Rollout id.
+        id: i64,
+    },
+    /// Stop and send every device the rollout changed back to its previous version.
+    Abort {
+        /// Rollout id.
+        id: i64,
+    },
+}
+
+/// `edgefleet rollout create`.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// `NAME:VERSION` (VERSION a number or an alias).
+    pub reference: String,
+    /// Devices with these labels (`k=v`, repeatable).
+    #[arg(long, value_parser = parse_kv, required = true)]
+    pub selector: Vec<(String, String)>,
+    /// Cumulative wave sizes in percent, ending at 100 [default: 1,10,50,100].
+    #[arg(long, value_delimiter = ',')]
+    pub waves: Option<Vec<u8>>,
+    /// How long each wave bakes before its gates are judged (e.g. 30s, 10m).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub bake: std::time::Duration,
+    /// Gate, e.g. `error_rate<0.01`, `p99_ms<50`, `p99_ratio<1.5`, `activation_failure_rate<0.1`
+    /// (repeatable) [default: activation_failure_rate<0.1].
+    #[arg(long = "gate")]
+    pub gates: Vec<String>,
+    /// Requests the candidate must answer before request-based gates count.
+    #[arg(long, default_value_t = 100)]
+    pub min_requests: u64,
+    /// On a failed gate: pause or abort.
+    #[arg(long, default_value = "abort", value_parser = ["pause", "abort"])]
+    pub on_fail: String,
+    /// direct (one wave of 100%) or canary (wave by wave).
+    #[arg(long, default_value = "canary", value_parser = ["direct", "canary"])]
+    pub strategy: String,
 }
 
 /// `edgefleet model ...`
@@ -197,6 +258,12 @@ fn split_ref(reference: &str) -> (&str, Option<&str>) {
     }
 }
 
+async fn rollout_action(client: &Client, out: Output, id: i64, action: &str) -> Result<(), CliError> {
+    let path = format!("/api/v1/rollouts/{id}/{action}");
+    output::rollout(out, &client.post_json(&path, &serde_json::Value::Null).await?);
+    Ok(())
+}
+
 /// Runs a parsed command, writing results to stdout.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let (host, tls) = edgefleet_shared::tls::http_url_host(&cli.controller).map_err(CliError::Usage)?;
@@ -253,6 +320,25 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let body = serde_json::json!({ "model": name, "version": v, "device": device, "selector": selector });
             output::issued(out, &client.post_json("/api/v1/deployments", &body).await?);
         }
+        Command::Rollout(RolloutCommand::Create(args)) => {
+            let (name, Some(v)) = split_ref(&args.reference) else {
+                return Err(CliError::Usage(format!("expected NAME:VERSION, got {:?}", args.reference)));
+            };
+            let selector: std::collections::BTreeMap<_, _> = args.selector.into_iter().collect();
+            let body = serde_json::json!({
+                "model": name, "version": v, "selector": selector, "waves": args.waves,
+                "bake_secs": args.bake.as_secs(), "gates": args.gates, "min_requests": args.min_requests,
+                "on_fail": args.on_fail, "strategy": args.strategy,
+            });
+            output::rollout(out, &client.post_json("/api/v1/rollouts", &body).await?);
+        }
+        Command::Rollout(RolloutCommand::List) => output::rollouts(out, &client.get_json("/api/v1/rollouts").await?),
+        Command::Rollout(RolloutCommand::Status { id }) => {
+            output::rollout(out, &client.get_json(&format!("/api/v1/rollouts/{id}")).await?)
+        }
+        Command::Rollout(RolloutCommand::Pause { id }) => rollout_action(&client, out, id, "pause").await?,
+        Command::Rollout(RolloutCommand::Resume { id }) => rollout_action(&client, out, id, "resume").await?,
+        Command::Rollout(RolloutCommand::Abort { id }) => rollout_action(&client, out, id, "abort").await?,
         Command::Audit { limit } => {
             output::audit(out, &client.get_json(&format!("/api/v1/audit?limit={limit}")).await?)
         }

@@ -244,3 +244,82 @@ pub(super) fn done(out: Output, message: &str) {
     }
     println!("{message}");
 }
+
+/// `rollout list`.
+pub(super) fn rollouts(out: Output, v: &Value) {
+    list(out, v, &["id", "model", "state", "wave", "devices", "reason"], |r| {
+        let waves = r["plan"]["waves"].as_array().map_or(0, Vec::len);
+        let wave = r["wave"].as_u64().unwrap_or(0) as usize;
+        vec![
+            s(&r["id"]),
+            model_ref(&r["model"]),
+            s(&r["state"]),
+            format!("{}/{waves} ({}%)", wave + 1, s(&r["plan"]["waves"][wave])),
+            s(&r["measurements"]["devices"]),
+            s(&r["reason"]),
+        ]
+    });
+}
+
+/// `rollout create|status|pause|resume|abort`.
+pub(super) fn rollout(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let plan = &v["plan"];
+    println!("rollout:  {} of {} ({}, {})", s(&v["id"]), model_ref(&v["model"]), s(&v["state"]), s(&plan["strategy"]));
+    println!("selector: {}", labels(&plan["selector"]));
+    println!(
+        "plan:     waves {} %, bake {} s, on failure {}",
+        s(&plan["waves"]),
+        s(&plan["bake_secs"]),
+        s(&plan["on_fail"])
+    );
+    if !v["reason"].is_null() {
+        println!("reason:   {}", s(&v["reason"]));
+    }
+    let m = &v["measurements"];
+    println!(
+        "devices:  {} in the rollout, {} serving it, {} failed; {} requests, {} errors, p99 {} ms (before {} ms)",
+        s(&m["devices"]),
+        s(&m["activated"]),
+        s(&m["failed"]),
+        s(&m["requests"]),
+        s(&m["errors"]),
+        s(&m["p99_ms"]),
+        s(&m["baseline_p99_ms"])
+    );
+    let waves: Vec<Vec<String>> = v["waves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, w)| {
+            let devices = w["devices"].as_array().map_or(0, Vec::len);
+            vec![
+                (i + 1).to_string(),
+                format!("{}%", s(&w["percent"])),
+                devices.to_string(),
+                s(&w["activated"]),
+                s(&w["failed"]),
+            ]
+        })
+        .collect();
+    table(&["wave", "percent", "targeted", "activated", "failed"], &waves);
+    let gates: Vec<Vec<String>> = v["gates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let verdict = match g["passed"].as_bool() {
+                Some(true) => "pass",
+                Some(false) => "FAIL",
+                None => "pending",
+            };
+            vec![s(&g["gate"]), s(&g["value"]), verdict.into()]
+        })
+        .collect();
+    if !gates.is_empty() {
+        table(&["gate", "value", "verdict"], &gates);
+    }
+}

@@ -29,10 +29,14 @@ impl ControllerProcess {
         Self::start_with(data_dir, &["--mqtt-listen", "127.0.0.1:0"])
     }
 
-    /// Starts the controller with extra arguments (e.g. `--mqtt-url`).
+    /// Starts the controller with extra arguments (e.g. `--mqtt-url`; `--listen` replaces the
+    /// default 127.0.0.1:0).
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> ControllerProcess {
+        let listen = if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] };
         let mut child = Command::new(binary("edgefleet-controller"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .args(listen)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env("EDGEFLEET_ADMIN_TOKEN", ADMIN)

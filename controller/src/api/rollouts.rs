@@ -1,0 +1,63 @@
+//! Operator routes for staged rollouts (`/rollouts`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+
+use super::{ApiError, AppState};
+use crate::auth::{Caller, Role};
+use crate::rollout::{Action, RolloutInfo, RolloutRequest};
+
+/// Starts a rollout.
+#[utoipa::path(post, path = "/api/v1/rollouts", request_body = RolloutRequest, responses((status = 201, body = RolloutInfo), (status = 409, body = super::ErrorSchema)))]
+pub(super) async fn create(
+    caller: Caller,
+    State(state): State<AppState>,
+    body: Result<Json<RolloutRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<RolloutInfo>), ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let created = state.rollouts.create(req, caller.actor()).await?;
+    // The first wave goes out now rather than on the next tick.
+    let issued = state.rollouts.tick().await?;
+    crate::serve::publish(&state.fleet, state.mqtt.as_ref(), &issued).await;
+    let shown = state.rollouts.show(created.id).await?;
+    Ok((StatusCode::CREATED, Json(shown)))
+}
+
+/// Lists rollouts, newest first.
+#[utoipa::path(get, path = "/api/v1/rollouts", responses((status = 200, body = Vec<RolloutInfo>)))]
+pub(super) async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<Vec<RolloutInfo>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.rollouts.list().await?))
+}
+
+/// One rollout: waves, devices, measurements, gate values.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", responses((status = 200, body = RolloutInfo), (status = 404, body = super::ErrorSchema)))]
+pub(super) async fn show(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<RolloutInfo>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.rollouts.show(id).await?))
+}
+
+/// `pause`, `resume` or `abort` (abort sends every changed device back).
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/{action}", responses((status = 200, body = RolloutInfo), (status = 409, body = super::ErrorSchema)))]
+pub(super) async fn act(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path((id, action)): Path<(i64, String)>,
+) -> Result<Json<RolloutInfo>, ApiError> {
+    caller.require(Role::Operator)?;
+    let action = match action.as_str() {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "abort" => Action::Abort,
+        other => return Err(ApiError::not_found(format!("unknown rollout action {other:?}: pause, resume or abort"))),
+    };
+    let (info, changed) = state.rollouts.act(id, action, caller.actor()).await?;
+    crate::serve::publish(&state.fleet, state.mqtt.as_ref(), &changed).await;
+    Ok(Json(info))
+}

@@ -1,0 +1,266 @@
+//! Staged rollouts over 20 real agent processes on the real MQTT/HTTP paths, with traffic.
+//!
+//! 1. A healthy version goes out in waves 10, 50, 100 %: each wave holds exactly the devices whose
+//!    rollout bucket is below its percentage; the controller is killed with SIGKILL mid-rollout,
+//!    restarted on the same data and ports, and the rollout runs to completion. No request fails.
+//! 2. A slow candidate fails its latency gate in the first wave that has devices: the rollout
+//!    aborts, those devices go back to the previous version, the others never receive it.
+//! 3. A rollout at bake 0 is timed (printed with the controller's CPU time and RSS).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::controller::ControllerProcess;
+use common::{AgentProcess, strs, testdata, until};
+use edgefleet_shared::fleet::rollout_bucket;
+use serde_json::{Value, json};
+
+const AGENTS: usize = 20;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
+}
+
+fn active_versions(c: &ControllerProcess) -> Vec<(String, Option<u64>)> {
+    c.cli_json(&["device", "list"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap_or_default().to_owned(), d["status"]["active"]["version"].as_u64()))
+        .collect()
+}
+
+async fn all_on(c: &ControllerProcess, version: u64, secs: u64) {
+    until(&format!("all {AGENTS} devices on version {version}"), secs, async || {
+        let now = active_versions(c);
+        now.len() == AGENTS && now.iter().all(|(_, v)| *v == Some(version))
+    })
+    .await;
+}
+
+/// Sends iris requests round-robin to every agent until stopped; counts answers and failures.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(urls: Vec<String>) -> Traffic {
+        let (stop, ok, failed) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let body =
+                json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+            while !s.load(Ordering::Relaxed) {
+                for url in &urls {
+                    let answer = http.post(url).json(&body).send().await;
+                    if answer.is_ok_and(|r| r.status().is_success()) {
+                        o.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        f.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Traffic { stop, ok, failed, task }
+    }
+
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("traffic task");
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// User + system CPU seconds of a process, from /proc.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+fn wave_sets(rollout: &Value) -> Vec<BTreeSet<String>> {
+    rollout["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .map(|w| w["devices"].as_array().expect("devices").iter().map(|d| d.as_str().expect("id").to_owned()).collect())
+        .collect()
+}
+
+/// The devices a cumulative wave plan puts in each wave, by bucket.
+fn expected_sets(devices: &[String], waves: &[u8]) -> Vec<BTreeSet<String>> {
+    let mut below = 0;
+    waves
+        .iter()
+        .map(|&p| {
+            let set = devices.iter().filter(|d| (below..p).contains(&rollout_bucket(d))).cloned().collect();
+            below = p;
+            set
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_gates_abort_and_a_controller_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("controller");
+    let (api, mqtt) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let ports = ["--listen", api.as_str(), "--mqtt-listen", mqtt.as_str()];
+    let mut c = ControllerProcess::start_with(&data, &ports);
+    let iris = testdata().join("iris_logreg.onnx").to_string_lossy().into_owned();
+    let slow = testdata().join("iris_slow.onnx").to_string_lossy().into_owned();
+    for path in [&iris, &iris, &slow] {
+        c.cli_json(&["model", "push", path, "--name", "iris"]);
+    }
+    let trust = c.trust_file(dir.path());
+    let token = c.cli_json(&["device", "token", "create", "--uses", "20", "--label", "group=field"])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let agents: Vec<AgentProcess> = (0..AGENTS)
+        .map(|i| {
+            let mut args = c.agent_args(&trust, &dir.path().join(format!("agent-{i}")), 0);
+            args.extend(["--enroll-token".to_owned(), token.clone()]);
+            AgentProcess::run(&strs(&args))
+        })
+        .collect();
+    until("20 enrolled devices", 120, async || active_versions(&c).len() == AGENTS).await;
+    let devices: Vec<String> = active_versions(&c).into_iter().map(|(id, _)| id).collect();
+    c.cli_json(&["deploy", "iris:1", "--selector", "group=field"]);
+    all_on(&c, 1, 120).await;
+    let traffic = Traffic::start(agents.iter().map(|a| a.url("/v2/models/iris/infer")).collect());
+
+    // 1. Healthy: waves 10, 50, 100 %, with a kill -9 of the controller once wave 2 is out.
+    let created = c.cli_json(&[
+        "rollout",
+        "create",
+        "iris:2",
+        "--selector",
+        "group=field",
+        "--waves",
+        "10,50,100",
+        "--bake",
+        "2s",
+        "--gate",
+        "error_rate<0.01",
+        "--gate",
+        "activation_failure_rate<0.01",
+        "--min-requests",
+        "10",
+    ]);
+    let id = created["id"].as_i64().expect("id").to_string();
+    until("the rollout's second wave", 120, async || {
+        c.cli_json(&["rollout", "status", &id])["wave"].as_u64() >= Some(1)
+    })
+    .await;
+    c.child.kill().expect("kill -9");
+    c.child.wait().expect("reap");
+    drop(c);
+    let c = ControllerProcess::start_with(&data, &ports);
+    until("the rollout to complete after the restart", 180, async || {
+        c.cli_json(&["rollout", "status", &id])["state"] == "completed"
+    })
+    .await;
+    all_on(&c, 2, 60).await;
+    let done = c.cli_json(&["rollout", "status", &id]);
+    assert_eq!(wave_sets(&done), expected_sets(&devices, &[10, 50, 100]), "{done}");
+    let audit = c.cli_json(&["audit", "--limit", "200"]).to_string();
+    for action in ["rollout.create", "rollout.advance", "rollout.complete"] {
+        assert!(audit.contains(action), "{action} not audited");
+    }
+
+    // 2. A slow candidate fails its latency gate in the first wave with devices.
+    let before: Vec<(String, u64)> = c
+        .cli_json(&["device", "list"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|d| (d["id"].as_str().expect("id").to_owned(), d["desired_sequence"].as_u64().expect("sequence")))
+        .collect();
+    let created = c.cli_json(&[
+        "rollout",
+        "create",
+        "iris:3",
+        "--selector",
+        "group=field",
+        "--waves",
+        "10,50,100",
+        "--bake",
+        "1s",
+        "--gate",
+        "p99_ms<5",
+        "--min-requests",
+        "10",
+    ]);
+    let id = created["id"].as_i64().expect("id").to_string();
+    until("the slow candidate's rollout to abort", 180, async || {
+        c.cli_json(&["rollout", "status", &id])["state"] == "aborted"
+    })
+    .await;
+    let aborted = c.cli_json(&["rollout", "status", &id]);
+    assert!(aborted["reason"].as_str().unwrap_or_default().contains("p99_ms<5"), "{aborted}");
+    let reached: BTreeSet<String> = wave_sets(&aborted).into_iter().flatten().collect();
+    let first_wave =
+        [10u8, 50, 100].into_iter().find(|&p| devices.iter().any(|d| rollout_bucket(d) < p)).expect("a non-empty wave");
+    let expected: BTreeSet<String> = devices.iter().filter(|d| rollout_bucket(d) < first_wave).cloned().collect();
+    assert_eq!(reached, expected, "only the first non-empty wave received the candidate: {aborted}");
+    all_on(&c, 2, 120).await;
+    let after = c.cli_json(&["device", "list"]);
+    for (device, sequence) in &before {
+        let now = after.as_array().expect("list").iter().find(|d| d["id"] == device.as_str()).expect("device");
+        let bumped = now["desired_sequence"].as_u64().expect("sequence") - sequence;
+        // In the wave: the candidate, then the way back. Outside: nothing.
+        assert_eq!(bumped, if reached.contains(device) { 2 } else { 0 }, "{device}: {now}");
+    }
+
+    // 3. For the record: a healthy rollout over all devices at bake 0, timed, with the
+    // controller's CPU time and RSS.
+    let cpu_before = cpu_secs(c.child.id());
+    let started = std::time::Instant::now();
+    let created = c.cli_json(&[
+        "rollout",
+        "create",
+        "iris:1",
+        "--selector",
+        "group=field",
+        "--waves",
+        "10,50,100",
+        "--bake",
+        "0s",
+    ]);
+    let id = created["id"].as_i64().expect("id").to_string();
+    until("the bake-0 rollout", 120, async || c.cli_json(&["rollout", "status", &id])["state"] == "completed").await;
+    all_on(&c, 1, 60).await;
+    eprintln!(
+        "rollout of {AGENTS} devices in 3 waves at bake 0: {:.2} s to all serving; controller CPU {:.2} s, RSS {} kB",
+        started.elapsed().as_secs_f64(),
+        cpu_secs(c.child.id()) - cpu_before,
+        rss_kb(c.child.id())
+    );
+
+    let (ok, failed) = traffic.stop().await;
+    assert!(ok > 100, "only {ok} requests answered");
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+}
