@@ -15,6 +15,7 @@
 //! - [`observability`]: logging set-up and the Prometheus recorder.
 //! - [`repository`]: the served models and their load/ready state.
 //! - [`serve`]: standalone mode: bind, load, serve, drain.
+//! - [`shadow`]: a candidate version fed mirrored requests and compared with the served one.
 //! - [`shutdown`], [`tensor`]: re-exported from `edgefleet-shared`.
 //! - [`systemd`]: readiness, status and watchdog notifications for `Type=notify` units.
 //! - [`worker`]: bounded per-model queues, worker threads and dynamic batching.
@@ -27,6 +28,7 @@ pub mod inspect;
 pub mod observability;
 pub mod repository;
 pub mod serve;
+pub mod shadow;
 pub mod systemd;
 pub mod worker;
 

@@ -183,10 +183,11 @@ pub struct ModelSource {
     pub pool: PoolConfig,
 }
 
-/// All models, by name.
+/// All models, by name, and the shadow versions beside them.
 #[derive(Debug, Default)]
 pub struct Repository {
     models: RwLock<BTreeMap<String, ModelState>>,
+    shadows: RwLock<BTreeMap<String, Arc<crate::shadow::Shadow>>>,
 }
 
 impl Repository {
@@ -245,6 +246,26 @@ impl Repository {
             Some(ModelState::Ready(m)) => Some(m),
             _ => None,
         }
+    }
+
+    /// The shadow beside `name`, if any.
+    pub fn shadow(&self, name: &str) -> Option<Arc<crate::shadow::Shadow>> {
+        self.shadows.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// Sets or clears the shadow beside `name`; returns the one it replaced.
+    pub fn set_shadow(
+        &self,
+        name: &str,
+        shadow: Option<Arc<crate::shadow::Shadow>>,
+    ) -> Option<Arc<crate::shadow::Shadow>> {
+        let mut shadows = self.shadows.write().unwrap_or_else(|p| p.into_inner());
+        let old = match shadow {
+            Some(s) => shadows.insert(name.to_owned(), s),
+            None => shadows.remove(name),
+        };
+        gauge!("edgefleet_agent_shadow_models").set(shadows.len() as f64);
+        old
     }
 
     /// Stops serving `name`.

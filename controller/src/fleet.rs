@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use edgefleet_shared::bundle::{BUNDLE_FILE, MODEL_FILE};
-use edgefleet_shared::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, ModelRef};
+use edgefleet_shared::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, ModelRef, ShadowSpec};
 use edgefleet_shared::fleet::{self, DeviceStatus, EnrollRequest, EnrollResponse, RequestAuthError};
 use edgefleet_shared::keys::PublicKey;
 use edgefleet_shared::signature::SignedEnvelope;
@@ -374,7 +374,7 @@ impl Fleet {
                 let model = ModelRef { name: req.model.clone(), version };
                 let mut issued = Vec::with_capacity(targets.len());
                 for device in &targets {
-                    issued.push(this.issue(&tx, device, &model, &artifacts)?);
+                    issued.push(this.issue(&tx, device, &model, &artifacts, None)?);
                 }
                 db::audit(
                     &tx,
@@ -397,16 +397,22 @@ impl Fleet {
             .call(move |conn| -> Result<Vec<String>, FleetError> {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let horizon = now() + (this.settings.document_ttl_secs / 2) as i64;
-                let due: Vec<(String, String, i64)> = tx
-                    .prepare("SELECT device_id, model, version FROM desired WHERE expires_at <= ?1")?
-                    .query_map(params![horizon], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                let due: Vec<(String, String, i64, String)> = tx
+                    .prepare("SELECT device_id, model, version, envelope FROM desired WHERE expires_at <= ?1")?
+                    .query_map(params![horizon], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                     .collect::<Result<_, _>>()?;
-                for (device, model, version) in &due {
+                for (device, model, version, envelope) in &due {
                     let artifacts = version_artifacts(&tx, model, *version as u64)?;
-                    this.issue(&tx, device, &ModelRef { name: model.clone(), version: *version as u64 }, &artifacts)?;
+                    // The refreshed document keeps what the current one asks (e.g. shadow).
+                    let shadow = serde_json::from_str::<SignedEnvelope>(envelope)
+                        .ok()
+                        .and_then(|e| serde_json::from_slice::<DeploymentDocument>(&e.document_bytes()?).ok())
+                        .and_then(|d| d.shadow);
+                    let model = ModelRef { name: model.clone(), version: *version as u64 };
+                    this.issue(&tx, device, &model, &artifacts, shadow)?;
                 }
                 tx.commit()?;
-                Ok(due.into_iter().map(|(d, _, _)| d).collect())
+                Ok(due.into_iter().map(|(d, ..)| d).collect())
             })
             .await
     }
@@ -418,6 +424,7 @@ impl Fleet {
         device: &str,
         model: &ModelRef,
         artifacts: &[DeployedArtifact],
+        shadow: Option<ShadowSpec>,
     ) -> Result<Issued, FleetError> {
         let last: Option<i64> = tx
             .query_row("SELECT sequence FROM desired WHERE device_id = ?1", params![device], |r| r.get(0))
@@ -433,6 +440,7 @@ impl Fleet {
             devices: vec![device.to_owned()],
             model: model.clone(),
             artifacts: artifacts.to_vec(),
+            shadow,
         };
         let envelope = SignedEnvelope::sign(&doc.to_bytes(), self.signer.as_ref());
         tx.execute(

@@ -43,6 +43,7 @@ fn main() {
             compressed_sha256: sha256_hex(&packed),
             compressed_size: packed.len() as u64,
         }],
+        shadow: None,
     };
     let (bytes, sig) = doc.sign(&key);
     fs::write(out.join("document.json"), &bytes).unwrap();

@@ -58,7 +58,21 @@ pub struct DeploymentDocument {
     pub model: ModelRef,
     /// Every file of that version.
     pub artifacts: Vec<DeployedArtifact>,
+    /// Run the version in shadow beside the active one instead of activating it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
 }
+
+/// Shadow evaluation: the device loads the version beside the one it serves and mirrors a share
+/// of live requests to it, off the request path, reporting how often the two agree.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    /// Share of requests mirrored, in (0, 1].
+    pub share: f64,
+}
+
+impl Eq for ShadowSpec {}
 
 impl DeploymentDocument {
     /// Serialises to the bytes that get signed (compact JSON).

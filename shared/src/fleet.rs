@@ -168,6 +168,26 @@ pub struct DeviceStatus {
     /// Of those, how many failed in the engine.
     #[serde(default)]
     pub active_errors: u64,
+    /// The version running in shadow, with its comparison against the active one.
+    #[serde(default)]
+    pub shadow: Option<ShadowReport>,
+}
+
+/// How a shadow version compares with the active one on mirrored live requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    /// The shadow version.
+    pub model: ModelRef,
+    /// Requests run on both.
+    pub compared: u64,
+    /// Mirrors skipped because the shadow was still busy (its CPU budget).
+    pub skipped: u64,
+    /// Share of compared rows whose top class (argmax of the first output) is the same.
+    pub agreement: Option<f64>,
+    /// Mean absolute difference of the first output's elements.
+    pub mean_abs_diff: Option<f64>,
+    /// Shadow minus active compute latency, mean (ms).
+    pub latency_delta_ms: Option<f64>,
 }
 
 /// A device's rollout bucket, 0..100: a stable hash of its id. A rollout wave at P% holds the

@@ -47,6 +47,7 @@ fn document(f: &Fixture, sequence: u64) -> DeploymentDocument {
         devices: vec![DEVICE.into(), "device-8".into()],
         model: ModelRef { name: "iris".into(), version: 3 },
         artifacts: vec![artifact("model.onnx", &f.model, &f.packed)],
+        shadow: None,
     }
 }
 

@@ -6,6 +6,8 @@
 //! 2. A slow candidate fails its latency gate in the first wave that has devices: the rollout
 //!    aborts, those devices go back to the previous version, the others never receive it.
 //! 3. A rollout at bake 0 is timed (printed with the controller's CPU time and RSS).
+//! 4. Shadow: a candidate that disagrees with the active version is stopped before promotion
+//!    (no device ever serves it); one that agrees is promoted and served everywhere.
 
 mod common;
 
@@ -43,12 +45,25 @@ async fn all_on(c: &ControllerProcess, version: u64, secs: u64) {
     .await;
 }
 
-/// Sends iris requests round-robin to every agent until stopped; counts answers and failures.
+/// Sends iris rows (cycling through the reference data) round-robin to every agent until
+/// stopped; counts answers and failures.
 struct Traffic {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The iris reference rows, as request bodies.
+fn iris_bodies() -> Vec<Value> {
+    let text = std::fs::read_to_string(testdata().join("iris_baseline.csv")).expect("iris_baseline.csv");
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let row: Vec<f32> = line.split(',').map(|v| v.parse().expect("number")).collect();
+            json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": row}]})
+        })
+        .collect()
 }
 
 impl Traffic {
@@ -58,11 +73,12 @@ impl Traffic {
         let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
         let task = tokio::spawn(async move {
             let http = reqwest::Client::new();
-            let body =
-                json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+            let bodies = iris_bodies();
+            let mut next = 0;
             while !s.load(Ordering::Relaxed) {
                 for url in &urls {
-                    let answer = http.post(url).json(&body).send().await;
+                    next = (next + 1) % bodies.len();
+                    let answer = http.post(url).json(&bodies[next]).send().await;
                     if answer.is_ok_and(|r| r.status().is_success()) {
                         o.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -122,35 +138,62 @@ fn expected_sets(devices: &[String], waves: &[u8]) -> Vec<BTreeSet<String>> {
         .collect()
 }
 
+/// A controller on fixed ports (so it can restart), iris v1 (logreg), v2 (the same), v3 (slow),
+/// and 20 enrolled agents labelled group=field, all serving v1.
+struct TestFleet {
+    c: ControllerProcess,
+    agents: Vec<AgentProcess>,
+    devices: Vec<String>,
+    data: std::path::PathBuf,
+    ports: [String; 4],
+    _dir: tempfile::TempDir,
+}
+
+impl TestFleet {
+    async fn start() -> TestFleet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("controller");
+        let ports = [
+            "--listen".to_owned(),
+            format!("127.0.0.1:{}", free_port()),
+            "--mqtt-listen".to_owned(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        let c = ControllerProcess::start_with(&data, &strs(&ports));
+        let iris = testdata().join("iris_logreg.onnx").to_string_lossy().into_owned();
+        let slow = testdata().join("iris_slow.onnx").to_string_lossy().into_owned();
+        for path in [&iris, &iris, &slow] {
+            c.cli_json(&["model", "push", path, "--name", "iris"]);
+        }
+        let trust = c.trust_file(dir.path());
+        let token = c.cli_json(&["device", "token", "create", "--uses", "20", "--label", "group=field"])["token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let agents: Vec<AgentProcess> = (0..AGENTS)
+            .map(|i| {
+                let mut args = c.agent_args(&trust, &dir.path().join(format!("agent-{i}")), 0);
+                args.extend(["--enroll-token".to_owned(), token.clone()]);
+                AgentProcess::run(&strs(&args))
+            })
+            .collect();
+        until("20 enrolled devices", 120, async || active_versions(&c).len() == AGENTS).await;
+        let devices: Vec<String> = active_versions(&c).into_iter().map(|(id, _)| id).collect();
+        c.cli_json(&["deploy", "iris:1", "--selector", "group=field"]);
+        all_on(&c, 1, 120).await;
+        TestFleet { c, agents, devices, data, ports, _dir: dir }
+    }
+
+    fn traffic(&self) -> Traffic {
+        Traffic::start(self.agents.iter().map(|a| a.url("/v2/models/iris/infer")).collect())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waves_gates_abort_and_a_controller_kill() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("controller");
-    let (api, mqtt) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let ports = ["--listen", api.as_str(), "--mqtt-listen", mqtt.as_str()];
-    let mut c = ControllerProcess::start_with(&data, &ports);
-    let iris = testdata().join("iris_logreg.onnx").to_string_lossy().into_owned();
-    let slow = testdata().join("iris_slow.onnx").to_string_lossy().into_owned();
-    for path in [&iris, &iris, &slow] {
-        c.cli_json(&["model", "push", path, "--name", "iris"]);
-    }
-    let trust = c.trust_file(dir.path());
-    let token = c.cli_json(&["device", "token", "create", "--uses", "20", "--label", "group=field"])["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    let agents: Vec<AgentProcess> = (0..AGENTS)
-        .map(|i| {
-            let mut args = c.agent_args(&trust, &dir.path().join(format!("agent-{i}")), 0);
-            args.extend(["--enroll-token".to_owned(), token.clone()]);
-            AgentProcess::run(&strs(&args))
-        })
-        .collect();
-    until("20 enrolled devices", 120, async || active_versions(&c).len() == AGENTS).await;
-    let devices: Vec<String> = active_versions(&c).into_iter().map(|(id, _)| id).collect();
-    c.cli_json(&["deploy", "iris:1", "--selector", "group=field"]);
-    all_on(&c, 1, 120).await;
-    let traffic = Traffic::start(agents.iter().map(|a| a.url("/v2/models/iris/infer")).collect());
+    let fleet = TestFleet::start().await;
+    let traffic = fleet.traffic();
+    let TestFleet { mut c, agents: _agents, devices, data, ports, _dir } = fleet;
 
     // 1. Healthy: waves 10, 50, 100 %, with a kill -9 of the controller once wave 2 is out.
     let created = c.cli_json(&[
@@ -178,7 +221,7 @@ async fn waves_gates_abort_and_a_controller_kill() {
     c.child.kill().expect("kill -9");
     c.child.wait().expect("reap");
     drop(c);
-    let c = ControllerProcess::start_with(&data, &ports);
+    let c = ControllerProcess::start_with(&data, &strs(&ports));
     until("the rollout to complete after the restart", 180, async || {
         c.cli_json(&["rollout", "status", &id])["state"] == "completed"
     })
@@ -260,6 +303,84 @@ async fn waves_gates_abort_and_a_controller_kill() {
         rss_kb(c.child.id())
     );
 
+    let (ok, failed) = traffic.stop().await;
+    assert!(ok > 100, "only {ok} requests answered");
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_stops_a_disagreeing_candidate_and_promotes_an_agreeing_one() {
+    let fleet = TestFleet::start().await;
+    let traffic = fleet.traffic();
+    let c = &fleet.c;
+
+    // The slow model's answers disagree with the logistic regression's on most iris rows.
+    let created = c.cli_json(&[
+        "rollout",
+        "create",
+        "iris:3",
+        "--selector",
+        "group=field",
+        "--strategy",
+        "shadow",
+        "--waves",
+        "50,100",
+        "--bake",
+        "1s",
+        "--gate",
+        "agreement>0.9",
+        "--min-requests",
+        "20",
+        "--shadow-share",
+        "1",
+    ]);
+    let id = created["id"].as_i64().expect("id").to_string();
+    until("the disagreeing shadow to be stopped", 180, async || {
+        c.cli_json(&["rollout", "status", &id])["state"] == "aborted"
+    })
+    .await;
+    let stopped = c.cli_json(&["rollout", "status", &id]);
+    assert!(stopped["reason"].as_str().unwrap_or_default().contains("agreement>0.9"), "{stopped}");
+    // The gate's value as judged (the live measurements end with the shadows).
+    let agreement = stopped["gates"][0]["value"].as_f64().expect("agreement measured");
+    assert!(agreement < 0.9, "{stopped}");
+    eprintln!("disagreeing shadow stopped at agreement {agreement:.3}");
+    // Never promoted: every device still serves v1, and its shadow is gone.
+    until("the shadows to end", 60, async || {
+        c.cli_json(&["device", "list"]).as_array().expect("list").iter().all(|d| d["status"]["shadow"].is_null())
+    })
+    .await;
+    assert!(active_versions(c).iter().all(|(_, v)| *v == Some(1)));
+
+    // The same model as the active one agrees on every row: promoted, then served everywhere.
+    let created = c.cli_json(&[
+        "rollout",
+        "create",
+        "iris:2",
+        "--selector",
+        "group=field",
+        "--strategy",
+        "shadow",
+        "--waves",
+        "50,100",
+        "--bake",
+        "1s",
+        "--gate",
+        "agreement>0.97",
+        "--min-requests",
+        "20",
+        "--shadow-share",
+        "0.5",
+    ]);
+    let id = created["id"].as_i64().expect("id").to_string();
+    until("the agreeing shadow to be promoted and completed", 180, async || {
+        c.cli_json(&["rollout", "status", &id])["state"] == "completed"
+    })
+    .await;
+    all_on(c, 2, 60).await;
+    let done = c.cli_json(&["rollout", "status", &id]);
+    let audit = c.cli_json(&["audit", "--limit", "200"]).to_string();
+    assert!(audit.contains("rollout.promote"), "promotion not audited: {done}");
     let (ok, failed) = traffic.stop().await;
     assert!(ok > 100, "only {ok} requests answered");
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);

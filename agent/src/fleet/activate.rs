@@ -151,11 +151,22 @@ pub async fn load(
     config: &FleetConfig,
     backend: &BackendConfig,
 ) -> Result<Arc<ServedModel>, ActivationError> {
+    let pool = PoolConfig { workers: config.workers, queue_capacity: config.queue_capacity, batching: None };
+    load_with(slot, doc_model, pool, backend).await
+}
+
+/// [`load`] with explicit worker settings (a shadow runs on one worker and a short queue).
+pub async fn load_with(
+    slot: &Path,
+    doc_model: &edgefleet_shared::deployment::ModelRef,
+    pool: PoolConfig,
+    backend: &BackendConfig,
+) -> Result<Arc<ServedModel>, ActivationError> {
     let source = ModelSource {
         name: doc_model.name.clone(),
         version: doc_model.version.to_string(),
         path: slot.join(MODEL_FILE),
-        pool: PoolConfig { workers: config.workers, queue_capacity: config.queue_capacity, batching: None },
+        pool,
     };
     prepare(source, backend).await.map_err(|e| ActivationError::Load(e.to_string()))
 }

@@ -9,6 +9,7 @@
 pub mod activate;
 pub mod link;
 pub mod mqtt;
+mod shadowing;
 pub mod state;
 
 use std::future::Future;
@@ -121,6 +122,7 @@ pub async fn run(
         mqtt,
     };
     agent.restore().await;
+    agent.restore_shadow().await;
     tracing::info!(device = %device_id, "Fleet mode running.");
     crate::systemd::ready(&match &agent.state.active {
         Some(slot) => format!("serving {} version {}", slot.model.name, slot.model.version),
@@ -285,6 +287,12 @@ impl Agent {
         metrics::counter!("edgefleet_agent_verifications_total", "result" => "ok").increment(1);
         self.state.last_sequence = Some(doc.sequence);
         self.state.last_document_sha256 = Some(digest);
+        self.stop_shadow(&doc.model.name);
+        if let Some(spec) = doc.shadow {
+            self.state.pending = None;
+            self.save();
+            return self.start_shadow(doc, spec.share).await;
+        }
         if self.state.active.as_ref().is_some_and(|a| a.model == doc.model) {
             // A refresh or a re-issue of what already serves: nothing to activate.
             if let Some(active) = &mut self.state.active {
@@ -348,7 +356,8 @@ impl Agent {
             self.state.pending = None;
         }
         self.save();
-        let keep: Vec<u64> = [&self.state.active, &self.state.previous]
+        let shadow = self.state.shadow.as_ref().map(|s| &s.slot);
+        let keep: Vec<u64> = [self.state.active.as_ref(), self.state.previous.as_ref(), shadow]
             .into_iter()
             .flatten()
             .filter(|s| s.model.name == doc.model.name)
@@ -396,6 +405,7 @@ impl Agent {
             latency_p99_ms: latency.map(|l| l.1),
             active_requests: active.0,
             active_errors: active.1,
+            shadow: self.state.shadow.as_ref().and_then(|s| self.http.shadow(&s.slot.model.name)).map(|s| s.report()),
         }
     }
 

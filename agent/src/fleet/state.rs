@@ -47,6 +47,18 @@ pub struct DeviceState {
     pub last_refusal: Option<Refusal>,
     /// Last activation attempt.
     pub last_activation: Option<ActivationReport>,
+    /// A version running in shadow beside the active one.
+    #[serde(default)]
+    pub shadow: Option<ShadowSlot>,
+}
+
+/// A shadow version and the share of requests mirrored to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowSlot {
+    /// Its slot.
+    pub slot: Slot,
+    /// Share of requests mirrored.
+    pub share: f64,
 }
 
 /// State file errors.

@@ -59,6 +59,8 @@ async fn run(
         }
     };
 
+    let shadow = state.repository.shadow(&name).filter(|s| s.sample());
+    let mirrored = shadow.as_ref().map(|_| inputs.clone());
     let (reply, answer) = oneshot::channel();
     let job = Job { inputs, enqueued: Instant::now(), reply };
     if let Err(e) = model.pool.try_submit(job) {
@@ -78,6 +80,9 @@ async fn run(
         model.outcomes.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ApiError::internal(e.to_string())
     })?;
+    if let (Some(shadow), Some(inputs)) = (shadow, mirrored) {
+        shadow.mirror(inputs, tensors.clone(), result.compute);
+    }
     let response = encode(&model, &request, &outputs, &tensors)?;
     model.metrics.requests.increment(1);
     model.outcomes.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

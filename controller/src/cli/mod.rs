@@ -122,8 +122,8 @@ pub struct RolloutArgs {
     /// How long each wave bakes before its gates are judged (e.g. 30s, 10m).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub bake: std::time::Duration,
-    /// Gate, e.g. `error_rate<0.01`, `p99_ms<50`, `p99_ratio<1.5`, `activation_failure_rate<0.1`
-    /// (repeatable) [default: activation_failure_rate<0.1].
+    /// Gate, e.g. `error_rate<0.01`, `p99_ms<50`, `p99_ratio<1.5`, `activation_failure_rate<0.1`,
+    /// `agreement>0.97` (shadow) (repeatable) [default: activation_failure_rate<0.1].
     #[arg(long = "gate")]
     pub gates: Vec<String>,
     /// Requests the candidate must answer before request-based gates count.
@@ -132,9 +132,13 @@ pub struct RolloutArgs {
     /// On a failed gate: pause or abort.
     #[arg(long, default_value = "abort", value_parser = ["pause", "abort"])]
     pub on_fail: String,
-    /// direct (one wave of 100%) or canary (wave by wave).
-    #[arg(long, default_value = "canary", value_parser = ["direct", "canary"])]
+    /// direct (one wave of 100%), canary (wave by wave), or shadow (wave by wave beside the
+    /// active version on mirrored requests, gated by `agreement`, then promoted).
+    #[arg(long, default_value = "canary", value_parser = ["direct", "canary", "shadow"])]
     pub strategy: String,
+    /// Shadow: share of requests mirrored to the candidate, in (0, 1].
+    #[arg(long, default_value_t = 0.25)]
+    pub shadow_share: f64,
 }
 
 /// `edgefleet model ...`
@@ -328,7 +332,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let body = serde_json::json!({
                 "model": name, "version": v, "selector": selector, "waves": args.waves,
                 "bake_secs": args.bake.as_secs(), "gates": args.gates, "min_requests": args.min_requests,
-                "on_fail": args.on_fail, "strategy": args.strategy,
+                "on_fail": args.on_fail, "strategy": args.strategy, "shadow_share": args.shadow_share,
             });
             output::rollout(out, &client.post_json("/api/v1/rollouts", &body).await?);
         }

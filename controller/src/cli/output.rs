@@ -289,6 +289,9 @@ pub(super) fn rollout(out: Output, v: &Value) {
         s(&m["p99_ms"]),
         s(&m["baseline_p99_ms"])
     );
+    if plan["strategy"] == "shadow" {
+        println!("shadow:   {} mirrored requests compared, agreement {}", s(&m["compared"]), s(&m["agreement"]));
+    }
     let waves: Vec<Vec<String>> = v["waves"]
         .as_array()
         .into_iter()

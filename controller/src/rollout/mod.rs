@@ -12,7 +12,7 @@ pub mod gates;
 
 use std::collections::BTreeMap;
 
-use edgefleet_shared::deployment::ModelRef;
+use edgefleet_shared::deployment::{ModelRef, ShadowSpec};
 use edgefleet_shared::fleet::{DeviceStatus, rollout_bucket};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,9 @@ pub enum Strategy {
     Direct,
     /// Wave by wave.
     Canary,
+    /// Wave by wave in shadow (the candidate runs beside the active version on mirrored
+    /// requests, judged by `agreement`), then promoted on every device at once.
+    Shadow,
 }
 
 /// Where a rollout is.
@@ -50,6 +53,8 @@ pub enum RolloutState {
     Running,
     /// Stopped by the operator or a failed gate.
     Paused,
+    /// Shadow: every wave passed; the candidate is being activated on every device.
+    Promoting,
     /// Every wave passed.
     Completed,
     /// Stopped, and the devices it changed were sent back.
@@ -61,6 +66,7 @@ impl RolloutState {
         match self {
             RolloutState::Running => "running",
             RolloutState::Paused => "paused",
+            RolloutState::Promoting => "promoting",
             RolloutState::Completed => "completed",
             RolloutState::Aborted => "aborted",
         }
@@ -69,6 +75,7 @@ impl RolloutState {
     fn parse(s: &str) -> RolloutState {
         match s {
             "paused" => RolloutState::Paused,
+            "promoting" => RolloutState::Promoting,
             "completed" => RolloutState::Completed,
             "aborted" => RolloutState::Aborted,
             _ => RolloutState::Running,
@@ -104,6 +111,13 @@ pub struct RolloutRequest {
     /// Strategy (default canary).
     #[serde(default = "default_strategy")]
     pub strategy: Strategy,
+    /// Shadow: share of requests mirrored to the candidate (default 0.25).
+    #[serde(default = "default_share")]
+    pub shadow_share: f64,
+}
+
+fn default_share() -> f64 {
+    0.25
 }
 
 fn default_bake() -> u64 {
@@ -136,6 +150,15 @@ pub struct Plan {
     pub on_fail: OnFail,
     /// Strategy.
     pub strategy: Strategy,
+    /// Shadow: share of requests mirrored.
+    #[serde(default = "default_share")]
+    pub shadow_share: f64,
+}
+
+impl Plan {
+    fn shadow(&self) -> Option<ShadowSpec> {
+        (self.strategy == Strategy::Shadow).then_some(ShadowSpec { share: self.shadow_share })
+    }
 }
 
 /// One wave as `rollout status` shows it.
@@ -188,7 +211,7 @@ pub enum Action {
     Pause,
     /// Paused → running (the current wave bakes again).
     Resume,
-    /// Running or paused → aborted, devices sent back.
+    /// Running, promoting or paused → aborted, devices sent back.
     Abort,
 }
 
@@ -216,7 +239,7 @@ impl Rollouts {
                 version_artifacts(&tx, &req.model, version)?;
                 let busy: Option<i64> = tx
                     .query_row(
-                        "SELECT id FROM rollouts WHERE model = ?1 AND state IN ('running', 'paused')",
+                        "SELECT id FROM rollouts WHERE model = ?1 AND state IN ('running', 'paused', 'promoting')",
                         params![req.model],
                         |r| r.get(0),
                     )
@@ -271,7 +294,9 @@ impl Rollouts {
                 let (from, to) = match (action, row.state) {
                     (Action::Pause, RolloutState::Running) => ("running", RolloutState::Paused),
                     (Action::Resume, RolloutState::Paused) => ("paused", RolloutState::Running),
-                    (Action::Abort, RolloutState::Running | RolloutState::Paused) => ("active", RolloutState::Aborted),
+                    (Action::Abort, RolloutState::Running | RolloutState::Paused | RolloutState::Promoting) => {
+                        ("active", RolloutState::Aborted)
+                    }
                     (_, state) => {
                         return Err(FleetError::Conflict(format!(
                             "rollout {id} is {}: cannot {action:?} it",
@@ -305,7 +330,7 @@ impl Rollouts {
         self.db
             .call(move |conn| -> Result<Vec<String>, FleetError> {
                 let running: Vec<i64> = conn
-                    .prepare("SELECT id FROM rollouts WHERE state = 'running' ORDER BY id")?
+                    .prepare("SELECT id FROM rollouts WHERE state IN ('running', 'promoting') ORDER BY id")?
                     .query_map([], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 let mut changed = Vec::new();
@@ -328,9 +353,12 @@ fn plan(req: &RolloutRequest) -> Result<Plan, FleetError> {
     let waves = match (req.strategy, &req.waves) {
         (Strategy::Direct, Some(w)) if w != &[100] => return bad("strategy direct has one wave of 100%".into()),
         (Strategy::Direct, _) => vec![100],
-        (Strategy::Canary, Some(w)) => w.clone(),
-        (Strategy::Canary, None) => vec![1, 10, 50, 100],
+        (Strategy::Canary | Strategy::Shadow, Some(w)) => w.clone(),
+        (Strategy::Canary | Strategy::Shadow, None) => vec![1, 10, 50, 100],
     };
+    if !(req.shadow_share > 0.0 && req.shadow_share <= 1.0) {
+        return bad(format!("shadow_share {} must be in (0, 1]", req.shadow_share));
+    }
     if waves.is_empty() || waves.last() != Some(&100) || waves.windows(2).any(|w| w[0] >= w[1]) || waves[0] == 0 {
         return bad(format!("waves {waves:?} must increase strictly from above 0 and end at 100"));
     }
@@ -346,6 +374,7 @@ fn plan(req: &RolloutRequest) -> Result<Plan, FleetError> {
         min_requests: req.min_requests,
         on_fail: req.on_fail,
         strategy: req.strategy,
+        shadow_share: req.shadow_share,
     })
 }
 
@@ -361,6 +390,13 @@ struct Row {
     gates: Vec<GateResult>,
     created_at: u64,
     updated_at: u64,
+}
+
+impl Row {
+    /// Whether the candidate runs in shadow now (a shadow rollout before promotion).
+    fn in_shadow(&self) -> bool {
+        self.plan.strategy == Strategy::Shadow && self.state != RolloutState::Promoting
+    }
 }
 
 fn load(conn: &Connection, id: i64) -> Result<Row, FleetError> {
@@ -415,11 +451,16 @@ fn members(conn: &Connection, id: i64) -> Result<Vec<Member>, FleetError> {
     Ok(rows)
 }
 
-/// Whether a member serves the candidate (`Some(true)`), failed it (`Some(false)`), or neither
-/// yet. A failed download is not a verdict: the agent retries it.
-fn outcome(m: &Member, candidate: &ModelRef) -> Option<bool> {
+/// Whether a member serves the candidate (`Some(true)`; in shadow: runs it in shadow), failed
+/// it (`Some(false)`), or neither yet. A failed download is not a verdict: the agent retries it.
+fn outcome(m: &Member, candidate: &ModelRef, shadow: bool) -> Option<bool> {
     let status = m.status.as_ref()?;
-    if status.active.as_ref() == Some(candidate) {
+    let running = if shadow {
+        status.shadow.as_ref().map(|s| &s.model) == Some(candidate)
+    } else {
+        status.active.as_ref() == Some(candidate)
+    };
+    if running {
         return Some(true);
     }
     let failed = status.last_activation.as_ref().is_some_and(|a| {
@@ -428,11 +469,17 @@ fn outcome(m: &Member, candidate: &ModelRef) -> Option<bool> {
     failed.then_some(false)
 }
 
-fn measure(all: &[Member], candidate: &ModelRef) -> Measurements {
+fn measure(all: &[Member], candidate: &ModelRef, shadow: bool) -> Measurements {
     let mut m = Measurements { devices: all.len() as u64, ..Measurements::default() };
-    let (mut p99, mut base) = (Vec::new(), Vec::new());
+    let (mut p99, mut base, mut agreed) = (Vec::new(), Vec::new(), 0.0);
     for member in all {
-        match outcome(member, candidate) {
+        match outcome(member, candidate, shadow) {
+            Some(true) if shadow => {
+                m.activated += 1;
+                let report = member.status.as_ref().and_then(|s| s.shadow.as_ref()).expect("outcome needs a shadow");
+                m.compared += report.compared;
+                agreed += report.agreement.unwrap_or(0.0) * report.compared as f64;
+            }
             Some(true) => {
                 m.activated += 1;
                 let status = member.status.as_ref().expect("outcome needs a status");
@@ -452,12 +499,14 @@ fn measure(all: &[Member], candidate: &ModelRef) -> Measurements {
     let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     m.p99_ms = mean(&p99);
     m.baseline_p99_ms = if base.len() == p99.len() { mean(&base) } else { None };
+    m.agreement = (m.compared > 0).then(|| agreed / m.compared as f64);
     m
 }
 
 fn info(conn: &Connection, id: i64) -> Result<RolloutInfo, FleetError> {
     let row = load(conn, id)?;
     let all = members(conn, id)?;
+    let shadow = row.in_shadow();
     let waves = row.plan.waves[..=row.wave.min(row.plan.waves.len() - 1)]
         .iter()
         .enumerate()
@@ -466,14 +515,14 @@ fn info(conn: &Connection, id: i64) -> Result<RolloutInfo, FleetError> {
             WaveInfo {
                 percent,
                 devices: in_wave.iter().map(|m| m.device.clone()).collect(),
-                activated: in_wave.iter().filter(|m| outcome(m, &row.model) == Some(true)).count() as u64,
-                failed: in_wave.iter().filter(|m| outcome(m, &row.model) == Some(false)).count() as u64,
+                activated: in_wave.iter().filter(|m| outcome(m, &row.model, shadow) == Some(true)).count() as u64,
+                failed: in_wave.iter().filter(|m| outcome(m, &row.model, shadow) == Some(false)).count() as u64,
             }
         })
         .collect();
     Ok(RolloutInfo {
         id,
-        measurements: measure(&all, &row.model),
+        measurements: measure(&all, &row.model, shadow),
         model: row.model,
         plan: row.plan,
         state: row.state,
@@ -489,13 +538,16 @@ fn info(conn: &Connection, id: i64) -> Result<RolloutInfo, FleetError> {
 
 fn step(fleet: &Fleet, tx: &Connection, id: i64) -> Result<Vec<String>, FleetError> {
     let row = load(tx, id)?;
+    if row.state == RolloutState::Promoting {
+        return promote_step(fleet, tx, &row);
+    }
     let mut changed = join_wave(fleet, tx, &row)?;
     let at = now() as u64;
     if at < row.wave_started_at + row.plan.bake_secs {
         return Ok(changed);
     }
     let all = members(tx, id)?;
-    let m = measure(&all, &row.model);
+    let m = measure(&all, &row.model, row.in_shadow());
     if all.is_empty() {
         // No matching device falls in this wave (yet): nothing to judge, move on.
         return advance(fleet, tx, &row, &m).map(|more| [changed, more].concat());
@@ -548,7 +600,18 @@ fn step(fleet: &Fleet, tx: &Connection, id: i64) -> Result<Vec<String>, FleetErr
 fn advance(fleet: &Fleet, tx: &Connection, row: &Row, m: &Measurements) -> Result<Vec<String>, FleetError> {
     let id = row.id;
     let next = row.wave + 1;
-    if next == row.plan.waves.len() {
+    if next == row.plan.waves.len() && row.plan.strategy == Strategy::Shadow {
+        // Every shadow wave agreed: activate the candidate on all of them through the normal path.
+        tx.execute("UPDATE rollouts SET state = 'promoting', updated_at = ?1 WHERE id = ?2", params![now(), id])?;
+        db::audit(tx, "controller", "rollout.promote", &id.to_string(), serde_json::json!({"measurements": m}))?;
+        tracing::info!(rollout = id, devices = m.devices, "Shadow passed; promoting.");
+        let artifacts = version_artifacts(tx, &row.model.name, row.model.version)?;
+        let devices: Vec<String> = members(tx, id)?.into_iter().map(|m| m.device).collect();
+        for device in &devices {
+            fleet.issue(tx, device, &row.model, &artifacts, None)?;
+        }
+        Ok(devices)
+    } else if next == row.plan.waves.len() {
         tx.execute("UPDATE rollouts SET state = 'completed', updated_at = ?1 WHERE id = ?2", params![now(), id])?;
         db::audit(tx, "controller", "rollout.complete", &id.to_string(), serde_json::json!({"measurements": m}))?;
         tracing::info!(rollout = id, devices = m.devices, "Rollout completed.");
@@ -568,6 +631,26 @@ fn advance(fleet: &Fleet, tx: &Connection, row: &Row, m: &Measurements) -> Resul
         tracing::info!(rollout = id, wave = next + 1, percent = row.plan.waves[next], "Rollout advanced.");
         join_wave(fleet, tx, &load(tx, id)?)
     }
+}
+
+/// Promotion of a shadow rollout: completes once every device serves the candidate, aborts if
+/// an activation fails.
+fn promote_step(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, FleetError> {
+    let all = members(tx, row.id)?;
+    let m = measure(&all, &row.model, false);
+    if m.failed > 0 {
+        let reason =
+            format!("promotion failed: {} of {} devices could not activate the candidate", m.failed, m.devices);
+        let changed = roll_back(fleet, tx, row, &reason)?;
+        db::audit(tx, "controller", "rollout.abort", &row.id.to_string(), serde_json::json!({"reason": reason}))?;
+        return Ok(changed);
+    }
+    if m.unsettled() == 0 {
+        tx.execute("UPDATE rollouts SET state = 'completed', updated_at = ?1 WHERE id = ?2", params![now(), row.id])?;
+        db::audit(tx, "controller", "rollout.complete", &row.id.to_string(), serde_json::json!({"measurements": m}))?;
+        tracing::info!(rollout = row.id, devices = m.devices, "Rollout completed.");
+    }
+    Ok(Vec::new())
 }
 
 /// Issues the candidate to matching devices in the current wave that are not in the rollout yet
@@ -613,7 +696,7 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, F
         if previous.as_ref().is_some_and(|(m, v)| m == &row.model.name && *v as u64 == row.model.version) {
             continue;
         }
-        fleet.issue(tx, &device, &row.model, &artifacts)?;
+        fleet.issue(tx, &device, &row.model, &artifacts, row.plan.shadow())?;
         joined.push(device);
     }
     if !joined.is_empty() {
@@ -647,7 +730,7 @@ fn roll_back(fleet: &Fleet, tx: &Connection, row: &Row, reason: &str) -> Result<
             continue;
         }
         let artifacts = version_artifacts(tx, &previous.name, previous.version)?;
-        fleet.issue(tx, &device, &previous, &artifacts)?;
+        fleet.issue(tx, &device, &previous, &artifacts, None)?;
         changed.push(device);
     }
     tx.execute(

@@ -1,0 +1,85 @@
+//! Fleet side of shadow evaluation: a document with `shadow` loads its version beside the active
+//! one (downloaded, verified and self-tested like any activation, then mirrored to instead of
+//! served); any later document without it ends the shadow.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgefleet_shared::deployment::DeploymentDocument;
+use edgefleet_shared::fleet::ActivationReport;
+
+use super::activate::{self, ActivationError};
+use super::state::{ShadowSlot, Slot};
+use super::{Agent, now};
+use crate::shadow::Shadow;
+use crate::worker::PoolConfig;
+
+/// The shadow's CPU budget: one worker, and mirrors beyond a short queue are skipped.
+const SHADOW_POOL: PoolConfig = PoolConfig { workers: 1, queue_capacity: 2, batching: None };
+
+impl Agent {
+    /// Starts shadowing `doc`'s version; a failure is reported like a failed activation.
+    pub(super) async fn start_shadow(&mut self, doc: DeploymentDocument, share: f64) {
+        let started = Instant::now();
+        tracing::info!(model = %doc.model.name, version = doc.model.version, share, "Starting a shadow.");
+        let slot = Slot { model: doc.model.clone(), sequence: doc.sequence, artifacts: doc.artifacts.clone() };
+        let result = async {
+            let dir = activate::fetch(&self.link, &self.layout, &doc).await?;
+            let model = activate::load_with(&dir, &doc.model, SHADOW_POOL, &self.config.backend).await?;
+            activate::self_test(&dir, &model, &doc.model).await?;
+            Ok::<_, ActivationError>(model)
+        }
+        .await;
+        match result {
+            Ok(model) => {
+                let shadow = Arc::new(Shadow::new(model, doc.model.clone(), share));
+                self.http.set_shadow(&doc.model.name, Some(shadow));
+                self.state.shadow = Some(ShadowSlot { slot, share });
+                tracing::info!(model = %doc.model.name, version = doc.model.version, "Shadow running.");
+            }
+            Err(e) => {
+                tracing::error!(model = %doc.model.name, version = doc.model.version, error = %e, "Shadow failed to start.");
+                self.state.last_activation = Some(ActivationReport {
+                    model: doc.model.clone(),
+                    sequence: doc.sequence,
+                    ok: false,
+                    error: Some(e.to_string()),
+                    at: now(),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+        }
+        self.save();
+    }
+
+    /// Ends the shadow of `name`, if one runs.
+    pub(super) fn stop_shadow(&mut self, name: &str) {
+        if self.state.shadow.as_ref().is_some_and(|s| s.slot.model.name == name) {
+            self.http.set_shadow(name, None);
+            self.state.shadow = None;
+            self.save();
+            tracing::info!(model = name, "Shadow stopped.");
+        }
+    }
+
+    /// After a restart, loads the shadow again if its slot is intact.
+    pub(super) async fn restore_shadow(&mut self) {
+        let Some(shadow) = self.state.shadow.clone() else { return };
+        let slot = &shadow.slot;
+        let loaded = match activate::existing_slot(&self.layout, slot).await {
+            Some(dir) => activate::load_with(&dir, &slot.model, SHADOW_POOL, &self.config.backend).await.ok(),
+            None => None,
+        };
+        match loaded {
+            Some(model) => {
+                self.http
+                    .set_shadow(&slot.model.name, Some(Arc::new(Shadow::new(model, slot.model.clone(), shadow.share))));
+            }
+            None => {
+                tracing::warn!(model = %slot.model.name, version = slot.model.version, "Cannot restore the shadow.");
+                self.state.shadow = None;
+                self.save();
+            }
+        }
+    }
+}
