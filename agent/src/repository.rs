@@ -12,6 +12,7 @@ use std::time::Instant;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::engine::{self, BackendConfig, Engine, EngineError};
+use crate::tensor::{Tensor, TensorData};
 use crate::worker::{PoolConfig, WorkerPool};
 
 /// A model ready to serve.
@@ -111,7 +112,11 @@ pub struct Outcomes {
     /// Failed in the engine.
     pub failed: AtomicU64,
     recent_us: std::sync::Mutex<std::collections::VecDeque<u32>>,
+    classes: [AtomicU64; OUTPUT_CLASSES],
 }
+
+/// Classes counted per model version (higher class indices or labels count in the last).
+pub const OUTPUT_CLASSES: usize = 32;
 
 impl Outcomes {
     /// (answered, failed) so far.
@@ -129,6 +134,37 @@ impl Outcomes {
         recent.push_back(us);
     }
 
+    /// Counts each row's predicted class: the top class of the first `[N, C>1]` float output, or
+    /// the value of the first integer `[N]`/`[N, 1]` output (a label). Other outputs (e.g. a
+    /// regression) count nothing. Allocation-free: it runs on every request.
+    pub fn record_classes(&self, outputs: &[Tensor]) {
+        let count = |class: usize| {
+            self.classes[class.min(OUTPUT_CLASSES - 1)].fetch_add(1, Ordering::Relaxed);
+        };
+        let scores = outputs.iter().find(|t| t.shape.len() == 2 && t.shape[1] > 1);
+        match scores.map(|t| (&t.data, t.shape[1])) {
+            Some((TensorData::F32(v), width)) => v.chunks(width).for_each(|row| count(top(row))),
+            Some((TensorData::F64(v), width)) => v.chunks(width).for_each(|row| count(top(row))),
+            _ => {
+                let labels = outputs.iter().find(|t| t.shape.len() == 1 || (t.shape.len() == 2 && t.shape[1] == 1));
+                match labels.map(|t| &t.data) {
+                    Some(TensorData::I64(v)) => v.iter().filter(|&&l| l >= 0).for_each(|&l| count(l as usize)),
+                    Some(TensorData::I32(v)) => v.iter().filter(|&&l| l >= 0).for_each(|&l| count(l as usize)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Rows counted per class, without trailing empty classes.
+    pub fn class_counts(&self) -> Vec<u64> {
+        let mut counts: Vec<u64> = self.classes.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        while counts.last() == Some(&0) {
+            counts.pop();
+        }
+        counts
+    }
+
     /// (p50, p99) in milliseconds over the recent window, if any request was answered.
     pub fn latency_quantiles_ms(&self) -> Option<(f64, f64)> {
         let mut v: Vec<u32> = self.recent_us.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
@@ -139,6 +175,17 @@ impl Outcomes {
         let q = |p: usize| f64::from(v[(v.len() - 1) * p / 100]) / 1000.0;
         Some((q(50), q(99)))
     }
+}
+
+/// Index of the largest element (the first among equals).
+fn top<T: PartialOrd + Copy>(row: &[T]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 /// What a model entry is doing.

@@ -154,6 +154,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (rollout_id, device_id)
     );
     ",
+    // 4: each rollout device's output class counts on the version it ran before (PSI gate).
+    "
+    ALTER TABLE rollout_devices ADD COLUMN baseline_classes TEXT;
+    ",
 ];
 
 /// A shared handle to the database.

@@ -171,6 +171,10 @@ pub struct DeviceStatus {
     /// The version running in shadow, with its comparison against the active one.
     #[serde(default)]
     pub shadow: Option<ShadowReport>,
+    /// Predictions of the active version per class (top class of its class-score output, or its
+    /// label), since activation: the output distribution rollouts compare between versions.
+    #[serde(default)]
+    pub output_classes: Vec<u64>,
 }
 
 /// How a shadow version compares with the active one on mirrored live requests.

@@ -28,6 +28,7 @@ pub mod bundle;
 pub mod compress;
 pub mod dataset;
 pub mod deployment;
+pub mod drift;
 pub mod engine;
 pub mod fleet;
 pub mod inference;

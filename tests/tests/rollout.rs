@@ -184,15 +184,23 @@ impl TestFleet {
         TestFleet { c, agents, devices, data, ports, _dir: dir }
     }
 
-    fn traffic(&self) -> Traffic {
-        Traffic::start(self.agents.iter().map(|a| a.url("/v2/models/iris/infer")).collect())
+    /// Starts traffic and waits until every device reports requests on its version: the
+    /// baselines latency and output-distribution gates compare against.
+    async fn traffic(&self) -> Traffic {
+        let traffic = Traffic::start(self.agents.iter().map(|a| a.url("/v2/models/iris/infer")).collect());
+        until("every device to report traffic", 60, async || {
+            let list = self.c.cli_json(&["device", "list"]);
+            list.as_array().expect("list").iter().all(|d| d["status"]["active_requests"].as_u64() > Some(20))
+        })
+        .await;
+        traffic
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waves_gates_abort_and_a_controller_kill() {
     let fleet = TestFleet::start().await;
-    let traffic = fleet.traffic();
+    let traffic = fleet.traffic().await;
     let TestFleet { mut c, agents: _agents, devices, data, ports, _dir } = fleet;
 
     // 1. Healthy: waves 10, 50, 100 %, with a kill -9 of the controller once wave 2 is out.
@@ -210,6 +218,8 @@ async fn waves_gates_abort_and_a_controller_kill() {
         "error_rate<0.01",
         "--gate",
         "activation_failure_rate<0.01",
+        "--gate",
+        "psi<0.2",
         "--min-requests",
         "10",
     ]);
@@ -254,6 +264,8 @@ async fn waves_gates_abort_and_a_controller_kill() {
         "1s",
         "--gate",
         "p99_ms<5",
+        "--gate",
+        "psi<0.2",
         "--min-requests",
         "10",
     ]);
@@ -264,6 +276,10 @@ async fn waves_gates_abort_and_a_controller_kill() {
     .await;
     let aborted = c.cli_json(&["rollout", "status", &id]);
     assert!(aborted["reason"].as_str().unwrap_or_default().contains("p99_ms<5"), "{aborted}");
+    // Its predictions are distributed unlike the logistic regression's, too.
+    let psi = &aborted["gates"][1];
+    assert_eq!((psi["gate"].as_str(), psi["passed"].as_bool()), (Some("psi<0.2"), Some(false)), "{aborted}");
+    eprintln!("slow candidate: {aborted}");
     let reached: BTreeSet<String> = wave_sets(&aborted).into_iter().flatten().collect();
     let first_wave =
         [10u8, 50, 100].into_iter().find(|&p| devices.iter().any(|d| rollout_bucket(d) < p)).expect("a non-empty wave");
@@ -311,7 +327,7 @@ async fn waves_gates_abort_and_a_controller_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_stops_a_disagreeing_candidate_and_promotes_an_agreeing_one() {
     let fleet = TestFleet::start().await;
-    let traffic = fleet.traffic();
+    let traffic = fleet.traffic().await;
     let c = &fleet.c;
 
     // The slow model's answers disagree with the logistic regression's on most iris rows.

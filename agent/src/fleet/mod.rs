@@ -374,7 +374,7 @@ impl Agent {
     }
 
     fn status(&self) -> DeviceStatus {
-        let (mut ok, mut failed, mut latency, mut active) = (0, 0, None, (0, 0));
+        let (mut ok, mut failed, mut latency, mut active, mut classes) = (0, 0, None, (0, 0), Vec::new());
         for (name, entry) in self.http.list() {
             if let crate::repository::ModelState::Ready(m) = entry {
                 let (o, f) = m.outcomes.snapshot();
@@ -388,6 +388,7 @@ impl Agent {
                 {
                     latency = m.outcomes.latency_quantiles_ms();
                     active = (o + f, f);
+                    classes = m.outcomes.class_counts();
                 }
             }
         }
@@ -406,6 +407,7 @@ impl Agent {
             active_requests: active.0,
             active_errors: active.1,
             shadow: self.state.shadow.as_ref().and_then(|s| self.http.shadow(&s.slot.model.name)).map(|s| s.report()),
+            output_classes: classes,
         }
     }
 

@@ -80,6 +80,7 @@ async fn run(
         model.outcomes.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ApiError::internal(e.to_string())
     })?;
+    model.outcomes.record_classes(&tensors);
     if let (Some(shadow), Some(inputs)) = (shadow, mirrored) {
         shadow.mirror(inputs, tensors.clone(), result.compute);
     }

@@ -289,6 +289,7 @@ pub(super) fn rollout(out: Output, v: &Value) {
         s(&m["p99_ms"]),
         s(&m["baseline_p99_ms"])
     );
+    println!("outputs:  {} predictions classified, PSI vs before {}", s(&m["classified"]), s(&m["psi"]));
     if plan["strategy"] == "shadow" {
         println!("shadow:   {} mirrored requests compared, agreement {}", s(&m["compared"]), s(&m["agreement"]));
     }

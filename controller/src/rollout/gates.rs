@@ -7,6 +7,7 @@
 //! | `error_rate` | engine failures / requests, over devices serving the candidate | `min_requests` requests |
 //! | `p99_ms` | mean over those devices of their p99 latency (ms) | `min_requests` requests |
 //! | `p99_ratio` | that mean / the same devices' p99 on the version they ran before | `min_requests` requests |
+//! | `psi` | population stability index of the candidate's predicted classes against the same devices' classes on the version before | `min_requests` predictions |
 //! | `agreement` | (shadow) share of mirrored rows where the candidate's top class matches the active version's | `min_requests` comparisons |
 //!
 //! A gate whose measurement lacks its samples is pending: the wave waits for it.
@@ -31,7 +32,7 @@ pub enum Op {
 }
 
 /// Metrics a gate may name.
-pub const METRICS: &[&str] = &["activation_failure_rate", "error_rate", "p99_ms", "p99_ratio", "agreement"];
+pub const METRICS: &[&str] = &["activation_failure_rate", "error_rate", "p99_ms", "p99_ratio", "psi", "agreement"];
 
 /// A parsed gate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +101,12 @@ pub struct Measurements {
     /// Shadow: agreement over those, weighted by comparisons.
     #[serde(default)]
     pub agreement: Option<f64>,
+    /// Predictions of the candidate counted per class, over devices serving it.
+    #[serde(default)]
+    pub classified: u64,
+    /// PSI of those class counts against the same devices' counts on their previous version.
+    #[serde(default)]
+    pub psi: Option<f64>,
 }
 
 impl Measurements {
@@ -118,6 +125,7 @@ impl Measurements {
             "error_rate" if enough => Some(self.errors as f64 / self.requests as f64),
             "p99_ms" if enough => self.p99_ms,
             "agreement" if self.compared >= min_requests.max(1) => self.agreement,
+            "psi" if self.classified >= min_requests.max(1) => self.psi,
             "p99_ratio" if enough => match (self.p99_ms, self.baseline_p99_ms) {
                 (Some(now), Some(before)) if before > 0.0 => Some(now / before),
                 _ => None,

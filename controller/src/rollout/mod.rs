@@ -13,6 +13,7 @@ pub mod gates;
 use std::collections::BTreeMap;
 
 use edgefleet_shared::deployment::{ModelRef, ShadowSpec};
+use edgefleet_shared::drift::{add_counts, psi};
 use edgefleet_shared::fleet::{DeviceStatus, rollout_bucket};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
@@ -431,12 +432,13 @@ struct Member {
     wave: usize,
     status: Option<DeviceStatus>,
     baseline_p99_ms: Option<f64>,
+    baseline_classes: Vec<u64>,
 }
 
 fn members(conn: &Connection, id: i64) -> Result<Vec<Member>, FleetError> {
     let rows = conn
         .prepare(
-            "SELECT rd.device_id, rd.wave, d.status, rd.baseline_p99_ms FROM rollout_devices rd
+            "SELECT rd.device_id, rd.wave, d.status, rd.baseline_p99_ms, rd.baseline_classes FROM rollout_devices rd
              JOIN devices d ON d.id = rd.device_id WHERE rd.rollout_id = ?1 ORDER BY rd.device_id",
         )?
         .query_map(params![id], |r| {
@@ -445,6 +447,10 @@ fn members(conn: &Connection, id: i64) -> Result<Vec<Member>, FleetError> {
                 wave: r.get::<_, i64>(1)? as usize,
                 status: r.get::<_, Option<String>>(2)?.and_then(|s| serde_json::from_str(&s).ok()),
                 baseline_p99_ms: r.get(3)?,
+                baseline_classes: r
+                    .get::<_, Option<String>>(4)?
+                    .and_then(|c| serde_json::from_str(&c).ok())
+                    .unwrap_or_default(),
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -472,6 +478,7 @@ fn outcome(m: &Member, candidate: &ModelRef, shadow: bool) -> Option<bool> {
 fn measure(all: &[Member], candidate: &ModelRef, shadow: bool) -> Measurements {
     let mut m = Measurements { devices: all.len() as u64, ..Measurements::default() };
     let (mut p99, mut base, mut agreed) = (Vec::new(), Vec::new(), 0.0);
+    let (mut before, mut after) = (Vec::new(), Vec::new());
     for member in all {
         match outcome(member, candidate, shadow) {
             Some(true) if shadow => {
@@ -485,6 +492,10 @@ fn measure(all: &[Member], candidate: &ModelRef, shadow: bool) -> Measurements {
                 let status = member.status.as_ref().expect("outcome needs a status");
                 m.requests += status.active_requests;
                 m.errors += status.active_errors;
+                if !member.baseline_classes.is_empty() && !status.output_classes.is_empty() {
+                    add_counts(&mut before, &member.baseline_classes);
+                    add_counts(&mut after, &status.output_classes);
+                }
                 if let Some(p) = status.latency_p99_ms.filter(|_| status.active_requests > 0) {
                     p99.push(p);
                     if let Some(b) = member.baseline_p99_ms {
@@ -500,6 +511,11 @@ fn measure(all: &[Member], candidate: &ModelRef, shadow: bool) -> Measurements {
     m.p99_ms = mean(&p99);
     m.baseline_p99_ms = if base.len() == p99.len() { mean(&base) } else { None };
     m.agreement = (m.compared > 0).then(|| agreed / m.compared as f64);
+    m.classified = after.iter().sum();
+    let bins = before.len().max(after.len());
+    before.resize(bins, 0);
+    after.resize(bins, 0);
+    m.psi = psi(&before, &after);
     m
 }
 
@@ -679,10 +695,12 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, F
         let status: Option<DeviceStatus> = tx
             .query_row("SELECT status FROM devices WHERE id = ?1", params![device], |r| r.get::<_, Option<String>>(0))?
             .and_then(|s| serde_json::from_str(&s).ok());
-        let baseline = status.filter(|s| s.active_requests > 0).and_then(|s| s.latency_p99_ms);
+        let served = status.filter(|s| s.active_requests > 0);
+        let baseline = served.as_ref().and_then(|s| s.latency_p99_ms);
+        let classes = served.map(|s| serde_json::to_string(&s.output_classes).unwrap_or_default());
         tx.execute(
-            "INSERT INTO rollout_devices (rollout_id, device_id, wave, prev_model, prev_version, baseline_p99_ms, joined_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO rollout_devices (rollout_id, device_id, wave, prev_model, prev_version, baseline_p99_ms, joined_at, baseline_classes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 row.id,
                 device,
@@ -690,7 +708,8 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, F
                 previous.as_ref().map(|p| p.0.clone()),
                 previous.as_ref().map(|p| p.1),
                 baseline,
-                now()
+                now(),
+                classes
             ],
         )?;
         if previous.as_ref().is_some_and(|(m, v)| m == &row.model.name && *v as u64 == row.model.version) {
