@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::controller::ControllerProcess;
 use common::pki::TestPki;
-use common::{binary, strs, testdata, until};
-use reqwest::StatusCode;
-use serde_json::json;
+use common::{binary, served_version_at, strs, testdata, until};
 
 /// The host as QEMU's user-mode network shows it to the guest (its 127.0.0.1).
 const GUEST_SEES_HOST: &str = "10.0.2.2";
@@ -116,15 +114,6 @@ fn boot(image_dir: &Path, overlay: &Path, host_port: u16, console: &Path) -> Vm 
     Vm(child)
 }
 
-async fn served_version(http: &reqwest::Client, port: u16) -> Option<String> {
-    let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
-    let url = format!("http://127.0.0.1:{port}/v2/models/iris/infer");
-    let r = http.post(url).json(&body).timeout(Duration::from_secs(5)).send().await.ok()?;
-    (r.status() == StatusCode::OK)
-        .then(|| r.headers()["x-edgefleet-model-version"].to_str().ok().map(str::to_owned))
-        .flatten()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_builds_boots_enrolls_and_serves() {
     if std::env::var_os("EDGEFLEET_IMAGE_TEST").is_none() {
@@ -215,7 +204,9 @@ async fn image_builds_boots_enrolls_and_serves() {
     c.cli_json(&["deploy", "iris:1", "--device", &id]);
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(180);
-    while served_version(&http, host_port).await.as_deref() != Some("1") {
+    while served_version_at(&http, &format!("http://127.0.0.1:{host_port}/v2/models/iris/infer")).await.as_deref()
+        != Some("1")
+    {
         assert!(Instant::now() < deadline, "the image never served v1; console:\n{}", console_tail());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

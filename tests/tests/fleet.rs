@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::controller::{ADMIN, ControllerProcess};
 use common::mosquitto::Mosquitto;
-use common::{AgentProcess, strs, testdata, until};
+use common::{AgentProcess, served_version, strs, testdata, until};
 use edgefleet_shared::compress::compress;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -20,14 +20,6 @@ fn fixture(name: &str) -> String {
 }
 
 const IRIS_ROW: [f32; 4] = [5.1, 3.5, 1.4, 0.2];
-
-async fn served_version(http: &reqwest::Client, agent: &AgentProcess) -> Option<String> {
-    let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": IRIS_ROW}]});
-    let r = http.post(agent.url("/v2/models/iris/infer")).json(&body).send().await.ok()?;
-    (r.status() == StatusCode::OK)
-        .then(|| r.headers()["x-edgefleet-model-version"].to_str().ok().map(str::to_owned))
-        .flatten()
-}
 
 fn device_status(c: &ControllerProcess, id: &str) -> Value {
     c.cli_json(&["device", "show", id])

@@ -10,17 +10,7 @@ use std::time::Instant;
 
 use common::controller::ControllerProcess;
 use common::mosquitto::Mosquitto;
-use common::{AgentProcess, strs, testdata, until};
-use reqwest::StatusCode;
-use serde_json::json;
-
-async fn served_version(http: &reqwest::Client, agent: &AgentProcess) -> Option<String> {
-    let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
-    let r = http.post(agent.url("/v2/models/iris/infer")).json(&body).send().await.ok()?;
-    (r.status() == StatusCode::OK)
-        .then(|| r.headers()["x-edgefleet-model-version"].to_str().ok().map(str::to_owned))
-        .flatten()
-}
+use common::{AgentProcess, served_version, strs, testdata, until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_through_mosquitto_with_an_outage_covered_by_http_polling() {

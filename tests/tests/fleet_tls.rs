@@ -10,17 +10,7 @@ use std::time::Duration;
 
 use common::controller::{ADMIN, ControllerProcess};
 use common::pki::TestPki;
-use common::{AgentProcess, binary, metric, strs, testdata, until};
-use reqwest::StatusCode;
-use serde_json::json;
-
-async fn served_version(http: &reqwest::Client, agent: &AgentProcess) -> Option<String> {
-    let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
-    let r = http.post(agent.url("/v2/models/iris/infer")).json(&body).send().await.ok()?;
-    (r.status() == StatusCode::OK)
-        .then(|| r.headers()["x-edgefleet-model-version"].to_str().ok().map(str::to_owned))
-        .flatten()
-}
+use common::{AgentProcess, binary, metric, served_version, strs, testdata, until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_deploy_and_serve_over_https_and_mqtts() {

@@ -158,3 +158,18 @@ pub fn strs(args: &[String]) -> Vec<&str> {
 pub fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
+
+/// Infers one iris row at `url` (an agent's `/v2/models/iris/infer`) and returns the model
+/// version that answered (`x-edgefleet-model-version`), or none on any failure.
+pub async fn served_version_at(http: &reqwest::Client, url: &str) -> Option<String> {
+    let body = serde_json::json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let r = http.post(url).json(&body).timeout(Duration::from_secs(5)).send().await.ok()?;
+    (r.status() == reqwest::StatusCode::OK)
+        .then(|| r.headers()["x-edgefleet-model-version"].to_str().ok().map(str::to_owned))
+        .flatten()
+}
+
+/// [`served_version_at`] for an agent process.
+pub async fn served_version(http: &reqwest::Client, agent: &AgentProcess) -> Option<String> {
+    served_version_at(http, &agent.url("/v2/models/iris/infer")).await
+}
