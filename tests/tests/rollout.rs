@@ -8,6 +8,7 @@
 //! 3. A rollout at bake 0 is timed (printed with the controller's CPU time and RSS).
 //! 4. Shadow: a candidate that disagrees with the active version is stopped before promotion
 //!    (no device ever serves it); one that agrees is promoted and served everywhere.
+//! 5. A device enrolling during a rollout joins it; an operator's abort sends devices back.
 
 mod common;
 
@@ -146,6 +147,7 @@ struct TestFleet {
     devices: Vec<String>,
     data: std::path::PathBuf,
     ports: [String; 4],
+    trust: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -181,7 +183,7 @@ impl TestFleet {
         let devices: Vec<String> = active_versions(&c).into_iter().map(|(id, _)| id).collect();
         c.cli_json(&["deploy", "iris:1", "--selector", "group=field"]);
         all_on(&c, 1, 120).await;
-        TestFleet { c, agents, devices, data, ports, _dir: dir }
+        TestFleet { c, agents, devices, data, ports, trust, _dir: dir }
     }
 
     /// Starts traffic and waits until every device reports requests on its version: the
@@ -201,7 +203,7 @@ impl TestFleet {
 async fn waves_gates_abort_and_a_controller_kill() {
     let fleet = TestFleet::start().await;
     let traffic = fleet.traffic().await;
-    let TestFleet { mut c, agents: _agents, devices, data, ports, _dir } = fleet;
+    let TestFleet { mut c, agents: _agents, devices, data, ports, _dir, .. } = fleet;
 
     // 1. Healthy: waves 10, 50, 100 %, with a kill -9 of the controller once wave 2 is out.
     let created = c.cli_json(&[
@@ -325,7 +327,7 @@ async fn waves_gates_abort_and_a_controller_kill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_stops_a_disagreeing_candidate_and_promotes_an_agreeing_one() {
+async fn shadow_verdicts_late_enrollment_and_operator_abort() {
     let fleet = TestFleet::start().await;
     let traffic = fleet.traffic().await;
     let c = &fleet.c;
@@ -397,6 +399,37 @@ async fn shadow_stops_a_disagreeing_candidate_and_promotes_an_agreeing_one() {
     let done = c.cli_json(&["rollout", "status", &id]);
     let audit = c.cli_json(&["audit", "--limit", "200"]).to_string();
     assert!(audit.contains("rollout.promote"), "promotion not audited: {done}");
+    // A device that enrolls while a rollout runs joins it at the current wave; an operator's
+    // abort sends back every device that had a version before (the newcomer had none: it keeps
+    // the candidate).
+    let created =
+        c.cli_json(&["rollout", "create", "iris:1", "--selector", "group=field", "--waves", "100", "--bake", "1h"]);
+    let id = created["id"].as_i64().expect("id").to_string();
+    all_on(c, 1, 60).await;
+    let token = c.cli_json(&["device", "token", "create", "--label", "group=field"])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let mut args = c.agent_args(&fleet.trust, &fleet._dir.path().join("late"), 0);
+    args.extend(["--enroll-token".to_owned(), token]);
+    let _late = AgentProcess::run(&strs(&args));
+    let mut late_id = String::new();
+    until("the late device to join the running rollout", 60, async || {
+        let joined: Vec<String> = wave_sets(&c.cli_json(&["rollout", "status", &id])).into_iter().flatten().collect();
+        late_id = joined.into_iter().find(|d| !fleet.devices.contains(d)).unwrap_or_default();
+        !late_id.is_empty()
+    })
+    .await;
+    until("the late device to serve the candidate", 60, async || {
+        active_versions(c).iter().any(|(d, v)| d == &late_id && *v == Some(1))
+    })
+    .await;
+    let aborted = c.cli_json(&["rollout", "abort", &id]);
+    assert_eq!(aborted["state"], "aborted", "{aborted}");
+    until("the 20 devices back on v2", 60, async || {
+        active_versions(c).iter().all(|(d, v)| *v == Some(if d == &late_id { 1 } else { 2 }))
+    })
+    .await;
     let (ok, failed) = traffic.stop().await;
     assert!(ok > 100, "only {ok} requests answered");
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
