@@ -143,8 +143,8 @@ impl Outcomes {
         };
         let scores = outputs.iter().find(|t| t.shape.len() == 2 && t.shape[1] > 1);
         match scores.map(|t| (&t.data, t.shape[1])) {
-            Some((TensorData::F32(v), width)) => v.chunks(width).for_each(|row| count(top(row))),
-            Some((TensorData::F64(v), width)) => v.chunks(width).for_each(|row| count(top(row))),
+            Some((TensorData::F32(v), width)) => v.chunks(width).for_each(|row| count(argmax(row))),
+            Some((TensorData::F64(v), width)) => v.chunks(width).for_each(|row| count(argmax(row))),
             _ => {
                 let labels = outputs.iter().find(|t| t.shape.len() == 1 || (t.shape.len() == 2 && t.shape[1] == 1));
                 match labels.map(|t| &t.data) {
@@ -177,11 +177,12 @@ impl Outcomes {
     }
 }
 
-/// Index of the largest element (the first among equals).
-fn top<T: PartialOrd + Copy>(row: &[T]) -> usize {
+/// Index of the largest element (the first among equals); NaN never wins.
+pub(crate) fn argmax<T: PartialOrd>(row: &[T]) -> usize {
     let mut best = 0;
     for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
+        // `x.partial_cmp(x)` is none only for NaN.
+        if *v > row[best] || row[best].partial_cmp(&row[best]).is_none() {
             best = i;
         }
     }

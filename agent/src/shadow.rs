@@ -16,7 +16,7 @@ use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::ShadowReport;
 use tokio::sync::oneshot;
 
-use crate::repository::ServedModel;
+use crate::repository::{ServedModel, argmax};
 use crate::tensor::Tensor;
 use crate::worker::Job;
 
@@ -148,20 +148,10 @@ fn compared_output(outputs: &[Tensor]) -> Option<&Tensor> {
     outputs.iter().find(|t| t.shape.len() == 2 && t.shape[1] > 1).or_else(|| outputs.first())
 }
 
-/// Index of the largest element (the first among equals); NaN never wins.
-fn argmax(row: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] || row[best].is_nan() {
-            best = i;
-        }
-    }
-    best
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Comparison, argmax, compare};
+    use super::{Comparison, compare};
+    use crate::repository::argmax;
     use crate::tensor::{Tensor, TensorData};
 
     fn scores(rows: &[[f32; 3]]) -> Vec<Tensor> {
