@@ -141,7 +141,7 @@ impl Outcomes {
         let count = |class: usize| {
             self.classes[class.min(OUTPUT_CLASSES - 1)].fetch_add(1, Ordering::Relaxed);
         };
-        let scores = outputs.iter().find(|t| t.shape.len() == 2 && t.shape[1] > 1);
+        let scores = class_scores(outputs);
         match scores.map(|t| (&t.data, t.shape[1])) {
             Some((TensorData::F32(v), width)) => v.chunks(width).for_each(|row| count(argmax(row))),
             Some((TensorData::F64(v), width)) => v.chunks(width).for_each(|row| count(argmax(row))),
@@ -175,6 +175,11 @@ impl Outcomes {
         let q = |p: usize| f64::from(v[(v.len() - 1) * p / 100]) / 1000.0;
         Some((q(50), q(99)))
     }
+}
+
+/// The first `[N, C]` output with C > 1: a classifier's class scores.
+pub(crate) fn class_scores(outputs: &[Tensor]) -> Option<&Tensor> {
+    outputs.iter().find(|t| t.shape.len() == 2 && t.shape[1] > 1)
 }
 
 /// Index of the largest element (the first among equals); NaN never wins.

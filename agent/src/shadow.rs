@@ -16,7 +16,7 @@ use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::ShadowReport;
 use tokio::sync::oneshot;
 
-use crate::repository::{ServedModel, argmax};
+use crate::repository::{ServedModel, argmax, class_scores};
 use crate::tensor::Tensor;
 use crate::worker::Job;
 
@@ -145,7 +145,7 @@ fn compare(served: &[Tensor], shadow: &[Tensor]) -> Option<Comparison> {
 
 /// The output compared: the first `[N, C]` one with C > 1 (class scores), else the first.
 fn compared_output(outputs: &[Tensor]) -> Option<&Tensor> {
-    outputs.iter().find(|t| t.shape.len() == 2 && t.shape[1] > 1).or_else(|| outputs.first())
+    class_scores(outputs).or_else(|| outputs.first())
 }
 
 #[cfg(test)]

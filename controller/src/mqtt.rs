@@ -58,14 +58,13 @@ fn server_settings(name: &str, listen: SocketAddr, tls: Option<rumqttd::TlsConfi
 }
 
 /// Starts rumqttd on `listen` (port 0 picks a free port) on its own thread, with TLS from the
-/// PEM `tls` files when given, and waits until it accepts connections.
+/// PEM `tls` files when given (the caller has already loaded them once, so a bad file fails with
+/// its name before the broker thread starts), and waits until it accepts connections.
 pub fn start_embedded(listen: SocketAddr, tls: Option<(&Path, &Path)>) -> Result<EmbeddedBroker, Error> {
     let public = free_port(listen)?;
     let mut servers = HashMap::new();
     let internal = match tls {
         Some((cert, key)) => {
-            // Fail here with the file's name rather than inside the broker thread.
-            edgefleet_shared::tls::server_config(cert, key).map_err(|e| Error::Config(e.to_string()))?;
             let tls = rumqttd::TlsConfig::Rustls {
                 capath: None,
                 certpath: cert.display().to_string(),

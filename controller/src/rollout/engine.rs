@@ -4,6 +4,8 @@
 
 use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::{DeviceStatus, rollout_bucket};
+use std::collections::HashSet;
+
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::gates::{Gate, GateResult, Measurements};
@@ -133,20 +135,21 @@ fn promote_step(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>
 /// (including devices that enrolled since), remembering what each ran before.
 fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, FleetError> {
     let percent = row.plan.waves[row.wave];
+    // Read once per step rather than queried per matching device.
+    let members: HashSet<String> = tx
+        .prepare("SELECT device_id FROM rollout_devices WHERE rollout_id = ?1")?
+        .query_map(params![row.id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let newcomers: Vec<String> = matching_devices(tx, &row.plan.selector)?
+        .into_iter()
+        .filter(|d| rollout_bucket(d) < percent && !members.contains(d))
+        .collect();
+    if newcomers.is_empty() {
+        return Ok(Vec::new());
+    }
     let artifacts = version_artifacts(tx, &row.model.name, row.model.version)?;
     let mut joined = Vec::new();
-    for device in matching_devices(tx, &row.plan.selector)? {
-        if rollout_bucket(&device) >= percent {
-            continue;
-        }
-        let member: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM rollout_devices WHERE rollout_id = ?1 AND device_id = ?2)",
-            params![row.id, device],
-            |r| r.get(0),
-        )?;
-        if member {
-            continue;
-        }
+    for device in newcomers {
         let previous: Option<(String, i64)> = tx
             .query_row("SELECT model, version FROM desired WHERE device_id = ?1", params![device], |r| {
                 Ok((r.get(0)?, r.get(1)?))
