@@ -184,6 +184,12 @@ pub struct RunArgs {
     /// Worker threads per model.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// How often telemetry batches are cut and sent [default: 60].
+    #[arg(long)]
+    pub telemetry_interval_secs: Option<u64>,
+    /// Share of rows sampled in full for telemetry [default: 0.01].
+    #[arg(long)]
+    pub sample_rate: Option<f64>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -214,6 +220,12 @@ impl RunArgs {
         f.insecure |= self.insecure;
         f.mqtt = self.mqtt.or(f.mqtt.take());
         f.labels.extend(self.labels);
+        if let Some(secs) = self.telemetry_interval_secs {
+            config.telemetry.flush_interval_secs = secs;
+        }
+        if let Some(rate) = self.sample_rate {
+            config.telemetry.sample_rate = rate;
+        }
         config.validate()?;
         config.validate_fleet()?;
         Ok(config)

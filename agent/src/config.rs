@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub models: Vec<ModelConfig>,
     /// Fleet mode (`edgefleet-agent run`).
     pub fleet: FleetConfig,
+    /// Telemetry in fleet mode: sketches, samples, spool.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Fleet mode: where the controller is, how this device proves itself, how it activates.
@@ -237,7 +239,7 @@ impl AgentConfig {
         if f.workers == 0 || f.queue_capacity == 0 {
             return invalid("fleet.workers and fleet.queue_capacity must be at least 1");
         }
-        Ok(())
+        self.telemetry.validate().map_err(ConfigError::Invalid)
     }
 
     /// Checks values that the types alone do not constrain.

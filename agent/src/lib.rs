@@ -17,6 +17,7 @@
 //! - [`serve`]: standalone mode: bind, load, serve, drain.
 //! - [`shadow`]: a candidate version fed mirrored requests and compared with the served one.
 //! - [`shutdown`], [`tensor`]: re-exported from `edgefleet-shared`.
+//! - [`telemetry`]: drift sketches, sampling, feedback, the signed spool and its sender.
 //! - [`systemd`]: readiness, status and watchdog notifications for `Type=notify` units.
 //! - [`worker`]: bounded per-model queues, worker threads and dynamic batching.
 
@@ -30,6 +31,7 @@ pub mod repository;
 pub mod serve;
 pub mod shadow;
 pub mod systemd;
+pub mod telemetry;
 pub mod worker;
 
 pub use edgefleet_shared::{engine, shutdown, tensor};

@@ -44,4 +44,19 @@ fn describe() {
         "edgefleet_agent_http_rejections_total",
         "Requests refused before reaching a model, by HTTP status."
     );
+    describe_counter!("edgefleet_agent_telemetry_samples_total", "Rows sampled for telemetry, by reason.");
+    describe_counter!(
+        "edgefleet_agent_telemetry_batches_total",
+        "Telemetry batches, by result (spooled, acknowledged by the broker)."
+    );
+    describe_counter!("edgefleet_agent_telemetry_bytes_total", Unit::Bytes, "Signed telemetry frame bytes spooled.");
+    describe_counter!(
+        "edgefleet_agent_telemetry_dropped_batches_total",
+        "Telemetry batches dropped (oldest first) because the spool was full."
+    );
+    describe_counter!("edgefleet_agent_telemetry_dropped_samples_total", "Sampled rows in those dropped batches.");
+    describe_gauge!("edgefleet_agent_telemetry_spool_batches", "Telemetry batches waiting in the spool.");
+    describe_gauge!("edgefleet_agent_telemetry_spool_bytes", "Bytes in the telemetry spool.");
+    describe_counter!("edgefleet_agent_feedback_labels_total", "Ground-truth labels received.");
+    describe_counter!("edgefleet_agent_telemetry_feedback_dropped_total", "Labels beyond max_feedback per batch.");
 }

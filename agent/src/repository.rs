@@ -30,6 +30,8 @@ pub struct ServedModel {
     pub metrics: ModelMetrics,
     /// Answered and failed requests.
     pub outcomes: Outcomes,
+    /// Telemetry recorder (fleet mode), attached once after loading.
+    pub telemetry: std::sync::OnceLock<Arc<crate::telemetry::Recorder>>,
 }
 
 /// Metric handles for one model version.
@@ -82,7 +84,15 @@ pub async fn prepare(source: ModelSource, backend: &BackendConfig) -> Result<Arc
         let engine = engine::load(&src.path, &backend)?;
         let metrics = ModelMetrics::new(&src.name, &src.version);
         let pool = WorkerPool::start(&src.name, engine.clone(), &src.pool, metrics.batch_rows.clone())?;
-        Ok(ServedModel { metrics, name: src.name, version: src.version, engine, pool, outcomes: Outcomes::default() })
+        Ok(ServedModel {
+            metrics,
+            name: src.name,
+            version: src.version,
+            engine,
+            pool,
+            outcomes: Outcomes::default(),
+            telemetry: std::sync::OnceLock::new(),
+        })
     })
     .await
     .unwrap_or_else(|e| Err(EngineError::Run(format!("model loader panicked: {e}"))));
@@ -138,22 +148,9 @@ impl Outcomes {
     /// the value of the first integer `[N]`/`[N, 1]` output (a label). Other outputs (e.g. a
     /// regression) count nothing. Allocation-free: it runs on every request.
     pub fn record_classes(&self, outputs: &[Tensor]) {
-        let count = |class: usize| {
+        for_each_prediction(outputs, |_, class, _| {
             self.classes[class.min(OUTPUT_CLASSES - 1)].fetch_add(1, Ordering::Relaxed);
-        };
-        let scores = class_scores(outputs);
-        match scores.map(|t| (&t.data, t.shape[1])) {
-            Some((TensorData::F32(v), width)) => v.chunks(width).for_each(|row| count(argmax(row))),
-            Some((TensorData::F64(v), width)) => v.chunks(width).for_each(|row| count(argmax(row))),
-            _ => {
-                let labels = outputs.iter().find(|t| t.shape.len() == 1 || (t.shape.len() == 2 && t.shape[1] == 1));
-                match labels.map(|t| &t.data) {
-                    Some(TensorData::I64(v)) => v.iter().filter(|&&l| l >= 0).for_each(|&l| count(l as usize)),
-                    Some(TensorData::I32(v)) => v.iter().filter(|&&l| l >= 0).for_each(|&l| count(l as usize)),
-                    _ => {}
-                }
-            }
-        }
+        });
     }
 
     /// Rows counted per class, without trailing empty classes.
@@ -174,6 +171,34 @@ impl Outcomes {
         v.sort_unstable();
         let q = |p: usize| f64::from(v[(v.len() - 1) * p / 100]) / 1000.0;
         Some((q(50), q(99)))
+    }
+}
+
+/// Calls `f(row, class, top_score)` for each row's prediction: the top class of the first
+/// `[N, C>1]` float output (with its score), or the value of the first integer `[N]`/`[N, 1]`
+/// output (a label; no score). Other outputs (e.g. a regression) give nothing. Allocation-free.
+pub(crate) fn for_each_prediction(outputs: &[Tensor], mut f: impl FnMut(usize, usize, Option<f64>)) {
+    match class_scores(outputs).map(|t| (&t.data, t.shape[1])) {
+        Some((TensorData::F32(v), width)) => v.chunks(width).enumerate().for_each(|(row, s)| {
+            let top = argmax(s);
+            f(row, top, Some(f64::from(s[top])));
+        }),
+        Some((TensorData::F64(v), width)) => v.chunks(width).enumerate().for_each(|(row, s)| {
+            let top = argmax(s);
+            f(row, top, Some(s[top]));
+        }),
+        _ => {
+            let labels = outputs.iter().find(|t| t.shape.len() == 1 || (t.shape.len() == 2 && t.shape[1] == 1));
+            match labels.map(|t| &t.data) {
+                Some(TensorData::I64(v)) => {
+                    v.iter().enumerate().filter(|(_, l)| **l >= 0).for_each(|(row, &l)| f(row, l as usize, None));
+                }
+                Some(TensorData::I32(v)) => {
+                    v.iter().enumerate().filter(|(_, l)| **l >= 0).for_each(|(row, &l)| f(row, l as usize, None));
+                }
+                _ => {}
+            }
+        }
     }
 }
 

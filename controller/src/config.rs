@@ -22,6 +22,67 @@ pub struct ControllerConfig {
     pub mqtt: MqttConfig,
     /// TLS for the API and the embedded broker.
     pub tls: TlsConfig,
+    /// Telemetry ingest, windows and retention.
+    pub telemetry: TelemetryConfig,
+    /// Retraining: the default policy and how requests are delivered.
+    pub retrain: RetrainConfig,
+}
+
+/// Telemetry settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Length of a drift window; histograms are merged per window.
+    pub window_secs: u64,
+    /// Batches, windows and sampled rows older than this are deleted.
+    pub retention_days: u64,
+    /// Sampled rows kept per model version at most (the oldest go first).
+    pub max_samples_per_version: u64,
+    /// The device label whose value is the device's group (devices without it: `default`).
+    pub group_label: String,
+    /// A window is judged (and its rows go into a snapshot) this long after it closed, so that
+    /// batches still in agents' spools or in flight arrive first.
+    pub settle_secs: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            window_secs: 3600,
+            retention_days: 30,
+            max_samples_per_version: 100_000,
+            group_label: "group".into(),
+            settle_secs: 120,
+        }
+    }
+}
+
+/// Retraining settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainConfig {
+    /// The policy of models without their own.
+    pub policy: crate::telemetry::retrain::Policy,
+    /// Webhook receiving each retrain request (JSON, `X-Edgefleet-Signature` HMAC-SHA256).
+    pub webhook_url: Option<String>,
+    /// File holding the webhook's HMAC secret.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Delivery attempts (exponential backoff from 1 s) on 429, 5xx and connection errors.
+    pub webhook_attempts: u32,
+    /// Command run (by `sh -c`) for each request, with the snapshot in its environment.
+    pub command: Option<String>,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        RetrainConfig {
+            policy: crate::telemetry::retrain::Policy::default(),
+            webhook_url: None,
+            webhook_secret_file: None,
+            webhook_attempts: 6,
+            command: None,
+        }
+    }
 }
 
 /// TLS settings. Plain TCP is allowed on loopback; elsewhere it needs `insecure = true`.
@@ -59,6 +120,9 @@ pub struct MqttConfig {
     pub advertise_url: Option<String>,
     /// Topic prefix.
     pub topic_prefix: String,
+    /// The controller's MQTT client id; its session persists on the broker, so telemetry is
+    /// queued while the controller restarts. One id per controller.
+    pub client_id: String,
 }
 
 impl Default for MqttConfig {
@@ -68,6 +132,7 @@ impl Default for MqttConfig {
             url: None,
             advertise_url: None,
             topic_prefix: edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX.into(),
+            client_id: "edgefleet-controller".into(),
         }
     }
 }
@@ -151,6 +216,15 @@ impl ControllerConfig {
         if self.server.max_upload_bytes == 0 {
             return Err(crate::Error::Config("server.max_upload_bytes must be above 0".into()));
         }
+        if self.telemetry.window_secs == 0 || self.telemetry.retention_days == 0 {
+            return Err(crate::Error::Config("telemetry.window_secs and retention_days must be above 0".into()));
+        }
+        self.retrain.policy.validate().map_err(crate::Error::Config)?;
+        if self.retrain.webhook_url.is_some() != self.retrain.webhook_secret_file.is_some() {
+            return Err(crate::Error::Config(
+                "retrain.webhook_url needs retrain.webhook_secret_file (and back)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -207,6 +281,10 @@ impl DataDir {
     /// Signing key (0600).
     pub fn signing_key(&self) -> PathBuf {
         self.root.join("keys").join("controller.key")
+    }
+    /// Retraining dataset snapshots.
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
     }
     /// Scratch space for uploads being validated.
     pub fn scratch(&self) -> PathBuf {

@@ -158,6 +158,67 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE rollout_devices ADD COLUMN baseline_classes TEXT;
     ",
+    // 5: telemetry (accepted batches, merged windows, sampled rows) and retraining.
+    "
+    CREATE TABLE telemetry_batches (
+        device_id    TEXT NOT NULL,
+        sequence     INTEGER NOT NULL,
+        received_at  INTEGER NOT NULL,
+        samples      INTEGER NOT NULL,
+        PRIMARY KEY (device_id, sequence)
+    ) WITHOUT ROWID;
+    CREATE INDEX telemetry_batches_received ON telemetry_batches(received_at);
+    CREATE TABLE telemetry_floor (
+        device_id  TEXT PRIMARY KEY,
+        sequence   INTEGER NOT NULL
+    );
+    CREATE TABLE telemetry_windows (
+        model           TEXT NOT NULL,
+        version         INTEGER NOT NULL,
+        device_group    TEXT NOT NULL,
+        window_start    INTEGER NOT NULL,
+        rows            INTEGER NOT NULL,
+        features        TEXT NOT NULL,
+        output_classes  TEXT NOT NULL,
+        labeled         INTEGER NOT NULL,
+        correct         INTEGER NOT NULL,
+        PRIMARY KEY (model, version, device_group, window_start)
+    );
+    CREATE TABLE telemetry_samples (
+        id              INTEGER PRIMARY KEY,
+        model           TEXT NOT NULL,
+        version         INTEGER NOT NULL,
+        device_id       TEXT NOT NULL,
+        device_group    TEXT NOT NULL,
+        batch_sequence  INTEGER NOT NULL,
+        request_id      TEXT,
+        at_ms           INTEGER NOT NULL,
+        inputs          TEXT NOT NULL,
+        outputs         TEXT NOT NULL,
+        predicted       INTEGER,
+        low_confidence  INTEGER NOT NULL,
+        label           INTEGER
+    );
+    CREATE INDEX telemetry_samples_version ON telemetry_samples(model, version, at_ms);
+    CREATE INDEX telemetry_samples_request ON telemetry_samples(device_id, request_id);
+    CREATE TABLE retrain_policies (
+        model   TEXT PRIMARY KEY,
+        policy  TEXT NOT NULL
+    );
+    CREATE TABLE retrain_requests (
+        id              INTEGER PRIMARY KEY,
+        model           TEXT NOT NULL,
+        version         INTEGER NOT NULL,
+        reason          TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        snapshot_dir    TEXT NOT NULL,
+        dataset_sha256  TEXT NOT NULL,
+        rows            INTEGER NOT NULL,
+        manifest        TEXT NOT NULL,
+        delivery        TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX retrain_requests_version ON retrain_requests(model, version);
+    ",
 ];
 
 /// A shared handle to the database.

@@ -18,6 +18,7 @@
 //! - [`rollout`]: staged rollouts: waves, bake, quality gates, pause/abort with rollback.
 //! - [`serve`]: start-up (data dir, key, bootstrap token) and the server loop.
 //! - [`store`]: the content-addressed, compressed artifact store.
+//! - [`telemetry`]: telemetry ingest, drift reports, retraining policies, snapshots, webhooks.
 //! - [`validate`]: model validation, golden self-test, baseline and output profiles.
 
 pub mod api;
@@ -32,6 +33,7 @@ pub mod registry;
 pub mod rollout;
 pub mod serve;
 pub mod store;
+pub mod telemetry;
 pub mod validate;
 
 /// Controller start-up and top-level failures.

@@ -1,6 +1,11 @@
 //! MQTT: the embedded broker (rumqttd, on its own thread) or an external one, and the
 //! controller's client that publishes each device's signed document retained on
-//! `PREFIX/devices/{id}/desired` and takes device status from `PREFIX/devices/+/status`.
+//! `PREFIX/devices/{id}/desired`, takes device status from `PREFIX/devices/+/status` and
+//! telemetry batches from `PREFIX/devices/+/telemetry`.
+//!
+//! The client keeps a persistent session (clean session off, a stable client id) so the broker
+//! queues QoS 1 telemetry while the controller restarts, and acknowledges each message only
+//! after it was handled (stored, or refused for good).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +20,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 
 use crate::Error;
 use crate::fleet::Fleet;
+use crate::telemetry::Telemetry;
 
 /// Largest MQTT packet either side sends or accepts.
 pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
@@ -127,10 +133,18 @@ impl Mqtt {
     /// subscribes to device status and republishes every desired document after each connect
     /// (a broker without persistence loses retained messages when it restarts). `mqtts://` URLs
     /// use `tls`.
-    pub fn connect(url: &str, prefix: &str, fleet: Fleet, tls: Option<Arc<ClientConfig>>) -> Result<Self, Error> {
+    pub fn connect(
+        url: &str,
+        client_id: &str,
+        prefix: &str,
+        fleet: Fleet,
+        telemetry: Telemetry,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Result<Self, Error> {
         let broker = parse_mqtt_url(url).map_err(Error::Config)?;
-        let mut options =
-            MqttOptions::new(format!("edgefleet-controller-{}", std::process::id()), broker.host, broker.port);
+        let mut options = MqttOptions::new(client_id, broker.host, broker.port);
+        options.set_clean_session(false);
+        options.set_manual_acks(true);
         if broker.tls {
             let tls = tls.ok_or_else(|| Error::Config(format!("{url} needs TLS but none is configured")))?;
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
@@ -147,13 +161,22 @@ impl Mqtt {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff = Duration::from_millis(100);
                         tracing::info!("Connected to the MQTT broker.");
-                        let filter = topics::status(&this.prefix, "+");
-                        if let Err(e) = this.client.subscribe(filter, QoS::AtLeastOnce).await {
-                            tracing::warn!(error = %e, "Cannot subscribe to device status.");
+                        for filter in [topics::status(&this.prefix, "+"), topics::telemetry(&this.prefix, "+")] {
+                            if let Err(e) = this.client.subscribe(&filter, QoS::AtLeastOnce).await {
+                                tracing::warn!(%filter, error = %e, "Cannot subscribe.");
+                            }
                         }
                         this.republish_all(&fleet).await;
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => this.on_status(&fleet, &p.topic, &p.payload).await,
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        match this.telemetry_device(&p.topic) {
+                            Some(device) => this.on_telemetry(&telemetry, device, p.payload.to_vec()).await,
+                            None => this.on_status(&fleet, &p.topic, &p.payload).await,
+                        }
+                        if let Err(e) = this.client.ack(&p).await {
+                            tracing::warn!(error = %e, "Cannot acknowledge an MQTT message.");
+                        }
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting.");
@@ -184,6 +207,20 @@ impl Mqtt {
                 }
             }
             Err(e) => tracing::error!(error = %e, "Cannot read desired documents to republish."),
+        }
+    }
+
+    fn telemetry_device(&self, topic: &str) -> Option<String> {
+        topic.strip_prefix(&format!("{}/devices/", self.prefix))?.strip_suffix("/telemetry").map(str::to_owned)
+    }
+
+    async fn on_telemetry(&self, telemetry: &Telemetry, device: String, frame: Vec<u8>) {
+        match telemetry.ingest(device.clone(), frame).await {
+            Ok(i) => tracing::debug!(%device, sequence = i.sequence, samples = i.samples, "Telemetry stored."),
+            Err(crate::telemetry::TelemetryError::Refused { class: "duplicate", message }) => {
+                tracing::debug!(%device, %message, "Duplicate telemetry batch ignored.");
+            }
+            Err(e) => tracing::warn!(%device, error = %e, "Telemetry batch not stored."),
         }
     }
 

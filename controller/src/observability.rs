@@ -22,4 +22,15 @@ fn describe() {
         Unit::Bytes,
         "Compressed artifact bytes sent."
     );
+    describe_counter!(
+        "edgefleet_controller_telemetry_batches_total",
+        "Telemetry batches, by result (accepted, duplicate, signature, wrong_device, replay, unknown_device, malformed, error)."
+    );
+    describe_counter!("edgefleet_controller_telemetry_samples_total", "Sampled rows stored.");
+    describe_counter!("edgefleet_controller_telemetry_rows_total", "Rows counted in merged histograms.");
+    describe_counter!("edgefleet_controller_retrain_requests_total", "Retrain requests created.");
+    describe_counter!(
+        "edgefleet_controller_webhook_deliveries_total",
+        "Retrain webhook attempts, by result (delivered, retry, failed)."
+    );
 }

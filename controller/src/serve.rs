@@ -100,12 +100,30 @@ pub async fn run(
             topic_prefix: config.mqtt.topic_prefix.clone(),
         },
     );
+    let tls = edgefleet_shared::tls::client_config(config.tls.ca_file.as_deref())
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let webhooks = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Error::Startup(format!("cannot build the webhook client: {e}")))?;
+    let telemetry = crate::telemetry::Telemetry::new(
+        db.clone(),
+        config.telemetry.clone(),
+        config.retrain.clone(),
+        data.snapshots(),
+        webhooks,
+    );
     let mqtt = match &broker_url {
-        Some(url) => {
-            let tls = edgefleet_shared::tls::client_config(config.tls.ca_file.as_deref())
-                .map_err(|e| Error::Config(e.to_string()))?;
-            Some(crate::mqtt::Mqtt::connect(url, &config.mqtt.topic_prefix, fleet.clone(), Some(tls))?)
-        }
+        Some(url) => Some(crate::mqtt::Mqtt::connect(
+            url,
+            &config.mqtt.client_id,
+            &config.mqtt.topic_prefix,
+            fleet.clone(),
+            telemetry.clone(),
+            Some(tls),
+        )?),
         None => None,
     };
     let registry = Registry::new(
@@ -126,7 +144,9 @@ pub async fn run(
     ));
     let rollouts = crate::rollout::Rollouts::new(db.clone(), fleet.clone());
     let engine = tokio::spawn(drive_rollouts(rollouts.clone(), fleet.clone(), mqtt.clone()));
-    let state = AppState { db, registry, fleet, rollouts, mqtt, prometheus: crate::observability::prometheus() };
+    let judge = tokio::spawn(judge_telemetry(telemetry.clone()));
+    let state =
+        AppState { db, registry, fleet, rollouts, telemetry, mqtt, prometheus: crate::observability::prometheus() };
     let addr = config.server.listen;
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -156,6 +176,7 @@ pub async fn run(
     shutdown.await;
     refresher.abort();
     engine.abort();
+    judge.abort();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     handle.graceful_shutdown(Some(grace));
     match tokio::time::timeout(grace + Duration::from_secs(1), server).await {
@@ -192,6 +213,29 @@ async fn drive_rollouts(rollouts: crate::rollout::Rollouts, fleet: Fleet, mqtt: 
         match rollouts.tick().await {
             Ok(devices) => publish(&fleet, mqtt.as_ref(), &devices).await,
             Err(e) => tracing::error!(error = %e, "Rollout step failed."),
+        }
+    }
+}
+
+/// Judges retraining policies as windows close (every half window, at most a minute apart)
+/// and prunes telemetry past its retention every hour.
+async fn judge_telemetry(telemetry: crate::telemetry::Telemetry) {
+    let every = Duration::from_secs((telemetry.window_secs() / 2).clamp(1, 60));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune: Option<std::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        if let Err(e) = telemetry.evaluate().await {
+            tracing::error!(error = %e, "Judging retraining policies failed.");
+        }
+        if last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+            last_prune = Some(std::time::Instant::now());
+            match telemetry.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "Telemetry past its retention deleted."),
+                Err(e) => tracing::error!(error = %e, "Pruning telemetry failed."),
+            }
         }
     }
 }

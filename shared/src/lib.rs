@@ -12,6 +12,7 @@
 //! - [`dataset`]: reference data from CSV or `.npy`.
 //! - [`deployment`]: the signed deployment document.
 //! - [`fleet`]: enrollment, device-signed requests, status reports, MQTT topics.
+//! - [`telemetry`]: signed, compressed telemetry batches (sketches, samples, feedback).
 //! - [`signature`]: detached signatures and the signed envelope.
 //! - [`keys`]: Ed25519 keys, key ids, the `Signer` trait, 0600 key files.
 //! - [`trust`]: the trust store and key rotation.
@@ -39,6 +40,7 @@ pub mod profile;
 #[cfg(feature = "service")]
 pub mod shutdown;
 pub mod signature;
+pub mod telemetry;
 pub mod tensor;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -30,6 +30,9 @@ use self::state::{DeviceState, Slot, StateFile};
 use crate::config::AgentConfig;
 use crate::repository::ServedModel;
 use crate::serve::{HttpServer, ServeError};
+use crate::telemetry::Hub;
+use crate::telemetry::publish::{self, Tracker};
+use crate::telemetry::spool::Spool;
 
 /// Fleet-mode start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ struct Agent {
     last_envelope: Option<String>,
     /// The broker link, when there is a broker.
     mqtt: Option<mqtt::MqttLink>,
+    /// Telemetry recorders, when telemetry is on.
+    telemetry: Option<Arc<Hub>>,
 }
 
 /// While MQTT is up, the HTTP poll runs only every this many ticks, as a safety net.
@@ -99,15 +104,39 @@ pub async fn run(
     };
     let link = Link::new(&controller, &tls, key.clone(), device_id.clone()).map_err(|e| setup(e.to_string()))?;
     let broker = config.fleet.mqtt.clone().or(state.mqtt_url.clone());
+    let (tracker, acked) = Tracker::new();
     let (mqtt, mut desired_rx) = match &broker {
         Some(url) => {
             let prefix =
                 state.topic_prefix.clone().unwrap_or_else(|| edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX.into());
             crate::config::check_broker(url, f.insecure).map_err(|e| setup(e.to_string()))?;
-            let (link, rx) = mqtt::MqttLink::start(url, tls.clone(), &prefix, &device_id, key).map_err(setup)?;
+            let (link, rx) = mqtt::MqttLink::start(url, tls.clone(), &prefix, &device_id, key.clone(), tracker.clone())
+                .map_err(setup)?;
             (Some(link), Some(rx))
         }
         None => (None, None),
+    };
+    let telemetry = config.telemetry.enabled.then(|| Hub::new(config.telemetry.clone()));
+    let flusher = match &telemetry {
+        Some(hub) => {
+            let dir = f.data_dir.join("telemetry-spool");
+            let spool = Spool::open(&dir, config.telemetry.spool_max_bytes).map_err(|e| setup(e.to_string()))?;
+            if mqtt.is_none() {
+                tracing::warn!("No MQTT broker: telemetry is spooled (bounded) but not sent.");
+            }
+            let task = publish::Task {
+                hub: hub.clone(),
+                spool,
+                device: device_id.clone(),
+                key: key.clone(),
+                link: mqtt.clone(),
+                tracker,
+                acked,
+                interval: Duration::from_secs(config.telemetry.flush_interval_secs),
+            };
+            Some(task.spawn())
+        }
+        None => None,
     };
     let mut agent = Agent {
         config: config.clone(),
@@ -120,6 +149,7 @@ pub async fn run(
         started: Instant::now(),
         last_envelope: None,
         mqtt,
+        telemetry,
     };
     agent.restore().await;
     agent.restore_shadow().await;
@@ -161,6 +191,10 @@ pub async fn run(
     }
     crate::systemd::stopping();
     http.drain(Duration::from_secs(config.server.shutdown_grace_secs)).await?;
+    if let Some(flusher) = flusher {
+        // What was recorded since the last batch goes to the spool, to be sent after restart.
+        flusher.flush(Duration::from_secs(5)).await;
+    }
     Ok(())
 }
 
@@ -226,6 +260,7 @@ impl Agent {
             };
             match activate::load(&dir, &slot.model, &self.config.fleet, &self.config.backend).await {
                 Ok(model) => {
+                    self.attach_telemetry(&dir, &model, &slot.model);
                     self.http.install(model);
                     tracing::info!(model = %slot.model.name, version = slot.model.version, "Restored the serving version.");
                     return;
@@ -370,7 +405,23 @@ impl Agent {
         let slot = activate::fetch(&self.link, &self.layout, doc).await?;
         let model = activate::load(&slot, &doc.model, &self.config.fleet, &self.config.backend).await?;
         activate::self_test(&slot, &model, &doc.model).await?;
+        self.attach_telemetry(&slot, &model, &doc.model);
         activate::swap_and_watch(&self.http, model, &self.config.fleet).await
+    }
+
+    /// Gives a version about to serve its telemetry recorder, binned over its bundle's baseline.
+    fn attach_telemetry(
+        &self,
+        slot: &std::path::Path,
+        model: &ServedModel,
+        doc_model: &edgefleet_shared::deployment::ModelRef,
+    ) {
+        let Some(hub) = &self.telemetry else { return };
+        let baseline = std::fs::read(slot.join(edgefleet_shared::bundle::BUNDLE_FILE))
+            .ok()
+            .and_then(|b| edgefleet_shared::bundle::BundleManifest::from_bytes(&b).ok())
+            .and_then(|m| m.baseline);
+        let _ = model.telemetry.set(hub.recorder(&doc_model.name, doc_model.version, baseline.as_ref()));
     }
 
     fn status(&self) -> DeviceStatus {

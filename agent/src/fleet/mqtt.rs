@@ -1,6 +1,8 @@
 //! The agent's MQTT link: receives its signed document from the retained
-//! `PREFIX/devices/{id}/desired` topic and publishes device-signed status on
-//! `PREFIX/devices/{id}/status`, with a last will that marks it offline.
+//! `PREFIX/devices/{id}/desired` topic, publishes device-signed status on
+//! `PREFIX/devices/{id}/status` (QoS 0: a periodic heartbeat, the latest wins) with a last will
+//! that marks it offline, and telemetry batches on `PREFIX/devices/{id}/telemetry` (QoS 1, each
+//! acknowledgement reported to the telemetry [`Tracker`]).
 //!
 //! rumqttc reconnects on the next poll after an error; the loop backs off exponentially. While
 //! the link is down the agent falls back to HTTP polling.
@@ -13,8 +15,10 @@ use edgefleet_shared::fleet::{DeviceStatus, parse_mqtt_url, topics};
 use edgefleet_shared::keys::FileKey;
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::tls::ClientConfig;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
+
+use crate::telemetry::publish::Tracker;
 
 /// Last-will payload (matches the controller's).
 const OFFLINE: &[u8] = b"offline";
@@ -28,6 +32,7 @@ pub struct MqttLink {
     connected: Arc<AtomicBool>,
     key: Arc<FileKey>,
     status_topic: String,
+    telemetry_topic: String,
 }
 
 impl MqttLink {
@@ -39,9 +44,11 @@ impl MqttLink {
         prefix: &str,
         device: &str,
         key: Arc<FileKey>,
+        tracker: Arc<Tracker>,
     ) -> Result<(Self, mpsc::Receiver<SignedEnvelope>), String> {
         let broker = parse_mqtt_url(url)?;
         let status_topic = topics::status(prefix, device);
+        let telemetry_topic = topics::telemetry(prefix, device);
         let desired_topic = topics::desired(prefix, device);
         let mut options = MqttOptions::new(device, broker.host, broker.port);
         if broker.tls {
@@ -77,6 +84,8 @@ impl MqttLink {
                             Err(e) => tracing::warn!(error = %e, "Desired-state message is not a signed envelope."),
                         }
                     }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => tracker.on_outgoing(pkid),
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => tracker.on_puback(ack.pkid),
                     Ok(_) => {}
                     Err(e) => {
                         metrics::gauge!("edgefleet_agent_mqtt_connected").set(0.0);
@@ -90,7 +99,7 @@ impl MqttLink {
                 }
             }
         });
-        Ok((MqttLink { client, connected, key, status_topic }, rx))
+        Ok((MqttLink { client, connected, key, status_topic, telemetry_topic }, rx))
     }
 
     /// Whether the broker connection is up.
@@ -105,6 +114,11 @@ impl MqttLink {
         }
         let env = SignedEnvelope::sign(&serde_json::to_vec(status).unwrap_or_default(), self.key.as_ref());
         let payload = serde_json::to_vec(&env).unwrap_or_default();
-        self.client.try_publish(&self.status_topic, QoS::AtLeastOnce, false, payload).is_ok()
+        self.client.try_publish(&self.status_topic, QoS::AtMostOnce, false, payload).is_ok()
+    }
+
+    /// Queues a telemetry frame at QoS 1 (call through [`Tracker::send`]).
+    pub fn try_publish_telemetry(&self, frame: Vec<u8>) -> bool {
+        self.connected() && self.client.try_publish(&self.telemetry_topic, QoS::AtLeastOnce, false, frame).is_ok()
     }
 }

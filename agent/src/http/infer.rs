@@ -61,6 +61,12 @@ async fn run(
 
     let shadow = state.repository.shadow(&name).filter(|s| s.sample());
     let mirrored = shadow.as_ref().map(|_| inputs.clone());
+    let recorder = model.telemetry.get();
+    let rolled = recorder.is_some_and(|r| r.roll());
+    let kept = recorder.filter(|r| r.keep_inputs(&inputs, rolled)).map(|_| inputs.clone());
+    if let Some(r) = recorder {
+        r.observe_inputs(&inputs);
+    }
     let (reply, answer) = oneshot::channel();
     let job = Job { inputs, enqueued: Instant::now(), reply };
     if let Err(e) = model.pool.try_submit(job) {
@@ -81,6 +87,9 @@ async fn run(
         ApiError::internal(e.to_string())
     })?;
     model.outcomes.record_classes(&tensors);
+    if let Some(r) = recorder {
+        r.observe_outputs(&tensors, request.id.as_deref(), kept.as_deref(), rolled);
+    }
     if let (Some(shadow), Some(inputs)) = (shadow, mirrored) {
         shadow.mirror(inputs, tensors.clone(), result.compute);
     }

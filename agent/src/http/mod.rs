@@ -1,6 +1,7 @@
 //! The KServe v2 / Open Inference Protocol HTTP API (see DESIGN §4 and the README's API table).
 
 mod error;
+mod feedback;
 mod infer;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{model}/infer", post(infer::infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer::infer_version))
+        .route("/v2/models/{model}/feedback", post(feedback::feedback))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -5,6 +5,7 @@ mod devices;
 mod error;
 mod models;
 mod rollouts;
+mod telemetry;
 mod tokens;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -32,6 +33,8 @@ pub struct AppState {
     pub fleet: Fleet,
     /// Rollout service.
     pub rollouts: crate::rollout::Rollouts,
+    /// Telemetry, drift and retraining.
+    pub telemetry: crate::telemetry::Telemetry,
     /// MQTT client, when the controller has a broker.
     pub mqtt: Option<crate::mqtt::Mqtt>,
     /// Renders `/metrics`.
@@ -43,7 +46,7 @@ pub struct AppState {
 #[openapi(
     info(
         title = "edgefleet controller API",
-        description = "Model registry, artifacts, tokens and audit log. Every route needs `Authorization: Bearer <token>` except the OpenAPI document."
+        description = "Model registry, artifacts, tokens, audit log, fleet, rollouts, drift and retraining. Every route needs `Authorization: Bearer <token>` except the OpenAPI document."
     ),
     paths(
         models::list_models,
@@ -70,7 +73,14 @@ pub struct AppState {
         rollouts::create,
         rollouts::list,
         rollouts::show,
-        rollouts::act
+        rollouts::act,
+        telemetry::version_drift,
+        telemetry::model_drift,
+        telemetry::get_policy,
+        telemetry::set_policy,
+        telemetry::list,
+        telemetry::show,
+        telemetry::file
     ),
     components(schemas(
         crate::registry::VersionInfo,
@@ -85,6 +95,12 @@ pub struct AppState {
         models::AliasTarget,
         crate::rollout::RolloutRequest,
         crate::rollout::RolloutInfo,
+        crate::telemetry::report::DriftReport,
+        crate::telemetry::report::FeatureDrift,
+        crate::telemetry::report::OutputDrift,
+        crate::telemetry::report::Accuracy,
+        crate::telemetry::retrain::Policy,
+        crate::telemetry::retrain::RetrainRequest,
         ErrorSchema
     ))
 )]
@@ -122,6 +138,12 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/rollouts", post(rollouts::create).get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::show))
         .route("/rollouts/{id}/{action}", post(rollouts::act))
+        .route("/models/{name}/drift", get(telemetry::model_drift))
+        .route("/models/{name}/versions/{version}/drift", get(telemetry::version_drift))
+        .route("/models/{name}/retrain-policy", get(telemetry::get_policy).put(telemetry::set_policy))
+        .route("/retrain", get(telemetry::list))
+        .route("/retrain/{id}", get(telemetry::show))
+        .route("/retrain/{id}/files/{file}", get(telemetry::file))
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)

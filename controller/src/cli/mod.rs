@@ -71,12 +71,81 @@ pub enum Command {
     /// Staged rollouts with quality gates.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Drift of a model version's traffic against its training baseline.
+    #[command(subcommand)]
+    Drift(DriftCommand),
+    /// Retraining requests, their dataset snapshots, and per-model policies.
+    #[command(subcommand)]
+    Retrain(RetrainCommand),
     /// The audit log, newest first.
     Audit {
         /// How many records.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+/// `edgefleet drift ...`
+#[derive(Debug, Subcommand)]
+pub enum DriftCommand {
+    /// Per-feature and output drift (PSI, Jensen–Shannon, Wasserstein, KS, chi-squared), drift
+    /// flags, sample counts and accuracy over the last `--window`.
+    Report {
+        /// `NAME[:VERSION]` (default: the latest version with telemetry).
+        reference: String,
+        /// Time range back from now (e.g. 1h, 30m) [default: the controller's window].
+        #[arg(long)]
+        window: Option<String>,
+        /// Only devices of this group.
+        #[arg(long)]
+        group: Option<String>,
+    },
+}
+
+/// `edgefleet retrain ...`
+#[derive(Debug, Subcommand)]
+pub enum RetrainCommand {
+    /// Retrain requests, newest first.
+    List {
+        /// Only this model's.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// One request: reason, snapshot, manifest, delivery, versions trained on it.
+    Show {
+        /// Request id.
+        id: u64,
+    },
+    /// Show a model's policy, or change it with the flags given.
+    Policy(PolicyArgs),
+}
+
+/// `edgefleet retrain policy`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Model name.
+    pub model: String,
+    /// Judge this model (true) or never trigger (false).
+    #[arg(long)]
+    pub enabled: Option<bool>,
+    /// A feature drifts at PSI at or above this.
+    #[arg(long)]
+    pub psi: Option<f64>,
+    /// Share of features that must drift in a window.
+    #[arg(long)]
+    pub feature_share: Option<f64>,
+    /// Consecutive drifting windows needed.
+    #[arg(long)]
+    pub windows: Option<u32>,
+    /// Rows a window needs to be judged.
+    #[arg(long)]
+    pub min_rows: Option<u64>,
+    /// Accuracy drop (0.05 = 5 points) that triggers.
+    #[arg(long)]
+    pub accuracy_drop: Option<f64>,
+    /// Labels needed to judge accuracy.
+    #[arg(long)]
+    pub min_labels: Option<u64>,
 }
 
 /// `edgefleet rollout ...`
@@ -343,6 +412,52 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rollout(RolloutCommand::Pause { id }) => rollout_action(&client, out, id, "pause").await?,
         Command::Rollout(RolloutCommand::Resume { id }) => rollout_action(&client, out, id, "resume").await?,
         Command::Rollout(RolloutCommand::Abort { id }) => rollout_action(&client, out, id, "abort").await?,
+        Command::Drift(DriftCommand::Report { reference, window, group }) => {
+            let (name, version) = split_ref(&reference);
+            let mut path = match version {
+                Some(v) => format!("/api/v1/models/{name}/versions/{v}/drift"),
+                None => format!("/api/v1/models/{name}/drift"),
+            };
+            let query: Vec<String> = [("window", window), ("group", group)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+                .collect();
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            output::drift(out, &client.get_json(&path).await?);
+        }
+        Command::Retrain(RetrainCommand::List { model }) => {
+            let path = model.map_or("/api/v1/retrain".to_owned(), |m| format!("/api/v1/retrain?model={m}"));
+            output::retrain_requests(out, &client.get_json(&path).await?);
+        }
+        Command::Retrain(RetrainCommand::Show { id }) => {
+            output::retrain_request(out, &client.get_json(&format!("/api/v1/retrain/{id}")).await?)
+        }
+        Command::Retrain(RetrainCommand::Policy(args)) => {
+            let path = format!("/api/v1/models/{}/retrain-policy", args.model);
+            let mut policy = client.get_json(&path).await?;
+            let changes = [
+                ("enabled", args.enabled.map(serde_json::Value::from)),
+                ("psi", args.psi.map(serde_json::Value::from)),
+                ("feature_share", args.feature_share.map(serde_json::Value::from)),
+                ("windows", args.windows.map(serde_json::Value::from)),
+                ("min_rows", args.min_rows.map(serde_json::Value::from)),
+                ("accuracy_drop", args.accuracy_drop.map(serde_json::Value::from)),
+                ("min_labels", args.min_labels.map(serde_json::Value::from)),
+            ];
+            let mut changed = false;
+            for (key, value) in changes {
+                if let Some(v) = value {
+                    policy[key] = v;
+                    changed = true;
+                }
+            }
+            if changed {
+                policy = client.put_json(&path, &policy).await?;
+            }
+            output::object(out, &policy);
+        }
         Command::Audit { limit } => {
             output::audit(out, &client.get_json(&format!("/api/v1/audit?limit={limit}")).await?)
         }

@@ -327,3 +327,111 @@ pub(super) fn rollout(out: Output, v: &Value) {
         table(&["gate", "value", "verdict"], &gates);
     }
 }
+
+fn num(v: &Value, digits: usize) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+/// `drift report`.
+pub(super) fn drift(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    println!(
+        "{}:{}  group {}  {} .. {}  rows {}  samples {}",
+        s(&v["model"]),
+        s(&v["version"]),
+        v["group"].as_str().unwrap_or("all"),
+        time(&v["from"]),
+        time(&v["to"]),
+        s(&v["rows"]),
+        s(&v["samples"])
+    );
+    if v["has_baseline"] == Value::Bool(false) {
+        println!("This version has no baseline: push it with reference data to measure drift.");
+        return;
+    }
+    let rows: Vec<Vec<String>> = v["features"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            let flag = |b: &Value| if b == &Value::Bool(true) { "drift" } else { "ok" };
+            vec![
+                s(&f["name"]),
+                s(&f["count"]),
+                s(&f["samples"]),
+                num(&f["psi"], 3),
+                num(&f["jensen_shannon"], 3),
+                format!("{} {}", num(&f["wasserstein"], 3), flag(&f["wasserstein_drift"])),
+                format!("{} (p={})", num(&f["ks_statistic"], 3), num(&f["ks_pvalue"], 4)),
+                s(&f["status"]),
+            ]
+        })
+        .collect();
+    table(&["feature", "values", "samples", "psi", "js", "wasserstein", "ks", "status"], &rows);
+    if let Some(o) = v["output"].as_object() {
+        println!(
+            "output {}: psi {}  js {}  chi2 {} (p={})  {}  classes {} vs baseline {}",
+            s(&o["name"]),
+            num(&o["psi"], 3),
+            num(&o["jensen_shannon"], 3),
+            num(&o["chi2_statistic"], 2),
+            num(&o["chi2_pvalue"], 4),
+            s(&o["status"]),
+            o["current_counts"],
+            o["reference_counts"]
+        );
+    }
+    if let Some(a) = v["accuracy"].as_object() {
+        println!("accuracy {} ({} of {} labels)", num(&a["accuracy"], 3), s(&a["correct"]), s(&a["labeled"]));
+    }
+    println!(
+        "{} of {} features drifted (PSI >= 0.2)",
+        s(&v["drifted_features"]),
+        v["features"].as_array().map_or(0, Vec::len)
+    );
+}
+
+/// `retrain list`.
+pub(super) fn retrain_requests(out: Output, v: &Value) {
+    list(out, v, &["id", "model", "created", "rows", "dataset sha256", "webhook", "command", "trained"], |r| {
+        vec![
+            s(&r["id"]),
+            format!("{}:{}", s(&r["model"]), s(&r["version"])),
+            time(&r["created_at"]),
+            s(&r["rows"]),
+            s(&r["dataset_sha256"]),
+            s(&r["delivery"]["webhook"]["state"]),
+            s(&r["delivery"]["command"]["state"]),
+            r["trained_versions"].as_array().map_or("-".into(), |a| a.iter().map(s).collect::<Vec<_>>().join(",")),
+        ]
+    });
+}
+
+/// `retrain show`.
+pub(super) fn retrain_request(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    println!("retrain request {} for {}:{}", s(&v["id"]), s(&v["model"]), s(&v["version"]));
+    println!("  created         {}", time(&v["created_at"]));
+    println!("  reason          {}", s(&v["reason"]));
+    println!("  rows            {}", s(&v["rows"]));
+    println!("  dataset sha256  {}", s(&v["dataset_sha256"]));
+    println!("  snapshot        {}", s(&v["snapshot_dir"]));
+    println!("  webhook         {}", v["delivery"]["webhook"]);
+    println!("  command         {}", v["delivery"]["command"]);
+    let trained = v["trained_versions"].as_array().map_or(Vec::new(), |a| a.iter().map(s).collect());
+    println!("  trained         {}", if trained.is_empty() { "-".into() } else { trained.join(", ") });
+}
+
+/// Any object, as `key value` lines.
+pub(super) fn object(out: Output, v: &Value) {
+    if out == Output::Json {
+        return json(v);
+    }
+    for (k, val) in v.as_object().into_iter().flatten() {
+        println!("{k:<14} {}", s(val));
+    }
+}

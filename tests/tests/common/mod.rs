@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod mosquitto;
 pub mod pki;
+pub mod telemetry;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -18,9 +18,21 @@ pub struct Mosquitto(Child);
 impl Mosquitto {
     /// Starts Mosquitto on 127.0.0.1:`port` with its config in `dir`.
     pub fn start(dir: &Path, port: u16) -> Mosquitto {
+        Self::start_with(dir, port, "persistence false\n")
+    }
+
+    /// Starts Mosquitto with persistence in `dir` (sessions and queued QoS 1 messages survive
+    /// a [`Mosquitto::stop`] and restart), as a production broker is run.
+    pub fn start_persistent(dir: &Path, port: u16) -> Mosquitto {
+        // Run as root (CI containers), Mosquitto would drop to its own user, which cannot write `dir`.
+        let settings =
+            format!("user root\npersistence true\npersistence_location {}/\nautosave_interval 1\n", dir.display());
+        Self::start_with(dir, port, &settings)
+    }
+
+    fn start_with(dir: &Path, port: u16, settings: &str) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))
-            .expect("conf");
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n{settings}")).expect("conf");
         let child = Command::new(mosquitto_binary())
             .arg("-c")
             .arg(&conf)
@@ -34,6 +46,19 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(20));
         }
         Mosquitto(child)
+    }
+}
+
+impl Mosquitto {
+    /// SIGTERM (Mosquitto saves its persistence file) and wait for the exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "mosquitto did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -1,0 +1,135 @@
+//! Telemetry (fleet mode): what the agent saw, sent to the controller without ever blocking
+//! inference and without losing what it has written down.
+//!
+//! - [`recorder`]: per served version, histograms of every input feature over the baseline's
+//!   bins and predicted-class counts for all rows (atomic counters: no allocation, no lock),
+//!   sampled rows under a rate and per-minute/per-hour caps (low-confidence rows always), and
+//!   feedback labels matched to recent predictions.
+//! - [`spool`]: every flush interval the recorders are drained into one batch that is signed
+//!   with the device key, zstd-compressed, numbered and written durably to a bounded directory.
+//! - [`publish`]: spooled batches go out on `PREFIX/devices/{id}/telemetry` at QoS 1 and are
+//!   deleted only once the broker acknowledged them.
+
+pub mod publish;
+pub mod recorder;
+pub mod spool;
+
+use std::sync::{Arc, Mutex};
+
+use edgefleet_shared::telemetry::{ModelTelemetry, TELEMETRY_KIND, TelemetryBatch};
+use serde::{Deserialize, Serialize};
+
+pub use recorder::Recorder;
+
+/// `[telemetry]` in the agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Send telemetry at all.
+    pub enabled: bool,
+    /// How often a batch is cut.
+    pub flush_interval_secs: u64,
+    /// Share of rows sampled in full.
+    pub sample_rate: f64,
+    /// Sampled rows per minute at most.
+    pub samples_per_minute: u32,
+    /// Sampled rows per hour at most.
+    pub samples_per_hour: u32,
+    /// Top-class probability under which a row is always sampled (0: off).
+    pub low_confidence: f64,
+    /// Requests with more input values are never sampled.
+    pub max_sample_values: usize,
+    /// Spool bound in bytes.
+    pub spool_max_bytes: u64,
+    /// Request ids remembered for matching feedback.
+    pub recent_predictions: usize,
+    /// Feedback labels kept per batch.
+    pub max_feedback: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: true,
+            flush_interval_secs: 60,
+            sample_rate: 0.01,
+            samples_per_minute: 60,
+            samples_per_hour: 1000,
+            low_confidence: 0.5,
+            max_sample_values: 4096,
+            spool_max_bytes: 64 * 1024 * 1024,
+            recent_predictions: 10_000,
+            max_feedback: 10_000,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.flush_interval_secs == 0 {
+            return Err("telemetry.flush_interval_secs must be above 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.sample_rate) || !(0.0..=1.0).contains(&self.low_confidence) {
+            return Err("telemetry.sample_rate and telemetry.low_confidence must be between 0 and 1".into());
+        }
+        if self.spool_max_bytes < 4096 {
+            return Err("telemetry.spool_max_bytes must be at least 4096".into());
+        }
+        Ok(())
+    }
+}
+
+/// Every recorder of this process, so a flush drains versions that stopped serving too.
+#[derive(Debug)]
+pub struct Hub {
+    config: TelemetryConfig,
+    recorders: Mutex<Vec<Arc<Recorder>>>,
+    caps: Arc<recorder::Caps>,
+}
+
+impl Hub {
+    /// A hub for `config`.
+    pub fn new(config: TelemetryConfig) -> Arc<Self> {
+        let caps = Arc::new(recorder::Caps::new(config.samples_per_minute, config.samples_per_hour));
+        Arc::new(Hub { config, recorders: Mutex::new(Vec::new()), caps })
+    }
+
+    /// A recorder for a model version about to serve; `baseline` gives the bins.
+    pub fn recorder(
+        &self,
+        model: &str,
+        version: u64,
+        baseline: Option<&edgefleet_shared::profile::BaselineProfile>,
+    ) -> Arc<Recorder> {
+        let recorder = Arc::new(Recorder::new(model, version, baseline, &self.config, self.caps.clone()));
+        self.lock().push(recorder.clone());
+        recorder
+    }
+
+    /// Drains every recorder into a batch (sequence 0 until the spool numbers it); None when
+    /// nothing happened. Recorders of versions no longer served are dropped once drained.
+    pub fn drain(&self, device: &str, start: u64, end: u64) -> Option<TelemetryBatch> {
+        let mut recorders = self.lock();
+        let models: Vec<ModelTelemetry> = recorders.iter().filter_map(|r| r.drain()).collect();
+        recorders.retain(|r| Arc::strong_count(r) > 1);
+        drop(recorders);
+        let capped = self.caps.take_capped();
+        if models.is_empty() && capped == 0 {
+            return None;
+        }
+        Some(TelemetryBatch {
+            kind: TELEMETRY_KIND.into(),
+            device: device.into(),
+            sequence: 0,
+            start,
+            end,
+            models,
+            samples_capped: capped,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Recorder>>> {
+        self.recorders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

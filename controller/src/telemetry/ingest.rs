@@ -1,0 +1,227 @@
+//! Ingest: one MQTT message (a signed frame from `PREFIX/devices/{id}/telemetry`) at a time.
+//!
+//! The frame is checked against the key the device enrolled with and must name that device;
+//! `(device, sequence)` is recorded in the same transaction as the data, so a batch the broker
+//! delivers twice (QoS 1) or an attacker replays is stored once and refused after. Batches
+//! pruned by retention leave a per-device floor below which every sequence is refused.
+
+use std::collections::BTreeMap;
+
+use edgefleet_shared::drift::add_counts;
+use edgefleet_shared::keys::PublicKey;
+use edgefleet_shared::telemetry::{ModelTelemetry, TelemetryBatch};
+use rusqlite::{OptionalExtension as _, Transaction, params};
+
+use super::{Telemetry, TelemetryError};
+use crate::db::now;
+
+/// What became of an accepted message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// The batch's sequence.
+    pub sequence: u64,
+    /// Sampled rows stored.
+    pub samples: u64,
+    /// Rows counted in histograms.
+    pub rows: u64,
+}
+
+fn refused(class: &'static str, message: impl Into<String>) -> TelemetryError {
+    TelemetryError::Refused { class, message: message.into() }
+}
+
+impl Telemetry {
+    /// Verifies and stores one frame from `device`. Every refusal is counted in
+    /// `edgefleet_controller_telemetry_batches_total{result=...}`.
+    pub async fn ingest(&self, device: String, frame: Vec<u8>) -> Result<Ingested, TelemetryError> {
+        let (window, group_label) = (self.config.window_secs, self.config.group_label.clone());
+        let retention = self.config.retention_days * 86_400;
+        let result = self
+            .db
+            .call(move |conn| -> Result<Ingested, TelemetryError> {
+                let row: Option<(String, String)> = conn
+                    .query_row("SELECT public_key, labels FROM devices WHERE id = ?1", params![device], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let (key, labels) = row.ok_or_else(|| refused("unknown_device", format!("unknown device {device:?}")))?;
+                let key = PublicKey::from_base64(&key).ok_or_else(|| refused("unknown_device", "unreadable device key"))?;
+                let batch = TelemetryBatch::decode(&frame, &device, &key).map_err(|e| refused(e.class(), e.to_string()))?;
+                let labels: BTreeMap<String, String> = serde_json::from_str(&labels).unwrap_or_default();
+                let group = labels.get(&group_label).cloned().unwrap_or_else(|| "default".into());
+                let tx = conn.transaction()?;
+                let floor: Option<i64> = tx
+                    .query_row("SELECT sequence FROM telemetry_floor WHERE device_id = ?1", params![device], |r| r.get(0))
+                    .optional()?;
+                let seq = i64::try_from(batch.sequence).map_err(|_| refused("malformed", "sequence out of range"))?;
+                if floor.is_some_and(|f| seq <= f) {
+                    return Err(refused("replay", format!("batch {seq} is older than the retained history")));
+                }
+                let samples = batch.sample_count() as u64;
+                let inserted = tx.execute(
+                    "INSERT OR IGNORE INTO telemetry_batches (device_id, sequence, received_at, samples) VALUES (?1, ?2, ?3, ?4)",
+                    params![device, seq, now(), samples as i64],
+                )?;
+                if inserted == 0 {
+                    return Err(refused("duplicate", format!("batch {seq} of {device} was already stored")));
+                }
+                let received = now().max(0) as u64;
+                // The device clock decides the window (a batch delayed by an outage lands where its
+                // rows were served), clamped to the retained past: a wrong clock cannot write into
+                // the future or outside retention.
+                let at = batch.end.clamp(received.saturating_sub(retention), received);
+                let window_start = (at / window * window) as i64;
+                let mut rows = 0;
+                for m in &batch.models {
+                    merge_window(&tx, m, &group, window_start)?;
+                    store_samples(&tx, m, &device, &group, seq)?;
+                    rows += m.rows;
+                }
+                tx.commit()?;
+                Ok(Ingested { sequence: batch.sequence, samples, rows })
+            })
+            .await;
+        match &result {
+            Ok(i) => {
+                metrics::counter!("edgefleet_controller_telemetry_batches_total", "result" => "accepted").increment(1);
+                metrics::counter!("edgefleet_controller_telemetry_samples_total").increment(i.samples);
+                metrics::counter!("edgefleet_controller_telemetry_rows_total").increment(i.rows);
+            }
+            Err(TelemetryError::Refused { class, .. }) => {
+                metrics::counter!("edgefleet_controller_telemetry_batches_total", "result" => *class).increment(1);
+            }
+            Err(_) => {
+                metrics::counter!("edgefleet_controller_telemetry_batches_total", "result" => "error").increment(1)
+            }
+        }
+        result
+    }
+
+    /// Deletes what is older than the retention, keeping each device's highest deleted batch
+    /// number as its replay floor, and trims sampled rows to the per-version cap.
+    pub async fn prune(&self) -> Result<u64, TelemetryError> {
+        let cutoff = now() - (self.config.retention_days * 86_400) as i64;
+        let cap = self.config.max_samples_per_version as i64;
+        self.db
+            .call(move |conn| -> Result<u64, TelemetryError> {
+                let tx = conn.transaction()?;
+                tx.execute(
+                    "INSERT INTO telemetry_floor (device_id, sequence)
+                     SELECT device_id, MAX(sequence) FROM telemetry_batches WHERE received_at < ?1 GROUP BY device_id
+                     ON CONFLICT(device_id) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+                    params![cutoff],
+                )?;
+                let mut deleted =
+                    tx.execute("DELETE FROM telemetry_batches WHERE received_at < ?1", params![cutoff])?;
+                deleted += tx.execute("DELETE FROM telemetry_samples WHERE at_ms < ?1", params![cutoff * 1000])?;
+                deleted += tx.execute("DELETE FROM telemetry_windows WHERE window_start < ?1", params![cutoff])?;
+                deleted += tx.execute(
+                    "DELETE FROM telemetry_samples WHERE id IN (
+                        SELECT id FROM (
+                            SELECT id, ROW_NUMBER() OVER (PARTITION BY model, version ORDER BY at_ms DESC, id DESC) AS n
+                            FROM telemetry_samples) WHERE n > ?1)",
+                    params![cap],
+                )?;
+                tx.commit()?;
+                Ok(deleted as u64)
+            })
+            .await
+    }
+}
+
+/// Adds a batch's histograms into its window row.
+fn merge_window(
+    tx: &Transaction<'_>,
+    m: &ModelTelemetry,
+    group: &str,
+    window_start: i64,
+) -> Result<(), TelemetryError> {
+    let version = m.version as i64;
+    let existing: Option<(i64, String, String, i64, i64)> = tx
+        .query_row(
+            "SELECT rows, features, output_classes, labeled, correct FROM telemetry_windows
+             WHERE model = ?1 AND version = ?2 AND device_group = ?3 AND window_start = ?4",
+            params![m.model, version, group, window_start],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let (mut rows, mut features, mut classes, mut labeled, mut correct) = match existing {
+        Some((rows, f, c, l, k)) => (
+            rows as u64,
+            serde_json::from_str::<Vec<Vec<u64>>>(&f).unwrap_or_default(),
+            serde_json::from_str::<Vec<u64>>(&c).unwrap_or_default(),
+            l as u64,
+            k as u64,
+        ),
+        None => (0, Vec::new(), Vec::new(), 0, 0),
+    };
+    rows += m.rows;
+    labeled += m.labeled;
+    correct += m.correct;
+    if features.len() < m.features.len() {
+        features.resize(m.features.len(), Vec::new());
+    }
+    for (into, f) in features.iter_mut().zip(&m.features) {
+        // Bins, then the missing count last.
+        let mut counts = f.counts.clone();
+        counts.push(f.missing);
+        add_counts(into, &counts);
+    }
+    add_counts(&mut classes, &m.output_classes);
+    tx.execute(
+        "INSERT INTO telemetry_windows (model, version, device_group, window_start, rows, features, output_classes, labeled, correct)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT(model, version, device_group, window_start) DO UPDATE SET
+            rows = excluded.rows, features = excluded.features, output_classes = excluded.output_classes,
+            labeled = excluded.labeled, correct = excluded.correct",
+        params![
+            m.model,
+            version,
+            group,
+            window_start,
+            rows as i64,
+            serde_json::to_string(&features).unwrap_or_default(),
+            serde_json::to_string(&classes).unwrap_or_default(),
+            labeled as i64,
+            correct as i64
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores sampled rows, then attaches this batch's labels to rows with the same request id.
+fn store_samples(
+    tx: &Transaction<'_>,
+    m: &ModelTelemetry,
+    device: &str,
+    group: &str,
+    seq: i64,
+) -> Result<(), TelemetryError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO telemetry_samples (model, version, device_id, device_group, batch_sequence, request_id, at_ms,
+                                        inputs, outputs, predicted, low_confidence)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for s in &m.samples {
+        insert.execute(params![
+            m.model,
+            m.version as i64,
+            device,
+            group,
+            seq,
+            s.request_id,
+            s.at_ms as i64,
+            serde_json::to_string(&s.inputs).unwrap_or_default(),
+            serde_json::to_string(&s.outputs).unwrap_or_default(),
+            s.predicted.map(|p| p as i64),
+            s.low_confidence
+        ])?;
+    }
+    let mut label = tx.prepare_cached(
+        "UPDATE telemetry_samples SET label = ?1 WHERE device_id = ?2 AND request_id = ?3 AND model = ?4",
+    )?;
+    for f in &m.feedback {
+        label.execute(params![f.label as i64, device, f.request_id, m.model])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! Drift reports: a model version's merged telemetry over a time range against its baseline.
+//!
+//! Binned statistics (PSI, Jensen–Shannon) use every row the agents counted; sample statistics
+//! (normalised Wasserstein, KS) use the sampled rows against the baseline's reservoir sample;
+//! the output uses predicted-class counts (PSI, Jensen–Shannon, chi-squared). Definitions and
+//! thresholds are the handbook's (BENCHMARKS.md §4).
+
+use edgefleet_shared::bundle::BundleManifest;
+use edgefleet_shared::drift;
+use edgefleet_shared::profile::{BaselineProfile, OutputProfile};
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Telemetry, TelemetryError};
+use crate::registry::{RegistryError, resolve_version};
+
+/// PSI at or above this: warn.
+pub const PSI_WARN: f64 = 0.1;
+/// PSI at or above this: drift.
+pub const PSI_DRIFT: f64 = 0.2;
+/// Normalised Wasserstein at or above this: drift.
+pub const WASSERSTEIN_DRIFT: f64 = 0.1;
+/// KS p-value at or below this: drift.
+pub const KS_P_DRIFT: f64 = 0.05;
+/// Sampled rows read for sample statistics at most (the most recent).
+const MAX_REPORT_SAMPLES: i64 = 100_000;
+
+/// Drift of one input feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FeatureDrift {
+    /// Column name in the baseline.
+    pub name: String,
+    /// Values counted (all traffic).
+    pub count: u64,
+    /// Missing (NaN) values.
+    pub missing: u64,
+    /// Sampled values used by the sample statistics.
+    pub samples: u64,
+    /// Population stability index over the baseline bins.
+    pub psi: Option<f64>,
+    /// Jensen–Shannon distance over the same bins.
+    pub jensen_shannon: Option<f64>,
+    /// Normalised Wasserstein distance (samples vs the baseline's reservoir).
+    pub wasserstein: Option<f64>,
+    /// KS statistic (samples vs reservoir).
+    pub ks_statistic: Option<f64>,
+    /// KS p-value (asymptotic).
+    pub ks_pvalue: Option<f64>,
+    /// `ok`, `warn` (PSI ≥ 0.1) or `drift` (PSI ≥ 0.2).
+    pub status: String,
+    /// Wasserstein ≥ 0.1.
+    pub wasserstein_drift: bool,
+    /// KS p ≤ 0.05.
+    pub ks_drift: bool,
+}
+
+/// Drift of the predicted classes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OutputDrift {
+    /// Output name in the baseline.
+    pub name: String,
+    /// Baseline rows per class.
+    pub reference_counts: Vec<u64>,
+    /// Observed rows per class.
+    pub current_counts: Vec<u64>,
+    /// PSI of the class proportions.
+    pub psi: Option<f64>,
+    /// Jensen–Shannon distance of the class proportions.
+    pub jensen_shannon: Option<f64>,
+    /// Chi-squared statistic (none when a class the baseline never saw occurs: infinite).
+    pub chi2_statistic: Option<f64>,
+    /// Its p-value.
+    pub chi2_pvalue: Option<f64>,
+    /// `ok`, `warn` or `drift` by PSI.
+    pub status: String,
+}
+
+/// Accuracy from feedback labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Accuracy {
+    /// Labels matched to predictions.
+    pub labeled: u64,
+    /// Of those, correct.
+    pub correct: u64,
+    /// correct / labeled.
+    pub accuracy: f64,
+}
+
+/// A drift report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DriftReport {
+    /// Model.
+    pub model: String,
+    /// Version.
+    pub version: u64,
+    /// Device group, when the report is limited to one.
+    pub group: Option<String>,
+    /// Start of the range (Unix seconds).
+    pub from: i64,
+    /// End of the range.
+    pub to: i64,
+    /// Rows counted.
+    pub rows: u64,
+    /// Sampled rows in the range.
+    pub samples: u64,
+    /// Per input feature, in baseline order.
+    pub features: Vec<FeatureDrift>,
+    /// Predicted classes, when the baseline has a class output.
+    pub output: Option<OutputDrift>,
+    /// From feedback, when labels exist.
+    pub accuracy: Option<Accuracy>,
+    /// Features with PSI ≥ 0.2.
+    pub drifted_features: usize,
+    /// Their share of all features.
+    pub drifted_share: f64,
+    /// Whether the version has a baseline at all.
+    pub has_baseline: bool,
+}
+
+/// Merged histograms of a range.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Merged {
+    /// Rows.
+    pub rows: u64,
+    /// Per feature: bin counts, then the missing count.
+    pub features: Vec<Vec<u64>>,
+    /// Rows per predicted class.
+    pub classes: Vec<u64>,
+    /// Labels matched.
+    pub labeled: u64,
+    /// Correct among them.
+    pub correct: u64,
+}
+
+fn finite(v: Option<f64>) -> Option<f64> {
+    v.filter(|x| x.is_finite())
+}
+
+fn status(psi: Option<f64>) -> String {
+    match psi {
+        Some(p) if p >= PSI_DRIFT => "drift",
+        Some(p) if p >= PSI_WARN => "warn",
+        Some(_) => "ok",
+        None => "no_data",
+    }
+    .into()
+}
+
+/// PSI per feature of `merged` against `baseline` (None where either side is empty).
+pub fn feature_psi(baseline: &BaselineProfile, merged: &Merged) -> Vec<Option<f64>> {
+    baseline
+        .features
+        .iter()
+        .enumerate()
+        .map(|(j, f)| {
+            let counts = merged.features.get(j)?;
+            let bins = counts.get(..f.counts.len())?;
+            drift::psi(&f.counts, bins)
+        })
+        .collect()
+}
+
+/// Reference class counts, indexed by class number, from the baseline's first class output.
+fn reference_classes(baseline: &BaselineProfile) -> Option<(String, Vec<u64>)> {
+    baseline.outputs.iter().find_map(|o| match o {
+        OutputProfile::Classes { name, classes } => {
+            let mut counts = Vec::new();
+            for (label, n) in classes {
+                let ix = label.parse::<f64>().ok().filter(|v| *v >= 0.0 && v.fract() == 0.0)? as usize;
+                if counts.len() <= ix {
+                    counts.resize(ix + 1, 0);
+                }
+                counts[ix] += n;
+            }
+            Some((name.clone(), counts))
+        }
+        OutputProfile::Numeric(_) => None,
+    })
+}
+
+/// Builds a report from merged counts and sampled rows (`samples[j]` = values of feature j).
+pub fn compute(
+    baseline: &BaselineProfile,
+    merged: &Merged,
+    samples: &[Vec<f64>],
+) -> (Vec<FeatureDrift>, Option<OutputDrift>) {
+    let psis = feature_psi(baseline, merged);
+    let features = baseline
+        .features
+        .iter()
+        .enumerate()
+        .map(|(j, f)| {
+            let counts = merged.features.get(j).cloned().unwrap_or_default();
+            let bins = counts.get(..f.counts.len()).unwrap_or(&[]);
+            let reference: Vec<f64> = baseline.sample.rows.iter().filter_map(|r| r.get(j).copied()).collect();
+            let current = samples.get(j).map(Vec::as_slice).unwrap_or(&[]);
+            let ks = drift::ks_2samp(&reference, current);
+            let wasserstein = finite(drift::wasserstein_normed(&reference, current));
+            FeatureDrift {
+                name: f.name.clone(),
+                count: bins.iter().sum(),
+                missing: counts.get(f.counts.len()).copied().unwrap_or(0),
+                samples: current.len() as u64,
+                psi: finite(psis[j]),
+                jensen_shannon: finite(drift::jensen_shannon(&f.counts, bins)),
+                wasserstein,
+                ks_statistic: ks.map(|k| k.statistic),
+                ks_pvalue: ks.map(|k| k.pvalue),
+                status: status(psis[j]),
+                wasserstein_drift: wasserstein.is_some_and(|w| w >= WASSERSTEIN_DRIFT),
+                ks_drift: ks.is_some_and(|k| k.pvalue <= KS_P_DRIFT),
+            }
+        })
+        .collect();
+    let output = reference_classes(baseline).map(|(name, mut reference)| {
+        let mut current = merged.classes.clone();
+        let len = reference.len().max(current.len());
+        reference.resize(len, 0);
+        current.resize(len, 0);
+        let psi = finite(drift::psi(&reference, &current));
+        let chi = drift::chi_square(&reference, &current);
+        OutputDrift {
+            name,
+            psi,
+            jensen_shannon: finite(drift::jensen_shannon(&reference, &current)),
+            chi2_statistic: finite(chi.map(|c| c.statistic)),
+            chi2_pvalue: chi.map(|c| c.pvalue),
+            status: status(psi),
+            reference_counts: reference,
+            current_counts: current,
+        }
+    });
+    (features, output)
+}
+
+/// The baseline stored with a version (None when it was pushed without reference data).
+pub fn baseline(conn: &Connection, model: &str, version: u64) -> Result<Option<BaselineProfile>, TelemetryError> {
+    let manifest: Option<String> = conn
+        .query_row(
+            "SELECT v.manifest FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?1 AND v.version = ?2",
+            params![model, version as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let manifest = manifest.ok_or_else(|| TelemetryError::NotFound(format!("no version {model}:{version}")))?;
+    Ok(BundleManifest::from_bytes(manifest.as_bytes()).ok().and_then(|m| m.baseline))
+}
+
+/// Window rows of a version from `from` (window starts) to `to`, optionally one group, merged.
+pub fn merged(
+    conn: &Connection,
+    model: &str,
+    version: u64,
+    group: Option<&str>,
+    from: i64,
+    to: i64,
+) -> Result<Merged, TelemetryError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT rows, features, output_classes, labeled, correct FROM telemetry_windows
+         WHERE model = ?1 AND version = ?2 AND (?3 IS NULL OR device_group = ?3) AND window_start >= ?4 AND window_start < ?5",
+    )?;
+    let mut out = Merged::default();
+    let rows = stmt.query_map(params![model, version as i64, group, from, to], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (n, features, classes, labeled, correct) = row?;
+        out.rows += n as u64;
+        out.labeled += labeled as u64;
+        out.correct += correct as u64;
+        let features: Vec<Vec<u64>> = serde_json::from_str(&features).unwrap_or_default();
+        if out.features.len() < features.len() {
+            out.features.resize(features.len(), Vec::new());
+        }
+        for (into, f) in out.features.iter_mut().zip(&features) {
+            drift::add_counts(into, f);
+        }
+        drift::add_counts(&mut out.classes, &serde_json::from_str::<Vec<u64>>(&classes).unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// Sampled input rows of a version in `[from, to)` (seconds), most recent first, capped.
+pub fn sample_rows(
+    conn: &Connection,
+    model: &str,
+    version: u64,
+    group: Option<&str>,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Vec<f64>>, TelemetryError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT inputs FROM telemetry_samples
+         WHERE model = ?1 AND version = ?2 AND (?3 IS NULL OR device_group = ?3) AND at_ms >= ?4 AND at_ms < ?5
+         ORDER BY at_ms DESC, id DESC LIMIT ?6",
+    )?;
+    let rows = stmt
+        .query_map(params![model, version as i64, group, from * 1000, to * 1000, MAX_REPORT_SAMPLES], |r| {
+            r.get::<_, String>(0)
+        })?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(serde_json::from_str::<Vec<f64>>(&row?).unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// Columns of `rows` (`width` of them).
+pub fn columns(rows: &[Vec<f64>], width: usize) -> Vec<Vec<f64>> {
+    (0..width).map(|j| rows.iter().filter_map(|r| r.get(j).copied()).collect()).collect()
+}
+
+impl Telemetry {
+    /// The drift report of `model` at `version` (else the latest version with telemetry, else
+    /// the latest version) over the last `window_secs`, optionally for one device group.
+    pub async fn report(
+        &self,
+        model: String,
+        version: Option<String>,
+        window_secs: Option<u64>,
+        group: Option<String>,
+    ) -> Result<DriftReport, TelemetryError> {
+        let span = window_secs.unwrap_or(self.config.window_secs) as i64;
+        if span <= 0 {
+            return Err(TelemetryError::BadRequest("the window must be above 0 seconds".into()));
+        }
+        self.db
+            .call(move |conn| -> Result<DriftReport, TelemetryError> {
+                let version = resolve(conn, &model, version.as_deref())?;
+                let to = crate::db::now() + 1;
+                let from = to - 1 - span;
+                let baseline = baseline(conn, &model, version)?;
+                let merged = merged(conn, &model, version, group.as_deref(), from, to)?;
+                let rows = sample_rows(conn, &model, version, group.as_deref(), from, to)?;
+                let (features, output) = match &baseline {
+                    Some(b) => compute(b, &merged, &columns(&rows, b.features.len())),
+                    None => (Vec::new(), None),
+                };
+                let drifted = features.iter().filter(|f| f.status == "drift").count();
+                Ok(DriftReport {
+                    model,
+                    version,
+                    group,
+                    from,
+                    to,
+                    rows: merged.rows,
+                    samples: rows.len() as u64,
+                    drifted_share: if features.is_empty() { 0.0 } else { drifted as f64 / features.len() as f64 },
+                    drifted_features: drifted,
+                    features,
+                    output,
+                    accuracy: (merged.labeled > 0).then(|| Accuracy {
+                        labeled: merged.labeled,
+                        correct: merged.correct,
+                        accuracy: merged.correct as f64 / merged.labeled as f64,
+                    }),
+                    has_baseline: baseline.is_some(),
+                })
+            })
+            .await
+    }
+}
+
+/// A version number or alias; none: the latest version with telemetry, else the latest.
+fn resolve(conn: &Connection, model: &str, version: Option<&str>) -> Result<u64, TelemetryError> {
+    let registry = |e: RegistryError| match e {
+        RegistryError::NotFound(m) => TelemetryError::NotFound(m),
+        RegistryError::Db(d) => TelemetryError::Db(d),
+        other => TelemetryError::BadRequest(other.to_string()),
+    };
+    if let Some(v) = version {
+        return resolve_version(conn, model, v).map(|(_, v)| v).map_err(registry);
+    }
+    let with_data: Option<i64> = conn
+        .query_row("SELECT MAX(version) FROM telemetry_windows WHERE model = ?1", params![model], |r| r.get(0))
+        .optional()?
+        .flatten();
+    match with_data {
+        Some(v) => Ok(v as u64),
+        None => resolve_version(conn, model, "latest")
+            .or_else(|_| {
+                let v: Option<i64> = conn
+                    .query_row(
+                        "SELECT MAX(v.version) FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?1",
+                        params![model],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(|e| RegistryError::Db(e.into()))?
+                    .flatten();
+                v.map(|v| (0, v as u64)).ok_or_else(|| RegistryError::NotFound(format!("unknown model {model:?}")))
+            })
+            .map(|(_, v)| v)
+            .map_err(registry),
+    }
+}

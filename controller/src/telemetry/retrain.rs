@@ -1,0 +1,518 @@
+//! Retraining triggers: per-model policies judged over closed windows; a trigger writes a
+//! dataset snapshot of the version's sampled rows (CSV with a header, plus a manifest with the
+//! row count, time range and the sha256 of each file) and delivers it by webhook (HMAC-signed,
+//! retried with exponential backoff) and/or a command. One request per model version.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hmac::{KeyInit as _, Mac as _};
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use super::report::{self, Merged};
+use super::{Telemetry, TelemetryError};
+use crate::db::now;
+
+/// `kind` of a snapshot manifest.
+pub const SNAPSHOT_KIND: &str = "edgefleet.snapshot/v1";
+/// The data file of a snapshot.
+pub const DATA_FILE: &str = "data.csv";
+/// The manifest of a snapshot.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// Header carrying the webhook body's HMAC.
+pub const SIGNATURE_HEADER: &str = "x-edgefleet-signature";
+
+/// When a model version is due for retraining.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Judge this model at all.
+    pub enabled: bool,
+    /// A feature drifts at PSI ≥ this.
+    pub psi: f64,
+    /// Share of features that must drift in a window.
+    pub feature_share: f64,
+    /// Consecutive drifting windows needed.
+    pub windows: u32,
+    /// Rows a window needs to be judged.
+    pub min_rows: u64,
+    /// Accuracy drop (0.05 = 5 points) below the version's earlier windows that triggers.
+    pub accuracy_drop: f64,
+    /// Labels needed in the window, and before it, to judge accuracy.
+    pub min_labels: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            enabled: true,
+            psi: 0.2,
+            feature_share: 0.3,
+            windows: 3,
+            min_rows: 100,
+            accuracy_drop: 0.05,
+            min_labels: 30,
+        }
+    }
+}
+
+impl Policy {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.psi.is_nan() || self.psi <= 0.0 || !(0.0..=1.0).contains(&self.feature_share) || self.windows == 0 {
+            return Err("retrain policy: psi must be above 0, feature_share in [0, 1], windows at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.accuracy_drop) {
+            return Err("retrain policy: accuracy_drop must be in [0, 1]".into());
+        }
+        Ok(())
+    }
+}
+
+/// A retrain request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RetrainRequest {
+    /// Id.
+    pub id: u64,
+    /// Model.
+    pub model: String,
+    /// The version that drifted.
+    pub version: u64,
+    /// Why it was triggered.
+    pub reason: String,
+    /// When (Unix seconds).
+    pub created_at: i64,
+    /// Sampled rows in the snapshot.
+    pub rows: u64,
+    /// SHA-256 of the snapshot's data file: push the retrained model with `--dataset-hash`.
+    pub dataset_sha256: String,
+    /// Where the snapshot is on the controller.
+    pub snapshot_dir: String,
+    /// The snapshot manifest.
+    #[schema(value_type = Object)]
+    pub manifest: Value,
+    /// Delivery state: webhook and command.
+    #[schema(value_type = Object)]
+    pub delivery: Value,
+    /// Versions pushed with this snapshot's dataset hash (lineage).
+    pub trained_versions: Vec<u64>,
+}
+
+impl Telemetry {
+    /// A model's policy (its own, else the default).
+    pub async fn policy(&self, model: String) -> Result<Policy, TelemetryError> {
+        let default = self.retrain.policy.clone();
+        self.db.call(move |conn| policy_of(conn, &model, &default)).await
+    }
+
+    /// Sets a model's policy.
+    pub async fn set_policy(&self, model: String, policy: Policy, actor: String) -> Result<Policy, TelemetryError> {
+        policy.validate().map_err(TelemetryError::BadRequest)?;
+        self.db
+            .call(move |conn| -> Result<Policy, TelemetryError> {
+                let exists: Option<i64> =
+                    conn.query_row("SELECT id FROM models WHERE name = ?1", params![model], |r| r.get(0)).optional()?;
+                if exists.is_none() {
+                    return Err(TelemetryError::NotFound(format!("unknown model {model:?}")));
+                }
+                let text = serde_json::to_string(&policy).unwrap_or_default();
+                conn.execute(
+                    "INSERT INTO retrain_policies (model, policy) VALUES (?1, ?2)
+                     ON CONFLICT(model) DO UPDATE SET policy = excluded.policy",
+                    params![model, text],
+                )?;
+                crate::db::audit(
+                    conn,
+                    &actor,
+                    "retrain.policy",
+                    &model,
+                    serde_json::to_value(&policy).unwrap_or_default(),
+                )?;
+                Ok(policy)
+            })
+            .await
+    }
+
+    /// Retrain requests, newest first, optionally of one model.
+    pub async fn requests(&self, model: Option<String>) -> Result<Vec<RetrainRequest>, TelemetryError> {
+        self.db
+            .call(move |conn| -> Result<Vec<RetrainRequest>, TelemetryError> {
+                let ids: Vec<i64> = conn
+                    .prepare("SELECT id FROM retrain_requests WHERE (?1 IS NULL OR model = ?1) ORDER BY id DESC")?
+                    .query_map(params![model], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                ids.into_iter().map(|id| load(conn, id as u64)).collect()
+            })
+            .await
+    }
+
+    /// One retrain request.
+    pub async fn request(&self, id: u64) -> Result<RetrainRequest, TelemetryError> {
+        self.db.call(move |conn| load(conn, id)).await
+    }
+
+    /// A file of a request's snapshot (`data.csv` or `manifest.json`).
+    pub async fn snapshot_file(&self, id: u64, file: String) -> Result<Vec<u8>, TelemetryError> {
+        if file != DATA_FILE && file != MANIFEST_FILE {
+            return Err(TelemetryError::NotFound(format!(
+                "a snapshot has {DATA_FILE} and {MANIFEST_FILE}, not {file:?}"
+            )));
+        }
+        let request = self.request(id).await?;
+        tokio::fs::read(Path::new(&request.snapshot_dir).join(&file))
+            .await
+            .map_err(|e| TelemetryError::Io(format!("snapshot {id} {file}: {e}")))
+    }
+
+    /// Judges every model version with recent telemetry against its policy; returns the
+    /// requests created (their delivery runs in the background).
+    pub async fn evaluate(&self) -> Result<Vec<RetrainRequest>, TelemetryError> {
+        let (default, window, dir) =
+            (self.retrain.policy.clone(), self.config.window_secs as i64, self.snapshots.clone());
+        let settle = self.config.settle_secs as i64;
+        let created = self
+            .db
+            .call(move |conn| -> Result<Vec<RetrainRequest>, TelemetryError> {
+                // The end of the last window that closed and settled.
+                let current = (now() - settle) / window * window;
+                let candidates: Vec<(String, i64)> = conn
+                    .prepare(
+                        "SELECT DISTINCT w.model, w.version FROM telemetry_windows w
+                         WHERE w.window_start >= ?1 AND NOT EXISTS (
+                            SELECT 1 FROM retrain_requests r WHERE r.model = w.model AND r.version = w.version)",
+                    )?
+                    .query_map(params![current - 64 * window], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut created = Vec::new();
+                for (model, version) in candidates {
+                    let policy = policy_of(conn, &model, &default)?;
+                    if !policy.enabled {
+                        continue;
+                    }
+                    if let Some(reason) = judge(conn, &model, version as u64, &policy, current, window)? {
+                        let request = create(conn, &dir, &model, version as u64, &reason, current)?;
+                        tracing::warn!(model, version, id = request.id, rows = request.rows, %reason, "Retraining triggered.");
+                        created.push(request);
+                    }
+                }
+                Ok(created)
+            })
+            .await?;
+        for request in &created {
+            metrics::counter!("edgefleet_controller_retrain_requests_total").increment(1);
+            tokio::spawn(self.clone().deliver(request.clone()));
+        }
+        Ok(created)
+    }
+
+    /// Delivers a request by webhook and command, recording the outcome.
+    async fn deliver(self, request: RetrainRequest) {
+        let mut delivery = json!({ "webhook": {"state": "none"}, "command": {"state": "none"} });
+        if let (Some(url), Some(secret_file)) = (&self.retrain.webhook_url, &self.retrain.webhook_secret_file) {
+            delivery["webhook"] = self.post_webhook(url, secret_file, &request).await;
+            self.record_delivery(request.id, delivery.clone()).await;
+        }
+        if let Some(command) = &self.retrain.command {
+            delivery["command"] = run_command(command, &request).await;
+            self.record_delivery(request.id, delivery).await;
+        }
+    }
+
+    async fn record_delivery(&self, id: u64, delivery: Value) {
+        let text = delivery.to_string();
+        let result = self
+            .db
+            .call(move |conn| -> Result<usize, TelemetryError> {
+                Ok(conn.execute("UPDATE retrain_requests SET delivery = ?1 WHERE id = ?2", params![text, id as i64])?)
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(id, error = %e, "Cannot record a retrain delivery.");
+        }
+    }
+
+    async fn post_webhook(&self, url: &str, secret_file: &Path, request: &RetrainRequest) -> Value {
+        let secret = match tokio::fs::read(secret_file).await {
+            Ok(s) => s.trim_ascii().to_vec(),
+            Err(e) => {
+                return json!({"state": "failed", "attempts": 0, "error": format!("{}: {e}", secret_file.display())});
+            }
+        };
+        let body = serde_json::to_vec(&json!({"event": "retrain.requested", "request": request})).unwrap_or_default();
+        let signature = format!("sha256={}", hmac_hex(&secret, &body));
+        let mut delay = Duration::from_secs(1);
+        let attempts = self.retrain.webhook_attempts.max(1);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            let sent = self
+                .http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(SIGNATURE_HEADER, &signature)
+                .header("x-edgefleet-event", "retrain.requested")
+                .header("x-edgefleet-delivery", request.id.to_string())
+                .body(body.clone())
+                .send()
+                .await;
+            let retry = match sent {
+                Ok(r) if r.status().is_success() => {
+                    metrics::counter!("edgefleet_controller_webhook_deliveries_total", "result" => "delivered")
+                        .increment(1);
+                    return json!({"state": "delivered", "attempts": attempt, "status": r.status().as_u16()});
+                }
+                Ok(r) => {
+                    last = format!("HTTP {}", r.status());
+                    r.status().as_u16() == 429 || r.status().is_server_error()
+                }
+                Err(e) => {
+                    last = edgefleet_shared::tls::error_chain(&e);
+                    true
+                }
+            };
+            metrics::counter!("edgefleet_controller_webhook_deliveries_total", "result" => "retry").increment(1);
+            tracing::warn!(id = request.id, attempt, error = %last, "Retrain webhook delivery failed.");
+            if !retry || attempt == attempts {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(300));
+        }
+        metrics::counter!("edgefleet_controller_webhook_deliveries_total", "result" => "failed").increment(1);
+        json!({"state": "failed", "attempts": attempts, "error": last})
+    }
+}
+
+/// Hex HMAC-SHA256 of `body` under `secret`.
+pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+async fn run_command(command: &str, request: &RetrainRequest) -> Value {
+    let dir = PathBuf::from(&request.snapshot_dir);
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("EDGEFLEET_RETRAIN_ID", request.id.to_string())
+        .env("EDGEFLEET_MODEL", &request.model)
+        .env("EDGEFLEET_MODEL_VERSION", request.version.to_string())
+        .env("EDGEFLEET_SNAPSHOT_DIR", &dir)
+        .env("EDGEFLEET_SNAPSHOT_DATA", dir.join(DATA_FILE))
+        .env("EDGEFLEET_SNAPSHOT_MANIFEST", dir.join(MANIFEST_FILE))
+        .env("EDGEFLEET_DATASET_SHA256", &request.dataset_sha256)
+        .output()
+        .await;
+    match output {
+        Ok(o) => {
+            let tail = |b: &[u8]| String::from_utf8_lossy(&b[b.len().saturating_sub(2000)..]).into_owned();
+            let state = if o.status.success() { "succeeded" } else { "failed" };
+            json!({"state": state, "exit_code": o.status.code(), "stdout": tail(&o.stdout), "stderr": tail(&o.stderr)})
+        }
+        Err(e) => json!({"state": "failed", "error": format!("cannot run sh: {e}")}),
+    }
+}
+
+fn policy_of(conn: &Connection, model: &str, default: &Policy) -> Result<Policy, TelemetryError> {
+    let text: Option<String> = conn
+        .query_row("SELECT policy FROM retrain_policies WHERE model = ?1", params![model], |r| r.get(0))
+        .optional()?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| default.clone()))
+}
+
+/// Why `model:version` is due, if it is: drift in the last `policy.windows` closed windows, or
+/// an accuracy drop in the last closed window with enough labels.
+fn judge(
+    conn: &Connection,
+    model: &str,
+    version: u64,
+    policy: &Policy,
+    current: i64,
+    window: i64,
+) -> Result<Option<String>, TelemetryError> {
+    let baseline = report::baseline(conn, model, version)?;
+    if let Some(baseline) = baseline.as_ref().filter(|b| !b.features.is_empty()) {
+        let mut drifting = 0;
+        let mut worst = 0usize;
+        for k in 1..=i64::from(policy.windows) {
+            let start = current - k * window;
+            let merged = report::merged(conn, model, version, None, start, start + window)?;
+            if merged.rows < policy.min_rows {
+                break;
+            }
+            let drifted =
+                report::feature_psi(baseline, &merged).iter().filter(|p| p.is_some_and(|p| p >= policy.psi)).count();
+            if (drifted as f64) < policy.feature_share * baseline.features.len() as f64 || drifted == 0 {
+                break;
+            }
+            worst = worst.max(drifted);
+            drifting += 1;
+        }
+        if drifting == policy.windows {
+            return Ok(Some(format!(
+                "PSI >= {} on at least {:.0}% of the features (up to {worst} of {}) in {} consecutive windows of {window} s",
+                policy.psi,
+                policy.feature_share * 100.0,
+                baseline.features.len(),
+                policy.windows
+            )));
+        }
+    }
+    let last = report::merged(conn, model, version, None, current - window, current)?;
+    let before = report::merged(conn, model, version, None, 0, current - window)?;
+    let accuracy = |m: &Merged| m.correct as f64 / m.labeled as f64;
+    if last.labeled >= policy.min_labels && before.labeled >= policy.min_labels {
+        let drop = accuracy(&before) - accuracy(&last);
+        if drop >= policy.accuracy_drop {
+            return Ok(Some(format!(
+                "accuracy fell {:.1} points ({:.3} -> {:.3}; {} labels in the last window)",
+                drop * 100.0,
+                accuracy(&before),
+                accuracy(&last),
+                last.labeled
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes the snapshot of `model:version`'s sampled rows from before `until` (Unix seconds: the
+/// end of the last settled window) and records the request.
+fn create(
+    conn: &Connection,
+    dir: &Path,
+    model: &str,
+    version: u64,
+    reason: &str,
+    until: i64,
+) -> Result<RetrainRequest, TelemetryError> {
+    let io = |e: std::io::Error| TelemetryError::Io(format!("cannot write the dataset snapshot: {e}"));
+    let id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM retrain_requests", [], |r| r.get(0))?;
+    let baseline = report::baseline(conn, model, version)?;
+    let mut stmt = conn.prepare(
+        "SELECT inputs, predicted, label, device_id, request_id, at_ms FROM telemetry_samples
+         WHERE model = ?1 AND version = ?2 AND at_ms < ?3 ORDER BY at_ms, id",
+    )?;
+    type Row = (String, Option<i64>, Option<i64>, String, Option<String>, i64);
+    let rows: Vec<Row> = stmt
+        .query_map(params![model, version as i64, until * 1000], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let width = rows.first().map_or(0, |r| serde_json::from_str::<Vec<f64>>(&r.0).map_or(0, |v| v.len()));
+    let mut header: Vec<String> = match &baseline {
+        Some(b) if b.features.len() == width => b.features.iter().map(|f| f.name.clone()).collect(),
+        _ => (0..width).map(|i| format!("x{i}")).collect(),
+    };
+    header.extend(["predicted", "label", "device_id", "request_id", "at_ms"].map(String::from));
+    let snapshot = dir.join(model).join(id.to_string());
+    std::fs::create_dir_all(&snapshot).map_err(io)?;
+    let mut writer = csv::Writer::from_path(snapshot.join(DATA_FILE)).map_err(|e| TelemetryError::Io(e.to_string()))?;
+    writer.write_record(&header).map_err(|e| TelemetryError::Io(e.to_string()))?;
+    for (inputs, predicted, label, device, request, at) in &rows {
+        let values: Vec<f64> = serde_json::from_str(inputs).unwrap_or_default();
+        let mut record: Vec<String> = values.iter().map(f64::to_string).collect();
+        record.resize(width, String::new());
+        let opt = |v: &Option<i64>| v.map(|x| x.to_string()).unwrap_or_default();
+        record.extend([
+            opt(predicted),
+            opt(label),
+            device.clone(),
+            request.clone().unwrap_or_default(),
+            at.to_string(),
+        ]);
+        writer.write_record(&record).map_err(|e| TelemetryError::Io(e.to_string()))?;
+    }
+    writer.flush().map_err(io)?;
+    drop(writer);
+    let data = std::fs::read(snapshot.join(DATA_FILE)).map_err(io)?;
+    let sha = hex::encode(Sha256::digest(&data));
+    let manifest = json!({
+        "kind": SNAPSHOT_KIND,
+        "id": id,
+        "model": model,
+        "version": version,
+        "reason": reason,
+        "created_at": now(),
+        "rows": rows.len(),
+        "columns": header,
+        "time_range": {"from_ms": rows.first().map(|r| r.5), "to_ms": rows.last().map(|r| r.5), "until_ms": until * 1000},
+        "files": [{"path": DATA_FILE, "sha256": sha, "bytes": data.len()}],
+        "dataset_sha256": sha,
+    });
+    std::fs::write(snapshot.join(MANIFEST_FILE), serde_json::to_vec_pretty(&manifest).unwrap_or_default())
+        .map_err(io)?;
+    let delivery = json!({"webhook": {"state": "pending"}, "command": {"state": "pending"}});
+    conn.execute(
+        "INSERT INTO retrain_requests (id, model, version, reason, created_at, snapshot_dir, dataset_sha256, rows, manifest, delivery)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            id,
+            model,
+            version as i64,
+            reason,
+            now(),
+            snapshot.display().to_string(),
+            sha,
+            rows.len() as i64,
+            manifest.to_string(),
+            delivery.to_string()
+        ],
+    )?;
+    crate::db::audit(
+        conn,
+        "controller",
+        "retrain.request",
+        &format!("{model}:{version}"),
+        json!({"id": id, "reason": reason, "dataset_sha256": sha}),
+    )?;
+    load(conn, id as u64)
+}
+
+fn load(conn: &Connection, id: u64) -> Result<RetrainRequest, TelemetryError> {
+    let row = conn
+        .query_row(
+            "SELECT model, version, reason, created_at, snapshot_dir, dataset_sha256, rows, manifest, delivery
+             FROM retrain_requests WHERE id = ?1",
+            params![id as i64],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                ))
+            },
+        )
+        .optional()?
+        .ok_or_else(|| TelemetryError::NotFound(format!("no retrain request {id}")))?;
+    let (model, version, reason, created_at, snapshot_dir, dataset_sha256, rows, manifest, delivery) = row;
+    let trained_versions = conn
+        .prepare(
+            "SELECT v.version FROM versions v JOIN models m ON m.id = v.model_id
+             WHERE m.name = ?1 AND v.dataset_sha256 = ?2 ORDER BY v.version",
+        )?
+        .query_map(params![model, dataset_sha256], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+        .collect::<Result<_, _>>()?;
+    Ok(RetrainRequest {
+        id,
+        model,
+        version: version as u64,
+        reason,
+        created_at,
+        rows: rows as u64,
+        dataset_sha256,
+        snapshot_dir,
+        manifest: serde_json::from_str(&manifest).unwrap_or_default(),
+        delivery: serde_json::from_str(&delivery).unwrap_or_default(),
+        trained_versions,
+    })
+}

@@ -1,0 +1,91 @@
+//! A device cannot speak for another: telemetry frames published straight to the broker are
+//! refused and counted when signed by another device's key, naming another device, replayed,
+//! or malformed; a frame signed by the device itself is stored once.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::controller::ControllerProcess;
+use common::telemetry::{agent_config, fleet};
+use common::{metric, until};
+use edgefleet_shared::keys::FileKey;
+use edgefleet_shared::telemetry::{ModelTelemetry, TELEMETRY_KIND, TelemetryBatch};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+fn batch(device: &str, sequence: u64) -> TelemetryBatch {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    TelemetryBatch {
+        kind: TELEMETRY_KIND.into(),
+        device: device.into(),
+        sequence,
+        start: now - 1,
+        end: now,
+        models: vec![ModelTelemetry {
+            model: "iris".into(),
+            version: 1,
+            rows: 5,
+            features: Vec::new(),
+            output_classes: vec![5],
+            samples: Vec::new(),
+            feedback: Vec::new(),
+            labeled: 0,
+            correct: 0,
+        }],
+        samples_capped: 0,
+    }
+}
+
+async fn refused(http: &reqwest::Client, c: &ControllerProcess, class: &str) -> f64 {
+    let text = http.get(c.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    metric(&text, &format!("edgefleet_controller_telemetry_batches_total{{result=\"{class}\"}}")).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_and_malformed_batches_are_refused_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let listen = format!("127.0.0.1:{port}");
+    let c = ControllerProcess::start_with(&dir.path().join("controller"), &["--mqtt-listen", &listen]);
+    let http = reqwest::Client::new();
+    let conf = agent_config(dir.path(), 1 << 20);
+    let agents = fleet(&c, dir.path(), &[conf.clone(), conf], &http).await;
+    let key_a = FileKey::load(&agents[0].1.join("device.key")).expect("key A");
+    let key_b = FileKey::load(&agents[1].1.join("device.key")).expect("key B");
+    let id_a = edgefleet_shared::fleet::device_id(&edgefleet_shared::keys::Signer::public_key(&key_a));
+    let id_b = edgefleet_shared::fleet::device_id(&edgefleet_shared::keys::Signer::public_key(&key_b));
+
+    let mut options = MqttOptions::new("intruder", "127.0.0.1", port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(options, 16);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let topic = |device: &str| format!("edgefleet/v1/devices/{device}/telemetry");
+    let publish = async |device: &str, frame: Vec<u8>| {
+        client.publish(topic(device), QoS::AtLeastOnce, false, frame).await.expect("publish");
+    };
+
+    // B signs a batch naming A, on A's topic: the signature does not verify with A's key.
+    publish(&id_a, batch(&id_a, 1_000_000).encode(&key_b)).await;
+    until("forged batch refused", 30, async || refused(&http, &c, "signature").await >= 1.0).await;
+    // A signs a batch naming B, on A's topic: A cannot speak for B.
+    publish(&id_a, batch(&id_b, 1_000_001).encode(&key_a)).await;
+    until("wrong-device batch refused", 30, async || refused(&http, &c, "wrong_device").await >= 1.0).await;
+    // Garbage.
+    publish(&id_a, b"EFT1 not a frame".to_vec()).await;
+    until("malformed batch refused", 30, async || refused(&http, &c, "malformed").await >= 1.0).await;
+    // An unknown device.
+    publish("not-enrolled", batch("not-enrolled", 1).encode(&key_a)).await;
+    until("unknown device refused", 30, async || refused(&http, &c, "unknown_device").await >= 1.0).await;
+
+    // A's own batch is stored; the same frame again is a replay.
+    let own = batch(&id_a, 2_000_000).encode(&key_a);
+    let accepted_before = refused(&http, &c, "accepted").await;
+    publish(&id_a, own.clone()).await;
+    until("own batch accepted", 30, async || refused(&http, &c, "accepted").await >= accepted_before + 1.0).await;
+    publish(&id_a, own).await;
+    until("replay refused", 30, async || refused(&http, &c, "duplicate").await >= 1.0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = c.cli_json(&["drift", "report", "iris:1", "--window", "1h"]);
+    assert_eq!(report["output"]["current_counts"][0].as_u64(), Some(5), "the accepted batch counted once: {report}");
+}
