@@ -19,6 +19,7 @@
 //! - [`serve`]: start-up (data dir, key, bootstrap token) and the server loop.
 //! - [`store`]: the content-addressed, compressed artifact store.
 //! - [`telemetry`]: telemetry ingest, drift reports, retraining policies, snapshots, webhooks.
+//! - [`trainer`]: the bundled retraining step (logistic regression on a snapshot → ONNX).
 //! - [`validate`]: model validation, golden self-test, baseline and output profiles.
 
 pub mod api;
@@ -34,6 +35,7 @@ pub mod rollout;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod trainer;
 pub mod validate;
 
 /// Controller start-up and top-level failures.

@@ -97,6 +97,13 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, path)).await
     }
 
+    /// `GET path` as raw bytes.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, CliError> {
+        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        let bytes = resp.bytes().await.map_err(|source| CliError::Unreachable { url: self.base.clone(), source })?;
+        Ok(bytes.to_vec())
+    }
+
     /// `POST path` with a JSON body.
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.json(self.request(reqwest::Method::POST, path).json(body)).await

@@ -4,6 +4,7 @@
 //! arguments, 69 the controller cannot be reached.
 
 mod client;
+pub mod demo;
 mod output;
 
 use std::path::PathBuf;
@@ -77,6 +78,10 @@ pub enum Command {
     /// Retraining requests, their dataset snapshots, and per-model policies.
     #[command(subcommand)]
     Retrain(RetrainCommand),
+    /// The whole loop on embedded defaults: controller, agents, rollout, traffic, drift,
+    /// retrain request, retraining, canary (needs edgefleet-controller and edgefleet-agent
+    /// beside this binary).
+    Demo(demo::DemoArgs),
     /// The audit log, newest first.
     Audit {
         /// How many records.
@@ -339,6 +344,9 @@ async fn rollout_action(client: &Client, out: Output, id: i64, action: &str) -> 
 
 /// Runs a parsed command, writing results to stdout.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Demo(args) = cli.command {
+        return demo::run(args).await;
+    }
     let (host, tls) = edgefleet_shared::tls::http_url_host(&cli.controller).map_err(CliError::Usage)?;
     if !tls {
         let what = format!("the controller URL {}", cli.controller);
@@ -458,6 +466,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             output::object(out, &policy);
         }
+        Command::Demo(_) => unreachable!("handled before connecting"),
         Command::Audit { limit } => {
             output::audit(out, &client.get_json(&format!("/api/v1/audit?limit={limit}")).await?)
         }
