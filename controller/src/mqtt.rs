@@ -16,11 +16,17 @@ use std::time::{Duration, Instant};
 use edgefleet_shared::fleet::{DeviceStatus, parse_mqtt_url, topics};
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::tls::ClientConfig;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
 
 use crate::Error;
 use crate::fleet::Fleet;
 use crate::telemetry::Telemetry;
+
+/// Messages waiting for the worker beyond which QoS 0 status reports are dropped (counted).
+const MAX_BACKLOG: usize = 50_000;
 
 /// Largest MQTT packet either side sends or accepts.
 pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
@@ -154,6 +160,25 @@ impl Mqtt {
         let (client, mut events) = AsyncClient::new(options, 1_000);
         let mqtt = Mqtt { client, prefix: prefix.to_owned() };
         let this = mqtt.clone();
+        let fleet_worker = fleet.clone();
+        // The poll loop only moves packets: handling (database writes) runs in a worker and
+        // re-publishing in its own task, so acknowledgements keep flowing while they work.
+        let (work, mut queue) = mpsc::unbounded_channel::<Publish>();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let (worker, depth) = (mqtt.clone(), backlog.clone());
+        tokio::spawn(async move {
+            while let Some(p) = queue.recv().await {
+                match worker.telemetry_device(&p.topic) {
+                    Some(device) => worker.on_telemetry(&telemetry, device, p.payload.to_vec()).await,
+                    None => worker.on_status(&fleet_worker, &p.topic, &p.payload).await,
+                }
+                if let Err(e) = worker.client.ack(&p).await {
+                    tracing::warn!(error = %e, "Cannot acknowledge an MQTT message.");
+                }
+                metrics::gauge!("edgefleet_controller_mqtt_backlog_messages")
+                    .set(depth.fetch_sub(1, Ordering::Relaxed) as f64 - 1.0);
+            }
+        });
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -161,20 +186,25 @@ impl Mqtt {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff = Duration::from_millis(100);
                         tracing::info!("Connected to the MQTT broker.");
-                        for filter in [topics::status(&this.prefix, "+"), topics::telemetry(&this.prefix, "+")] {
-                            if let Err(e) = this.client.subscribe(&filter, QoS::AtLeastOnce).await {
-                                tracing::warn!(%filter, error = %e, "Cannot subscribe.");
+                        let (this, fleet) = (this.clone(), fleet.clone());
+                        tokio::spawn(async move {
+                            for filter in [topics::status(&this.prefix, "+"), topics::telemetry(&this.prefix, "+")] {
+                                if let Err(e) = this.client.subscribe(&filter, QoS::AtLeastOnce).await {
+                                    tracing::warn!(%filter, error = %e, "Cannot subscribe.");
+                                }
                             }
-                        }
-                        this.republish_all(&fleet).await;
+                            this.republish_all(&fleet).await;
+                        });
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        match this.telemetry_device(&p.topic) {
-                            Some(device) => this.on_telemetry(&telemetry, device, p.payload.to_vec()).await,
-                            None => this.on_status(&fleet, &p.topic, &p.payload).await,
+                        // Heartbeats (QoS 0) are shed under overload; QoS 1 waits its turn.
+                        if p.qos == QoS::AtMostOnce && backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+                            metrics::counter!("edgefleet_controller_status_shed_total").increment(1);
+                            continue;
                         }
-                        if let Err(e) = this.client.ack(&p).await {
-                            tracing::warn!(error = %e, "Cannot acknowledge an MQTT message.");
+                        backlog.fetch_add(1, Ordering::Relaxed);
+                        if work.send(p).is_err() {
+                            return;
                         }
                     }
                     Ok(_) => {}
@@ -189,11 +219,13 @@ impl Mqtt {
         Ok(mqtt)
     }
 
-    /// Publishes a device's current document, retained.
+    /// Publishes a device's current document, retained, at QoS 0: every document is published
+    /// again after each (re)connect and devices also poll over HTTP, so the controller's leg
+    /// needs no acknowledgements (with thousands of devices, waiting for them stalled the client
+    /// on packet-id collisions).
     pub async fn publish_desired(&self, device: &str, envelope: &SignedEnvelope) {
         let payload = serde_json::to_vec(envelope).unwrap_or_default();
-        if let Err(e) =
-            self.client.publish(topics::desired(&self.prefix, device), QoS::AtLeastOnce, true, payload).await
+        if let Err(e) = self.client.publish(topics::desired(&self.prefix, device), QoS::AtMostOnce, true, payload).await
         {
             tracing::warn!(%device, error = %e, "Cannot publish the desired state; devices will poll it.");
         }
@@ -243,11 +275,10 @@ impl Mqtt {
         };
         match fleet.verify_device_envelope(device.to_owned(), envelope).await {
             Ok(bytes) => match serde_json::from_slice::<DeviceStatus>(&bytes) {
-                Ok(status) => {
-                    if let Err(e) = fleet.record_status(device.to_owned(), status).await {
-                        tracing::warn!(%device, error = %e, "Cannot record status.");
-                    }
-                }
+                Ok(status) => match fleet.record_status(device.to_owned(), status).await {
+                    Ok(()) => metrics::counter!("edgefleet_controller_status_reports_total").increment(1),
+                    Err(e) => tracing::warn!(%device, error = %e, "Cannot record status."),
+                },
                 Err(_) => metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "malformed")
                     .increment(1),
             },

@@ -27,6 +27,7 @@ fn describe() {
         "Telemetry batches, by result (accepted, duplicate, signature, wrong_device, replay, unknown_device, malformed, error)."
     );
     describe_counter!("edgefleet_controller_telemetry_samples_total", "Sampled rows stored.");
+    describe_counter!("edgefleet_controller_status_reports_total", "Device status reports recorded (MQTT).");
     describe_counter!("edgefleet_controller_telemetry_rows_total", "Rows counted in merged histograms.");
     describe_counter!("edgefleet_controller_retrain_requests_total", "Retrain requests created.");
     describe_counter!(

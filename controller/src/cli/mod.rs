@@ -6,6 +6,7 @@
 mod client;
 pub mod demo;
 mod output;
+pub mod sim;
 
 use std::path::PathBuf;
 
@@ -82,6 +83,8 @@ pub enum Command {
     /// retrain request, retraining, canary (needs edgefleet-controller and edgefleet-agent
     /// beside this binary).
     Demo(demo::DemoArgs),
+    /// Simulated devices (real enrollment, MQTT, status and telemetry; no models) for load tests.
+    Sim(sim::SimArgs),
     /// The audit log, newest first.
     Audit {
         /// How many records.
@@ -467,6 +470,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             output::object(out, &policy);
         }
         Command::Demo(_) => unreachable!("handled before connecting"),
+        Command::Sim(args) => sim::run(&client, &cli.controller, args).await?,
         Command::Audit { limit } => {
             output::audit(out, &client.get_json(&format!("/api/v1/audit?limit={limit}")).await?)
         }

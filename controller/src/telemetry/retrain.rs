@@ -192,7 +192,13 @@ impl Telemetry {
                     if !policy.enabled {
                         continue;
                     }
-                    if let Some(reason) = judge(conn, &model, version as u64, &policy, current, window)? {
+                    let verdict = match judge(conn, &model, version as u64, &policy, current, window) {
+                        // Telemetry of a version the registry does not know (a device that
+                        // serves something else): nothing to judge it against.
+                        Err(TelemetryError::NotFound(_)) => continue,
+                        other => other?,
+                    };
+                    if let Some(reason) = verdict {
                         let request = create(conn, &dir, &model, version as u64, &reason, current)?;
                         tracing::warn!(model, version, id = request.id, rows = request.rows, %reason, "Retraining triggered.");
                         created.push(request);
