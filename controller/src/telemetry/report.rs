@@ -369,34 +369,23 @@ impl Telemetry {
 
 /// A version number or alias; none: the latest version with telemetry, else the latest.
 fn resolve(conn: &Connection, model: &str, version: Option<&str>) -> Result<u64, TelemetryError> {
-    let registry = |e: RegistryError| match e {
-        RegistryError::NotFound(m) => TelemetryError::NotFound(m),
-        RegistryError::Db(d) => TelemetryError::Db(d),
-        other => TelemetryError::BadRequest(other.to_string()),
-    };
     if let Some(v) = version {
-        return resolve_version(conn, model, v).map(|(_, v)| v).map_err(registry);
+        return resolve_version(conn, model, v).map(|(_, v)| v).map_err(|e| match e {
+            RegistryError::NotFound(m) => TelemetryError::NotFound(m),
+            RegistryError::Db(d) => TelemetryError::Db(d),
+            other => TelemetryError::BadRequest(other.to_string()),
+        });
     }
-    let with_data: Option<i64> = conn
-        .query_row("SELECT MAX(version) FROM telemetry_windows WHERE model = ?1", params![model], |r| r.get(0))
-        .optional()?
-        .flatten();
+    let latest = |sql: &str| -> Result<Option<i64>, TelemetryError> {
+        Ok(conn.query_row(sql, params![model], |r| r.get::<_, Option<i64>>(0))?)
+    };
+    let with_data = latest("SELECT MAX(version) FROM telemetry_windows WHERE model = ?1")?;
+    let registered =
+        || latest("SELECT MAX(v.version) FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?1");
     match with_data {
         Some(v) => Ok(v as u64),
-        None => resolve_version(conn, model, "latest")
-            .or_else(|_| {
-                let v: Option<i64> = conn
-                    .query_row(
-                        "SELECT MAX(v.version) FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?1",
-                        params![model],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(|e| RegistryError::Db(e.into()))?
-                    .flatten();
-                v.map(|v| (0, v as u64)).ok_or_else(|| RegistryError::NotFound(format!("unknown model {model:?}")))
-            })
-            .map(|(_, v)| v)
-            .map_err(registry),
+        None => {
+            registered()?.map(|v| v as u64).ok_or_else(|| TelemetryError::NotFound(format!("unknown model {model:?}")))
+        }
     }
 }
