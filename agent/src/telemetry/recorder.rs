@@ -21,6 +21,8 @@ pub struct Caps {
     per_minute: u32,
     per_hour: u32,
     state: Mutex<CapState>,
+    /// Unix second until which a cap is known to be reached: requests skip keeping their inputs.
+    full_until: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -35,7 +37,12 @@ struct CapState {
 impl Caps {
     /// Caps of `per_minute` and `per_hour` samples.
     pub fn new(per_minute: u32, per_hour: u32) -> Self {
-        Caps { per_minute, per_hour, state: Mutex::new(CapState::default()) }
+        Caps { per_minute, per_hour, state: Mutex::new(CapState::default()), full_until: AtomicU64::new(0) }
+    }
+
+    /// Whether a cap is known to be reached at `now` (lock-free; no sample could be taken).
+    pub fn full(&self, now: u64) -> bool {
+        now < self.full_until.load(Ordering::Relaxed)
     }
 
     /// Takes one sample slot at `now` (Unix seconds), or counts it as capped.
@@ -51,6 +58,8 @@ impl Caps {
         }
         if s.minute_count >= self.per_minute || s.hour_count >= self.per_hour {
             s.capped += 1;
+            let until = if s.hour_count >= self.per_hour { (s.hour + 1) * 3600 } else { (s.minute + 1) * 60 };
+            self.full_until.store(until, Ordering::Relaxed);
             return false;
         }
         s.minute_count += 1;
@@ -383,7 +392,10 @@ mod tests {
     fn caps_bound_samples_per_minute() {
         let caps = Caps::new(2, 100);
         assert!(caps.allow(60) && caps.allow(61));
+        assert!(!caps.full(62), "not known to be full before a refusal");
         assert!(!caps.allow(62));
+        assert!(caps.full(62) && caps.full(119), "full for the rest of the minute");
+        assert!(!caps.full(120));
         assert!(caps.allow(120), "a new minute");
         assert_eq!(caps.take_capped(), 1);
         let r = recorder(&TelemetryConfig { sample_rate: 1.0, ..Default::default() });
