@@ -3,7 +3,8 @@
 # simulated devices from `edgefleet sim` (real enrollment, one MQTT connection each, signed
 # status every 30 s and telemetry every 60 s with 10 samples). Measures enroll + connect time,
 # status and telemetry throughput the controller records, a rollout to 100% (waves 1,10,50,100,
-# bake 0) and the controller's CPU time and RSS.
+# bake 0), the controller's CPU time and RSS, and then - after 65 s of iris:1 telemetry (each
+# batch counts 100 rows and carries 10 samples) - the time of a drift report over it.
 #
 # Usage: controller/benches/fleet_scale.sh [N...]   (default: 1000 5000 10000)
 # Uses the binaries in target/debug (cargo build --workspace); needs `ulimit -n` above N + 100.
@@ -42,7 +43,13 @@ for n in "${counts[@]}"; do
   id=$($BIN/edgefleet --output json rollout create iris:1 --selector sim=true --waves 1,10,50,100 --bake 0s | sed -n 's/^  "id": \([0-9]*\),*/\1/p' | head -1)
   until [[ $($BIN/edgefleet --output json rollout status "$id") == *'"state": "completed"'* ]]; do sleep 0.5; done
   r1=$(date +%s.%N)
+  sleep 65
+  d0=$(date +%s.%N)
+  report=$($BIN/edgefleet --output json drift report iris:1 --window 1h)
+  d1=$(date +%s.%N)
+  rows=$(sed -n 's/^  "rows": \([0-9]*\),*/\1/p' <<<"$report"); samples=$(sed -n 's/^  "samples": \([0-9]*\),*/\1/p' <<<"$report")
   echo "devices=$n | $connected"
+  echo "devices=$n drift_report_s=$(echo "$d1 - $d0" | bc) over rows=$rows samples=$samples"
   awk -v n="$n" -v s="$((${s1%.*} - ${s0%.*}))" -v t="$((${t1%.*} - ${t0%.*}))" -v c="$(echo "$c1 - $c0" | bc)" \
     -v r="$(echo "$r1 - $r0" | bc)" -v rss="$(rss_mb $cpid)" \
     'BEGIN { printf "devices=%d status_per_s=%.0f telemetry_batches_per_s=%.0f controller_cpu=%.0f%% rollout_to_100pct_s=%.1f controller_rss_mb=%.0f\n", n, s/60, t/60, c/60*100, r, rss }'
