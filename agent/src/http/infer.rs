@@ -60,10 +60,11 @@ async fn run(
     };
 
     let shadow = state.repository.shadow(&name).filter(|s| s.sample());
-    let mirrored = shadow.as_ref().map(|_| inputs.clone());
     let recorder = model.telemetry.get();
     let rolled = recorder.is_some_and(|r| r.roll());
-    let kept = recorder.filter(|r| r.keep_inputs(&inputs, rolled)).map(|_| inputs.clone());
+    let sampling = recorder.is_some_and(|r| r.keep_inputs(&inputs, rolled));
+    // One copy of the inputs serves both the telemetry sample and the shadow mirror.
+    let copy = (shadow.is_some() || sampling).then(|| inputs.clone());
     if let Some(r) = recorder {
         r.observe_inputs(&inputs);
     }
@@ -88,9 +89,9 @@ async fn run(
     })?;
     model.outcomes.record_classes(&tensors);
     if let Some(r) = recorder {
-        r.observe_outputs(&tensors, request.id.as_deref(), kept.as_deref(), rolled);
+        r.observe_outputs(&tensors, request.id.as_deref(), copy.as_deref().filter(|_| sampling), rolled);
     }
-    if let (Some(shadow), Some(inputs)) = (shadow, mirrored) {
+    if let (Some(shadow), Some(inputs)) = (shadow, copy) {
         shadow.mirror(inputs, tensors.clone(), result.compute);
     }
     let response = encode(&model, &request, &outputs, &tensors)?;
