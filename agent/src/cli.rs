@@ -91,6 +91,9 @@ pub struct CommonArgs {
     /// libonnxruntime.so for the ort backend (else ORT_DYLIB_PATH).
     #[arg(long, value_name = "PATH")]
     pub ort_library: Option<PathBuf>,
+    /// Longest an inference request waits for its answer before 504 [default: 30000].
+    #[arg(long, value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
 }
 
 impl CommonArgs {
@@ -108,6 +111,9 @@ impl CommonArgs {
         }
         if let Some(lib) = self.ort_library {
             config.backend.ort.library_path = Some(lib);
+        }
+        if let Some(ms) = self.request_timeout_ms {
+            config.server.request_timeout_ms = ms;
         }
         Ok(config)
     }

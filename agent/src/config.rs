@@ -80,6 +80,11 @@ pub struct FleetConfig {
     pub poll_interval_secs: u64,
     /// How often to report status when nothing happens.
     pub status_interval_secs: u64,
+    /// Total deadline of one control request to the controller (desired state, status, trust).
+    pub request_timeout_secs: u64,
+    /// Longest silence on a connection to the controller (downloads included) before it is
+    /// dropped; an interrupted download resumes where it stopped.
+    pub idle_timeout_secs: u64,
     /// After a swap, how long to watch the new version before committing to it.
     pub watch_window_secs: u64,
     /// Error rate during the watch window above which the agent rolls back.
@@ -106,6 +111,8 @@ impl Default for FleetConfig {
             mqtt: None,
             poll_interval_secs: 30,
             status_interval_secs: 30,
+            request_timeout_secs: 30,
+            idle_timeout_secs: 30,
             watch_window_secs: 30,
             max_error_rate: 0.05,
             min_watch_requests: 20,
@@ -123,6 +130,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Longest an inference request waits for its answer (queue and engine) before it gets
+    /// 504; a request still queued then is never run.
+    pub request_timeout_ms: u64,
     /// Time in-flight requests get to finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
     /// Threads of the HTTP runtime.
@@ -134,6 +144,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8500)),
             max_body_bytes: 32 * 1024 * 1024,
+            request_timeout_ms: 30_000,
             shutdown_grace_secs: 10,
             http_threads: 2,
         }
@@ -233,6 +244,9 @@ impl AgentConfig {
         if f.poll_interval_secs == 0 || f.status_interval_secs == 0 {
             return invalid("fleet.poll_interval_secs and status_interval_secs must be above 0");
         }
+        if f.request_timeout_secs == 0 || f.idle_timeout_secs == 0 {
+            return invalid("fleet.request_timeout_secs and fleet.idle_timeout_secs must be above 0");
+        }
         if !(0.0..=1.0).contains(&f.max_error_rate) {
             return invalid("fleet.max_error_rate must be between 0 and 1");
         }
@@ -247,6 +261,9 @@ impl AgentConfig {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes must be above 0".into());
+        }
+        if self.server.request_timeout_ms == 0 {
+            return invalid("server.request_timeout_ms must be above 0".into());
         }
         if self.server.http_threads == 0 {
             return invalid("server.http_threads must be at least 1".into());

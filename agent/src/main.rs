@@ -89,12 +89,20 @@ fn announce(addr: std::net::SocketAddr) {
     println!("edgefleet-agent listening on http://{addr}");
 }
 
+/// How long blocking work (a model still loading, a slot being verified) may hold up the exit
+/// once the daemon has drained: it is abandoned, not awaited.
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn run_serve(config: AgentConfig) -> anyhow::Result<()> {
-    runtime(&config)?.block_on(serve::run(config, shutdown::signal(), announce))?;
-    Ok(())
+    let rt = runtime(&config)?;
+    let result = rt.block_on(serve::run(config, shutdown::signal(), announce));
+    rt.shutdown_timeout(BLOCKING_GRACE);
+    Ok(result?)
 }
 
 fn run_fleet(config: AgentConfig) -> anyhow::Result<()> {
-    runtime(&config)?.block_on(edgefleet_agent::fleet::run(config, shutdown::signal(), announce))?;
-    Ok(())
+    let rt = runtime(&config)?;
+    let result = rt.block_on(edgefleet_agent::fleet::run(config, shutdown::signal(), announce));
+    rt.shutdown_timeout(BLOCKING_GRACE);
+    Ok(result?)
 }

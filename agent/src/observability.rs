@@ -38,7 +38,12 @@ fn describe() {
     );
     describe_gauge!("edgefleet_agent_inference_in_flight_requests", "Requests being decoded, queued, run or encoded.");
     describe_gauge!("edgefleet_agent_queue_depth_requests", "Requests waiting for a worker (sampled at scrape).");
-    describe_gauge!("edgefleet_agent_models_ready", "Models loaded, warmed up and serving.");
+    describe_gauge!("edgefleet_agent_models_ready", "Models loaded, warmed up and with a worker running.");
+    describe_gauge!("edgefleet_agent_inference_workers", "Inference worker threads running (sampled at scrape).");
+    describe_counter!(
+        "edgefleet_agent_engine_panics_total",
+        "Engine panics caught by a worker: the request failed, the worker opened a new session."
+    );
     describe_counter!("edgefleet_agent_model_loads_total", "Model loads, by result.");
     describe_counter!(
         "edgefleet_agent_http_rejections_total",

@@ -13,7 +13,7 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::engine::{self, BackendConfig, Engine, EngineError};
 use crate::tensor::{Tensor, TensorData};
-use crate::worker::{PoolConfig, WorkerPool};
+use crate::worker::{PoolConfig, WorkerMetrics, WorkerPool};
 
 /// A model ready to serve.
 #[derive(Debug)]
@@ -45,6 +45,12 @@ pub struct ModelMetrics {
     pub queue_full: Counter,
     /// Requests refused as not fitting the model.
     pub bad_request: Counter,
+    /// Requests not answered within `server.request_timeout_ms`.
+    pub timeouts: Counter,
+    /// Requests refused because no worker was left.
+    pub no_workers: Counter,
+    /// Engine panics caught by the workers.
+    pub engine_panics: Counter,
     /// Time waiting for a worker.
     pub queue_seconds: Histogram,
     /// Engine time.
@@ -66,6 +72,9 @@ impl ModelMetrics {
             engine_errors: error("engine"),
             queue_full: error("queue_full"),
             bad_request: error("bad_request"),
+            timeouts: error("timeout"),
+            no_workers: error("no_workers"),
+            engine_panics: counter!("edgefleet_agent_engine_panics_total", &labels),
             queue_seconds: histogram!("edgefleet_agent_inference_queue_seconds", &labels),
             compute_seconds: histogram!("edgefleet_agent_inference_compute_seconds", &labels),
             request_seconds: histogram!("edgefleet_agent_inference_request_seconds", &labels),
@@ -83,7 +92,9 @@ pub async fn prepare(source: ModelSource, backend: &BackendConfig) -> Result<Arc
     let loaded = tokio::task::spawn_blocking(move || -> Result<ServedModel, EngineError> {
         let engine = engine::load(&src.path, &backend)?;
         let metrics = ModelMetrics::new(&src.name, &src.version);
-        let pool = WorkerPool::start(&src.name, engine.clone(), &src.pool, metrics.batch_rows.clone())?;
+        let worker_metrics =
+            WorkerMetrics { batch_rows: metrics.batch_rows.clone(), panics: metrics.engine_panics.clone() };
+        let pool = WorkerPool::start(&src.name, engine.clone(), &src.pool, worker_metrics)?;
         Ok(ServedModel {
             metrics,
             name: src.name,
@@ -95,7 +106,7 @@ pub async fn prepare(source: ModelSource, backend: &BackendConfig) -> Result<Arc
         })
     })
     .await
-    .unwrap_or_else(|e| Err(EngineError::Run(format!("model loader panicked: {e}"))));
+    .unwrap_or_else(|e| Err(EngineError::Panicked(format!("while loading the model: {e}"))));
     match &loaded {
         Ok(model) => {
             counter!("edgefleet_agent_model_loads_total", "result" => "ok").increment(1);
@@ -239,6 +250,11 @@ pub enum ModelState {
 }
 
 impl ModelState {
+    /// Whether this entry can answer requests: loaded, warm, and with a worker running.
+    pub fn is_serving(&self) -> bool {
+        matches!(self, ModelState::Ready(m) if m.pool.serving())
+    }
+
     /// The version this state is about.
     pub fn version(&self) -> &str {
         match self {
@@ -284,9 +300,9 @@ impl Repository {
         self.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    /// Whether at least one model is loaded and warm.
+    /// Whether at least one model is loaded, warm and has workers running.
     pub fn any_ready(&self) -> bool {
-        self.read().values().any(|s| matches!(s, ModelState::Ready(_)))
+        self.read().values().any(ModelState::is_serving)
     }
 
     /// Lists a model as `Loading` before its load starts, so the index shows every configured
@@ -365,8 +381,9 @@ impl Repository {
             .collect()
     }
 
-    fn update_ready_gauge(&self) {
-        let ready = self.read().values().filter(|s| matches!(s, ModelState::Ready(_))).count();
+    /// Sets `edgefleet_agent_models_ready` to the number of models serving now.
+    pub fn update_ready_gauge(&self) {
+        let ready = self.read().values().filter(|s| s.is_serving()).count();
         gauge!("edgefleet_agent_models_ready").set(ready as f64);
     }
 

@@ -89,6 +89,7 @@ impl HttpServer {
             repository: repository.clone(),
             prometheus: observability::prometheus(),
             max_body_bytes: config.server.max_body_bytes,
+            request_timeout: Duration::from_millis(config.server.request_timeout_ms),
         };
         let (stop, mut stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {

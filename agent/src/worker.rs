@@ -8,15 +8,16 @@
 //! once and splits the outputs back by rows.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use metrics::Histogram;
+use metrics::{Counter, Histogram};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::engine::{Engine, EngineError, Session};
+use crate::engine::{self, Engine, EngineError, Session};
 use crate::tensor::Tensor;
 
 /// Per-model execution settings.
@@ -81,6 +82,18 @@ pub enum SubmitError {
     /// The pool is shutting down.
     #[error("model is shutting down")]
     Closed,
+    /// Every worker thread has stopped (an engine failure no new session could recover from).
+    #[error("no inference worker is running (see the agent log)")]
+    NoWorkers,
+}
+
+/// Metric handles the workers of one model version update.
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    /// Rows of every engine run.
+    pub batch_rows: Histogram,
+    /// Engine panics caught (each rebuilt the worker's session).
+    pub panics: Counter,
 }
 
 /// Worker threads serving one loaded model.
@@ -89,17 +102,34 @@ pub struct WorkerPool {
     tx: Option<Sender<Job>>,
     capacity: usize,
     threads: Vec<JoinHandle<()>>,
+    alive: Arc<AtomicUsize>,
+}
+
+/// Counts a worker thread as serving for as long as it lives, however it ends (an unwinding
+/// panic included), so a pool whose threads are all gone is reported as not serving.
+struct Serving(Arc<AtomicUsize>);
+
+impl Serving {
+    fn enter(alive: &Arc<AtomicUsize>) -> Self {
+        alive.fetch_add(1, Ordering::SeqCst);
+        Serving(alive.clone())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl WorkerPool {
     /// Starts the workers; each opens a session and runs the warm-up inputs once before this
     /// returns, so a pool that exists is warm. Blocks: call from a blocking context.
-    /// `batch_rows` records the rows of every engine run.
     pub fn start(
         label: &str,
         engine: Arc<dyn Engine>,
         config: &PoolConfig,
-        batch_rows: Histogram,
+        metrics: WorkerMetrics,
     ) -> Result<Self, EngineError> {
         let capacity = config.queue_capacity.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
@@ -110,25 +140,30 @@ impl WorkerPool {
                 "Dynamic batching needs a dynamic first dimension on every input and output; running requests one by one."
             );
         }
+        let alive = Arc::new(AtomicUsize::new(0));
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for ix in 0..config.workers.max(1) {
             let engine = engine.clone();
             let rx = rx.clone();
             let ready = ready_tx.clone();
-            let batch_rows = batch_rows.clone();
+            let metrics = metrics.clone();
+            let alive = alive.clone();
+            let label = label.to_owned();
             let spawned = std::thread::Builder::new()
                 .name(format!("infer-{label}-{ix}"))
                 .spawn(move || {
                     let warmed = engine.signature().warmup_inputs().and_then(|warmup| {
                         let mut session = engine.clone().session()?;
-                        session.run(warmup)?;
+                        engine::isolate(|| session.run(warmup))?;
                         Ok(session)
                     });
                     match warmed {
                         Ok(session) => {
+                            let serving = Serving::enter(&alive);
                             let _ = ready.send(Ok(()));
-                            Worker { rx, session, batching, batch_rows }.serve();
+                            Worker { label, rx, engine, session, batching, metrics, lost: false }.serve();
+                            drop(serving);
                         }
                         Err(e) => {
                             let _ = ready.send(Err(e));
@@ -139,7 +174,7 @@ impl WorkerPool {
             threads.push(spawned);
         }
         drop(ready_tx);
-        let mut pool = WorkerPool { tx: Some(tx), capacity, threads };
+        let mut pool = WorkerPool { tx: Some(tx), capacity, threads, alive };
         for _ in 0..pool.threads.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -156,13 +191,26 @@ impl WorkerPool {
         Ok(pool)
     }
 
-    /// Queues a job without waiting; refuses when the queue is full.
+    /// Queues a job without waiting; refuses when the queue is full or no worker is left.
     pub fn try_submit(&self, job: Job) -> Result<(), SubmitError> {
         let tx = self.tx.as_ref().ok_or(SubmitError::Closed)?;
+        if !self.serving() {
+            return Err(SubmitError::NoWorkers);
+        }
         tx.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => SubmitError::Full { capacity: self.capacity },
-            TrySendError::Disconnected(_) => SubmitError::Closed,
+            TrySendError::Disconnected(_) => SubmitError::NoWorkers,
         })
+    }
+
+    /// Whether at least one worker thread is running (and the queue is open).
+    pub fn serving(&self) -> bool {
+        self.tx.is_some() && self.alive.load(Ordering::SeqCst) > 0
+    }
+
+    /// Worker threads running now.
+    pub fn workers_alive(&self) -> usize {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Jobs waiting for a worker.
@@ -188,10 +236,14 @@ impl Drop for WorkerPool {
 }
 
 struct Worker {
+    label: String,
     rx: Receiver<Job>,
+    engine: Arc<dyn Engine>,
     session: Box<dyn Session>,
     batching: Option<BatchingConfig>,
-    batch_rows: Histogram,
+    metrics: WorkerMetrics,
+    /// No session could be opened after a panic: the worker stops.
+    lost: bool,
 }
 
 impl Worker {
@@ -205,6 +257,11 @@ impl Worker {
                     Err(_) => return,
                 },
             };
+            // A caller that stopped waiting (its deadline passed, or it went away) gets nothing:
+            // running its job would only delay the ones behind it.
+            if first.reply.is_closed() {
+                continue;
+            }
             match self.batching {
                 None => self.run_one(first),
                 Some(b) => {
@@ -213,7 +270,31 @@ impl Worker {
                     self.run_batch(batch);
                 }
             }
+            if self.lost {
+                // The pool reports itself not serving once no worker is left; whatever is still
+                // queued is answered by the remaining workers or dropped with the queue.
+                return;
+            }
         }
+    }
+
+    /// Runs the session on `inputs`; a panic fails this run only and the session is replaced
+    /// by a fresh one (its scratch state may be half-written). When no new session can be
+    /// opened the worker marks itself lost and stops after answering.
+    fn run_engine(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
+        let result = engine::isolate(|| self.session.run(inputs));
+        if let Err(EngineError::Panicked(message)) = &result {
+            self.metrics.panics.increment(1);
+            tracing::warn!(model = %self.label, panic = %message, "The engine panicked; the request failed and the worker opens a new session.");
+            match self.engine.clone().session() {
+                Ok(session) => self.session = session,
+                Err(e) => {
+                    tracing::error!(model = %self.label, error = %e, "Cannot open a new session after a panic; the worker stops.");
+                    self.lost = true;
+                }
+            }
+        }
+        result
     }
 
     /// Collects jobs that fit beside `first`; a job that would overflow the batch is returned
@@ -224,6 +305,7 @@ impl Worker {
         let mut batch = vec![first];
         while rows < b.max_batch_size {
             match self.rx.recv_deadline(deadline) {
+                Ok(job) if job.reply.is_closed() => {}
                 Ok(job) => {
                     let n = rows_of(&job);
                     if rows + n > b.max_batch_size {
@@ -240,8 +322,8 @@ impl Worker {
 
     fn run_one(&mut self, job: Job) {
         let started = Instant::now();
-        self.batch_rows.record(rows_of(&job) as f64);
-        let outputs = self.session.run(job.inputs);
+        self.metrics.batch_rows.record(rows_of(&job) as f64);
+        let outputs = self.run_engine(job.inputs);
         let _ = job.reply.send(JobResult {
             outputs,
             queued: started.duration_since(job.enqueued),
@@ -262,13 +344,12 @@ impl Worker {
             .collect();
         let Some(stacked) = stacked else {
             // Inner dimensions differ between requests: they cannot share a run.
-            jobs.into_iter().for_each(|job| self.run_one(job));
-            return;
+            return self.run_each(jobs);
         };
         let started = Instant::now();
         let total: usize = sizes.iter().sum();
-        self.batch_rows.record(total as f64);
-        let result = self.session.run(stacked);
+        self.metrics.batch_rows.record(total as f64);
+        let result = self.run_engine(stacked);
         let compute = started.elapsed();
         let per_job: Result<Vec<Vec<Tensor>>, EngineError> = result.and_then(|outputs| {
             let mut per_job: Vec<Vec<Tensor>> = sizes.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
@@ -293,14 +374,135 @@ impl Worker {
                 }
             }
             Err(e) => {
-                // The failed run was recorded as one; the retries record their own.
+                // One bad request (a panic, an engine error) must not fail the others it was
+                // batched with: each runs alone, so only the one that fails again fails. The
+                // failed run was recorded as one; the retries record their own.
                 tracing::warn!(error = %e, jobs = jobs.len(), "Batched run failed; retrying requests one by one.");
-                jobs.into_iter().for_each(|job| self.run_one(job));
+                self.run_each(jobs);
             }
+        }
+    }
+
+    /// Runs jobs one at a time until done or the worker is lost (the rest are dropped, so
+    /// their callers learn at once that no answer comes).
+    fn run_each(&mut self, jobs: Vec<Job>) {
+        for job in jobs {
+            if self.lost {
+                break;
+            }
+            self.run_one(job);
         }
     }
 }
 
 fn rows_of(job: &Job) -> usize {
     job.inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use edgefleet_shared::inference::Datatype;
+
+    use super::*;
+    use crate::engine::{Signature, TensorSpec};
+    use crate::tensor::TensorData;
+
+    /// An engine whose sessions panic on a negative input and echo anything else; once
+    /// `broken` is set, no new session can be opened.
+    #[derive(Debug)]
+    struct Fragile {
+        signature: Signature,
+        broken: AtomicBool,
+        runs: AtomicUsize,
+    }
+
+    struct FragileSession(Arc<Fragile>);
+
+    impl Session for FragileSession {
+        fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
+            self.0.runs.fetch_add(1, Ordering::SeqCst);
+            if let TensorData::F32(v) = &inputs[0].data
+                && v.iter().any(|x| *x < 0.0)
+            {
+                panic!("index {} out of range", v[0]);
+            }
+            Ok(inputs)
+        }
+    }
+
+    impl Engine for Fragile {
+        fn platform(&self) -> &'static str {
+            "fragile"
+        }
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+        fn session(self: Arc<Self>) -> Result<Box<dyn Session>, EngineError> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(EngineError::Run("cannot open a session".into()));
+            }
+            Ok(Box::new(FragileSession(self)))
+        }
+    }
+
+    fn pool() -> (Arc<Fragile>, WorkerPool) {
+        let spec = |name: &str| TensorSpec { name: name.into(), datatype: Datatype::Fp32, shape: vec![None, Some(1)] };
+        let engine = Arc::new(Fragile {
+            signature: Signature { inputs: vec![spec("x")], outputs: vec![spec("y")] },
+            broken: AtomicBool::new(false),
+            runs: AtomicUsize::new(0),
+        });
+        let metrics = WorkerMetrics { batch_rows: Histogram::noop(), panics: Counter::noop() };
+        let pool = WorkerPool::start("fragile", engine.clone(), &PoolConfig::default(), metrics).expect("start");
+        (engine, pool)
+    }
+
+    fn submit(pool: &WorkerPool, value: f32) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        let inputs = vec![Tensor { shape: vec![1, 1], data: TensorData::F32(vec![value]) }];
+        pool.try_submit(Job { inputs, enqueued: Instant::now(), reply }).map(|()| answer)
+    }
+
+    fn answer(rx: oneshot::Receiver<JobResult>) -> Result<Vec<Tensor>, EngineError> {
+        rx.blocking_recv().expect("an answer").outputs
+    }
+
+    #[test]
+    fn a_panic_fails_its_request_only_and_the_worker_keeps_serving() {
+        let (_engine, pool) = pool();
+        let queued: Vec<_> = [1.0, -1.0, 2.0, 3.0].iter().map(|v| submit(&pool, *v).expect("queued")).collect();
+        let results: Vec<_> = queued.into_iter().map(answer).collect();
+        assert!(matches!(&results[1], Err(EngineError::Panicked(m)) if m.contains("out of range")), "{results:?}");
+        for ix in [0, 2, 3] {
+            assert!(results[ix].is_ok(), "request {ix}: {:?}", results[ix]);
+        }
+        assert!(pool.serving());
+    }
+
+    #[test]
+    fn a_worker_that_cannot_recover_leaves_the_pool_not_serving() {
+        let (engine, pool) = pool();
+        engine.broken.store(true, Ordering::SeqCst);
+        assert!(matches!(answer(submit(&pool, -1.0).expect("queued")), Err(EngineError::Panicked(_))));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.serving() {
+            assert!(Instant::now() < deadline, "the pool still claims a worker");
+            std::thread::yield_now();
+        }
+        assert!(matches!(submit(&pool, 1.0), Err(SubmitError::NoWorkers)));
+    }
+
+    #[test]
+    fn jobs_whose_caller_gave_up_are_not_run() {
+        let (engine, pool) = pool();
+        let (reply, answer_rx) = oneshot::channel();
+        drop(answer_rx);
+        let inputs = vec![Tensor { shape: vec![1, 1], data: TensorData::F32(vec![1.0]) }];
+        pool.try_submit(Job { inputs, enqueued: Instant::now(), reply }).expect("queued");
+        assert!(answer(submit(&pool, 5.0).expect("queued")).is_ok());
+        // The warm-up and the last request ran; the abandoned one did not.
+        assert_eq!(engine.runs.load(Ordering::SeqCst), 2);
+    }
 }

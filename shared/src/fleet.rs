@@ -25,6 +25,15 @@ pub const SIGNATURE_HEADER: &str = "x-edgefleet-signature";
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 /// Default MQTT topic prefix.
 pub const DEFAULT_TOPIC_PREFIX: &str = "edgefleet/v1";
+/// Largest MQTT packet either side sends or accepts.
+pub const MAX_MQTT_PACKET_BYTES: usize = 1024 * 1024;
+/// Largest signed desired-state envelope a device reads, over HTTP as over MQTT.
+pub const MAX_DESIRED_BYTES: usize = MAX_MQTT_PACKET_BYTES;
+/// Header on `GET /api/v1/devices/{id}/desired` answers: the controller's current trust set
+/// version, so a device behind it fetches the rotations (`GET /api/v1/devices/{id}/trust`).
+pub const TRUST_VERSION_HEADER: &str = "x-edgefleet-trust-version";
+/// `kind` of the signed offline notice a device leaves as its MQTT last will.
+pub const OFFLINE_KIND: &str = "edgefleet.offline/v1";
 
 /// The bytes a device signs for one HTTP request.
 pub fn request_payload(method: &str, path_and_query: &str, timestamp: u64, body: &[u8]) -> Vec<u8> {
@@ -73,6 +82,56 @@ pub fn verify_request(
     }
 }
 
+/// The MQTT password a device connects with: a timestamp and its signature over the device id
+/// and that timestamp (`v1.{unix secs}.{base64 signature}`). The broker checks it against the
+/// device's enrolled key like a signed HTTP request, so no shared secret is stored anywhere and
+/// a captured password is useless after [`MAX_CLOCK_SKEW_SECS`].
+pub fn mqtt_password(signer: &dyn Signer, device_id: &str, now: u64) -> String {
+    let sig = B64.encode(signer.sign(&mqtt_password_payload(device_id, now)));
+    format!("v1.{now}.{sig}")
+}
+
+fn mqtt_password_payload(device_id: &str, timestamp: u64) -> Vec<u8> {
+    format!("edgefleet-mqtt-v1\n{device_id}\n{timestamp}").into_bytes()
+}
+
+/// Checks an MQTT password made by [`mqtt_password`] for `device_id`.
+pub fn verify_mqtt_password(
+    key: &PublicKey,
+    device_id: &str,
+    password: &str,
+    now: u64,
+) -> Result<(), RequestAuthError> {
+    let mut parts = password.splitn(3, '.');
+    let (Some("v1"), Some(ts), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(RequestAuthError::BadSignature);
+    };
+    let timestamp: u64 = ts.parse().map_err(|_| RequestAuthError::BadSignature)?;
+    if timestamp.abs_diff(now) > MAX_CLOCK_SKEW_SECS {
+        return Err(RequestAuthError::Stale { timestamp, now });
+    }
+    let sig = B64.decode(sig).map_err(|_| RequestAuthError::BadSignature)?;
+    if key.verify(&mqtt_password_payload(device_id, timestamp), &sig) {
+        Ok(())
+    } else {
+        Err(RequestAuthError::BadSignature)
+    }
+}
+
+/// The device's MQTT last will, signed with its key (in a [`crate::signature::SignedEnvelope`]) so
+/// that nobody else can mark it offline, and stamped with the connection it belongs to so an old
+/// will cannot overrule a newer connection's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineNotice {
+    /// Always [`OFFLINE_KIND`].
+    pub kind: String,
+    /// The device.
+    pub device: String,
+    /// Unix seconds when the connection that left this will was opened.
+    pub connected_at: u64,
+}
+
 /// Device id for a public key: `dev-` and the key id, so an id cannot be claimed without the key.
 pub fn device_id(key: &PublicKey) -> String {
     format!("dev-{}", key.key_id())
@@ -103,6 +162,19 @@ pub struct EnrollResponse {
     pub topic_prefix: String,
     /// Labels now recorded for the device.
     pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/devices/{id}/mqtt-certificate` answer: an X.509 client certificate for the
+/// device's own Ed25519 key (subject CN = the device id), issued by the controller's device CA,
+/// for brokers that authenticate devices by certificate (Mosquitto with `require_certificate`
+/// and `use_identity_as_username`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttCertificate {
+    /// The certificate, PEM.
+    pub certificate_pem: String,
+    /// Unix seconds after which it is no longer valid; the agent asks for a new one before.
+    pub expires_at: u64,
 }
 
 /// Outcome of one activation attempt.
@@ -175,6 +247,9 @@ pub struct DeviceStatus {
     /// label), since activation: the output distribution rollouts compare between versions.
     #[serde(default)]
     pub output_classes: Vec<u64>,
+    /// Version of the trust set the device verifies documents with (after any rotations).
+    #[serde(default)]
+    pub trust_version: Option<u64>,
 }
 
 /// How a shadow version compares with the active one on mirrored live requests.
@@ -262,6 +337,17 @@ pub mod topics {
     pub fn telemetry(prefix: &str, device: &str) -> String {
         format!("{prefix}/devices/{device}/telemetry")
     }
+    /// The fleet's trust rotations (controller → every device, retained).
+    pub fn trust(prefix: &str) -> String {
+        format!("{prefix}/trust")
+    }
+
+    /// What a topic under `prefix` is: `devices/{id}/{leaf}` gives the device and its leaf.
+    pub fn device_topic<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = topic.strip_prefix(prefix)?.strip_prefix("/devices/")?;
+        let (device, leaf) = rest.split_once('/')?;
+        (!device.is_empty() && !leaf.contains('/')).then_some((device, leaf))
+    }
 }
 
 #[cfg(test)]
@@ -281,6 +367,37 @@ mod tests {
         assert!(parse_mqtt_url("http://broker").is_err());
         assert!(parse_mqtt_url("mqtt://broker:x").is_err());
         assert!(parse_mqtt_url("mqtt://:1883").is_err());
+    }
+
+    #[test]
+    fn mqtt_passwords_verify_only_for_their_device_key_and_while_fresh() {
+        let key = FileKey::from_seed([9; 32]);
+        let pk = key.public_key();
+        let password = mqtt_password(&key, "dev-a", 1000);
+        assert_eq!(verify_mqtt_password(&pk, "dev-a", &password, 1100), Ok(()));
+        assert_eq!(verify_mqtt_password(&pk, "dev-b", &password, 1100), Err(RequestAuthError::BadSignature));
+        let other = FileKey::from_seed([10; 32]).public_key();
+        assert_eq!(verify_mqtt_password(&other, "dev-a", &password, 1100), Err(RequestAuthError::BadSignature));
+        assert_eq!(
+            verify_mqtt_password(&pk, "dev-a", &password, 1000 + MAX_CLOCK_SKEW_SECS + 1),
+            Err(RequestAuthError::Stale { timestamp: 1000, now: 1000 + MAX_CLOCK_SKEW_SECS + 1 })
+        );
+        let tampered = password.replacen("v1.1000.", "v1.1001.", 1);
+        assert_eq!(verify_mqtt_password(&pk, "dev-a", &tampered, 1100), Err(RequestAuthError::BadSignature));
+        for junk in ["", "v1", "v1.x.y", "v2.1000.abc", "anonymous"] {
+            assert!(verify_mqtt_password(&pk, "dev-a", junk, 1100).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn device_topics_parse_under_their_prefix_only() {
+        let p = DEFAULT_TOPIC_PREFIX;
+        assert_eq!(topics::device_topic(p, &topics::status(p, "dev-a")), Some(("dev-a", "status")));
+        assert_eq!(topics::device_topic(p, &topics::telemetry(p, "dev-a")), Some(("dev-a", "telemetry")));
+        assert_eq!(topics::device_topic(p, "other/v1/devices/dev-a/status"), None);
+        assert_eq!(topics::device_topic(p, "edgefleet/v1/devices//status"), None);
+        assert_eq!(topics::device_topic(p, "edgefleet/v1/devices/dev-a/status/x"), None);
+        assert_eq!(topics::device_topic(p, &topics::trust(p)), None);
     }
 
     #[test]

@@ -148,6 +148,17 @@ impl FileKey {
         Ok(key)
     }
 
+    /// The key as PKCS#8 v1 DER (RFC 8410): what TLS stacks load as a private key, so the
+    /// device's identity key can also authenticate it to a broker by certificate.
+    pub fn pkcs8_der(&self) -> Vec<u8> {
+        // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 (Ed25519) }, OCTET STRING { OCTET STRING seed } }
+        const PREFIX: [u8; 16] =
+            [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(&self.key.to_bytes());
+        der
+    }
+
     /// Writes the key to `path` with mode 0600, atomically (temp file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
         let io = |source| KeyError::Io { path: path.into(), source };

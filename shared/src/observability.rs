@@ -39,9 +39,17 @@ pub fn prometheus(describe: fn()) -> PrometheusHandle {
         .clone()
 }
 
-/// Sets up `tracing` to stderr; `RUST_LOG` overrides `default_filter`.
+/// Sets up `tracing` to stderr; `RUST_LOG` overrides `default_filter`. Panics are logged
+/// through it too (one line with the thread and location), whether or not something catches
+/// them: a caught engine panic is still a bug worth seeing.
 pub fn init_logging(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let message = crate::engine::panic_message(info.payload());
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), %location, panic = %message, "A thread panicked.");
+    }));
 }

@@ -52,6 +52,29 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 /// A client configuration trusting the CA certificates in `ca_file` (PEM), or the system's
 /// roots when there is none.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let config = client_builder(ca_file)?.with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// [`client_config`] that also authenticates with a client certificate (PEM chain, leaf first)
+/// and its PKCS#8 DER private key: a device towards a broker that checks certificates.
+pub fn client_config_with_certificate(
+    ca_file: Option<&Path>,
+    certificate_pem: &str,
+    key_pkcs8_der: Vec<u8>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let certs =
+        CertificateDer::pem_slice_iter(certificate_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| {
+            TlsError::Pem { what: "certificates", path: "(client certificate)".into(), message: e.to_string() }
+        })?;
+    let key = PrivateKeyDer::Pkcs8(key_pkcs8_der.into());
+    let config = client_builder(ca_file)?.with_client_auth_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+fn client_builder(
+    ca_file: Option<&Path>,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -67,11 +90,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
             }
         }
     }
-    let config = ClientConfig::builder_with_provider(provider())
+    Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .with_root_certificates(roots))
 }
 
 /// A server configuration from a PEM certificate chain (leaf first) and its PEM private key.

@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
 use crate::keys::{PublicKey, Signer};
 use crate::signature::DocumentSignature;
 use crate::verify::VerifyError;
@@ -149,4 +152,59 @@ impl TrustStore {
     pub fn sign_rotation(bytes: &[u8], signer: &dyn Signer) -> DocumentSignature {
         DocumentSignature::sign(bytes, signer)
     }
+
+    /// Applies, in order, every rotation of `chain` newer than this set; each must be signed by a
+    /// key of the set before it ([`TrustStore::rotate`]). Rotations at or below this version
+    /// were applied before and are skipped. All or nothing: on any refusal this store stays.
+    /// Returns the resulting store and the rotations it applied.
+    pub fn apply_chain(&self, chain: &TrustChain) -> Result<(TrustStore, Vec<TrustRotation>), VerifyError> {
+        let mut store = self.clone();
+        let mut applied = Vec::new();
+        for rotation in &chain.rotations {
+            let bytes =
+                rotation.trust_bytes().ok_or_else(|| VerifyError::Malformed("rotation: trust is not base64".into()))?;
+            if TrustStore::from_bytes(&bytes)?.version <= store.version {
+                continue;
+            }
+            store = store.rotate(&bytes, &rotation.signature)?;
+            applied.push(rotation.clone());
+        }
+        Ok((store, applied))
+    }
 }
+
+/// One key rotation as it travels: a trust file's exact bytes and the signature over them by a
+/// key of the set it replaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustRotation {
+    /// Base64 of the new trust file's bytes.
+    pub trust: String,
+    /// Signature over those bytes by a key trusted before.
+    pub signature: DocumentSignature,
+}
+
+impl TrustRotation {
+    /// Signs `trust_file` bytes with `signer` (a key of the set being replaced).
+    pub fn sign(trust_file: &[u8], signer: &dyn Signer) -> Self {
+        TrustRotation { trust: B64.encode(trust_file), signature: DocumentSignature::sign(trust_file, signer) }
+    }
+
+    /// The trust file bytes, if the base64 decodes.
+    pub fn trust_bytes(&self) -> Option<Vec<u8>> {
+        B64.decode(&self.trust).ok()
+    }
+}
+
+/// Every rotation since a fleet's first trust set, oldest first: what the controller serves to
+/// devices (`GET /api/v1/devices/{id}/trust`, retained on `PREFIX/trust`), and what a device
+/// keeps of the rotations it accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustChain {
+    /// The rotations, oldest first.
+    pub rotations: Vec<TrustRotation>,
+}
+
+/// Largest trust chain a device reads (a rotation is a few hundred bytes).
+pub const MAX_TRUST_CHAIN_BYTES: usize = 256 * 1024;

@@ -4,7 +4,7 @@ use edgefleet_shared::compress::{self, DEFAULT_LEVEL};
 use edgefleet_shared::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, ModelRef};
 use edgefleet_shared::keys::{FileKey, Signer};
 use edgefleet_shared::signature::DocumentSignature;
-use edgefleet_shared::trust::TrustStore;
+use edgefleet_shared::trust::{TrustChain, TrustRotation, TrustStore};
 use edgefleet_shared::verify::{
     ArtifactError, VerifyError, sha256_hex, verify_artifact, verify_compressed_artifact, verify_deployment,
 };
@@ -253,4 +253,28 @@ fn key_rotation_needs_a_currently_trusted_signature() {
     let old = f.trust.to_bytes();
     let err = rotated.rotate(&old, &TrustStore::sign_rotation(&old, &next_key)).expect_err("downgrade");
     assert_eq!(err, VerifyError::OlderSequence { sequence: 1, last: 2 });
+}
+
+#[test]
+fn a_trust_chain_applies_each_rotation_signed_by_the_set_before_it() {
+    let f = fixture();
+    let (k2, k3) = (FileKey::from_seed([8; 32]), FileKey::from_seed([9; 32]));
+    let v2 = TrustStore::new(2, [k2.public_key()]).to_bytes();
+    let v3 = TrustStore::new(3, [k3.public_key()]).to_bytes();
+    let chain = TrustChain { rotations: vec![TrustRotation::sign(&v2, &f.key), TrustRotation::sign(&v3, &k2)] };
+
+    // A device on v1 takes both steps; one already on v2 skips the first.
+    let (at_v3, applied) = f.trust.apply_chain(&chain).expect("chain");
+    assert_eq!((at_v3.version(), applied.len()), (3, 2));
+    assert_eq!(at_v3.key_ids().collect::<Vec<_>>(), [k3.key_id().as_str()]);
+    let (again, applied) = TrustStore::from_bytes(&v2).expect("v2").apply_chain(&chain).expect("from v2");
+    assert_eq!((again, applied.len()), (at_v3.clone(), 1));
+    assert!(at_v3.apply_chain(&chain).expect("up to date").1.is_empty());
+
+    // A step signed by a key the set before it does not hold breaks the chain: nothing applies.
+    let attacker = FileKey::from_seed([66; 32]);
+    let forged = TrustChain { rotations: vec![TrustRotation::sign(&v2, &f.key), TrustRotation::sign(&v3, &attacker)] };
+    assert_eq!(f.trust.apply_chain(&forged), Err(VerifyError::UnknownKey { key_id: attacker.key_id() }));
+    let skipping = TrustChain { rotations: vec![TrustRotation::sign(&v3, &k2)] };
+    assert_eq!(f.trust.apply_chain(&skipping), Err(VerifyError::UnknownKey { key_id: k2.key_id() }));
 }

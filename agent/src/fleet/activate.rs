@@ -1,5 +1,6 @@
-//! Activation: fetch → verify → decompress → load → warm up → golden self-test → atomic swap →
-//! watch window → commit, or roll back to the previous version.
+//! Activation: fetch → verify → decompress → load → warm up → golden self-test, run as a task
+//! beside the fleet loop, which then swaps atomically, watches ([`super::watch`]) and commits or
+//! rolls back to the previous version.
 //!
 //! Model files land in `models/NAME/VERSION/` only once every artifact verified: they are
 //! written to a temp directory, a `.complete` marker is written last, and the directory is
@@ -7,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use edgefleet_shared::bundle::{BUNDLE_FILE, BundleManifest, GoldenTensor, MODEL_FILE};
 use edgefleet_shared::deployment::{DeployedArtifact, DeploymentDocument};
@@ -19,7 +20,8 @@ use super::link::{Link, LinkError};
 use super::state::Slot;
 use crate::config::FleetConfig;
 use crate::engine::BackendConfig;
-use crate::repository::{ModelSource, Repository, ServedModel, prepare};
+use crate::repository::{ModelSource, ServedModel, prepare};
+use crate::telemetry::Hub;
 use crate::worker::{Job, PoolConfig};
 
 /// Why an activation failed, by stage.
@@ -79,6 +81,57 @@ impl Layout {
     pub fn slot(&self, name: &str, version: u64) -> PathBuf {
         self.root.join("models").join(name).join(version.to_string())
     }
+}
+
+/// The shadow's CPU budget: one worker, and mirrors beyond a short queue are skipped.
+pub const SHADOW_POOL: PoolConfig = PoolConfig { workers: 1, queue_capacity: 2, batching: None };
+
+/// What an activation task needs, owned, so it runs beside the fleet loop.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The controller link (downloads).
+    pub link: Link,
+    /// Where slots live.
+    pub layout: Layout,
+    /// Worker settings.
+    pub fleet: FleetConfig,
+    /// Engine settings.
+    pub backend: BackendConfig,
+    /// Telemetry recorders, when telemetry is on.
+    pub telemetry: Option<Arc<Hub>>,
+}
+
+impl Context {
+    /// Fetches, verifies, loads and self-tests `doc`'s version, ready to swap in (or to run as a
+    /// shadow, on the shadow's budget).
+    pub async fn prepare(&self, doc: &DeploymentDocument, shadow: bool) -> Result<Arc<ServedModel>, ActivationError> {
+        let slot = fetch(&self.link, &self.layout, doc).await?;
+        let model = if shadow {
+            load_with(&slot, &doc.model, SHADOW_POOL, &self.backend).await?
+        } else {
+            load(&slot, &doc.model, &self.fleet, &self.backend).await?
+        };
+        self_test(&slot, &model, &doc.model).await?;
+        if !shadow {
+            attach_telemetry(self.telemetry.as_deref(), &slot, &model, &doc.model);
+        }
+        Ok(model)
+    }
+}
+
+/// Gives a version about to serve its telemetry recorder, binned over its bundle's baseline.
+pub fn attach_telemetry(
+    hub: Option<&Hub>,
+    slot: &Path,
+    model: &ServedModel,
+    doc_model: &edgefleet_shared::deployment::ModelRef,
+) {
+    let Some(hub) = hub else { return };
+    let baseline = std::fs::read(slot.join(BUNDLE_FILE))
+        .ok()
+        .and_then(|b| BundleManifest::from_bytes(&b).ok())
+        .and_then(|m| m.baseline);
+    let _ = model.telemetry.set(hub.recorder(&doc_model.name, doc_model.version, baseline.as_ref()));
 }
 
 /// Downloads and verifies a document's artifacts into its slot (no-op if already complete).
@@ -237,35 +290,6 @@ fn compare(got: &Tensor, want: &Tensor, tolerance: f64) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Serves `model` and watches it: returns the replaced model to keep for rollback, or rolls
-/// back itself and errs when the new version fails more than allowed.
-pub async fn swap_and_watch(
-    repository: &Repository,
-    model: Arc<ServedModel>,
-    config: &FleetConfig,
-) -> Result<Option<Arc<ServedModel>>, ActivationError> {
-    let previous = repository.install(model.clone());
-    tracing::info!(model = %model.name, version = %model.version, "Swapped to the new version; watching it.");
-    tokio::time::sleep(Duration::from_secs(config.watch_window_secs)).await;
-    let (ok, failed) = model.outcomes.snapshot();
-    let total = ok + failed;
-    if total >= config.min_watch_requests && total > 0 && failed as f64 / total as f64 > config.max_error_rate {
-        match &previous {
-            Some(p) => {
-                repository.install(p.clone());
-                crate::systemd::status(&format!("serving {} version {} (rolled back)", p.name, p.version));
-            }
-            None => repository.remove(&model.name),
-        }
-        return Err(ActivationError::Watch(format!(
-            "{failed} of {total} requests failed in the watch window (limit {:.1}%)",
-            config.max_error_rate * 100.0
-        )));
-    }
-    crate::systemd::status(&format!("serving {} version {}", model.name, model.version));
-    Ok(previous)
 }
 
 /// The slot a state entry points to, if it is complete on disk.

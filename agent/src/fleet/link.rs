@@ -1,16 +1,24 @@
 //! The agent's HTTP link to the controller: enrollment, and device-signed requests for the
-//! desired state, artifacts (resumable) and status.
+//! desired state, trust rotations, the broker certificate, artifacts (resumable) and status.
+//!
+//! Nothing the controller (or whoever sits between it and the device) sends can stall or grow
+//! the agent: every connection has a connect timeout and an idle read timeout, every control
+//! request a total deadline, and every answer is read up to a cap (the desired document gets the
+//! same 1 MiB as over MQTT). Artifact downloads have no total deadline (models are big and links
+//! slow) but stop at their declared size and when the link goes idle.
 
 use std::path::Path;
 use std::time::Duration;
 
 use edgefleet_shared::deployment::DeployedArtifact;
 use edgefleet_shared::fleet::{
-    self, DEVICE_HEADER, DeviceStatus, EnrollRequest, EnrollResponse, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    self, DEVICE_HEADER, DeviceStatus, EnrollRequest, EnrollResponse, MqttCertificate, SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
 };
 use edgefleet_shared::keys::{FileKey, Signer as _};
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::tls::ClientConfig;
+use edgefleet_shared::trust::{MAX_TRUST_CHAIN_BYTES, TrustChain};
 use edgefleet_shared::verify::ArtifactError;
 use tokio::io::AsyncWriteExt as _;
 
@@ -31,6 +39,22 @@ pub enum LinkError {
     /// The artifact broke its declared size while downloading.
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
+    /// An answer was larger than the agent reads for it.
+    #[error("controller answer for {what} exceeds {limit} bytes; refused")]
+    TooLarge {
+        /// Which answer.
+        what: &'static str,
+        /// The cap.
+        limit: usize,
+    },
+    /// An answer was not the JSON the agent expects.
+    #[error("controller answer for {what} is malformed: {message}")]
+    Malformed {
+        /// Which answer.
+        what: &'static str,
+        /// The parser's explanation.
+        message: String,
+    },
     /// Local file error.
     #[error("download file {path}: {source}")]
     File {
@@ -48,15 +72,74 @@ pub struct Link {
     http: reqwest::Client,
     key: std::sync::Arc<FileKey>,
     device_id: String,
+    timeouts: Timeouts,
 }
+
+/// How long the link waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Total deadline of a control request (desired state, status, trust, enrollment).
+    pub control: Duration,
+    /// Longest silence on any connection before it is dropped (downloads included).
+    pub idle: Duration,
+}
+
+impl Timeouts {
+    /// From the fleet configuration.
+    pub fn from_config(config: &crate::config::FleetConfig) -> Self {
+        Timeouts {
+            control: Duration::from_secs(config.request_timeout_secs),
+            idle: Duration::from_secs(config.idle_timeout_secs),
+        }
+    }
+}
+
+/// What `GET .../desired` answered.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The device's current signed document, if the controller has one.
+    pub envelope: Option<SignedEnvelope>,
+    /// The controller's current trust set version, when it said.
+    pub trust_version: Option<u64>,
+}
+
+/// Largest error or enrollment answer read.
+const MAX_SMALL_ANSWER_BYTES: usize = 64 * 1024;
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Reads an answer's body up to `limit` bytes; more is refused, not buffered.
+async fn read_capped(mut resp: reqwest::Response, what: &'static str, limit: usize) -> Result<Vec<u8>, LinkError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(LinkError::TooLarge { what, limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(LinkError::TooLarge { what, limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    what: &'static str,
+    limit: usize,
+) -> Result<T, LinkError> {
+    let body = read_capped(resp, what, limit).await?;
+    serde_json::from_slice(&body).map_err(|e| LinkError::Malformed { what, message: e.to_string() })
+}
+
 async fn refused(resp: reqwest::Response) -> LinkError {
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    let text = match read_capped(resp, "an error", MAX_SMALL_ANSWER_BYTES).await {
+        Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+        Err(e) => e.to_string(),
+    };
     let message = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
@@ -64,11 +147,11 @@ async fn refused(resp: reqwest::Response) -> LinkError {
     LinkError::Refused { status, message }
 }
 
-fn client(tls: &ClientConfig) -> Result<reqwest::Client, LinkError> {
+fn client(tls: &ClientConfig, timeouts: Timeouts) -> Result<reqwest::Client, LinkError> {
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls.clone())
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(300))
+        .connect_timeout(timeouts.control.min(Duration::from_secs(10)))
+        .read_timeout(timeouts.idle)
         .build()?)
 }
 
@@ -76,17 +159,23 @@ fn client(tls: &ClientConfig) -> Result<reqwest::Client, LinkError> {
 pub async fn enroll(
     base: &str,
     tls: &ClientConfig,
+    timeouts: Timeouts,
     key: &FileKey,
     token: &str,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> Result<EnrollResponse, LinkError> {
     let body =
         EnrollRequest { token: token.to_owned(), public_key: key.public_key().to_base64(), labels: labels.clone() };
-    let resp = client(tls)?.post(format!("{}/api/v1/enroll", base.trim_end_matches('/'))).json(&body).send().await?;
+    let resp = client(tls, timeouts)?
+        .post(format!("{}/api/v1/enroll", base.trim_end_matches('/')))
+        .timeout(timeouts.control)
+        .json(&body)
+        .send()
+        .await?;
     if !resp.status().is_success() {
         return Err(refused(resp).await);
     }
-    Ok(resp.json().await?)
+    read_json(resp, "enrollment", MAX_SMALL_ANSWER_BYTES).await
 }
 
 impl Link {
@@ -94,10 +183,11 @@ impl Link {
     pub fn new(
         base: &str,
         tls: &ClientConfig,
+        timeouts: Timeouts,
         key: std::sync::Arc<FileKey>,
         device_id: String,
     ) -> Result<Self, LinkError> {
-        Ok(Link { base: base.trim_end_matches('/').to_owned(), http: client(tls)?, key, device_id })
+        Ok(Link { base: base.trim_end_matches('/').to_owned(), http: client(tls, timeouts)?, key, device_id, timeouts })
     }
 
     fn signed(&self, method: reqwest::Method, path: &str, body: &[u8]) -> reqwest::RequestBuilder {
@@ -110,15 +200,44 @@ impl Link {
             .header(SIGNATURE_HEADER, sig)
     }
 
-    /// The device's current signed document, if the controller has one.
-    pub async fn desired(&self) -> Result<Option<SignedEnvelope>, LinkError> {
+    /// A signed control request: bounded in time.
+    fn control(&self, method: reqwest::Method, path: &str, body: &[u8]) -> reqwest::RequestBuilder {
+        self.signed(method, path, body).timeout(self.timeouts.control)
+    }
+
+    /// The device's current signed document, if the controller has one, and the controller's
+    /// trust set version.
+    pub async fn desired(&self) -> Result<Desired, LinkError> {
         let path = format!("/api/v1/devices/{}/desired", self.device_id);
-        let resp = self.signed(reqwest::Method::GET, &path, b"").send().await?;
-        match resp.status() {
-            reqwest::StatusCode::NO_CONTENT => Ok(None),
-            s if s.is_success() => Ok(Some(resp.json().await?)),
-            _ => Err(refused(resp).await),
+        let resp = self.control(reqwest::Method::GET, &path, b"").send().await?;
+        let trust_version =
+            resp.headers().get(fleet::TRUST_VERSION_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let envelope = match resp.status() {
+            reqwest::StatusCode::NO_CONTENT => None,
+            s if s.is_success() => Some(read_json(resp, "the desired state", fleet::MAX_DESIRED_BYTES).await?),
+            _ => return Err(refused(resp).await),
+        };
+        Ok(Desired { envelope, trust_version })
+    }
+
+    /// Every trust rotation the controller has made (empty before the first).
+    pub async fn trust(&self) -> Result<TrustChain, LinkError> {
+        let path = format!("/api/v1/devices/{}/trust", self.device_id);
+        let resp = self.control(reqwest::Method::GET, &path, b"").send().await?;
+        if !resp.status().is_success() {
+            return Err(refused(resp).await);
         }
+        read_json(resp, "the trust chain", MAX_TRUST_CHAIN_BYTES).await
+    }
+
+    /// A broker client certificate for this device's key, issued by the controller's device CA.
+    pub async fn mqtt_certificate(&self) -> Result<MqttCertificate, LinkError> {
+        let path = format!("/api/v1/devices/{}/mqtt-certificate", self.device_id);
+        let resp = self.control(reqwest::Method::POST, &path, b"").send().await?;
+        if !resp.status().is_success() {
+            return Err(refused(resp).await);
+        }
+        read_json(resp, "the broker certificate", MAX_SMALL_ANSWER_BYTES).await
     }
 
     /// Downloads an artifact's compressed bytes into `part`, resuming from what `part` already
@@ -171,7 +290,7 @@ impl Link {
         let path = format!("/api/v1/devices/{}/status", self.device_id);
         let body = serde_json::to_vec(status).unwrap_or_default();
         let resp = self
-            .signed(reqwest::Method::POST, &path, &body)
+            .control(reqwest::Method::POST, &path, &body)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()

@@ -1,29 +1,31 @@
 //! The agent's MQTT link: receives its signed document from the retained
-//! `PREFIX/devices/{id}/desired` topic, publishes device-signed status on
-//! `PREFIX/devices/{id}/status` (QoS 0: a periodic heartbeat, the latest wins) with a last will
-//! that marks it offline, and telemetry batches on `PREFIX/devices/{id}/telemetry` (QoS 1, each
-//! acknowledgement reported to the telemetry [`Tracker`]).
+//! `PREFIX/devices/{id}/desired` topic and the fleet's trust rotations from the retained
+//! `PREFIX/trust`, publishes device-signed status on `PREFIX/devices/{id}/status` (QoS 0: a
+//! periodic heartbeat, the latest wins) with a signed last will that marks it offline, and
+//! telemetry batches on `PREFIX/devices/{id}/telemetry` (QoS 1, each acknowledgement reported to
+//! the telemetry [`Tracker`]).
 //!
-//! rumqttc reconnects on the next poll after an error; the loop backs off exponentially. While
-//! the link is down the agent falls back to HTTP polling.
+//! The device logs in as its id with a password signed by its key ([`fleet::mqtt_password`]),
+//! made fresh for every connection, and presents its broker certificate over TLS when it has
+//! one (brokers that authenticate by certificate). rumqttc reconnects on the next poll after an
+//! error; the loop backs off exponentially. While the link is down the agent polls over HTTP.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use edgefleet_shared::fleet::{DeviceStatus, parse_mqtt_url, topics};
+use edgefleet_shared::fleet::{
+    self, DeviceStatus, MAX_MQTT_PACKET_BYTES, OFFLINE_KIND, OfflineNotice, parse_mqtt_url, topics,
+};
 use edgefleet_shared::keys::FileKey;
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::tls::ClientConfig;
+use edgefleet_shared::trust::TrustChain;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
+use super::Incoming;
 use crate::telemetry::publish::Tracker;
-
-/// Last-will payload (matches the controller's).
-const OFFLINE: &[u8] = b"offline";
-/// Largest packet accepted or sent.
-const MAX_PACKET_BYTES: usize = 1024 * 1024;
 
 /// A running MQTT link.
 #[derive(Debug, Clone)]
@@ -35,9 +37,27 @@ pub struct MqttLink {
     telemetry_topic: String,
 }
 
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Fresh credentials and last will for the next connection attempt.
+fn prepare_connect(options: &mut MqttOptions, device: &str, key: &FileKey, status_topic: &str) {
+    let at = now();
+    options.set_credentials(device, fleet::mqtt_password(key, device, at));
+    let notice = OfflineNotice { kind: OFFLINE_KIND.into(), device: device.to_owned(), connected_at: at };
+    let will = SignedEnvelope::sign(&serde_json::to_vec(&notice).unwrap_or_default(), key);
+    options.set_last_will(LastWill::new(
+        status_topic,
+        serde_json::to_vec(&will).unwrap_or_default(),
+        QoS::AtLeastOnce,
+        false,
+    ));
+}
+
 impl MqttLink {
     /// Connects (in the background, over TLS with `tls` for `mqtts://`) and forwards documents
-    /// from the desired topic.
+    /// and trust rotations to `incoming`.
     pub fn start(
         url: &str,
         tls: Arc<ClientConfig>,
@@ -45,22 +65,24 @@ impl MqttLink {
         device: &str,
         key: Arc<FileKey>,
         tracker: Arc<Tracker>,
-    ) -> Result<(Self, mpsc::Receiver<SignedEnvelope>), String> {
+        incoming: mpsc::Sender<Incoming>,
+    ) -> Result<Self, String> {
         let broker = parse_mqtt_url(url)?;
         let status_topic = topics::status(prefix, device);
         let telemetry_topic = topics::telemetry(prefix, device);
         let desired_topic = topics::desired(prefix, device);
+        let trust_topic = topics::trust(prefix);
         let mut options = MqttOptions::new(device, broker.host, broker.port);
         if broker.tls {
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         }
         options.set_keep_alive(Duration::from_secs(15));
-        options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-        options.set_last_will(LastWill::new(&status_topic, OFFLINE.to_vec(), QoS::AtLeastOnce, false));
+        options.set_max_packet_size(MAX_MQTT_PACKET_BYTES, MAX_MQTT_PACKET_BYTES);
+        prepare_connect(&mut options, device, &key, &status_topic);
         let (client, mut events) = AsyncClient::new(options, 64);
         let connected = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel(8);
-        let (c, flag) = (client.clone(), connected.clone());
+        let (c, flag, signer, device, status) =
+            (client.clone(), connected.clone(), key.clone(), device.to_owned(), status_topic.clone());
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -70,18 +92,27 @@ impl MqttLink {
                         flag.store(true, Ordering::Relaxed);
                         metrics::gauge!("edgefleet_agent_mqtt_connected").set(1.0);
                         tracing::info!("MQTT connected.");
-                        if let Err(e) = c.subscribe(&desired_topic, QoS::AtLeastOnce).await {
-                            tracing::warn!(error = %e, "Cannot subscribe to the desired state.");
+                        for topic in [&desired_topic, &trust_topic] {
+                            if let Err(e) = c.subscribe(topic, QoS::AtLeastOnce).await {
+                                tracing::warn!(%topic, error = %e, "Cannot subscribe.");
+                            }
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == desired_topic => {
-                        match serde_json::from_slice::<SignedEnvelope>(&p.payload) {
-                            Ok(env) => {
-                                if tx.send(env).await.is_err() {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let message = if p.topic == desired_topic {
+                            serde_json::from_slice::<SignedEnvelope>(&p.payload).map(Incoming::Desired)
+                        } else if p.topic == trust_topic {
+                            serde_json::from_slice::<TrustChain>(&p.payload).map(Incoming::Trust)
+                        } else {
+                            continue;
+                        };
+                        match message {
+                            Ok(m) => {
+                                if incoming.send(m).await.is_err() {
                                     return;
                                 }
                             }
-                            Err(e) => tracing::warn!(error = %e, "Desired-state message is not a signed envelope."),
+                            Err(e) => tracing::warn!(topic = %p.topic, error = %e, "Malformed message ignored."),
                         }
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => tracker.on_outgoing(pkid),
@@ -91,15 +122,19 @@ impl MqttLink {
                         metrics::gauge!("edgefleet_agent_mqtt_connected").set(0.0);
                         if flag.swap(false, Ordering::Relaxed) {
                             tracing::warn!(error = %e, "MQTT connection lost; falling back to HTTP polling.");
+                        } else {
+                            tracing::debug!(error = %e, "MQTT connection failed.");
                         }
                         metrics::counter!("edgefleet_agent_mqtt_reconnects_total").increment(1);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
+                        // The password is only valid for a few minutes: sign a new one.
+                        prepare_connect(&mut events.mqtt_options, &device, &signer, &status);
                     }
                 }
             }
         });
-        Ok((MqttLink { client, connected, key, status_topic, telemetry_topic }, rx))
+        Ok(MqttLink { client, connected, key, status_topic, telemetry_topic })
     }
 
     /// Whether the broker connection is up.

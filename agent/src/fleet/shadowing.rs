@@ -6,50 +6,38 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use edgefleet_shared::deployment::DeploymentDocument;
-use edgefleet_shared::fleet::ActivationReport;
 
-use super::activate::{self, ActivationError};
+use super::Agent;
+use super::activate::{self, ActivationError, SHADOW_POOL};
 use super::state::{ShadowSlot, Slot};
-use super::{Agent, now};
+use crate::repository::ServedModel;
 use crate::shadow::Shadow;
-use crate::worker::PoolConfig;
-
-/// The shadow's CPU budget: one worker, and mirrors beyond a short queue are skipped.
-const SHADOW_POOL: PoolConfig = PoolConfig { workers: 1, queue_capacity: 2, batching: None };
 
 impl Agent {
-    /// Starts shadowing `doc`'s version; a failure is reported like a failed activation.
-    pub(super) async fn start_shadow(&mut self, doc: DeploymentDocument, share: f64) {
-        let started = Instant::now();
-        tracing::info!(model = %doc.model.name, version = doc.model.version, share, "Starting a shadow.");
-        let slot = Slot { model: doc.model.clone(), sequence: doc.sequence, artifacts: doc.artifacts.clone() };
-        let result = async {
-            let dir = activate::fetch(&self.link, &self.layout, &doc).await?;
-            let model = activate::load_with(&dir, &doc.model, SHADOW_POOL, &self.config.backend).await?;
-            activate::self_test(&dir, &model, &doc.model).await?;
-            Ok::<_, ActivationError>(model)
-        }
-        .await;
+    /// The shadow's version was prepared (or failed to): run it beside the active version, or
+    /// report the failure like a failed activation.
+    pub(super) fn shadow_prepared(
+        &mut self,
+        doc: DeploymentDocument,
+        share: f64,
+        started: Instant,
+        result: Result<Arc<ServedModel>, ActivationError>,
+    ) {
         match result {
             Ok(model) => {
                 let shadow = Arc::new(Shadow::new(model, doc.model.clone(), share));
                 self.http.set_shadow(&doc.model.name, Some(shadow));
+                let slot = Slot { model: doc.model.clone(), sequence: doc.sequence, artifacts: doc.artifacts.clone() };
                 self.state.shadow = Some(ShadowSlot { slot, share });
-                tracing::info!(model = %doc.model.name, version = doc.model.version, "Shadow running.");
+                tracing::info!(model = %doc.model.name, version = doc.model.version, share, "Shadow running.");
             }
             Err(e) => {
                 tracing::error!(model = %doc.model.name, version = doc.model.version, error = %e, "Shadow failed to start.");
-                self.state.last_activation = Some(ActivationReport {
-                    model: doc.model.clone(),
-                    sequence: doc.sequence,
-                    ok: false,
-                    error: Some(e.to_string()),
-                    at: now(),
-                    duration_ms: started.elapsed().as_millis() as u64,
-                });
+                self.record(&doc, started, Some(e.to_string()));
             }
         }
         self.save();
+        self.report();
     }
 
     /// Ends the shadow of `name`, if one runs.

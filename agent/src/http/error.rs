@@ -43,6 +43,11 @@ impl ApiError {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into() }
     }
 
+    /// 504: the model did not answer within the request deadline.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::GATEWAY_TIMEOUT, message: message.into() }
+    }
+
     /// 500: the engine failed on a request that passed validation.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into() }

@@ -71,15 +71,39 @@ async fn run(
     let (reply, answer) = oneshot::channel();
     let job = Job { inputs, enqueued: Instant::now(), reply };
     if let Err(e) = model.pool.try_submit(job) {
-        model.metrics.queue_full.increment(1);
         return Err(match e {
             SubmitError::Full { .. } => {
+                model.metrics.queue_full.increment(1);
                 ApiError::unavailable(format!("model {name:?} is overloaded: {e}; retry later"))
             }
-            SubmitError::Closed => ApiError::unavailable(format!("model {name:?} is shutting down")),
+            SubmitError::Closed => {
+                model.metrics.queue_full.increment(1);
+                ApiError::unavailable(format!("model {name:?} is shutting down"))
+            }
+            SubmitError::NoWorkers => {
+                model.metrics.no_workers.increment(1);
+                ApiError::unavailable(format!("model {name:?}: {e}"))
+            }
         });
     }
-    let result = answer.await.map_err(|_| ApiError::internal("the inference worker stopped before answering"))?;
+    // Dropping `answer` on expiry tells the worker not to run the job if it is still queued.
+    let result = match tokio::time::timeout(state.request_timeout, answer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => {
+            model.metrics.no_workers.increment(1);
+            return Err(ApiError::unavailable(format!(
+                "model {name:?}: the inference worker stopped before answering; retry later"
+            )));
+        }
+        Err(_) => {
+            model.metrics.timeouts.increment(1);
+            model.outcomes.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ApiError::timeout(format!(
+                "model {name:?} did not answer within {} ms (server.request_timeout_ms); the request was dropped",
+                state.request_timeout.as_millis()
+            )));
+        }
+    };
     model.metrics.queue_seconds.record(result.queued.as_secs_f64());
     model.metrics.compute_seconds.record(result.compute.as_secs_f64());
     let tensors = result.outputs.map_err(|e| {

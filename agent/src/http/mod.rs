@@ -31,6 +31,8 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How long an inference request waits for its answer.
+    pub request_timeout: std::time::Duration,
 }
 
 /// The agent's HTTP routes.
@@ -96,7 +98,11 @@ pub(crate) fn resolve(state: &AppState, name: &str, version: Option<&str>) -> Re
         )));
     }
     match entry {
-        ModelState::Ready(model) => Ok(model),
+        ModelState::Ready(model) if model.pool.serving() => Ok(model),
+        ModelState::Ready(model) => Err(ApiError::unavailable(format!(
+            "model {name:?} version {} has no running inference worker (they stopped after an engine failure; see the agent log)",
+            model.version
+        ))),
         ModelState::Loading { version } => {
             Err(ApiError::unavailable(format!("model {name:?} version {version} is still loading")))
         }
@@ -154,9 +160,9 @@ async fn repository_index(State(state): State<AppState>) -> Json<Vec<RepositoryE
                 name,
                 version: s.version().to_owned(),
                 state: match s {
-                    ModelState::Ready(_) => "READY",
+                    ModelState::Ready(_) if s.is_serving() => "READY",
                     ModelState::Loading { .. } => "LOADING",
-                    ModelState::Failed { .. } => "UNAVAILABLE",
+                    ModelState::Ready(_) | ModelState::Failed { .. } => "UNAVAILABLE",
                 }
                 .into(),
             })
@@ -167,9 +173,11 @@ async fn repository_index(State(state): State<AppState>) -> Json<Vec<RepositoryE
 async fn metrics(State(state): State<AppState>) -> Response {
     for (name, s) in state.repository.list() {
         if let ModelState::Ready(m) = s {
-            metrics::gauge!("edgefleet_agent_queue_depth_requests", "model" => name, "version" => m.version.clone())
-                .set(m.pool.queue_len() as f64);
+            let labels = [("model", name), ("version", m.version.clone())];
+            metrics::gauge!("edgefleet_agent_queue_depth_requests", &labels).set(m.pool.queue_len() as f64);
+            metrics::gauge!("edgefleet_agent_inference_workers", &labels).set(m.pool.workers_alive() as f64);
         }
     }
+    state.repository.update_ready_gauge();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
 }

@@ -36,6 +36,11 @@ pub enum EngineError {
     /// The engine failed while running the model.
     #[error("inference failed: {0}")]
     Run(String),
+    /// The engine panicked on this input (a bug in the engine or the model, or an input outside
+    /// what the model handles, such as an index past the end of a table). The worker caught it
+    /// and rebuilt its session; other requests are unaffected.
+    #[error("the engine panicked on this input: {0}")]
+    Panicked(String),
     /// The model uses a tensor type the agent cannot carry.
     #[error("model tensor {name:?} has element type {found}, which the agent cannot serve")]
     UnsupportedType {
@@ -55,6 +60,26 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+}
+
+/// Runs `f`, turning a panic inside it into [`EngineError::Panicked`] with the panic's message.
+///
+/// Engines are large dependencies that panic on some inputs (tract's `Gather` on an index past
+/// its table, for one). Every engine call that untrusted input reaches goes through here, so a
+/// panic fails that one call instead of the thread that made it. Whatever state `f` touched may
+/// be half-updated afterwards: callers drop the session it used and open a new one.
+pub fn isolate<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Err(EngineError::Panicked(panic_message(payload.as_ref()))))
+}
+
+/// The message a panic was raised with (`panic!("...")` or a formatted one), if it has one.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// One model input or output as the engine sees it.

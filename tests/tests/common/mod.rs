@@ -52,13 +52,22 @@ impl AgentProcess {
         Self::spawn("serve", args, env)
     }
 
+    /// [`AgentProcess::serve`] with another build of the agent (e.g. the `release-edge` one).
+    pub fn serve_with_binary(agent: &Path, args: &[&str]) -> AgentProcess {
+        Self::spawn_binary(agent, "serve", args, &[])
+    }
+
     /// Starts `edgefleet-agent run --listen 127.0.0.1:0 ARGS` (fleet mode).
     pub fn run(args: &[&str]) -> AgentProcess {
         Self::spawn("run", args, &[])
     }
 
     fn spawn(mode: &str, args: &[&str], env: &[(&str, &Path)]) -> AgentProcess {
-        let mut cmd = Command::new(binary("edgefleet-agent"));
+        Self::spawn_binary(&binary("edgefleet-agent"), mode, args, env)
+    }
+
+    fn spawn_binary(agent: &Path, mode: &str, args: &[&str], env: &[(&str, &Path)]) -> AgentProcess {
+        let mut cmd = Command::new(agent);
         cmd.arg(mode).args(["--listen", "127.0.0.1:0"]).args(args);
         for (k, v) in env {
             cmd.env(k, v);
