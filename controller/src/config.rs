@@ -112,7 +112,9 @@ impl TlsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// Where the embedded broker listens (TLS when `[tls]` has a certificate); none disables it.
+    /// MQTT at all; without it agents poll over HTTP.
+    pub enabled: bool,
+    /// Where the embedded broker listens (TLS when `[tls]` has a certificate).
     pub listen: Option<SocketAddr>,
     /// An external broker (`mqtt://host:port` or `mqtts://host:port`) instead of the embedded one.
     pub url: Option<String>,
@@ -123,16 +125,30 @@ pub struct MqttConfig {
     /// The controller's MQTT client id; its session persists on the broker, so telemetry is
     /// queued while the controller restarts. One id per controller.
     pub client_id: String,
+    /// External broker: the controller's username (with `password_file`).
+    pub username: Option<String>,
+    /// External broker: a file holding the controller's password.
+    pub password_file: Option<PathBuf>,
+    /// External broker: the controller's client certificate (PEM), for brokers that
+    /// authenticate by certificate (`edgefleet-controller mosquitto-config` writes one).
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (PEM).
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
+            enabled: true,
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
             url: None,
             advertise_url: None,
             topic_prefix: edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX.into(),
             client_id: "edgefleet-controller".into(),
+            username: None,
+            password_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -240,6 +256,15 @@ impl ControllerConfig {
             check_plain(&format!("the API on {addr} (plain HTTP)"), &addr.ip().to_string(), tls.insecure)
                 .map_err(crate::Error::Config)?;
         }
+        if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
+            return Err(crate::Error::Config("mqtt.client_cert and mqtt.client_key must be set together".into()));
+        }
+        if self.mqtt.username.is_some() != self.mqtt.password_file.is_some() {
+            return Err(crate::Error::Config("mqtt.username and mqtt.password_file must be set together".into()));
+        }
+        if !self.mqtt.enabled {
+            return Ok(());
+        }
         match (&self.mqtt.url, self.mqtt.listen) {
             (Some(url), _) => {
                 let broker = edgefleet_shared::fleet::parse_mqtt_url(url).map_err(crate::Error::Config)?;
@@ -278,9 +303,13 @@ impl DataDir {
     pub fn artifacts(&self) -> PathBuf {
         self.root.join("artifacts")
     }
-    /// Signing key (0600).
+    /// Keys: the first signing key, rotated ones, the device CA (all 0600).
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    /// The first signing key (0600); rotated keys sit beside it as `controller-<id>.key`.
     pub fn signing_key(&self) -> PathBuf {
-        self.root.join("keys").join("controller.key")
+        self.keys().join("controller.key")
     }
     /// Retraining dataset snapshots.
     pub fn snapshots(&self) -> PathBuf {

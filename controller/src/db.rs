@@ -219,6 +219,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX retrain_requests_version ON retrain_requests(model, version);
     ",
+    // 6: trust sets and key rotation; which key signed each document; each device's trust set.
+    "
+    CREATE TABLE trust_sets (
+        version        INTEGER PRIMARY KEY,
+        trust          BLOB NOT NULL,
+        rotation       TEXT,
+        key_id         TEXT NOT NULL,
+        key_file       TEXT NOT NULL,
+        created_at     INTEGER NOT NULL,
+        overlap_until  INTEGER NOT NULL
+    );
+    ALTER TABLE desired ADD COLUMN key_id TEXT;
+    ALTER TABLE devices ADD COLUMN trust_version INTEGER;
+    ",
 ];
 
 /// A shared handle to the database.

@@ -11,14 +11,15 @@ use std::sync::Arc;
 use edgefleet_shared::bundle::{BUNDLE_FILE, MODEL_FILE};
 use edgefleet_shared::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, ModelRef, ShadowSpec};
 use edgefleet_shared::fleet::{self, DeviceStatus, EnrollRequest, EnrollResponse, RequestAuthError};
-use edgefleet_shared::keys::PublicKey;
+use edgefleet_shared::keys::{PublicKey, Signer as _};
 use edgefleet_shared::signature::SignedEnvelope;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{hash_token, new_token};
 use crate::db::{self, Db, DbError, now};
-use crate::registry::{RegistryError, SignerDebug, resolve_version};
+use crate::keyring::KeyRing;
+use crate::registry::{RegistryError, resolve_version};
 
 /// Fleet failures, each mapping to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,9 @@ pub enum FleetError {
     /// Database failure (500).
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The device CA failed (500).
+    #[error("device CA: {0}")]
+    Ca(String),
 }
 
 impl From<rusqlite::Error> for FleetError {
@@ -131,14 +135,48 @@ pub struct FleetSettings {
 #[derive(Debug, Clone)]
 pub struct Fleet {
     db: Db,
-    signer: Arc<dyn SignerDebug>,
+    keys: Arc<KeyRing>,
     settings: Arc<FleetSettings>,
 }
 
 impl Fleet {
-    /// A fleet service over `db`, signing documents with `signer`.
-    pub fn new(db: Db, signer: Arc<dyn SignerDebug>, settings: FleetSettings) -> Self {
-        Fleet { db, signer, settings: Arc::new(settings) }
+    /// A fleet service over `db`, signing documents with the ring's keys.
+    pub fn new(db: Db, keys: Arc<KeyRing>, settings: FleetSettings) -> Self {
+        Fleet { db, keys, settings: Arc::new(settings) }
+    }
+
+    /// The signing keys and trust sets.
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
+    /// A device's enrolled public key, if it is enrolled.
+    pub async fn device_key(&self, device_id: String) -> Result<Option<PublicKey>, FleetError> {
+        self.db
+            .call(move |conn| -> Result<Option<PublicKey>, FleetError> {
+                let key: Option<String> = conn
+                    .query_row("SELECT public_key FROM devices WHERE id = ?1", params![device_id], |r| r.get(0))
+                    .optional()?;
+                Ok(key.and_then(|k| PublicKey::from_base64(&k)))
+            })
+            .await
+    }
+
+    /// A broker client certificate for an enrolled device's key.
+    pub async fn mqtt_certificate(
+        &self,
+        ca: &crate::device_ca::DeviceCa,
+        device_id: String,
+    ) -> Result<edgefleet_shared::fleet::MqttCertificate, FleetError> {
+        let key = self
+            .device_key(device_id.clone())
+            .await?
+            .ok_or_else(|| FleetError::NotFound(format!("unknown device {device_id:?}")))?;
+        let issued = ca.issue_device(&device_id, &key).map_err(|e| FleetError::Ca(e.to_string()))?;
+        Ok(edgefleet_shared::fleet::MqttCertificate {
+            certificate_pem: issued.certificate_pem,
+            expires_at: issued.expires_at,
+        })
     }
 
     /// Creates an enrollment token.
@@ -270,8 +308,14 @@ impl Fleet {
         self.db
             .call(move |conn| -> Result<(), FleetError> {
                 conn.execute(
-                    "UPDATE devices SET status = ?1, last_seen = ?2 WHERE id = ?3",
-                    params![serde_json::to_string(&status).unwrap_or_default(), now(), device_id],
+                    "UPDATE devices SET status = ?1, last_seen = ?2, trust_version = COALESCE(?3, trust_version)
+                     WHERE id = ?4",
+                    params![
+                        serde_json::to_string(&status).unwrap_or_default(),
+                        now(),
+                        status.trust_version.map(|v| v as i64),
+                        device_id
+                    ],
                 )?;
                 Ok(())
             })
@@ -389,18 +433,32 @@ impl Fleet {
             .await
     }
 
-    /// Re-signs documents that pass half their lifetime, with the next sequence, so devices
-    /// that follow the controller never see their document expire.
+    /// Re-signs, with the next sequence, documents that pass half their lifetime (so devices
+    /// that follow the controller never see their document expire) and documents signed by a
+    /// key other than the one the device should get now (after a key rotation).
     pub async fn refresh_expiring(&self) -> Result<Vec<String>, FleetError> {
         let this = self.clone();
         self.db
             .call(move |conn| -> Result<Vec<String>, FleetError> {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let horizon = now() + (this.settings.document_ttl_secs / 2) as i64;
-                let due: Vec<(String, String, i64, String)> = tx
-                    .prepare("SELECT device_id, model, version, envelope FROM desired WHERE expires_at <= ?1")?
-                    .query_map(params![horizon], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                    .collect::<Result<_, _>>()?;
+                let at = now() as u64;
+                let mut due: Vec<(String, String, i64, String)> = Vec::new();
+                {
+                    let mut stmt = tx.prepare(
+                        "SELECT s.device_id, s.model, s.version, s.envelope, s.expires_at, s.key_id, d.trust_version
+                         FROM desired s JOIN devices d ON d.id = s.device_id",
+                    )?;
+                    let mut rows = stmt.query([])?;
+                    while let Some(r) = rows.next()? {
+                        let (expires_at, key_id, trust_version): (i64, Option<String>, Option<i64>) =
+                            (r.get(4)?, r.get(5)?, r.get(6)?);
+                        let wanted = this.keys.signer_for(trust_version.map(|v| v as u64), at).key_id();
+                        if expires_at <= horizon || key_id.as_deref() != Some(wanted.as_str()) {
+                            due.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+                        }
+                    }
+                }
                 for (device, model, version, envelope) in &due {
                     let artifacts = version_artifacts(&tx, model, *version as u64)?;
                     // The refreshed document keeps what the current one asks (e.g. shadow).
@@ -431,9 +489,14 @@ impl Fleet {
             .optional()?;
         let sequence = last.map_or(1, |s| s as u64 + 1);
         let issued_at = now() as u64;
+        let trust_version: Option<i64> = tx
+            .query_row("SELECT trust_version FROM devices WHERE id = ?1", params![device], |r| r.get(0))
+            .optional()?
+            .flatten();
+        let signer = self.keys.signer_for(trust_version.map(|v| v as u64), issued_at);
         let doc = DeploymentDocument {
             kind: DEPLOYMENT_KIND.into(),
-            key_id: self.signer.key_id(),
+            key_id: signer.key_id(),
             sequence,
             issued_at,
             expires_at: issued_at + self.settings.document_ttl_secs,
@@ -442,13 +505,13 @@ impl Fleet {
             artifacts: artifacts.to_vec(),
             shadow,
         };
-        let envelope = SignedEnvelope::sign(&doc.to_bytes(), self.signer.as_ref());
+        let envelope = SignedEnvelope::sign(&doc.to_bytes(), signer.as_ref());
         tx.execute(
-            "INSERT INTO desired (device_id, sequence, model, version, envelope, issued_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO desired (device_id, sequence, model, version, envelope, issued_at, expires_at, key_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (device_id) DO UPDATE SET sequence = excluded.sequence, model = excluded.model,
                  version = excluded.version, envelope = excluded.envelope, issued_at = excluded.issued_at,
-                 expires_at = excluded.expires_at",
+                 expires_at = excluded.expires_at, key_id = excluded.key_id",
             params![
                 device,
                 sequence as i64,
@@ -456,7 +519,8 @@ impl Fleet {
                 model.version as i64,
                 serde_json::to_string(&envelope).unwrap_or_default(),
                 issued_at as i64,
-                doc.expires_at as i64
+                doc.expires_at as i64,
+                doc.key_id
             ],
         )?;
         Ok(Issued { device_id: device.to_owned(), sequence, version: model.version, expires_at: doc.expires_at })

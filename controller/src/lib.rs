@@ -11,8 +11,11 @@
 //! - [`cli`]: the `edgefleet` operator CLI (HTTP client, output formatting).
 //! - [`config`]: typed TOML configuration and the data-directory layout.
 //! - [`db`]: SQLite (WAL), migrations, the blocking-call handle, the audit log.
+//! - [`device_ca`]: broker client certificates for devices' keys and for the controller.
 //! - [`fleet`]: enrollment, device-signed requests, status, signed per-device documents.
-//! - [`mqtt`]: the embedded broker and the client publishing desired state, taking status.
+//! - [`keyring`]: signing keys and trust sets; key rotation and revocation.
+//! - [`mqtt`]: the embedded broker behind its authorizing gate, the Mosquitto set-up, and the
+//!   client publishing desired state and trust, taking status and telemetry.
 //! - [`observability`]: logging and the Prometheus recorder.
 //! - [`registry`]: the push pipeline, versions, aliases, lineage queries.
 //! - [`rollout`]: staged rollouts: waves, bake, quality gates, pause/abort with rollback.
@@ -27,7 +30,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod device_ca;
 pub mod fleet;
+pub mod keyring;
 pub mod mqtt;
 pub mod observability;
 pub mod registry;

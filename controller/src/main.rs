@@ -36,6 +36,9 @@ enum Command {
         /// embedded one.
         #[arg(long)]
         mqtt_url: Option<String>,
+        /// No MQTT at all: agents poll over HTTP.
+        #[arg(long, conflicts_with_all = ["mqtt_url", "mqtt_listen"])]
+        no_mqtt: bool,
         /// PEM certificate chain: serve HTTPS and MQTT over TLS (with --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -43,7 +46,7 @@ enum Command {
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
-    /// Write the trust file agents are provisioned with (this controller's public key).
+    /// Write the trust file agents are provisioned with (the current trust set).
     PublicKey {
         /// Data directory of the controller.
         #[arg(long)]
@@ -51,6 +54,42 @@ enum Command {
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Make a new signing key and trust set, signed by the current key; a running controller
+    /// delivers it to every device and signs with the new key after the overlap.
+    RotateKey {
+        /// Data directory of the controller (it may be running).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// How long the old key still signs for devices that have not taken the new set, in
+        /// seconds.
+        #[arg(long, default_value_t = 24 * 3600)]
+        overlap_secs: u64,
+        /// The old key may be compromised: no overlap, and its private key is deleted.
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Write a Mosquitto set-up (config, ACL, device CA, the controller's client certificate)
+    /// in which every client authenticates by certificate and topics are authorized.
+    MosquittoConfig {
+        /// Data directory of the controller (its device CA is used; created if new).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Address Mosquitto listens on (TLS).
+        #[arg(long, default_value = "0.0.0.0:8883")]
+        listen: std::net::SocketAddr,
+        /// Mosquitto's server certificate chain (PEM).
+        #[arg(long)]
+        server_cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long)]
+        server_key: PathBuf,
+        /// Topic prefix.
+        #[arg(long, default_value = edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX)]
+        topic_prefix: String,
     },
     /// Print the default configuration file.
     PrintDefaultConfig,
@@ -67,8 +106,21 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::PublicKey { data_dir, out } => public_key(DataDir { root: data_dir }, out),
-        Command::Serve { data_dir, config, listen, mqtt_listen, mqtt_url, tls_cert, tls_key } => {
-            let overrides = Overrides { listen, mqtt_listen, mqtt_url, tls_cert, tls_key };
+        Command::RotateKey { data_dir, overlap_secs, revoke } => {
+            rotate_key(DataDir { root: data_dir }, overlap_secs, revoke)
+        }
+        Command::MosquittoConfig { data_dir, out, listen, server_cert, server_key, topic_prefix } => {
+            let setup = edgefleet_controller::mqtt::mosquitto::MosquittoSetup {
+                out,
+                listen,
+                server_cert,
+                server_key,
+                prefix: topic_prefix,
+            };
+            mosquitto_config(DataDir { root: data_dir }, &setup)
+        }
+        Command::Serve { data_dir, config, listen, mqtt_listen, mqtt_url, no_mqtt, tls_cert, tls_key } => {
+            let overrides = Overrides { listen, mqtt_listen, mqtt_url, no_mqtt, tls_cert, tls_key };
             serve_cmd(data_dir, config, overrides)
         }
     };
@@ -94,12 +146,35 @@ fn public_key(data: DataDir, out: Option<PathBuf>) -> Result<(), Error> {
     }
 }
 
+fn rotate_key(data: DataDir, overlap_secs: u64, revoke: bool) -> Result<(), Error> {
+    let opened = serve::open_existing(&data)?;
+    let rotation = edgefleet_controller::keyring::rotate(&opened.db, &data.root, overlap_secs, revoke, "rotate-key")
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    println!("{}", serde_json::to_string_pretty(&rotation).unwrap_or_default());
+    Ok(())
+}
+
+fn mosquitto_config(data: DataDir, setup: &edgefleet_controller::mqtt::mosquitto::MosquittoSetup) -> Result<(), Error> {
+    // The broker is usually set up before the controller's first start: this creates the data dir.
+    let opened = serve::open(&data)?;
+    let written = edgefleet_controller::mqtt::mosquitto::write_setup(&opened.ca, setup, "")?;
+    println!("wrote {}", written.config.display());
+    println!(
+        "controller: [mqtt] url = \"mqtts://HOST:{}\", client_cert = \"{}\", client_key = \"{}\"",
+        setup.listen.port(),
+        written.controller_cert.display(),
+        written.controller_key.display()
+    );
+    Ok(())
+}
+
 /// Flags that override the configuration file.
 #[derive(Debug)]
 struct Overrides {
     listen: Option<std::net::SocketAddr>,
     mqtt_listen: Option<std::net::SocketAddr>,
     mqtt_url: Option<String>,
+    no_mqtt: bool,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
 }
@@ -117,6 +192,9 @@ fn serve_cmd(data_dir: PathBuf, config: Option<PathBuf>, flags: Overrides) -> Re
     }
     if flags.mqtt_url.is_some() {
         config.mqtt.url = flags.mqtt_url;
+    }
+    if flags.no_mqtt {
+        config.mqtt.enabled = false;
     }
     if let (Some(cert), Some(key)) = (flags.tls_cert, flags.tls_key) {
         config.tls.cert = Some(cert);

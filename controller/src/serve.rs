@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use edgefleet_shared::keys::{FileKey, Signer as _};
 use edgefleet_shared::profile::ProfileOptions;
-use edgefleet_shared::trust::TrustStore;
 
 use crate::Error;
 use crate::api::{AppState, router};
 use crate::auth;
 use crate::config::{ControllerConfig, DataDir};
 use crate::db::Db;
+use crate::device_ca::DeviceCa;
 use crate::fleet::{Fleet, FleetSettings};
+use crate::keyring::KeyRing;
 use crate::registry::Registry;
 use crate::store::FsStore;
 
@@ -29,13 +30,32 @@ pub struct Started {
     pub admin_token: Option<String>,
 }
 
-/// Opens (creating on first start) the data directory: database, artifact store, signing key.
-pub fn open(data: &DataDir) -> Result<(Db, Arc<FsStore>, FileKey), Error> {
+/// The opened data directory.
+#[derive(Debug)]
+pub struct Opened {
+    /// The database.
+    pub db: Db,
+    /// The artifact store.
+    pub store: Arc<FsStore>,
+    /// Signing keys and trust sets.
+    pub keys: Arc<KeyRing>,
+    /// The device CA.
+    pub ca: Arc<DeviceCa>,
+}
+
+/// Opens (creating on first start) the data directory: database, artifact store, signing key
+/// (recorded as trust set 1), device CA.
+pub fn open(data: &DataDir) -> Result<Opened, Error> {
     create_private_dir(&data.root)?;
     let db = Db::open(&data.database())?;
     let store = Arc::new(FsStore::new(&data.artifacts()).map_err(|e| Error::Startup(e.to_string()))?);
-    let key = FileKey::load_or_generate(&data.signing_key()).map_err(|e| Error::Startup(e.to_string()))?;
-    Ok((db, store, key))
+    let startup = |e: &dyn std::fmt::Display| Error::Startup(e.to_string());
+    let first = FileKey::load_or_generate(&data.signing_key()).map_err(|e| startup(&e))?;
+    db.call_blocking(|conn| crate::keyring::ensure_first_set(conn, &first, "keys/controller.key"))
+        .map_err(|e| startup(&e))?;
+    let keys = Arc::new(KeyRing::load(&db, &data.root).map_err(|e| startup(&e))?);
+    let ca = Arc::new(DeviceCa::load_or_create(&data.keys()).map_err(|e| startup(&e))?);
+    Ok(Opened { db, store, keys, ca })
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), Error> {
@@ -46,8 +66,9 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), Error> {
     builder.create(path).map_err(|e| Error::Startup(format!("cannot create data dir {}: {e}", path.display())))
 }
 
-/// The trust file agents are provisioned with: this controller's public key.
-pub fn trust_file(data: &DataDir) -> Result<Vec<u8>, Error> {
+/// Opens an existing data directory (for the offline commands), refusing one the controller
+/// never started with.
+pub fn open_existing(data: &DataDir) -> Result<Opened, Error> {
     let path = data.signing_key();
     if !path.exists() {
         return Err(Error::Startup(format!(
@@ -55,8 +76,12 @@ pub fn trust_file(data: &DataDir) -> Result<Vec<u8>, Error> {
             path.display()
         )));
     }
-    let key = FileKey::load(&path).map_err(|e| Error::Startup(e.to_string()))?;
-    Ok(TrustStore::new(1, [key.public_key()]).to_bytes())
+    open(data)
+}
+
+/// The trust file agents are provisioned with: the current trust set (after any rotations).
+pub fn trust_file(data: &DataDir) -> Result<Vec<u8>, Error> {
+    Ok(open_existing(data)?.keys.trust_file())
 }
 
 /// Serves until `shutdown` resolves; `on_started` runs once the socket is bound.
@@ -74,25 +99,29 @@ pub async fn run(
         }
         None => None,
     };
-    let (db, store, key) = open(&data)?;
+    let Opened { db, store, keys, ca } = open(&data)?;
     let admin_token = db.call_blocking(|conn| auth::bootstrap_admin(conn, admin_preset))?;
-    tracing::info!(key_id = %key.key_id(), data_dir = %data.root.display(), "Controller data opened.");
-    let key = Arc::new(key);
+    tracing::info!(key_id = %keys.key_id(), trust_version = keys.version(), data_dir = %data.root.display(),
+        "Controller data opened.");
     // The broker: an external one by URL, else the embedded one (unless disabled). The
-    // controller's own client reaches the embedded broker on its internal plain listener.
-    let (broker_url, advertised) = match (&config.mqtt.url, config.mqtt.listen) {
-        (Some(url), _) => (Some(url.clone()), Some(url.clone())),
-        (None, Some(listen)) => {
-            let broker = crate::mqtt::start_embedded(listen, config.tls.server_files())?;
-            let scheme = if broker.tls { "mqtts" } else { "mqtt" };
-            let public = format!("{scheme}://{}", broker.public);
-            (Some(format!("mqtt://{}", broker.internal)), Some(config.mqtt.advertise_url.clone().unwrap_or(public)))
+    // controller's own client reaches the embedded broker on its internal loopback listener.
+    let mut embedded = None;
+    let (broker, advertised) = match (config.mqtt.enabled, &config.mqtt.url, config.mqtt.listen) {
+        (false, ..) => (None, None),
+        (true, Some(url), _) => (Some(crate::mqtt::Broker::external(url, &config.mqtt)?), Some(url.clone())),
+        (true, None, Some(listen)) => {
+            let started = crate::mqtt::embedded::start(listen, server_tls.clone())?;
+            let scheme = if started.tls { "mqtts" } else { "mqtt" };
+            let public = format!("{scheme}://{}", started.public);
+            let broker = crate::mqtt::Broker::embedded(&started);
+            embedded = Some(started);
+            (Some(broker), Some(config.mqtt.advertise_url.clone().unwrap_or(public)))
         }
-        (None, None) => (None, None),
+        (true, None, None) => (None, None),
     };
     let fleet = Fleet::new(
         db.clone(),
-        key.clone(),
+        keys.clone(),
         FleetSettings {
             document_ttl_secs: config.fleet.document_ttl_secs,
             online_window_secs: config.fleet.online_window_secs,
@@ -115,21 +144,25 @@ pub async fn run(
         data.snapshots(),
         webhooks,
     );
-    let mqtt = match &broker_url {
-        Some(url) => Some(crate::mqtt::Mqtt::connect(
-            url,
+    if let Some(started) = embedded {
+        started.open_gate(fleet.clone(), &config.mqtt.topic_prefix)?;
+    }
+    let mqtt = match broker {
+        Some(broker) => Some(crate::mqtt::Mqtt::connect(
+            broker,
             &config.mqtt.client_id,
             &config.mqtt.topic_prefix,
             fleet.clone(),
             telemetry.clone(),
             Some(tls),
+            config.tls.ca_file.as_deref(),
         )?),
         None => None,
     };
     let registry = Registry::new(
         db.clone(),
         store,
-        key,
+        keys.clone(),
         data.scratch(),
         ProfileOptions {
             bins: config.registry.baseline_bins,
@@ -139,6 +172,7 @@ pub async fn run(
     );
     let refresher = tokio::spawn(refresh_documents(
         fleet.clone(),
+        db.clone(),
         mqtt.clone(),
         Duration::from_secs(config.fleet.refresh_interval_secs),
     ));
@@ -146,7 +180,7 @@ pub async fn run(
     let engine = tokio::spawn(drive_rollouts(rollouts.clone(), fleet.clone(), mqtt.clone()));
     let judge = tokio::spawn(judge_telemetry(telemetry.clone()));
     let state =
-        AppState { db, registry, fleet, rollouts, telemetry, mqtt, prometheus: crate::observability::prometheus() };
+        AppState { db, registry, fleet, rollouts, telemetry, mqtt, ca, prometheus: crate::observability::prometheus() };
     let addr = config.server.listen;
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -188,11 +222,33 @@ pub async fn run(
     Ok(())
 }
 
-/// Re-signs documents past half their lifetime, forever, and publishes the new ones.
-async fn refresh_documents(fleet: Fleet, mqtt: Option<crate::mqtt::Mqtt>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
+/// How often the controller looks for a key rotation recorded by `rotate-key`.
+const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Re-signs documents past half their lifetime or signed by a key the device should no longer
+/// get, forever, and publishes the new ones; picks up key rotations and publishes the trust
+/// chain.
+async fn refresh_documents(fleet: Fleet, db: Db, mqtt: Option<crate::mqtt::Mqtt>, every: Duration) {
+    let mut keys = tokio::time::interval(KEY_CHECK_INTERVAL);
+    keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_refresh: Option<std::time::Instant> = None;
     loop {
-        tick.tick().await;
+        keys.tick().await;
+        let rotated = match fleet.keys().reload(&db).await {
+            Ok(rotated) => rotated,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot read the trust sets.");
+                false
+            }
+        };
+        if rotated && let Some(mqtt) = &mqtt {
+            mqtt.publish_trust(&fleet.keys().chain()).await;
+        }
+        let overlap_ending = fleet.keys().overlap_ended(crate::db::now() as u64);
+        if !rotated && !overlap_ending && last_refresh.is_some_and(|t| t.elapsed() < every) {
+            continue;
+        }
+        last_refresh = Some(std::time::Instant::now());
         match fleet.refresh_expiring().await {
             Ok(devices) if devices.is_empty() => {}
             Ok(devices) => {

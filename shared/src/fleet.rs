@@ -119,8 +119,7 @@ pub fn verify_mqtt_password(
 }
 
 /// The device's MQTT last will, signed with its key (in a [`crate::signature::SignedEnvelope`]) so
-/// that nobody else can mark it offline, and stamped with the connection it belongs to so an old
-/// will cannot overrule a newer connection's status.
+/// that nobody else can mark it offline, even on a broker without topic ACLs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OfflineNotice {
@@ -130,6 +129,33 @@ pub struct OfflineNotice {
     pub device: String,
     /// Unix seconds when the connection that left this will was opened.
     pub connected_at: u64,
+}
+
+/// What a device connects to the broker with: username = its id, a fresh signed password, and
+/// a last will on its own status topic that is its signed [`OfflineNotice`]. Made anew for
+/// every connection attempt (the password is only valid for [`MAX_CLOCK_SKEW_SECS`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceLogin {
+    /// MQTT username (and client id): the device id.
+    pub username: String,
+    /// [`mqtt_password`].
+    pub password: String,
+    /// The last will's topic: the device's status topic.
+    pub will_topic: String,
+    /// The last will: a signed offline notice (JSON of a [`crate::signature::SignedEnvelope`]).
+    pub will_payload: Vec<u8>,
+}
+
+/// The [`DeviceLogin`] for `device_id` under topic `prefix`, at `now`.
+pub fn device_login(signer: &dyn Signer, device_id: &str, prefix: &str, now: u64) -> DeviceLogin {
+    let notice = OfflineNotice { kind: OFFLINE_KIND.into(), device: device_id.to_owned(), connected_at: now };
+    let will = crate::signature::SignedEnvelope::sign(&serde_json::to_vec(&notice).unwrap_or_default(), signer);
+    DeviceLogin {
+        username: device_id.to_owned(),
+        password: mqtt_password(signer, device_id, now),
+        will_topic: topics::status(prefix, device_id),
+        will_payload: serde_json::to_vec(&will).unwrap_or_default(),
+    }
 }
 
 /// Device id for a public key: `dev-` and the key id, so an id cannot be claimed without the key.

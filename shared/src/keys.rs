@@ -64,6 +64,11 @@ impl PublicKey {
         B64.decode(s).ok().and_then(|b| Self::from_bytes(&b))
     }
 
+    /// The 32 raw bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
     /// Base64 of the 32 raw bytes.
     pub fn to_base64(&self) -> String {
         B64.encode(self.0.to_bytes())

@@ -72,6 +72,21 @@ pub fn client_config_with_certificate(
     Ok(Arc::new(config))
 }
 
+/// [`client_config_with_certificate`] from PEM files: a certificate chain and its private key.
+pub fn client_config_with_certificate_files(
+    ca_file: Option<&Path>,
+    certificate: &Path,
+    key: &Path,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let certs = load_certs(certificate)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+        what: "a private key",
+        path: key.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(Arc::new(client_builder(ca_file)?.with_client_auth_cert(certs, key)?))
+}
+
 fn client_builder(
     ca_file: Option<&Path>,
 ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {

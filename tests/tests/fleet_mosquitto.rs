@@ -1,24 +1,24 @@
-//! Fleet mode against an external broker (Mosquitto): documents arrive over MQTT, status goes
-//! back over it, a broker outage falls back to HTTP polling, and the agent reconnects.
+//! Fleet mode against an external broker (Mosquitto, set up by `mosquitto-config`: certificates
+//! and topic ACLs): documents arrive over MQTT, status goes back over it, a broker outage falls
+//! back to HTTP polling, and the agent reconnects.
 //!
 //! Needs `mosquitto` on PATH or in /usr/sbin (`.ci/run` installs it with apt).
 
 mod common;
 
-use std::net::TcpListener;
 use std::time::Instant;
 
 use common::controller::ControllerProcess;
-use common::mosquitto::Mosquitto;
+use common::mosquitto::MosquittoSetup;
 use common::{AgentProcess, served_version, strs, testdata, until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_through_mosquitto_with_an_outage_covered_by_http_polling() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let broker = Mosquitto::start(dir.path(), port);
-    let url = format!("mqtt://127.0.0.1:{port}");
-    let c = ControllerProcess::start_with(&dir.path().join("controller"), &["--mqtt-url", &url]);
+    let setup = MosquittoSetup::new(&dir.path().join("broker"), &dir.path().join("controller"), false);
+    let broker = setup.start();
+    let mut c = ControllerProcess::start_with(&dir.path().join("controller"), &strs(&setup.controller_args()));
+    c.agent_extra = setup.agent_args();
     for _ in 0..3 {
         c.cli_json(&["model", "push", &testdata().join("iris_logreg.onnx").to_string_lossy(), "--name", "iris"]);
     }
@@ -52,7 +52,7 @@ async fn mqtt_through_mosquitto_with_an_outage_covered_by_http_polling() {
     })
     .await;
 
-    let _broker = Mosquitto::start(dir.path(), port);
+    let _broker = setup.start();
     let mut log = String::new();
     until("the agent to reconnect", 60, async || {
         log.push_str(&agent.log());

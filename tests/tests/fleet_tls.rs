@@ -51,15 +51,26 @@ async fn enroll_deploy_and_serve_over_https_and_mqtts() {
     args.extend(["--enroll-token".to_owned(), token, "--ca-file".to_owned(), pki.ca.to_string_lossy().into_owned()]);
     let agent = AgentProcess::run(&strs(&args));
     let http = reqwest::Client::new();
-    let mut id = String::new();
-    until("enrollment and an MQTT connection over TLS", 60, async || {
+    let mut id;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
         let list = c.cli_json(&["device", "list"]);
         id = list[0]["id"].as_str().unwrap_or_default().to_owned();
-        let Ok(r) = http.get(agent.url("/metrics")).send().await else { return false };
-        let text = r.text().await.unwrap_or_default();
-        !id.is_empty() && metric(&text, "edgefleet_agent_mqtt_connected") == Some(1.0)
-    })
-    .await;
+        let text = match http.get(agent.url("/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if !id.is_empty() && metric(&text, "edgefleet_agent_mqtt_connected") == Some(1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no MQTT connection over TLS; agent log:\n{}\ncontroller log:\n{}",
+            agent.log(),
+            c.stderr.try_iter().collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let state = std::fs::read_to_string(dir.path().join("agent").join("state.json")).expect("state file");
     assert!(state.contains("mqtts://127.0.0.1:"), "the controller advertised a TLS broker: {state}");
 

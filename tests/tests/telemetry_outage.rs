@@ -8,12 +8,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::controller::ControllerProcess;
-use common::mosquitto::Mosquitto;
+use common::mosquitto::MosquittoSetup;
 use common::telemetry::{agent_config, by_request_id, fleet, infer, iris_rows, stored_samples, wait_serving};
 use common::{AgentProcess, metric, until};
 
@@ -38,12 +37,10 @@ fn ids(prefix: &str, n: usize) -> impl Iterator<Item = String> + '_ {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_60s_broker_outage_loses_nothing_but_the_counted_overflow() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker_dir = dir.path().join("broker");
-    std::fs::create_dir_all(&broker_dir).expect("broker dir");
-    let port = TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let broker = Mosquitto::start_persistent(&broker_dir, port);
-    let url = format!("mqtt://127.0.0.1:{port}");
-    let c = ControllerProcess::start_with(&dir.path().join("controller"), &["--mqtt-url", &url]);
+    let setup = MosquittoSetup::new(&dir.path().join("broker"), &dir.path().join("controller"), true);
+    let broker = setup.start();
+    let mut c = ControllerProcess::start_with(&dir.path().join("controller"), &common::strs(&setup.controller_args()));
+    c.agent_extra = setup.agent_args();
     let http = reqwest::Client::new();
     for sub in ["a", "b"] {
         std::fs::create_dir_all(dir.path().join(sub)).expect("config dir");
@@ -81,7 +78,7 @@ async fn a_60s_broker_outage_loses_nothing_but_the_counted_overflow() {
         sent_b += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _broker = Mosquitto::start_persistent(&broker_dir, port);
+    let _broker = setup.start();
     let returned = Instant::now();
 
     // Agent A: every sample exactly once.

@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use edgefleet_shared::fleet::{
-    self, DeviceStatus, MAX_MQTT_PACKET_BYTES, OFFLINE_KIND, OfflineNotice, parse_mqtt_url, topics,
-};
+use edgefleet_shared::fleet::{self, DeviceStatus, MAX_MQTT_PACKET_BYTES, parse_mqtt_url, topics};
 use edgefleet_shared::keys::FileKey;
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::tls::ClientConfig;
@@ -42,17 +40,10 @@ fn now() -> u64 {
 }
 
 /// Fresh credentials and last will for the next connection attempt.
-fn prepare_connect(options: &mut MqttOptions, device: &str, key: &FileKey, status_topic: &str) {
-    let at = now();
-    options.set_credentials(device, fleet::mqtt_password(key, device, at));
-    let notice = OfflineNotice { kind: OFFLINE_KIND.into(), device: device.to_owned(), connected_at: at };
-    let will = SignedEnvelope::sign(&serde_json::to_vec(&notice).unwrap_or_default(), key);
-    options.set_last_will(LastWill::new(
-        status_topic,
-        serde_json::to_vec(&will).unwrap_or_default(),
-        QoS::AtLeastOnce,
-        false,
-    ));
+fn prepare_connect(options: &mut MqttOptions, device: &str, key: &FileKey, prefix: &str) {
+    let login = fleet::device_login(key, device, prefix, now());
+    options.set_credentials(login.username, login.password);
+    options.set_last_will(LastWill::new(login.will_topic, login.will_payload, QoS::AtLeastOnce, false));
 }
 
 impl MqttLink {
@@ -78,17 +69,19 @@ impl MqttLink {
         }
         options.set_keep_alive(Duration::from_secs(15));
         options.set_max_packet_size(MAX_MQTT_PACKET_BYTES, MAX_MQTT_PACKET_BYTES);
-        prepare_connect(&mut options, device, &key, &status_topic);
+        prepare_connect(&mut options, device, &key, prefix);
         let (client, mut events) = AsyncClient::new(options, 64);
         let connected = Arc::new(AtomicBool::new(false));
-        let (c, flag, signer, device, status) =
-            (client.clone(), connected.clone(), key.clone(), device.to_owned(), status_topic.clone());
+        let (c, flag, signer, device, prefix) =
+            (client.clone(), connected.clone(), key.clone(), device.to_owned(), prefix.to_owned());
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
+            let mut failures: u64 = 0;
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff = Duration::from_millis(100);
+                        failures = 0;
                         flag.store(true, Ordering::Relaxed);
                         metrics::gauge!("edgefleet_agent_mqtt_connected").set(1.0);
                         tracing::info!("MQTT connected.");
@@ -122,14 +115,15 @@ impl MqttLink {
                         metrics::gauge!("edgefleet_agent_mqtt_connected").set(0.0);
                         if flag.swap(false, Ordering::Relaxed) {
                             tracing::warn!(error = %e, "MQTT connection lost; falling back to HTTP polling.");
-                        } else {
-                            tracing::debug!(error = %e, "MQTT connection failed.");
+                        } else if failures.is_power_of_two() || failures == 0 {
+                            tracing::warn!(error = %e, attempts = failures + 1, "Cannot connect to the MQTT broker; polling over HTTP meanwhile.");
                         }
+                        failures += 1;
                         metrics::counter!("edgefleet_agent_mqtt_reconnects_total").increment(1);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                         // The password is only valid for a few minutes: sign a new one.
-                        prepare_connect(&mut events.mqtt_options, &device, &signer, &status);
+                        prepare_connect(&mut events.mqtt_options, &device, &signer, &prefix);
                     }
                 }
             }

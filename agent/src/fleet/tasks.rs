@@ -13,7 +13,7 @@ use edgefleet_shared::tls::ClientConfig;
 use tokio::sync::{mpsc, watch};
 
 use super::Incoming;
-use super::link::Link;
+use super::link::{Link, LinkError};
 use super::mqtt::MqttLink;
 
 /// While MQTT is up, the HTTP poll runs only every this many intervals, as a safety net.
@@ -41,8 +41,14 @@ pub(super) async fn poll(
         }
         let desired = match link.desired().await {
             Ok(d) => d,
-            Err(e) => {
+            // The network being down is ordinary; an answer that is not what a controller sends
+            // (too large, malformed, refused) is worth a warning.
+            Err(e @ LinkError::Transport(_)) => {
                 tracing::debug!(error = %e, "Cannot fetch the desired state.");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Desired-state answer refused.");
                 continue;
             }
         };

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use edgefleet_shared::fleet::{
     DEVICE_HEADER, DeviceStatus, EnrollRequest, EnrollResponse, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    TRUST_VERSION_HEADER,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,10 @@ impl From<FleetError> for ApiError {
             FleetError::Conflict(m) => ApiError::conflict(m),
             FleetError::Registry(r) => r.into(),
             FleetError::Db(d) => d.into(),
+            FleetError::Ca(m) => {
+                tracing::error!(error = %m, "Device CA error.");
+                ApiError::internal("internal certificate error; see the controller log")
+            }
         }
     }
 }
@@ -101,7 +106,8 @@ async fn device_auth(
     Ok(())
 }
 
-/// The device's signed deployment document (204 when none).
+/// The device's signed deployment document (204 when none); `x-edgefleet-trust-version` says
+/// which trust set is current, so a device behind it fetches the rotations.
 #[utoipa::path(get, path = "/api/v1/devices/{id}/desired", responses((status = 200, description = "signed envelope"), (status = 204)))]
 pub(super) async fn desired(
     State(state): State<AppState>,
@@ -111,10 +117,39 @@ pub(super) async fn desired(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     device_auth(&state, &id, &method, &uri, &headers, b"").await?;
+    let trust = [(TRUST_VERSION_HEADER, state.fleet.keys().version().to_string())];
     Ok(match state.fleet.desired(id).await? {
-        Some(env) => Json(env).into_response(),
-        None => StatusCode::NO_CONTENT.into_response(),
+        Some(env) => (trust, Json(env)).into_response(),
+        None => (StatusCode::NO_CONTENT, trust).into_response(),
     })
+}
+
+/// Every trust rotation since the first set, oldest first (devices verify each against the set
+/// they hold).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/trust", responses((status = 200, description = "the trust chain")))]
+pub(super) async fn trust(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Result<Json<edgefleet_shared::trust::TrustChain>, ApiError> {
+    device_auth(&state, &id, &method, &uri, &headers, b"").await?;
+    Ok(Json(state.fleet.keys().chain()))
+}
+
+/// A broker client certificate for the device's own key, from the device CA (for brokers that
+/// authenticate by certificate).
+#[utoipa::path(post, path = "/api/v1/devices/{id}/mqtt-certificate", responses((status = 200, description = "certificate PEM and expiry")))]
+pub(super) async fn mqtt_certificate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Result<Json<edgefleet_shared::fleet::MqttCertificate>, ApiError> {
+    device_auth(&state, &id, &method, &uri, &headers, b"").await?;
+    Ok(Json(state.fleet.mqtt_certificate(&state.ca, id).await?))
 }
 
 /// An artifact of the device's current document (compressed; `Range` supported).

@@ -37,6 +37,8 @@ pub struct AppState {
     pub telemetry: crate::telemetry::Telemetry,
     /// MQTT client, when the controller has a broker.
     pub mqtt: Option<crate::mqtt::Mqtt>,
+    /// The device CA (broker client certificates).
+    pub ca: std::sync::Arc<crate::device_ca::DeviceCa>,
     /// Renders `/metrics`.
     pub prometheus: PrometheusHandle,
 }
@@ -65,6 +67,8 @@ pub struct AppState {
         devices::create_enrollment_token,
         devices::enroll,
         devices::desired,
+        devices::trust,
+        devices::mqtt_certificate,
         devices::artifact,
         devices::status,
         devices::list,
@@ -132,6 +136,8 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::show))
         .route("/devices/{id}/desired", get(devices::desired))
+        .route("/devices/{id}/trust", get(devices::trust))
+        .route("/devices/{id}/mqtt-certificate", post(devices::mqtt_certificate))
         .route("/devices/{id}/artifacts/{sha256}", get(devices::artifact))
         .route("/devices/{id}/status", post(devices::status))
         .route("/deployments", post(devices::deploy))

@@ -195,12 +195,7 @@ pub async fn run(client: &Client, base: &str, args: SimArgs) -> Result<(), CliEr
             let mut o = MqttOptions::new(answer.device_id.clone(), broker.host.clone(), broker.port);
             o.set_keep_alive(Duration::from_secs(60));
             o.set_max_packet_size(256 * 1024, 256 * 1024);
-            o.set_last_will(LastWill::new(
-                topics::status(&answer.topic_prefix, &answer.device_id),
-                b"offline".to_vec(),
-                QoS::AtLeastOnce,
-                false,
-            ));
+            login(&mut o, &device, &answer.topic_prefix);
             o
         };
         let permit = gate.clone().acquire_owned().await.map_err(|e| CliError::Usage(e.to_string()))?;
@@ -318,6 +313,7 @@ async fn simulate(
                     }
                     connected = false;
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    login(&mut events.mqtt_options, &device, &prefix);
                 }
             },
             _ = status.tick(), if connected => publish_status(&client, &status_topic, &device, timing.started, &stats),
@@ -329,6 +325,14 @@ async fn simulate(
             }
         }
     }
+}
+
+/// A device's broker login and signed will, fresh for each connection attempt (as the agent's).
+fn login(options: &mut MqttOptions, device: &Device, prefix: &str) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let login = edgefleet_shared::fleet::device_login(&device.key, &device.id, prefix, now);
+    options.set_credentials(login.username, login.password);
+    options.set_last_will(LastWill::new(login.will_topic, login.will_payload, QoS::AtLeastOnce, false));
 }
 
 fn publish_status(client: &AsyncClient, topic: &str, device: &Device, started: Instant, stats: &Stats) {

@@ -20,6 +20,9 @@ pub struct ControllerProcess {
     pub stderr: mpsc::Receiver<String>,
     /// The CA the CLI trusts when the controller serves HTTPS.
     pub ca_file: Option<PathBuf>,
+    /// Extra `edgefleet-agent run` arguments every agent of this controller needs (e.g. the CA
+    /// of an external broker).
+    pub agent_extra: Vec<String>,
 }
 
 impl ControllerProcess {
@@ -78,6 +81,7 @@ impl ControllerProcess {
                     admin_token_line,
                     stderr: erx,
                     ca_file: None,
+                    agent_extra: Vec::new(),
                 };
             }
         }
@@ -128,6 +132,7 @@ impl ControllerProcess {
         );
         args.push("--watch-window-secs".into());
         args.push(watch_window_secs.to_string());
+        args.extend(self.agent_extra.iter().cloned());
         args
     }
 

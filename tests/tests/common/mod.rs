@@ -2,8 +2,10 @@
 #![allow(dead_code, unreachable_pub, reason = "each test binary uses a different subset")]
 
 pub mod controller;
+pub mod device;
 pub mod mosquitto;
 pub mod pki;
+pub mod proxy;
 pub mod telemetry;
 
 use std::io::{BufRead, BufReader};

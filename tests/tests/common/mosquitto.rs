@@ -1,53 +1,116 @@
-//! Mosquitto for the external-broker tests (`.ci/run` installs it with apt).
+//! Mosquitto for the external-broker tests (`.ci/run` installs it with apt), set up as the
+//! README documents it: `edgefleet-controller mosquitto-config` writes the configuration, so
+//! every client authenticates by a certificate from the controller's device CA and topics are
+//! authorized; Mosquitto serves TLS with a certificate from a test CA.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::binary;
+use super::pki::TestPki;
 
 fn mosquitto_binary() -> PathBuf {
     ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
-        .expect("mosquitto is not installed: apt-get install -y mosquitto (as .ci/run does)")
+        .expect("mosquitto is not installed: apt-get install -y mosquitto (as the test script does)")
 }
 
-/// A Mosquitto process on a loopback port, killed when dropped.
-pub struct Mosquitto(Child);
+/// A Mosquitto set-up for one controller data directory.
+pub struct MosquittoSetup {
+    /// Port it listens on (127.0.0.1, TLS).
+    pub port: u16,
+    /// The test CA of its server certificate (agents and the controller trust it).
+    pub pki: TestPki,
+    conf: PathBuf,
+    controller_config: PathBuf,
+}
 
-impl Mosquitto {
-    /// Starts Mosquitto on 127.0.0.1:`port` with its config in `dir`.
-    pub fn start(dir: &Path, port: u16) -> Mosquitto {
-        Self::start_with(dir, port, "persistence false\n")
+impl MosquittoSetup {
+    /// Runs `edgefleet-controller mosquitto-config` for `controller_data` (created if new) into
+    /// `dir`, and writes the controller configuration that logs in with the certificate it made.
+    /// With `persistent`, sessions and queued messages survive a restart, as in production.
+    pub fn new(dir: &Path, controller_data: &Path, persistent: bool) -> MosquittoSetup {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        std::fs::create_dir_all(dir).expect("dir");
+        let pki = TestPki::new(dir, &["localhost", "127.0.0.1"]);
+        let out = dir.join("mosquitto");
+        let status = Command::new(binary("edgefleet-controller"))
+            .args(["mosquitto-config", "--data-dir"])
+            .arg(controller_data)
+            .arg("--out")
+            .arg(&out)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--server-cert"])
+            .arg(&pki.cert)
+            .arg("--server-key")
+            .arg(&pki.key)
+            .stdout(Stdio::null())
+            .status()
+            .expect("mosquitto-config");
+        assert!(status.success(), "mosquitto-config failed");
+        let conf = out.join("mosquitto.conf");
+        // Run as root (CI containers), Mosquitto would drop to its own user, which cannot read
+        // the test's files.
+        let mut extra = "user root\n".to_owned();
+        extra.push_str(&if persistent {
+            format!("persistence true\npersistence_location {}/\nautosave_interval 1\n", dir.display())
+        } else {
+            "persistence false\n".to_owned()
+        });
+        let mut text = std::fs::read_to_string(&conf).expect("conf");
+        text.push_str(&extra);
+        std::fs::write(&conf, text).expect("conf");
+        let controller_config = dir.join("controller-mqtt.toml");
+        std::fs::write(
+            &controller_config,
+            format!(
+                "[mqtt]\nclient_cert = \"{}\"\nclient_key = \"{}\"\n\n[tls]\nca_file = \"{}\"\n",
+                out.join("controller.crt").display(),
+                out.join("controller.key").display(),
+                pki.ca.display()
+            ),
+        )
+        .expect("controller config");
+        MosquittoSetup { port, pki, conf, controller_config }
     }
 
-    /// Starts Mosquitto with persistence in `dir` (sessions and queued QoS 1 messages survive
-    /// a [`Mosquitto::stop`] and restart), as a production broker is run.
-    pub fn start_persistent(dir: &Path, port: u16) -> Mosquitto {
-        // Run as root (CI containers), Mosquitto would drop to its own user, which cannot write `dir`.
-        let settings =
-            format!("user root\npersistence true\npersistence_location {}/\nautosave_interval 1\n", dir.display());
-        Self::start_with(dir, port, &settings)
+    /// The broker URL.
+    pub fn url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
     }
 
-    fn start_with(dir: &Path, port: u16, settings: &str) -> Mosquitto {
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n{settings}")).expect("conf");
+    /// `edgefleet-controller serve` arguments for this broker.
+    pub fn controller_args(&self) -> Vec<String> {
+        vec!["--mqtt-url".into(), self.url(), "--config".into(), self.controller_config.display().to_string()]
+    }
+
+    /// `edgefleet-agent run` arguments: trust Mosquitto's certificate.
+    pub fn agent_args(&self) -> Vec<String> {
+        vec!["--ca-file".into(), self.pki.ca.display().to_string()]
+    }
+
+    /// Starts Mosquitto and waits until it accepts connections.
+    pub fn start(&self) -> Mosquitto {
         let child = Command::new(mosquitto_binary())
             .arg("-c")
-            .arg(&conf)
+            .arg(&self.conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
         Mosquitto(child)
     }
 }
+
+/// A Mosquitto process, killed when dropped.
+pub struct Mosquitto(Child);
 
 impl Mosquitto {
     /// SIGTERM (Mosquitto saves its persistence file) and wait for the exit.

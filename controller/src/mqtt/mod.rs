@@ -1,130 +1,75 @@
-//! MQTT: the embedded broker (rumqttd, on its own thread) or an external one, and the
+//! MQTT: the embedded broker ([`embedded`], behind its [`gate`]) or an external one, and the
 //! controller's client that publishes each device's signed document retained on
-//! `PREFIX/devices/{id}/desired`, takes device status from `PREFIX/devices/+/status` and
-//! telemetry batches from `PREFIX/devices/+/telemetry`.
+//! `PREFIX/devices/{id}/desired` and the trust chain retained on `PREFIX/trust`, and takes
+//! device status from `PREFIX/devices/+/status` and telemetry batches from
+//! `PREFIX/devices/+/telemetry`.
 //!
 //! The client keeps a persistent session (clean session off, a stable client id) so the broker
 //! queues QoS 1 telemetry while the controller restarts, and acknowledges each message only
-//! after it was handled (stored, or refused for good).
+//! after it was handled (stored, or refused for good). Whatever the broker enforces, the client
+//! trusts nothing it is told: status, offline notices and telemetry count only when signed by
+//! the key of the device whose topic they came on. [`mosquitto`] writes the broker set-up that
+//! authenticates and authorizes every client on an external Mosquitto.
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+pub mod embedded;
+pub mod gate;
+pub mod mosquitto;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use edgefleet_shared::fleet::{DeviceStatus, parse_mqtt_url, topics};
+use edgefleet_shared::fleet::{
+    DeviceStatus, MAX_MQTT_PACKET_BYTES, OFFLINE_KIND, OfflineNotice, parse_mqtt_url, topics,
+};
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::tls::ClientConfig;
+use edgefleet_shared::trust::TrustChain;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use rumqttc::mqttbytes::v4::Login;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
 use crate::Error;
+use crate::config::MqttConfig;
 use crate::fleet::Fleet;
 use crate::telemetry::Telemetry;
 
 /// Messages waiting for the worker beyond which QoS 0 status reports are dropped (counted).
 const MAX_BACKLOG: usize = 50_000;
 
-/// Largest MQTT packet either side sends or accepts.
-pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
-
-/// Where the embedded broker listens.
-#[derive(Debug, Clone, Copy)]
-pub struct EmbeddedBroker {
-    /// The listener devices use (TLS when configured).
-    pub public: SocketAddr,
-    /// Whether `public` speaks TLS.
-    pub tls: bool,
-    /// A plain listener on 127.0.0.1 for the controller's own client (the public one when it
-    /// is plain TCP already).
-    pub internal: SocketAddr,
+/// Where the controller's client connects and how it logs in.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    url: String,
+    login: Option<Login>,
+    /// A client certificate and its key (PEM files) for brokers that authenticate by certificate.
+    certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-fn free_port(listen: SocketAddr) -> Result<SocketAddr, Error> {
-    if listen.port() != 0 {
-        return Ok(listen);
-    }
-    // rumqttd does not report the port it bound, so a free one is chosen here first.
-    let probe = TcpListener::bind(listen).map_err(|e| Error::Startup(format!("cannot bind MQTT {listen}: {e}")))?;
-    probe.local_addr().map_err(|e| Error::Startup(e.to_string()))
-}
-
-fn server_settings(name: &str, listen: SocketAddr, tls: Option<rumqttd::TlsConfig>) -> rumqttd::ServerSettings {
-    rumqttd::ServerSettings {
-        name: name.into(),
-        listen,
-        tls,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 10_000,
-            max_payload_size: MAX_PACKET_BYTES,
-            max_inflight_count: 500,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    }
-}
-
-/// Starts rumqttd on `listen` (port 0 picks a free port) on its own thread, with TLS from the
-/// PEM `tls` files when given (the caller has already loaded them once, so a bad file fails with
-/// its name before the broker thread starts), and waits until it accepts connections.
-pub fn start_embedded(listen: SocketAddr, tls: Option<(&Path, &Path)>) -> Result<EmbeddedBroker, Error> {
-    let public = free_port(listen)?;
-    let mut servers = HashMap::new();
-    let internal = match tls {
-        Some((cert, key)) => {
-            let tls = rumqttd::TlsConfig::Rustls {
-                capath: None,
-                certpath: cert.display().to_string(),
-                keypath: key.display().to_string(),
-            };
-            servers.insert("edgefleet-tls".to_owned(), server_settings("edgefleet-tls", public, Some(tls)));
-            let internal = free_port(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-            servers.insert("edgefleet-internal".to_owned(), server_settings("edgefleet-internal", internal, None));
-            internal
+impl Broker {
+    /// The embedded broker's loopback listener, with the login made at this start.
+    pub fn embedded(broker: &embedded::EmbeddedBroker) -> Self {
+        Broker {
+            url: format!("mqtt://{}", broker.internal),
+            login: Some(broker.controller_login.clone()),
+            certificate: None,
         }
-        None => {
-            servers.insert("edgefleet-v4".to_owned(), server_settings("edgefleet-v4", public, None));
-            public
-        }
-    };
-    let config = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 100_000,
-            max_outgoing_packet_count: 1_000,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(servers),
-        ..Default::default()
-    };
-    std::thread::Builder::new()
-        .name("mqtt-broker".into())
-        .spawn(move || {
-            // rumqttd has no shutdown: the thread lives as long as the process.
-            if let Err(e) = rumqttd::Broker::new(config).start() {
-                tracing::error!(error = %e, "Embedded MQTT broker stopped.");
+    }
+
+    /// An external broker, logging in as `[mqtt]` says.
+    pub fn external(url: &str, config: &MqttConfig) -> Result<Self, Error> {
+        let login = match (&config.username, &config.password_file) {
+            (Some(user), Some(file)) => {
+                let password = std::fs::read_to_string(file)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", file.display())))?;
+                Some(Login::new(user.clone(), password.trim().to_owned()))
             }
-        })
-        .map_err(|e| Error::Startup(format!("cannot start the MQTT broker thread: {e}")))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for addr in [public, internal] {
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if Instant::now() > deadline {
-                return Err(Error::Startup(format!("the embedded MQTT broker did not start on {addr}")));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            _ => None,
+        };
+        let certificate = config.client_cert.clone().zip(config.client_key.clone());
+        Ok(Broker { url: url.to_owned(), login, certificate })
     }
-    let transport = if tls.is_some() { "TLS" } else { "plain TCP" };
-    tracing::info!(addr = %public, transport, "Embedded MQTT broker listening.");
-    Ok(EmbeddedBroker { public, tls: tls.is_some(), internal })
 }
 
 /// The controller's MQTT client.
@@ -140,23 +85,31 @@ impl Mqtt {
     /// (a broker without persistence loses retained messages when it restarts). `mqtts://` URLs
     /// use `tls`.
     pub fn connect(
-        url: &str,
+        broker: Broker,
         client_id: &str,
         prefix: &str,
         fleet: Fleet,
         telemetry: Telemetry,
         tls: Option<Arc<ClientConfig>>,
+        ca_file: Option<&std::path::Path>,
     ) -> Result<Self, Error> {
-        let broker = parse_mqtt_url(url).map_err(Error::Config)?;
-        let mut options = MqttOptions::new(client_id, broker.host, broker.port);
+        let url = parse_mqtt_url(&broker.url).map_err(Error::Config)?;
+        let mut options = MqttOptions::new(client_id, url.host, url.port);
         options.set_clean_session(false);
         options.set_manual_acks(true);
-        if broker.tls {
-            let tls = tls.ok_or_else(|| Error::Config(format!("{url} needs TLS but none is configured")))?;
+        if let Some(login) = &broker.login {
+            options.set_credentials(login.username.clone(), login.password.clone());
+        }
+        if url.tls {
+            let tls = match &broker.certificate {
+                Some((cert, key)) => edgefleet_shared::tls::client_config_with_certificate_files(ca_file, cert, key)
+                    .map_err(|e| Error::Config(format!("mqtt.client_cert: {e}")))?,
+                None => tls.ok_or_else(|| Error::Config(format!("{} needs TLS but none is configured", broker.url)))?,
+            };
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         }
         options.set_keep_alive(Duration::from_secs(30));
-        options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        options.set_max_packet_size(MAX_MQTT_PACKET_BYTES, MAX_MQTT_PACKET_BYTES);
         let (client, mut events) = AsyncClient::new(options, 1_000);
         let mqtt = Mqtt { client, prefix: prefix.to_owned() };
         let this = mqtt.clone();
@@ -231,7 +184,19 @@ impl Mqtt {
         }
     }
 
+    /// Publishes the trust chain, retained, for every device (QoS 1: it is rare and it matters).
+    pub async fn publish_trust(&self, chain: &TrustChain) {
+        if chain.rotations.is_empty() {
+            return;
+        }
+        let payload = serde_json::to_vec(chain).unwrap_or_default();
+        if let Err(e) = self.client.publish(topics::trust(&self.prefix), QoS::AtLeastOnce, true, payload).await {
+            tracing::warn!(error = %e, "Cannot publish the trust chain; devices will fetch it over HTTP.");
+        }
+    }
+
     async fn republish_all(&self, fleet: &Fleet) {
+        self.publish_trust(&fleet.keys().chain()).await;
         match fleet.all_desired().await {
             Ok(all) => {
                 for (device, env) in all {
@@ -243,7 +208,7 @@ impl Mqtt {
     }
 
     fn telemetry_device(&self, topic: &str) -> Option<String> {
-        topic.strip_prefix(&format!("{}/devices/", self.prefix))?.strip_suffix("/telemetry").map(str::to_owned)
+        topics::device_topic(&self.prefix, topic).filter(|(_, leaf)| *leaf == "telemetry").map(|(d, _)| d.to_owned())
     }
 
     async fn on_telemetry(&self, telemetry: &Telemetry, device: String, frame: Vec<u8>) {
@@ -257,31 +222,38 @@ impl Mqtt {
     }
 
     async fn on_status(&self, fleet: &Fleet, topic: &str, payload: &[u8]) {
-        let Some(device) =
-            topic.strip_prefix(&format!("{}/devices/", self.prefix)).and_then(|r| r.strip_suffix("/status"))
+        let Some(device) = topics::device_topic(&self.prefix, topic).filter(|(_, l)| *l == "status").map(|(d, _)| d)
         else {
             return;
         };
-        if payload == OFFLINE {
-            // The broker published the device's last will.
-            if let Err(e) = fleet.mark_offline(device.to_owned()).await {
-                tracing::warn!(%device, error = %e, "Cannot record the device offline.");
-            }
-            return;
-        }
         let Ok(envelope) = serde_json::from_slice::<SignedEnvelope>(payload) else {
+            // Also an unsigned "offline": only the device's own signed notice marks it offline.
             metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "malformed").increment(1);
             return;
         };
         match fleet.verify_device_envelope(device.to_owned(), envelope).await {
-            Ok(bytes) => match serde_json::from_slice::<DeviceStatus>(&bytes) {
-                Ok(status) => match fleet.record_status(device.to_owned(), status).await {
-                    Ok(()) => metrics::counter!("edgefleet_controller_status_reports_total").increment(1),
-                    Err(e) => tracing::warn!(%device, error = %e, "Cannot record status."),
-                },
-                Err(_) => metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "malformed")
-                    .increment(1),
-            },
+            Ok(bytes) => {
+                if let Ok(notice) = serde_json::from_slice::<OfflineNotice>(&bytes) {
+                    if notice.kind != OFFLINE_KIND || notice.device != device {
+                        metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "malformed")
+                            .increment(1);
+                        return;
+                    }
+                    // The broker published the device's last will.
+                    if let Err(e) = fleet.mark_offline(device.to_owned()).await {
+                        tracing::warn!(%device, error = %e, "Cannot record the device offline.");
+                    }
+                    return;
+                }
+                match serde_json::from_slice::<DeviceStatus>(&bytes) {
+                    Ok(status) => match fleet.record_status(device.to_owned(), status).await {
+                        Ok(()) => metrics::counter!("edgefleet_controller_status_reports_total").increment(1),
+                        Err(e) => tracing::warn!(%device, error = %e, "Cannot record status."),
+                    },
+                    Err(_) => metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "malformed")
+                        .increment(1),
+                }
+            }
             Err(e) => {
                 metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "signature").increment(1);
                 tracing::warn!(%device, error = %e, "Status refused.");
@@ -289,6 +261,3 @@ impl Mqtt {
         }
     }
 }
-
-/// Last-will payload: the broker publishes it when a device drops off.
-pub const OFFLINE: &[u8] = b"offline";
