@@ -27,13 +27,19 @@ async fn agent_behind(c: &ControllerProcess, proxy: &Proxy, dir: &std::path::Pat
     args[at] = proxy.url.clone();
     args.extend(["--enroll-token".to_owned(), token]);
     let agent = AgentProcess::run(&strs(&args));
+    let id = enrolled(c).await;
+    (agent, id)
+}
+
+/// The id of the (only) device, once it enrolled.
+async fn enrolled(c: &ControllerProcess) -> String {
     let mut id = String::new();
     until("enrollment", 30, async || {
         id = c.cli_json(&["device", "list"])[0]["id"].as_str().unwrap_or_default().to_owned();
         !id.is_empty()
     })
     .await;
-    (agent, id)
+    id
 }
 
 fn device(c: &ControllerProcess, id: &str) -> serde_json::Value {
@@ -140,12 +146,7 @@ async fn a_newer_document_ends_the_watch_window_at_once() {
     let mut args = c.agent_args(&trust, &dir.path().join("agent"), 30);
     args.extend(["--enroll-token".to_owned(), token]);
     let agent = AgentProcess::run(&strs(&args));
-    let mut id = String::new();
-    until("enrollment", 30, async || {
-        id = c.cli_json(&["device", "list"])[0]["id"].as_str().unwrap_or_default().to_owned();
-        !id.is_empty()
-    })
-    .await;
+    let id = enrolled(&c).await;
     let http = reqwest::Client::new();
     c.cli_json(&["deploy", "iris:1", "--device", &id]);
     until("v1 swapped in", 60, async || served_version(&http, &agent).await.as_deref() == Some("1")).await;

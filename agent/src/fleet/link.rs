@@ -222,22 +222,29 @@ impl Link {
 
     /// Every trust rotation the controller has made (empty before the first).
     pub async fn trust(&self) -> Result<TrustChain, LinkError> {
-        let path = format!("/api/v1/devices/{}/trust", self.device_id);
-        let resp = self.control(reqwest::Method::GET, &path, b"").send().await?;
-        if !resp.status().is_success() {
-            return Err(refused(resp).await);
-        }
-        read_json(resp, "the trust chain", MAX_TRUST_CHAIN_BYTES).await
+        self.device_json(reqwest::Method::GET, "trust", "the trust chain", MAX_TRUST_CHAIN_BYTES).await
     }
 
     /// A broker client certificate for this device's key, issued by the controller's device CA.
     pub async fn mqtt_certificate(&self) -> Result<MqttCertificate, LinkError> {
-        let path = format!("/api/v1/devices/{}/mqtt-certificate", self.device_id);
-        let resp = self.control(reqwest::Method::POST, &path, b"").send().await?;
+        self.device_json(reqwest::Method::POST, "mqtt-certificate", "the broker certificate", MAX_SMALL_ANSWER_BYTES)
+            .await
+    }
+
+    /// A control request to `/api/v1/devices/{id}/{leaf}` whose answer is JSON of at most `limit`.
+    async fn device_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        leaf: &str,
+        what: &'static str,
+        limit: usize,
+    ) -> Result<T, LinkError> {
+        let path = format!("/api/v1/devices/{}/{leaf}", self.device_id);
+        let resp = self.control(method, &path, b"").send().await?;
         if !resp.status().is_success() {
             return Err(refused(resp).await);
         }
-        read_json(resp, "the broker certificate", MAX_SMALL_ANSWER_BYTES).await
+        read_json(resp, what, limit).await
     }
 
     /// Downloads an artifact's compressed bytes into `part`, resuming from what `part` already

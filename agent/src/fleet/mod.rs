@@ -12,6 +12,8 @@
 //! whatever the controller does.
 
 pub mod activate;
+mod documents;
+mod lifecycle;
 pub mod link;
 pub mod mqtt;
 mod shadowing;
@@ -27,19 +29,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgefleet_shared::deployment::DeploymentDocument;
-use edgefleet_shared::fleet::{ActivationReport, DeviceStatus, Refusal};
+use edgefleet_shared::fleet::DeviceStatus;
 use edgefleet_shared::keys::FileKey;
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::trust::TrustChain;
-use edgefleet_shared::verify::{sha256_hex, verify_deployment};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use self::activate::{ActivationError, Layout};
 use self::link::{Link, Timeouts};
-use self::state::{DeviceState, Slot, StateFile};
+use self::state::{DeviceState, StateFile};
 use self::trust::Trust;
-use self::watch::{Verdict, WatchPolicy};
 use crate::config::AgentConfig;
 use crate::repository::{Repository, ServedModel};
 use crate::serve::{HttpServer, ServeError};
@@ -350,12 +350,6 @@ async fn enroll(
     Ok(answer.device_id)
 }
 
-/// Identifies an envelope by everything in it: document and signature.
-fn envelope_digest(envelope: &SignedEnvelope) -> String {
-    let sig = &envelope.signature;
-    sha256_hex(format!("{}\n{}\n{}", envelope.document, sig.key_id, sig.signature).as_bytes())
-}
-
 impl Agent {
     /// After a restart, serves the active version again (verified on disk), else the previous.
     async fn restore(&mut self) {
@@ -380,283 +374,6 @@ impl Agent {
         if let Err(e) = self.state_file.save(&self.state) {
             tracing::error!(error = %e, "Cannot persist the device state.");
         }
-    }
-
-    /// Handles a document from either transport, once per distinct verified envelope.
-    fn on_envelope(&mut self, envelope: SignedEnvelope) {
-        let digest = envelope_digest(&envelope);
-        if self.last_verified.as_deref() == Some(&digest) {
-            return;
-        }
-        if self.handle(&envelope) {
-            self.last_verified = Some(digest);
-        }
-        self.report();
-    }
-
-    /// Verifies and acts on one envelope; true when it verified.
-    fn handle(&mut self, envelope: &SignedEnvelope) -> bool {
-        let Some(bytes) = envelope.document_bytes() else {
-            self.refuse("malformed", "the envelope's document is not base64".into(), None);
-            return false;
-        };
-        let digest = sha256_hex(&bytes);
-        if self.state.last_document_sha256.as_deref() == Some(digest.as_str()) {
-            // The document this device already accepted (its activation is done or resumed).
-            return true;
-        }
-        let device = self.state.device_id.clone().unwrap_or_default();
-        let verified = verify_deployment(
-            &bytes,
-            &envelope.signature,
-            self.trust.store(),
-            &device,
-            self.state.last_sequence,
-            now(),
-        );
-        let doc = match verified {
-            Ok(doc) => doc,
-            Err(e) => {
-                metrics::counter!("edgefleet_agent_verifications_total", "result" => e.class()).increment(1);
-                if e.class() == "unknown_key" {
-                    self.waiting_for_trust = Some(envelope.clone());
-                }
-                let seq = serde_json::from_slice::<DeploymentDocument>(&bytes).ok().map(|d| d.sequence);
-                self.refuse(e.class(), e.to_string(), seq);
-                return false;
-            }
-        };
-        metrics::counter!("edgefleet_agent_verifications_total", "result" => "ok").increment(1);
-        self.state.last_sequence = Some(doc.sequence);
-        self.state.last_document_sha256 = Some(digest);
-        self.stop_shadow(&doc.model.name);
-        if let Some(spec) = doc.shadow {
-            self.state.pending = None;
-            self.save();
-            self.begin(doc, Purpose::Shadow(spec.share));
-            return true;
-        }
-        if let Some(w) = self.watching.as_mut().filter(|w| w.doc.model == doc.model) {
-            // A re-issue of the version being watched: its window goes on under the new number.
-            w.doc = doc;
-            return true;
-        }
-        if let Some(job) = self.job.as_mut().filter(|j| j.doc.model == doc.model && j.doc.shadow == doc.shadow) {
-            // A re-issue of the version being prepared: the preparation goes on.
-            job.doc = doc.clone();
-            self.state.pending = doc.shadow.is_none().then_some(doc);
-            self.save();
-            return true;
-        }
-        if self.state.active.as_ref().is_some_and(|a| a.model == doc.model) && self.watching.is_none() {
-            // A refresh or a re-issue of what already serves: nothing to activate.
-            if let Some(job) = self.job.take() {
-                tracing::info!(model = %job.doc.model.name, version = job.doc.model.version, "Activation cancelled: the active version is wanted again.");
-                job.handle.abort();
-            }
-            if let Some(active) = &mut self.state.active {
-                active.sequence = doc.sequence;
-            }
-            self.state.pending = None;
-            self.save();
-            return true;
-        }
-        self.state.pending = Some(doc.clone());
-        self.save();
-        self.begin(doc, Purpose::Activate);
-        true
-    }
-
-    fn refuse(&mut self, class: &str, message: String, sequence: Option<u64>) {
-        let same = self.state.last_refusal.as_ref().is_some_and(|r| r.class == class && r.sequence == sequence);
-        if !same {
-            tracing::warn!(class, %message, "Deployment document refused.");
-        }
-        self.state.last_refusal = Some(Refusal { class: class.into(), message, sequence, at: now() });
-        self.save();
-    }
-
-    /// Applies the fleet's trust rotations; a document refused for an unknown key is tried again.
-    fn on_trust(&mut self, chain: &TrustChain) {
-        match self.trust.apply(chain) {
-            Ok(0) => {}
-            Ok(applied) => {
-                metrics::counter!("edgefleet_agent_trust_rotations_total", "result" => "ok").increment(applied as u64);
-                self.trust_version.store(self.trust.version(), std::sync::atomic::Ordering::Relaxed);
-                if let Some(env) = self.waiting_for_trust.take() {
-                    self.on_envelope(env);
-                }
-                self.report();
-            }
-            Err(e) => {
-                metrics::counter!("edgefleet_agent_trust_rotations_total", "result" => "refused").increment(1);
-                let class = match &e {
-                    trust::ApplyError::Refused(v) => v.class(),
-                    trust::ApplyError::Persist(_) => "storage",
-                };
-                self.state.last_refusal = Some(Refusal {
-                    class: format!("trust_{class}"),
-                    message: e.to_string(),
-                    sequence: None,
-                    at: now(),
-                });
-                tracing::warn!(error = %e, "Trust rotation refused.");
-                self.save();
-                self.report();
-            }
-        }
-    }
-
-    /// Starts preparing `doc`'s version. A watched version is judged now on what it has seen
-    /// (a newer document ends its window) and a running activation is cancelled.
-    fn begin(&mut self, doc: DeploymentDocument, purpose: Purpose) {
-        if self.watching.is_some() {
-            self.finish_watch(true);
-        }
-        if let Some(job) = self.job.take() {
-            tracing::info!(model = %job.doc.model.name, version = job.doc.model.version, by = doc.sequence,
-                "Activation superseded by a newer document.");
-            job.handle.abort();
-        }
-        tracing::info!(model = %doc.model.name, version = doc.model.version, sequence = doc.sequence, "Activating.");
-        let ctx = activate::Context {
-            link: self.link.clone(),
-            layout: self.layout.clone(),
-            fleet: self.config.fleet.clone(),
-            backend: self.config.backend.clone(),
-            telemetry: self.telemetry.clone(),
-        };
-        let (task_doc, shadow) = (doc.clone(), matches!(purpose, Purpose::Shadow(_)));
-        let handle = tokio::spawn(async move { ctx.prepare(&task_doc, shadow).await });
-        self.job = Some(Job { doc, purpose, started: Instant::now(), handle });
-    }
-
-    /// A download that failed (controller or network down) is retried every poll interval.
-    fn retry_pending(&mut self) {
-        if self.job.is_none()
-            && self.watching.is_none()
-            && let Some(doc) = self.state.pending.clone()
-        {
-            self.begin(doc, Purpose::Activate);
-        }
-    }
-
-    /// The activation task finished: swap the version in and watch it, or report the failure.
-    async fn on_prepared(&mut self, result: Result<Arc<ServedModel>, ActivationError>) {
-        let Some(job) = self.job.take() else { return };
-        match (job.purpose, result) {
-            (Purpose::Shadow(share), result) => self.shadow_prepared(job.doc, share, job.started, result),
-            (Purpose::Activate, Ok(model)) => {
-                let previous = self.http.install(model.clone());
-                tracing::info!(model = %model.name, version = %model.version, "Swapped to the new version; watching it.");
-                self.watching =
-                    Some(Watching { doc: job.doc, model, previous, swapped_at: Instant::now(), started: job.started });
-                if self.config.fleet.watch_window_secs == 0 {
-                    self.end_watch(false).await;
-                }
-            }
-            (Purpose::Activate, Err(e)) => {
-                let transient = matches!(e, ActivationError::Download(_));
-                self.record_failure(&job.doc, job.started, &e);
-                // A failed download is transient: the document stays pending and is retried.
-                if !transient {
-                    self.state.pending = None;
-                }
-                self.save();
-                self.collect_garbage(&job.doc.model.name).await;
-                self.report();
-            }
-        }
-    }
-
-    async fn end_watch(&mut self, superseded: bool) {
-        let name = self.finish_watch(superseded);
-        if let Some(name) = name {
-            self.collect_garbage(&name).await;
-        }
-        self.report();
-    }
-
-    /// Judges the watched version now: commit it, or roll back to the one before. Returns the
-    /// model name whose old slots may be collected.
-    fn finish_watch(&mut self, superseded: bool) -> Option<String> {
-        let w = self.watching.take()?;
-        let policy = WatchPolicy {
-            window: Duration::from_secs(self.config.fleet.watch_window_secs),
-            max_error_rate: self.config.fleet.max_error_rate,
-            min_requests: self.config.fleet.min_watch_requests,
-        };
-        let (ok, failed) = w.model.outcomes.snapshot();
-        match watch::judge(&policy, w.swapped_at, Instant::now(), ok, failed, superseded) {
-            Verdict::Watching | Verdict::Commit => {
-                let slot =
-                    Slot { model: w.doc.model.clone(), sequence: w.doc.sequence, artifacts: w.doc.artifacts.clone() };
-                let old = self.state.active.replace(slot);
-                // The version that served before becomes the rollback slot when it is the same model.
-                self.state.previous = old.filter(|o| o.model.name == w.doc.model.name).or(self.state.previous.take());
-                let ms = w.started.elapsed().as_millis() as u64;
-                self.record(&w.doc, w.started, None);
-                crate::systemd::status(&format!("serving {} version {}", w.model.name, w.model.version));
-                tracing::info!(model = %w.doc.model.name, version = w.doc.model.version, ms, superseded, "Activated.");
-            }
-            Verdict::RollBack { failed, total } => {
-                match &w.previous {
-                    Some(p) => {
-                        self.http.install(p.clone());
-                        crate::systemd::status(&format!("serving {} version {} (rolled back)", p.name, p.version));
-                    }
-                    None => self.http.remove(&w.model.name),
-                }
-                let e = ActivationError::Watch(format!(
-                    "{failed} of {total} requests failed in the watch window (limit {:.1}%)",
-                    policy.max_error_rate * 100.0
-                ));
-                self.record_failure(&w.doc, w.started, &e);
-            }
-        }
-        // Unless superseded, the watched document is done either way; a newer one replaces it.
-        if self.state.pending.as_ref().is_some_and(|p| p.sequence == w.doc.sequence) {
-            self.state.pending = None;
-        }
-        self.save();
-        Some(w.doc.model.name)
-    }
-
-    fn record(&mut self, doc: &DeploymentDocument, started: Instant, error: Option<String>) {
-        let ok = error.is_none();
-        metrics::counter!("edgefleet_agent_activations_total", "result" => if ok { "ok" } else { "failed" })
-            .increment(1);
-        self.state.last_activation = Some(ActivationReport {
-            model: doc.model.clone(),
-            sequence: doc.sequence,
-            ok,
-            error,
-            at: now(),
-            duration_ms: started.elapsed().as_millis() as u64,
-        });
-    }
-
-    fn record_failure(&mut self, doc: &DeploymentDocument, started: Instant, e: &ActivationError) {
-        if let Some(class) = e.refusal_class() {
-            self.state.last_refusal =
-                Some(Refusal { class: class.into(), message: e.to_string(), sequence: Some(doc.sequence), at: now() });
-        }
-        metrics::counter!("edgefleet_agent_rollbacks_total").increment(1);
-        tracing::error!(model = %doc.model.name, version = doc.model.version, error = %e, "Activation failed; the previous version keeps serving.");
-        self.record(doc, started, Some(e.to_string()));
-    }
-
-    async fn collect_garbage(&self, name: &str) {
-        let shadow = self.state.shadow.as_ref().map(|s| &s.slot);
-        let pending = self.state.pending.as_ref().filter(|p| p.model.name == name).map(|p| p.model.version);
-        let mut keep: Vec<u64> = [self.state.active.as_ref(), self.state.previous.as_ref(), shadow]
-            .into_iter()
-            .flatten()
-            .filter(|s| s.model.name == name)
-            .map(|s| s.model.version)
-            .collect();
-        keep.extend(pending);
-        activate::collect_garbage(&self.layout, name, &keep).await;
     }
 
     fn status(&self) -> DeviceStatus {

@@ -1,0 +1,223 @@
+//! The signed per-device deployment documents: issuing them (deploy, refresh before expiry,
+//! re-signing after a key rotation), reading them back, and which devices a selector names.
+//!
+//! Each device has its own document sequence; every document issued to it (a deploy, an
+//! operator rollback, a refresh) takes the next number, so a device can refuse anything it has
+//! seen or anything older.
+
+use std::collections::BTreeMap;
+
+use edgefleet_shared::bundle::{BUNDLE_FILE, MODEL_FILE};
+use edgefleet_shared::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, ModelRef, ShadowSpec};
+use edgefleet_shared::keys::Signer as _;
+use edgefleet_shared::signature::SignedEnvelope;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{DeployRequest, Fleet, FleetError, Issued};
+use crate::db::{self, now};
+use crate::registry::resolve_version;
+
+impl Fleet {
+    /// Every device's current document, for republishing.
+    pub async fn all_desired(&self) -> Result<Vec<(String, SignedEnvelope)>, FleetError> {
+        self.db
+            .call(|conn| -> Result<Vec<(String, SignedEnvelope)>, FleetError> {
+                let rows: Vec<(String, String)> = conn
+                    .prepare("SELECT device_id, envelope FROM desired ORDER BY device_id")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows.into_iter().filter_map(|(d, e)| serde_json::from_str(&e).ok().map(|e| (d, e))).collect())
+            })
+            .await
+    }
+
+    /// Whether `sha256` is an artifact of the device's current document.
+    pub async fn may_download(&self, device_id: String, sha256: String) -> Result<bool, FleetError> {
+        Ok(self.desired(device_id).await?.and_then(|env| env.document_bytes()).is_some_and(|bytes| {
+            serde_json::from_slice::<DeploymentDocument>(&bytes)
+                .is_ok_and(|d| d.artifacts.iter().any(|a| a.sha256 == sha256))
+        }))
+    }
+
+    /// Issues documents for a model version to one device or every device matching a selector.
+    pub async fn deploy(&self, req: DeployRequest, actor: String) -> Result<Vec<Issued>, FleetError> {
+        if req.device.is_some() == req.selector.is_some() {
+            return Err(FleetError::BadRequest("give exactly one of device or selector".into()));
+        }
+        let this = self.clone();
+        self.db
+            .call(move |conn| -> Result<Vec<Issued>, FleetError> {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let (_, version) = resolve_version(&tx, &req.model, &req.version)?;
+                let artifacts = version_artifacts(&tx, &req.model, version)?;
+                let targets: Vec<String> = match (&req.device, &req.selector) {
+                    (Some(id), _) => {
+                        let exists: bool =
+                            tx.query_row("SELECT EXISTS (SELECT 1 FROM devices WHERE id = ?1)", params![id], |r| {
+                                r.get(0)
+                            })?;
+                        if !exists {
+                            return Err(FleetError::NotFound(format!("unknown device {id:?}")));
+                        }
+                        vec![id.clone()]
+                    }
+                    (None, Some(selector)) => matching_devices(&tx, selector)?,
+                    (None, None) => Vec::new(),
+                };
+                let model = ModelRef { name: req.model.clone(), version };
+                let mut issued = Vec::with_capacity(targets.len());
+                for device in &targets {
+                    issued.push(this.issue(&tx, device, &model, &artifacts, None)?);
+                }
+                db::audit(
+                    &tx,
+                    &actor,
+                    "deploy",
+                    &format!("{}:{version}", req.model),
+                    serde_json::json!({"devices": targets, "selector": req.selector}),
+                )?;
+                tx.commit()?;
+                Ok(issued)
+            })
+            .await
+    }
+
+    /// Re-signs, with the next sequence, documents that pass half their lifetime (so devices
+    /// that follow the controller never see their document expire) and documents signed by a
+    /// key other than the one the device should get now (after a key rotation).
+    pub async fn refresh_expiring(&self) -> Result<Vec<String>, FleetError> {
+        let this = self.clone();
+        self.db
+            .call(move |conn| -> Result<Vec<String>, FleetError> {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let horizon = now() + (this.settings.document_ttl_secs / 2) as i64;
+                let at = now() as u64;
+                let mut due: Vec<(String, String, i64, String)> = Vec::new();
+                {
+                    let mut stmt = tx.prepare(
+                        "SELECT s.device_id, s.model, s.version, s.envelope, s.expires_at, s.key_id, d.trust_version
+                         FROM desired s JOIN devices d ON d.id = s.device_id",
+                    )?;
+                    let mut rows = stmt.query([])?;
+                    while let Some(r) = rows.next()? {
+                        let (expires_at, key_id, trust_version): (i64, Option<String>, Option<i64>) =
+                            (r.get(4)?, r.get(5)?, r.get(6)?);
+                        let wanted = this.keys.signer_for(trust_version.map(|v| v as u64), at).key_id();
+                        if expires_at <= horizon || key_id.as_deref() != Some(wanted.as_str()) {
+                            due.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+                        }
+                    }
+                }
+                for (device, model, version, envelope) in &due {
+                    let artifacts = version_artifacts(&tx, model, *version as u64)?;
+                    // The refreshed document keeps what the current one asks (e.g. shadow).
+                    let shadow = serde_json::from_str::<SignedEnvelope>(envelope)
+                        .ok()
+                        .and_then(|e| serde_json::from_slice::<DeploymentDocument>(&e.document_bytes()?).ok())
+                        .and_then(|d| d.shadow);
+                    let model = ModelRef { name: model.clone(), version: *version as u64 };
+                    this.issue(&tx, device, &model, &artifacts, shadow)?;
+                }
+                tx.commit()?;
+                Ok(due.into_iter().map(|(d, ..)| d).collect())
+            })
+            .await
+    }
+
+    /// Signs and stores the next document for `device` (inside the caller's transaction).
+    pub(crate) fn issue(
+        &self,
+        tx: &Connection,
+        device: &str,
+        model: &ModelRef,
+        artifacts: &[DeployedArtifact],
+        shadow: Option<ShadowSpec>,
+    ) -> Result<Issued, FleetError> {
+        let last: Option<i64> = tx
+            .query_row("SELECT sequence FROM desired WHERE device_id = ?1", params![device], |r| r.get(0))
+            .optional()?;
+        let sequence = last.map_or(1, |s| s as u64 + 1);
+        let issued_at = now() as u64;
+        let trust_version: Option<i64> = tx
+            .query_row("SELECT trust_version FROM devices WHERE id = ?1", params![device], |r| r.get(0))
+            .optional()?
+            .flatten();
+        let signer = self.keys.signer_for(trust_version.map(|v| v as u64), issued_at);
+        let doc = DeploymentDocument {
+            kind: DEPLOYMENT_KIND.into(),
+            key_id: signer.key_id(),
+            sequence,
+            issued_at,
+            expires_at: issued_at + self.settings.document_ttl_secs,
+            devices: vec![device.to_owned()],
+            model: model.clone(),
+            artifacts: artifacts.to_vec(),
+            shadow,
+        };
+        let envelope = SignedEnvelope::sign(&doc.to_bytes(), signer.as_ref());
+        tx.execute(
+            "INSERT INTO desired (device_id, sequence, model, version, envelope, issued_at, expires_at, key_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (device_id) DO UPDATE SET sequence = excluded.sequence, model = excluded.model,
+                 version = excluded.version, envelope = excluded.envelope, issued_at = excluded.issued_at,
+                 expires_at = excluded.expires_at, key_id = excluded.key_id",
+            params![
+                device,
+                sequence as i64,
+                model.name,
+                model.version as i64,
+                serde_json::to_string(&envelope).unwrap_or_default(),
+                issued_at as i64,
+                doc.expires_at as i64,
+                doc.key_id
+            ],
+        )?;
+        Ok(Issued { device_id: device.to_owned(), sequence, version: model.version, expires_at: doc.expires_at })
+    }
+}
+
+pub(crate) fn version_artifacts(
+    conn: &Connection,
+    model: &str,
+    version: u64,
+) -> Result<Vec<DeployedArtifact>, FleetError> {
+    let rows: Vec<DeployedArtifact> = conn
+        .prepare(
+            "SELECT va.name, a.sha256, a.size, a.compressed_sha256, a.compressed_size
+             FROM version_artifacts va JOIN artifacts a ON a.sha256 = va.sha256
+             JOIN models m ON m.id = va.model_id
+             WHERE m.name = ?1 AND va.version = ?2 ORDER BY va.name",
+        )?
+        .query_map(params![model, version as i64], |r| {
+            Ok(DeployedArtifact {
+                name: r.get(0)?,
+                sha256: r.get(1)?,
+                size: r.get::<_, i64>(2)? as u64,
+                compressed_sha256: r.get(3)?,
+                compressed_size: r.get::<_, i64>(4)? as u64,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    if !rows.iter().any(|a| a.name == MODEL_FILE) || !rows.iter().any(|a| a.name == BUNDLE_FILE) {
+        return Err(FleetError::NotFound(format!("{model}:{version} has no stored artifacts")));
+    }
+    Ok(rows)
+}
+
+pub(crate) fn matching_devices(
+    conn: &Connection,
+    selector: &BTreeMap<String, String>,
+) -> Result<Vec<String>, FleetError> {
+    let all: Vec<(String, String)> = conn
+        .prepare("SELECT id, labels FROM devices ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(all
+        .into_iter()
+        .filter(|(_, labels)| {
+            let labels: BTreeMap<String, String> = serde_json::from_str(labels).unwrap_or_default();
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .map(|(id, _)| id)
+        .collect())
+}

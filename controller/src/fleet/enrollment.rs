@@ -1,0 +1,182 @@
+//! Enrollment tokens, enrollment, device-signed request checks, device keys and broker
+//! certificates.
+
+use std::collections::BTreeMap;
+
+use edgefleet_shared::fleet::{self, EnrollRequest, EnrollResponse, RequestAuthError};
+use edgefleet_shared::keys::PublicKey;
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use super::{EnrollmentToken, Fleet, FleetError};
+use crate::auth::{hash_token, new_token};
+use crate::db::{self, now};
+
+impl Fleet {
+    /// A device's enrolled public key, if it is enrolled.
+    pub async fn device_key(&self, device_id: String) -> Result<Option<PublicKey>, FleetError> {
+        self.db
+            .call(move |conn| -> Result<Option<PublicKey>, FleetError> {
+                let key: Option<String> = conn
+                    .query_row("SELECT public_key FROM devices WHERE id = ?1", params![device_id], |r| r.get(0))
+                    .optional()?;
+                Ok(key.and_then(|k| PublicKey::from_base64(&k)))
+            })
+            .await
+    }
+
+    /// A broker client certificate for an enrolled device's key.
+    pub async fn mqtt_certificate(
+        &self,
+        ca: &crate::device_ca::DeviceCa,
+        device_id: String,
+    ) -> Result<edgefleet_shared::fleet::MqttCertificate, FleetError> {
+        let key = self
+            .device_key(device_id.clone())
+            .await?
+            .ok_or_else(|| FleetError::NotFound(format!("unknown device {device_id:?}")))?;
+        let issued = ca.issue_device(&device_id, &key).map_err(|e| FleetError::Ca(e.to_string()))?;
+        Ok(edgefleet_shared::fleet::MqttCertificate {
+            certificate_pem: issued.certificate_pem,
+            expires_at: issued.expires_at,
+        })
+    }
+
+    /// Creates an enrollment token.
+    pub async fn create_token(
+        &self,
+        uses: u32,
+        ttl_secs: u64,
+        labels: BTreeMap<String, String>,
+        actor: String,
+    ) -> Result<EnrollmentToken, FleetError> {
+        if uses == 0 {
+            return Err(FleetError::BadRequest("uses must be at least 1".into()));
+        }
+        check_labels(&labels)?;
+        let token = new_token().map_err(|e| FleetError::BadRequest(format!("cannot generate a token: {e}")))?;
+        let expires_at = now() as u64 + ttl_secs;
+        let (t, l) = (token.clone(), labels.clone());
+        let id = self
+            .db
+            .call(move |conn| -> Result<i64, FleetError> {
+                let tx = conn.transaction()?;
+                tx.execute(
+                    "INSERT INTO enrollment_tokens (hash, uses_left, expires_at, labels, created_at, created_by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        hash_token(&t),
+                        uses,
+                        expires_at as i64,
+                        serde_json::to_string(&l).unwrap_or_default(),
+                        now(),
+                        actor
+                    ],
+                )?;
+                let id = tx.last_insert_rowid();
+                db::audit(
+                    &tx,
+                    &actor,
+                    "device.token.create",
+                    &format!("enrollment-token:{id}"),
+                    serde_json::json!({"uses": uses, "labels": l}),
+                )?;
+                tx.commit()?;
+                Ok(id)
+            })
+            .await?;
+        Ok(EnrollmentToken { id, token, uses, expires_at, labels })
+    }
+
+    /// Enrolls a device with a token: records its public key and labels. Enrolling the same key
+    /// again (a device that lost its state file) returns the same id and consumes a use.
+    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, FleetError> {
+        let key = PublicKey::from_base64(&req.public_key)
+            .ok_or_else(|| FleetError::BadRequest("public_key is not a base64 Ed25519 key".into()))?;
+        check_labels(&req.labels)?;
+        let settings = self.settings.clone();
+        self.db
+            .call(move |conn| -> Result<EnrollResponse, FleetError> {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let row: Option<(i64, i64, i64, String)> = tx
+                    .query_row(
+                        "SELECT id, uses_left, expires_at, labels FROM enrollment_tokens WHERE hash = ?1",
+                        params![hash_token(&req.token)],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?;
+                let Some((token_id, uses_left, expires_at, token_labels)) = row else {
+                    return Err(FleetError::Unauthorized("unknown enrollment token".into()));
+                };
+                if uses_left <= 0 {
+                    return Err(FleetError::Unauthorized("enrollment token has no uses left".into()));
+                }
+                if expires_at <= now() {
+                    return Err(FleetError::Unauthorized("enrollment token expired".into()));
+                }
+                let mut labels = req.labels.clone();
+                let token_labels: BTreeMap<String, String> = serde_json::from_str(&token_labels).unwrap_or_default();
+                labels.extend(token_labels);
+                let id = fleet::device_id(&key);
+                tx.execute("UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = ?1", params![token_id])?;
+                tx.execute(
+                    "INSERT INTO devices (id, public_key, labels, enrolled_at, enrollment_token) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, enrollment_token = excluded.enrollment_token",
+                    params![id, key.to_base64(), serde_json::to_string(&labels).unwrap_or_default(), now(), token_id],
+                )?;
+                db::audit(&tx, &format!("enrollment-token:{token_id}"), "device.enroll", &id, serde_json::json!({"labels": labels}))?;
+                tx.commit()?;
+                tracing::info!(device = %id, "Device enrolled.");
+                Ok(EnrollResponse { device_id: id, mqtt_url: settings.mqtt_url.clone(), topic_prefix: settings.topic_prefix.clone(), labels })
+            })
+            .await
+    }
+
+    /// Checks a device-signed request and records the contact.
+    pub async fn authenticate(
+        &self,
+        device_id: String,
+        method: String,
+        path_and_query: String,
+        timestamp: u64,
+        body_digest_input: Vec<u8>,
+        signature: String,
+    ) -> Result<(), FleetError> {
+        self.db
+            .call(move |conn| -> Result<(), FleetError> {
+                let key: Option<String> = conn
+                    .query_row("SELECT public_key FROM devices WHERE id = ?1", params![device_id], |r| r.get(0))
+                    .optional()?;
+                let key = key
+                    .and_then(|k| PublicKey::from_base64(&k))
+                    .ok_or_else(|| FleetError::Unauthorized(format!("unknown device {device_id:?}")))?;
+                fleet::verify_request(
+                    &key,
+                    &method,
+                    &path_and_query,
+                    timestamp,
+                    &body_digest_input,
+                    &signature,
+                    now() as u64,
+                )
+                .map_err(|e: RequestAuthError| FleetError::Unauthorized(e.to_string()))?;
+                conn.execute("UPDATE devices SET last_seen = ?1 WHERE id = ?2", params![now(), device_id])?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), FleetError> {
+    for (k, v) in labels {
+        if k.is_empty()
+            || k.len() > 63
+            || v.len() > 255
+            || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+        {
+            return Err(FleetError::BadRequest(format!(
+                "label {k:?}={v:?}: keys are 1-63 of [A-Za-z0-9-_./], values up to 255 bytes"
+            )));
+        }
+    }
+    Ok(())
+}

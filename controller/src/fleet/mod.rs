@@ -1,0 +1,254 @@
+//! Devices: enrollment ([`enrollment`]), status, and the signed per-device deployment documents
+//! ([`documents`]).
+
+mod documents;
+mod enrollment;
+
+pub(crate) use documents::{matching_devices, version_artifacts};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use edgefleet_shared::deployment::ModelRef;
+use edgefleet_shared::fleet::DeviceStatus;
+use edgefleet_shared::keys::PublicKey;
+use edgefleet_shared::signature::SignedEnvelope;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Db, DbError, now};
+use crate::keyring::KeyRing;
+use crate::registry::RegistryError;
+
+/// Fleet failures, each mapping to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Malformed request (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Enrollment token or device signature refused (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Unknown device, model or version (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflicts with the current state, e.g. a second rollout of one model (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Registry lookup failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Database failure (500).
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The device CA failed (500).
+    #[error("device CA: {0}")]
+    Ca(String),
+}
+
+impl From<rusqlite::Error> for FleetError {
+    fn from(e: rusqlite::Error) -> Self {
+        FleetError::Db(DbError::from(e))
+    }
+}
+
+/// A new enrollment token, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EnrollmentToken {
+    /// Id.
+    pub id: i64,
+    /// The token; only its hash is kept.
+    pub token: String,
+    /// Enrollments left.
+    pub uses: u32,
+    /// Unix seconds after which it is refused.
+    pub expires_at: u64,
+    /// Labels every device enrolled with it gets.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceInfo {
+    /// Id (`dev-` + key id).
+    pub id: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub enrolled_at: u64,
+    /// Unix seconds of the last authenticated contact.
+    pub last_seen: Option<u64>,
+    /// Whether it was seen within the online window.
+    pub online: bool,
+    /// Model version the controller wants it to run.
+    #[schema(value_type = Option<Object>)]
+    pub desired: Option<ModelRef>,
+    /// Sequence of its current document.
+    pub desired_sequence: Option<u64>,
+    /// What it last reported.
+    #[schema(value_type = Option<Object>)]
+    pub status: Option<DeviceStatus>,
+}
+
+/// Where deployment documents go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// Model name.
+    pub model: String,
+    /// Version number or alias.
+    pub version: String,
+    /// One device…
+    pub device: Option<String>,
+    /// …or every device whose labels include all of these.
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+/// One issued document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Issued {
+    /// Device.
+    pub device_id: String,
+    /// Its new sequence.
+    pub sequence: u64,
+    /// Model version.
+    pub version: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Fleet service settings.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Lifetime of a deployment document.
+    pub document_ttl_secs: u64,
+    /// A device is online if seen within this many seconds.
+    pub online_window_secs: u64,
+    /// Broker URL handed to agents at enrollment.
+    pub mqtt_url: Option<String>,
+    /// Topic prefix.
+    pub topic_prefix: String,
+}
+
+/// The fleet service.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    db: Db,
+    keys: Arc<KeyRing>,
+    settings: Arc<FleetSettings>,
+}
+
+impl Fleet {
+    /// A fleet service over `db`, signing documents with the ring's keys.
+    pub fn new(db: Db, keys: Arc<KeyRing>, settings: FleetSettings) -> Self {
+        Fleet { db, keys, settings: Arc::new(settings) }
+    }
+
+    /// The signing keys and trust sets.
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
+    /// Stores a device's status report.
+    pub async fn record_status(&self, device_id: String, status: DeviceStatus) -> Result<(), FleetError> {
+        self.db
+            .call(move |conn| -> Result<(), FleetError> {
+                conn.execute(
+                    "UPDATE devices SET status = ?1, last_seen = ?2, trust_version = COALESCE(?3, trust_version)
+                     WHERE id = ?4",
+                    params![
+                        serde_json::to_string(&status).unwrap_or_default(),
+                        now(),
+                        status.trust_version.map(|v| v as i64),
+                        device_id
+                    ],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The current signed document of a device, if any.
+    pub async fn desired(&self, device_id: String) -> Result<Option<SignedEnvelope>, FleetError> {
+        self.db
+            .call(move |conn| -> Result<Option<SignedEnvelope>, FleetError> {
+                let env: Option<String> = conn
+                    .query_row("SELECT envelope FROM desired WHERE device_id = ?1", params![device_id], |r| r.get(0))
+                    .optional()?;
+                Ok(env.and_then(|e| serde_json::from_str(&e).ok()))
+            })
+            .await
+    }
+
+    /// Checks an envelope signed by `device`'s key (status over MQTT); returns the signed bytes.
+    pub async fn verify_device_envelope(
+        &self,
+        device: String,
+        envelope: SignedEnvelope,
+    ) -> Result<Vec<u8>, FleetError> {
+        self.db
+            .call(move |conn| -> Result<Vec<u8>, FleetError> {
+                let key: Option<String> = conn
+                    .query_row("SELECT public_key FROM devices WHERE id = ?1", params![device], |r| r.get(0))
+                    .optional()?;
+                let key = key
+                    .and_then(|k| PublicKey::from_base64(&k))
+                    .ok_or_else(|| FleetError::Unauthorized(format!("unknown device {device:?}")))?;
+                let bytes =
+                    envelope.document_bytes().ok_or_else(|| FleetError::BadRequest("document is not base64".into()))?;
+                let sig = envelope.signature.bytes().unwrap_or_default();
+                if envelope.signature.key_id != key.key_id() || !key.verify(&bytes, &sig) {
+                    return Err(FleetError::Unauthorized(format!("status not signed by device {device:?}")));
+                }
+                Ok(bytes)
+            })
+            .await
+    }
+
+    /// Records that a device dropped off (its MQTT last will).
+    pub async fn mark_offline(&self, device: String) -> Result<(), FleetError> {
+        self.db
+            .call(move |conn| -> Result<(), FleetError> {
+                conn.execute("UPDATE devices SET last_seen = NULL WHERE id = ?1", params![device])?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// All devices, or one.
+    pub async fn devices(&self, only: Option<String>) -> Result<Vec<DeviceInfo>, FleetError> {
+        let window = self.settings.online_window_secs as i64;
+        self.db
+            .call(move |conn| -> Result<Vec<DeviceInfo>, FleetError> {
+                let mut stmt = conn.prepare(
+                    "SELECT d.id, d.labels, d.enrolled_at, d.last_seen, d.status, s.model, s.version, s.sequence
+                     FROM devices d LEFT JOIN desired s ON s.device_id = d.id
+                     WHERE ?1 IS NULL OR d.id = ?1 ORDER BY d.id",
+                )?;
+                let rows = stmt
+                    .query_map(params![only], |r| {
+                        let last_seen: Option<i64> = r.get(3)?;
+                        let model: Option<String> = r.get(5)?;
+                        let version: Option<i64> = r.get(6)?;
+                        Ok(DeviceInfo {
+                            id: r.get(0)?,
+                            labels: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or_default(),
+                            enrolled_at: r.get::<_, i64>(2)? as u64,
+                            last_seen: last_seen.map(|t| t as u64),
+                            online: last_seen.is_some_and(|t| now() - t <= window),
+                            desired: model.zip(version).map(|(name, v)| ModelRef { name, version: v as u64 }),
+                            desired_sequence: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
+                            status: r.get::<_, Option<String>>(4)?.and_then(|s| serde_json::from_str(&s).ok()),
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                if let Some(id) = &only
+                    && rows.is_empty()
+                {
+                    return Err(FleetError::NotFound(format!("unknown device {id:?}")));
+                }
+                Ok(rows)
+            })
+            .await
+    }
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine with Rust: installs what the tests need,
+# then runs them. This is the README's test command and exactly what .ci/run runs.
+#
+#   ./tests/run.sh                 # everything
+#   ./tests/run.sh -E 'binary(fleet)'   # extra arguments go to cargo nextest run
+#
+# Installs (each only when missing): Debian packages — mosquitto (the external-broker tests
+# start their own), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
+# qemu-system-x86 for the device-image test; cargo-nextest; libonnxruntime.so from the PyPI
+# onnxruntime wheel (agent/scripts/fetch-onnxruntime.sh) for the ONNX Runtime suite. It builds
+# the agent's release-edge profile too (the profile devices ship), for the engine fault test.
+# apt-get runs through sudo when not root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo=()
+if (( EUID != 0 )); then
+  sudo=(sudo)
+fi
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
+
+need=()
+have mosquitto || need+=(mosquitto)
+have python3 || need+=(python3 python3-pip)
+if [[ "${EDGEFLEET_IMAGE_TEST:-}" == 1 ]]; then
+  have debootstrap || need+=(debootstrap)
+  have debugfs || need+=(e2fsprogs)
+  # Installed together: Debian's qemu-system-x86 replaces a newer (backports) qemu-utils.
+  { have qemu-img && have qemu-system-x86_64; } || need+=(qemu-utils qemu-system-x86)
+fi
+if (( ${#need[@]} )); then
+  echo "tests/run.sh: installing ${need[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "tests/run.sh: installing cargo-nextest" >&2
+  cargo install cargo-nextest --locked
+fi
+
+agent/scripts/fetch-onnxruntime.sh >/dev/null
+
+# The shipped device profile, for tests/tests/engine_faults.rs.
+cargo build -p edgefleet-agent --profile release-edge
+export EDGEFLEET_EDGE_AGENT="${CARGO_TARGET_DIR:-$PWD/target}/release-edge/edgefleet-agent"
+
+exec cargo nextest run --workspace --all-features "$@"
