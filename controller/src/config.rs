@@ -201,11 +201,23 @@ pub struct RegistryConfig {
     pub baseline_bins: usize,
     /// Reservoir sample rows.
     pub baseline_sample_rows: usize,
+    /// Address space the push validator (a child process) may use.
+    pub validation_memory_mb: u64,
+    /// How long validating one push may take.
+    pub validation_timeout_secs: u64,
+    /// Largest input tensor validation synthesises for a model pushed without a baseline.
+    pub validation_max_tensor_bytes: u64,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { baseline_bins: 10, baseline_sample_rows: 5000 }
+        RegistryConfig {
+            baseline_bins: 10,
+            baseline_sample_rows: 5000,
+            validation_memory_mb: 4096,
+            validation_timeout_secs: 300,
+            validation_max_tensor_bytes: 256 << 20,
+        }
     }
 }
 
@@ -227,6 +239,14 @@ impl ControllerConfig {
         if self.fleet.document_ttl_secs < 120 || self.fleet.refresh_interval_secs == 0 {
             return Err(crate::Error::Config(
                 "fleet.document_ttl_secs must be at least 120 and refresh_interval_secs above 0".into(),
+            ));
+        }
+        let r = &self.registry;
+        if r.validation_memory_mb < 256 || r.validation_timeout_secs == 0 || r.validation_max_tensor_bytes == 0 {
+            return Err(crate::Error::Config(
+                "registry.validation_memory_mb must be at least 256, validation_timeout_secs and \
+                 validation_max_tensor_bytes above 0"
+                    .into(),
             ));
         }
         if self.server.max_upload_bytes == 0 {

@@ -233,6 +233,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE desired ADD COLUMN key_id TEXT;
     ALTER TABLE devices ADD COLUMN trust_version INTEGER;
     ",
+    // 7: each sample remembers the window its batch was merged into, so a drift report's binned
+    // and sampled metrics cover the same batches.
+    "
+    ALTER TABLE telemetry_samples ADD COLUMN window_start INTEGER;
+    CREATE INDEX telemetry_samples_window ON telemetry_samples(model, version, window_start);
+    ",
 ];
 
 /// A shared handle to the database.

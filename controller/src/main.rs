@@ -93,6 +93,26 @@ enum Command {
     },
     /// Print the default configuration file.
     PrintDefaultConfig,
+    /// Validate a pushed model in isolation (run by the controller itself for every push).
+    #[command(hide = true)]
+    ValidateModel {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        #[arg(long, requires = "baseline")]
+        npy: bool,
+        #[arg(long)]
+        bins: usize,
+        #[arg(long)]
+        sample_rows: usize,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        max_tensor_bytes: u64,
+        #[arg(long)]
+        memory_bytes: u64,
+    },
 }
 
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -106,6 +126,18 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::PublicKey { data_dir, out } => public_key(DataDir { root: data_dir }, out),
+        Command::ValidateModel { model, baseline, npy, bins, sample_rows, seed, max_tensor_bytes, memory_bytes } => {
+            use edgefleet_controller::validate::{Budget, sandbox};
+            let args = sandbox::ChildArgs {
+                model,
+                baseline: baseline.map(|b| (b, npy)),
+                options: edgefleet_shared::profile::ProfileOptions { bins, sample_rows, seed },
+                budget: Budget { max_tensor_bytes },
+                memory_bytes,
+            };
+            println!("{}", serde_json::to_string(&sandbox::run_child(&args)).unwrap_or_default());
+            Ok(())
+        }
         Command::RotateKey { data_dir, overlap_secs, revoke } => {
             rotate_key(DataDir { root: data_dir }, overlap_secs, revoke)
         }

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{self, Db, DbError, now};
 use crate::store::{ArtifactStore, StoreError, StoredArtifact};
-use crate::validate::{BaselineData, ValidationError, validate};
+use crate::validate::sandbox::Validator;
+use crate::validate::{BaselineData, ValidationError};
 
 /// Registry failures, each mapping to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,9 @@ pub enum RegistryError {
     /// The model or baseline does not pass validation (422).
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// A value is out of its range (422).
+    #[error("{0}")]
+    OutOfRange(String),
     /// No such model, version or alias (404).
     #[error("{0}")]
     NotFound(String),
@@ -150,11 +154,15 @@ pub struct Registry {
     signer: Arc<dyn SignerDebug>,
     scratch: PathBuf,
     profile: ProfileOptions,
+    validator: Arc<Validator>,
 }
 
 /// A [`Signer`] that can be debug-printed (without its secret).
 pub trait SignerDebug: Signer + std::fmt::Debug {}
 impl<T: Signer + std::fmt::Debug> SignerDebug for T {}
+
+/// The highest version number: 2^53 - 1, exact in every JSON client and in SQLite's INTEGER.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
 /// Names of models and aliases appear in URLs, file names and metric labels: keep them plain.
 pub fn valid_name(name: &str) -> bool {
@@ -172,12 +180,22 @@ impl Registry {
         signer: Arc<dyn SignerDebug>,
         scratch: PathBuf,
         profile: ProfileOptions,
+        validator: Validator,
     ) -> Self {
-        Registry { db, store, signer, scratch, profile }
+        Registry { db, store, signer, scratch, profile, validator: Arc::new(validator) }
     }
 
     /// Validates and registers a new version.
     pub async fn push(&self, req: PushRequest, actor: String) -> Result<VersionInfo, RegistryError> {
+        for (what, v) in [("version", req.meta.version), ("parent_version", req.meta.parent_version)] {
+            if let Some(v) = v
+                && !(1..=MAX_VERSION).contains(&v)
+            {
+                return Err(RegistryError::OutOfRange(format!(
+                    "{what} {v} is out of range: versions are 1 to {MAX_VERSION} (2^53 - 1, exact in every JSON client)"
+                )));
+            }
+        }
         if !valid_name(&req.name) {
             return Err(RegistryError::BadRequest(format!(
                 "model name {:?} must be 1-128 characters of letters, digits, '-', '_' or '.'",
@@ -206,7 +224,7 @@ impl Registry {
             .tempfile_in(&self.scratch)
             .map_err(|source| StoreError::Io { path: self.scratch.clone(), source })?;
         std::fs::write(tmp.path(), &req.model).map_err(|source| StoreError::Io { path: tmp.path().into(), source })?;
-        let validated = validate(tmp.path(), req.baseline.as_ref(), &self.profile)?;
+        let validated = self.validator.validate(tmp.path(), req.baseline.as_ref(), &self.profile, &self.scratch)?;
         let model = self.store.put(&req.model)?;
 
         self.db.call_blocking(|conn| -> Result<VersionInfo, RegistryError> {
@@ -484,6 +502,11 @@ fn summary(conn: &Connection, name: &str) -> Result<ModelSummary, RegistryError>
 pub fn resolve_version(conn: &Connection, name: &str, reference: &str) -> Result<(i64, u64), RegistryError> {
     let id = model_id(conn, name)?;
     let version = match reference.parse::<u64>() {
+        Ok(v) if v > MAX_VERSION => {
+            return Err(RegistryError::NotFound(format!(
+                "model {name:?} has no version {v} (versions are at most {MAX_VERSION})"
+            )));
+        }
         Ok(v) => v,
         Err(_) => conn
             .query_row("SELECT version FROM aliases WHERE model_id = ?1 AND alias = ?2", params![id, reference], |r| {

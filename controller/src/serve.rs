@@ -169,6 +169,12 @@ pub async fn run(
             sample_rows: config.registry.baseline_sample_rows,
             ..ProfileOptions::default()
         },
+        crate::validate::sandbox::Validator {
+            exe: std::env::current_exe().map_err(|e| Error::Startup(format!("cannot find this binary: {e}")))?,
+            memory_bytes: config.registry.validation_memory_mb << 20,
+            timeout: Duration::from_secs(config.registry.validation_timeout_secs),
+            budget: crate::validate::Budget { max_tensor_bytes: config.registry.validation_max_tensor_bytes },
+        },
     );
     let refresher = tokio::spawn(refresh_documents(
         fleet.clone(),

@@ -227,7 +227,7 @@ async fn waves_gates_abort_and_a_controller_kill() {
     ]);
     let id = created["id"].as_i64().expect("id").to_string();
     until("the rollout's second wave", 120, async || {
-        c.cli_json(&["rollout", "status", &id])["wave"].as_u64() >= Some(1)
+        c.cli_json(&["rollout", "status", &id])["wave"].as_u64() >= Some(2)
     })
     .await;
     c.child.kill().expect("kill -9");
@@ -279,8 +279,10 @@ async fn waves_gates_abort_and_a_controller_kill() {
     let aborted = c.cli_json(&["rollout", "status", &id]);
     assert!(aborted["reason"].as_str().unwrap_or_default().contains("p99_ms<5"), "{aborted}");
     // Its predictions are distributed unlike the logistic regression's, too.
-    let psi = &aborted["gates"][1];
-    assert_eq!((psi["gate"].as_str(), psi["passed"].as_bool()), (Some("psi<0.2"), Some(false)), "{aborted}");
+    // (The default activation gate comes first: it is kept beside the operator's gates.)
+    assert_eq!(aborted["gates"][0]["gate"], "activation_failure_rate<0.1", "{aborted}");
+    let psi = aborted["gates"].as_array().expect("gates").iter().find(|g| g["gate"] == "psi<0.2").expect("psi gate");
+    assert_eq!(psi["passed"].as_bool(), Some(false), "{aborted}");
     eprintln!("slow candidate: {aborted}");
     let reached: BTreeSet<String> = wave_sets(&aborted).into_iter().flatten().collect();
     let first_wave =

@@ -6,7 +6,6 @@
 //! the sampled row with the same request id.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -34,9 +33,11 @@ enum Body {
 pub(super) async fn feedback(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Bytes,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let model = resolve(&state, &name, None)?;
+    let body = super::infer::read_body(&headers, body, state.max_body_bytes).await?;
     let Some(recorder) = model.telemetry.get() else {
         return Err(ApiError {
             status: StatusCode::CONFLICT,

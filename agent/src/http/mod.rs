@@ -15,7 +15,7 @@ use edgefleet_shared::inference::{ModelMetadata, RepositoryEntry, ServerMetadata
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-pub use error::ApiError;
+pub use error::{ApiError, json_errors};
 
 use crate::repository::{ModelState, Repository, ServedModel};
 
@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 

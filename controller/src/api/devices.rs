@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +22,7 @@ impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
         match e {
             FleetError::BadRequest(m) => ApiError::bad_request(m),
+            FleetError::Unprocessable(m) => ApiError::unprocessable(m),
             FleetError::Unauthorized(m) => ApiError::unauthorized(m),
             FleetError::NotFound(m) => ApiError::not_found(m),
             FleetError::Conflict(m) => ApiError::conflict(m),
@@ -79,6 +80,28 @@ pub(super) async fn enroll(
 ) -> Result<Json<EnrollResponse>, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Ok(Json(state.fleet.enroll(req).await?))
+}
+
+/// What can be checked of a device request before its body is read: the device headers are
+/// there, name the device in the path, are fresh, and the device is enrolled.
+async fn claimed_device(state: &AppState, id: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let claimed = header(DEVICE_HEADER).ok_or_else(|| ApiError::unauthorized(format!("missing {DEVICE_HEADER}")))?;
+    if claimed != id {
+        return Err(ApiError::forbidden(format!("device {claimed:?} may not act for {id:?}")));
+    }
+    let fresh = header(TIMESTAMP_HEADER)
+        .and_then(|t| t.parse::<u64>().ok())
+        .is_some_and(|t| t.abs_diff(crate::db::now() as u64) <= edgefleet_shared::fleet::MAX_CLOCK_SKEW_SECS);
+    if !fresh || header(SIGNATURE_HEADER).is_none() {
+        return Err(ApiError::unauthorized(format!(
+            "missing, invalid or stale {TIMESTAMP_HEADER} or {SIGNATURE_HEADER}"
+        )));
+    }
+    match state.fleet.device_key(id.to_owned()).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::unauthorized(format!("unknown device {id:?}"))),
+    }
 }
 
 /// Checks the device headers of a request against the device `id` in the path. `uri` must be
@@ -168,16 +191,25 @@ pub(super) async fn artifact(
     super::artifacts::serve_artifact(&state, &sha256, &headers).await
 }
 
-/// A device reports its status.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/status", responses((status = 204)))]
+/// Largest status report read.
+const MAX_STATUS_BYTES: usize = 256 * 1024;
+
+/// A device reports its status. Who it claims to be is checked before the body is read (the
+/// signature, which covers the body, after).
+#[utoipa::path(post, path = "/api/v1/devices/{id}/status", responses((status = 204), (status = 413, body = super::ErrorSchema)))]
 pub(super) async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
+    claimed_device(&state, &id, &headers).await?;
+    let body = axum::body::to_bytes(body, MAX_STATUS_BYTES).await.map_err(|_| ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("a status report is at most {MAX_STATUS_BYTES} bytes"),
+    })?;
     device_auth(&state, &id, &method, &uri, &headers, &body).await?;
     let status: DeviceStatus =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("status: {e}")))?;

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
 
-pub use error::ApiError;
+pub use error::{ApiError, json_errors};
 
 use crate::db::Db;
 use crate::fleet::Fleet;
@@ -157,6 +157,7 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 

@@ -41,9 +41,12 @@ pub(super) async fn push(
     caller: Caller,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    mut form: Multipart,
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<VersionInfo>), ApiError> {
+    // The role first: a viewer learns it may not push, whatever it sent.
     caller.require(Role::Operator)?;
+    let mut form =
+        form.map_err(|e| ApiError::bad_request(format!("expected a multipart/form-data upload: {}", e.body_text())))?;
     let mut req = PushRequest { name, ..PushRequest::default() };
     let mut got_model = false;
     while let Some(field) =

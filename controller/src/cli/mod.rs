@@ -160,7 +160,7 @@ pub struct PolicyArgs {
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// Start a rollout of `N:V` to the devices matching `--selector`.
-    Create(RolloutArgs),
+    Create(Box<RolloutArgs>),
     /// List rollouts, newest first.
     List,
     /// Waves, devices, measurements and gate values of one rollout.
@@ -199,8 +199,9 @@ pub struct RolloutArgs {
     /// How long each wave bakes before its gates are judged (e.g. 30s, 10m).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub bake: std::time::Duration,
-    /// Gate, e.g. `error_rate<0.01`, `p99_ms<50`, `p99_ratio<1.5`, `activation_failure_rate<0.1`,
-    /// `agreement>0.97` (shadow) (repeatable) [default: activation_failure_rate<0.1].
+    /// Gate, e.g. `error_rate<0.01`, `p99_ms<50`, `p99_ratio<1.5`, `psi<0.2` (canary, direct),
+    /// `agreement>0.97` (shadow) (repeatable); activation_failure_rate<0.1 is always added unless
+    /// given otherwise or --no-default-gate.
     #[arg(long = "gate")]
     pub gates: Vec<String>,
     /// Requests the candidate must answer before request-based gates count.
@@ -216,6 +217,18 @@ pub struct RolloutArgs {
     /// Shadow: share of requests mirrored to the candidate, in (0, 1].
     #[arg(long, default_value_t = 0.25)]
     pub shadow_share: f64,
+    /// How long after a wave starts its devices have to activate or fail (at least --bake).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub wave_timeout: std::time::Duration,
+    /// Devices silent at the wave deadline: count as failed activations (fail), or pause.
+    #[arg(long, default_value = "fail", value_parser = ["fail", "pause"])]
+    pub on_timeout: String,
+    /// Start even if no enrolled device matches the selector (devices join as they enroll).
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// Leave out the default gate activation_failure_rate<0.1.
+    #[arg(long)]
+    pub no_default_gate: bool,
 }
 
 /// `edgefleet model ...`
@@ -413,6 +426,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 "model": name, "version": v, "selector": selector, "waves": args.waves,
                 "bake_secs": args.bake.as_secs(), "gates": args.gates, "min_requests": args.min_requests,
                 "on_fail": args.on_fail, "strategy": args.strategy, "shadow_share": args.shadow_share,
+                "wave_timeout_secs": args.wave_timeout.as_secs(), "on_timeout": args.on_timeout,
+                "allow_empty": args.allow_empty, "no_default_gate": args.no_default_gate,
             });
             output::rollout(out, &client.post_json("/api/v1/rollouts", &body).await?);
         }

@@ -249,12 +249,12 @@ pub(super) fn done(out: Output, message: &str) {
 pub(super) fn rollouts(out: Output, v: &Value) {
     list(out, v, &["id", "model", "state", "wave", "devices", "reason"], |r| {
         let waves = r["plan"]["waves"].as_array().map_or(0, Vec::len);
-        let wave = r["wave"].as_u64().unwrap_or(0) as usize;
+        let wave = r["wave"].as_u64().unwrap_or(1).max(1) as usize;
         vec![
             s(&r["id"]),
             model_ref(&r["model"]),
             s(&r["state"]),
-            format!("{}/{waves} ({}%)", wave + 1, s(&r["plan"]["waves"][wave])),
+            format!("{wave}/{waves} ({}%)", s(&r["plan"]["waves"][wave - 1])),
             s(&r["measurements"]["devices"]),
             s(&r["reason"]),
         ]
@@ -270,38 +270,41 @@ pub(super) fn rollout(out: Output, v: &Value) {
     println!("rollout:  {} of {} ({}, {})", s(&v["id"]), model_ref(&v["model"]), s(&v["state"]), s(&plan["strategy"]));
     println!("selector: {}", labels(&plan["selector"]));
     println!(
-        "plan:     waves {} %, bake {} s, on failure {}",
+        "plan:     waves {} %, bake {} s, wave deadline {} s ({} then), on failure {}",
         s(&plan["waves"]),
         s(&plan["bake_secs"]),
+        s(&plan["wave_timeout_secs"]),
+        s(&plan["on_timeout"]),
         s(&plan["on_fail"])
     );
     if !v["reason"].is_null() {
         println!("reason:   {}", s(&v["reason"]));
     }
     let m = &v["measurements"];
+    let n = |v: &Value| v.as_f64().map_or_else(|| "-".to_owned(), crate::rollout::gates::three_digits);
     println!(
-        "devices:  {} in the rollout, {} serving it, {} failed; {} requests, {} errors, p99 {} ms (before {} ms)",
+        "devices:  {} in the rollout, {} serving it, {} failed, {} on it already; {} requests, {} errors, p99 {} ms (before {} ms)",
         s(&m["devices"]),
         s(&m["activated"]),
         s(&m["failed"]),
+        s(&m["already"]),
         s(&m["requests"]),
         s(&m["errors"]),
-        s(&m["p99_ms"]),
-        s(&m["baseline_p99_ms"])
+        n(&m["p99_ms"]),
+        n(&m["baseline_p99_ms"])
     );
-    println!("outputs:  {} predictions classified, PSI vs before {}", s(&m["classified"]), s(&m["psi"]));
+    println!("outputs:  {} predictions classified, PSI vs before {}", s(&m["classified"]), n(&m["psi"]));
     if plan["strategy"] == "shadow" {
-        println!("shadow:   {} mirrored requests compared, agreement {}", s(&m["compared"]), s(&m["agreement"]));
+        println!("shadow:   {} mirrored requests compared, agreement {}", s(&m["compared"]), n(&m["agreement"]));
     }
     let waves: Vec<Vec<String>> = v["waves"]
         .as_array()
         .into_iter()
         .flatten()
-        .enumerate()
-        .map(|(i, w)| {
+        .map(|w| {
             let devices = w["devices"].as_array().map_or(0, Vec::len);
             vec![
-                (i + 1).to_string(),
+                s(&w["wave"]),
                 format!("{}%", s(&w["percent"])),
                 devices.to_string(),
                 s(&w["activated"]),
@@ -320,7 +323,8 @@ pub(super) fn rollout(out: Output, v: &Value) {
                 Some(false) => "FAIL",
                 None => "pending",
             };
-            vec![s(&g["gate"]), s(&g["value"]), verdict.into()]
+            let value = g["value"].as_f64().map_or_else(|| "-".to_owned(), crate::rollout::gates::three_digits);
+            vec![s(&g["gate"]), value, verdict.into()]
         })
         .collect();
     if !gates.is_empty() {

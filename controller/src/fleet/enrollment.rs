@@ -11,6 +11,9 @@ use super::{EnrollmentToken, Fleet, FleetError};
 use crate::auth::{hash_token, new_token};
 use crate::db::{self, now};
 
+/// Longest lifetime of an enrollment token.
+const MAX_TOKEN_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+
 impl Fleet {
     /// A device's enrolled public key, if it is enrolled.
     pub async fn device_key(&self, device_id: String) -> Result<Option<PublicKey>, FleetError> {
@@ -50,7 +53,12 @@ impl Fleet {
         actor: String,
     ) -> Result<EnrollmentToken, FleetError> {
         if uses == 0 {
-            return Err(FleetError::BadRequest("uses must be at least 1".into()));
+            return Err(FleetError::Unprocessable("uses must be at least 1".into()));
+        }
+        if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl_secs) {
+            return Err(FleetError::Unprocessable(format!(
+                "ttl_secs {ttl_secs} is out of range: 1 to {MAX_TOKEN_TTL_SECS} (10 years)"
+            )));
         }
         check_labels(&labels)?;
         let token = new_token().map_err(|e| FleetError::BadRequest(format!("cannot generate a token: {e}")))?;

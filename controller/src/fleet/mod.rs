@@ -26,6 +26,9 @@ pub enum FleetError {
     /// Malformed request (400).
     #[error("{0}")]
     BadRequest(String),
+    /// Well-formed, but a value is out of range (422).
+    #[error("{0}")]
+    Unprocessable(String),
     /// Enrollment token or device signature refused (401).
     #[error("{0}")]
     Unauthorized(String),

@@ -1,6 +1,5 @@
-//! One step of a rollout: issue the current wave, judge its gates after the bake, then advance,
-//! promote, complete, pause or roll back. Everything is derived from the stored state, inside the
-//! caller's transaction.
+//! Applying a rollout step inside the caller's transaction: issuing waves, writing the
+//! decision [`super::decide`] made, promoting, pausing and rolling back.
 
 use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::{DeviceStatus, rollout_bucket};
@@ -8,127 +7,102 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::gates::{Gate, GateResult, Measurements};
-use super::records::{Row, load, measure, members};
-use super::{OnFail, RolloutState, Strategy};
+use super::decide::{Decision, Outcome, Verdict, decide, outcome};
+use super::records::{Row, load, members};
+use super::{OnFail, RolloutState};
 use crate::db::{self, now};
 use crate::fleet::{Fleet, FleetError, matching_devices, version_artifacts};
 
-pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64) -> Result<Vec<String>, FleetError> {
+/// One step of rollout `id` at `now`: issue the current wave to devices not yet in it, judge
+/// ([`decide`]), and write what was decided. Returns the devices that got new documents.
+pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64, now: u64) -> Result<Vec<String>, FleetError> {
     let row = load(tx, id)?;
-    if row.state == RolloutState::Promoting {
-        return promote_step(fleet, tx, &row);
-    }
-    let mut changed = join_wave(fleet, tx, &row)?;
-    let at = now() as u64;
-    if at < row.wave_started_at + row.plan.bake_secs {
-        return Ok(changed);
-    }
+    let mut changed = if row.state == RolloutState::Running { join_wave(fleet, tx, &row)? } else { Vec::new() };
     let all = members(tx, id)?;
-    let m = measure(&all, &row.model, row.in_shadow());
-    if all.is_empty() {
-        // No matching device falls in this wave (yet): nothing to judge, move on.
-        return advance(fleet, tx, &row, &m).map(|more| [changed, more].concat());
+    let Verdict { decision, measurements: m, gates } = decide(&row, &all, changed.len(), now);
+    if !gates.is_empty() {
+        tx.execute(
+            "UPDATE rollouts SET gate_results = ?1 WHERE id = ?2",
+            params![serde_json::to_string(&gates).unwrap_or_default(), id],
+        )?;
     }
-    let results: Vec<GateResult> = row
-        .plan
-        .gates
-        .iter()
-        .map(|text| {
-            let gate = Gate::parse(text).expect("gates are checked at create");
-            let value = m.value(&gate.metric, row.plan.min_requests);
-            GateResult { gate: text.clone(), value, passed: value.map(|v| gate.passes(v)) }
-        })
-        .collect();
-    tx.execute(
-        "UPDATE rollouts SET gate_results = ?1 WHERE id = ?2",
-        params![serde_json::to_string(&results).unwrap_or_default(), id],
-    )?;
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|g| g.passed == Some(false))
-        .map(|g| format!("{} (measured {:.4})", g.gate, g.value.unwrap_or(f64::NAN)))
-        .collect();
-    if !failed.is_empty() {
-        let reason =
-            format!("gate failed in wave {} ({}%): {}", row.wave + 1, row.plan.waves[row.wave], failed.join(", "));
-        metrics::counter!("edgefleet_controller_rollout_gate_failures_total").increment(1);
-        match row.plan.on_fail {
-            OnFail::Abort => changed.extend(roll_back(fleet, tx, &row, &reason)?),
-            OnFail::Pause => {
-                tx.execute(
-                    "UPDATE rollouts SET state = 'paused', reason = ?1, updated_at = ?2 WHERE id = ?3",
-                    params![reason, now(), id],
-                )?;
+    match decision {
+        Decision::Wait(_) => {}
+        Decision::NextWave => {
+            let next = row.wave + 1;
+            tx.execute(
+                "UPDATE rollouts SET wave = ?1, wave_started_at = ?2, updated_at = ?2 WHERE id = ?3",
+                params![next as i64, now as i64, id],
+            )?;
+            let detail = serde_json::json!({"wave": next + 1, "percent": row.plan.waves[next], "measurements": m});
+            db::audit(tx, "controller", "rollout.advance", &id.to_string(), detail)?;
+            tracing::info!(rollout = id, wave = next + 1, percent = row.plan.waves[next], "Rollout advanced.");
+            changed.extend(join_wave(fleet, tx, &load(tx, id)?)?);
+        }
+        Decision::Promote => {
+            // Every shadow wave agreed: activate the candidate on all of them through the normal path.
+            tx.execute(
+                "UPDATE rollouts SET state = 'promoting', wave_started_at = ?1, updated_at = ?1 WHERE id = ?2",
+                params![now as i64, id],
+            )?;
+            db::audit(tx, "controller", "rollout.promote", &id.to_string(), serde_json::json!({"measurements": m}))?;
+            tracing::info!(rollout = id, devices = m.devices, "Shadow passed; promoting.");
+            let artifacts = version_artifacts(tx, &row.model.name, row.model.version)?;
+            for member in all.iter().filter(|m| outcome(m, &row.model, true) != Outcome::Already) {
+                fleet.issue(tx, &member.device, &row.model, &artifacts, None)?;
+                changed.push(member.device.clone());
             }
         }
-        let action = if row.plan.on_fail == OnFail::Abort { "rollout.abort" } else { "rollout.pause" };
-        db::audit(tx, "controller", action, &id.to_string(), serde_json::json!({"reason": reason, "measurements": m}))?;
-        tracing::warn!(rollout = id, %reason, "Rollout gate failed.");
-        return Ok(changed);
+        Decision::Complete => {
+            tx.execute(
+                "UPDATE rollouts SET state = 'completed', updated_at = ?1 WHERE id = ?2",
+                params![now as i64, id],
+            )?;
+            db::audit(tx, "controller", "rollout.complete", &id.to_string(), serde_json::json!({"measurements": m}))?;
+            tracing::info!(rollout = id, devices = m.devices, "Rollout completed.");
+        }
+        Decision::Fail { reason, action } => {
+            metrics::counter!("edgefleet_controller_rollout_gate_failures_total").increment(1);
+            let verb = match action {
+                OnFail::Abort => {
+                    changed.extend(roll_back(fleet, tx, &row, &reason)?);
+                    "rollout.abort"
+                }
+                OnFail::Pause => {
+                    pause(tx, id, &reason, now)?;
+                    "rollout.pause"
+                }
+            };
+            db::audit(
+                tx,
+                "controller",
+                verb,
+                &id.to_string(),
+                serde_json::json!({"reason": reason, "measurements": m}),
+            )?;
+            tracing::warn!(rollout = id, %reason, "Rollout gate failed.");
+        }
+        Decision::Pause { reason } => {
+            pause(tx, id, &reason, now)?;
+            db::audit(
+                tx,
+                "controller",
+                "rollout.pause",
+                &id.to_string(),
+                serde_json::json!({"reason": reason, "measurements": m}),
+            )?;
+            tracing::warn!(rollout = id, %reason, "Rollout paused at its wave deadline.");
+        }
     }
-    if results.iter().any(|g| g.passed.is_none()) || m.unsettled() > 0 || !changed.is_empty() {
-        return Ok(changed);
-    }
-    changed.extend(advance(fleet, tx, &row, &m)?);
     Ok(changed)
 }
 
-/// Moves to the next wave (issuing it), or completes the rollout after the last.
-fn advance(fleet: &Fleet, tx: &Connection, row: &Row, m: &Measurements) -> Result<Vec<String>, FleetError> {
-    let id = row.id;
-    let next = row.wave + 1;
-    if next == row.plan.waves.len() && row.plan.strategy == Strategy::Shadow {
-        // Every shadow wave agreed: activate the candidate on all of them through the normal path.
-        tx.execute("UPDATE rollouts SET state = 'promoting', updated_at = ?1 WHERE id = ?2", params![now(), id])?;
-        db::audit(tx, "controller", "rollout.promote", &id.to_string(), serde_json::json!({"measurements": m}))?;
-        tracing::info!(rollout = id, devices = m.devices, "Shadow passed; promoting.");
-        let artifacts = version_artifacts(tx, &row.model.name, row.model.version)?;
-        let devices: Vec<String> = members(tx, id)?.into_iter().map(|m| m.device).collect();
-        for device in &devices {
-            fleet.issue(tx, device, &row.model, &artifacts, None)?;
-        }
-        Ok(devices)
-    } else if next == row.plan.waves.len() {
-        tx.execute("UPDATE rollouts SET state = 'completed', updated_at = ?1 WHERE id = ?2", params![now(), id])?;
-        db::audit(tx, "controller", "rollout.complete", &id.to_string(), serde_json::json!({"measurements": m}))?;
-        tracing::info!(rollout = id, devices = m.devices, "Rollout completed.");
-        Ok(Vec::new())
-    } else {
-        tx.execute(
-            "UPDATE rollouts SET wave = ?1, wave_started_at = ?2, updated_at = ?2 WHERE id = ?3",
-            params![next as i64, now(), id],
-        )?;
-        db::audit(
-            tx,
-            "controller",
-            "rollout.advance",
-            &id.to_string(),
-            serde_json::json!({"wave": next + 1, "percent": row.plan.waves[next], "measurements": m}),
-        )?;
-        tracing::info!(rollout = id, wave = next + 1, percent = row.plan.waves[next], "Rollout advanced.");
-        join_wave(fleet, tx, &load(tx, id)?)
-    }
-}
-
-/// Promotion of a shadow rollout: completes once every device serves the candidate, aborts if
-/// an activation fails.
-fn promote_step(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, FleetError> {
-    let all = members(tx, row.id)?;
-    let m = measure(&all, &row.model, false);
-    if m.failed > 0 {
-        let reason =
-            format!("promotion failed: {} of {} devices could not activate the candidate", m.failed, m.devices);
-        let changed = roll_back(fleet, tx, row, &reason)?;
-        db::audit(tx, "controller", "rollout.abort", &row.id.to_string(), serde_json::json!({"reason": reason}))?;
-        return Ok(changed);
-    }
-    if m.unsettled() == 0 {
-        tx.execute("UPDATE rollouts SET state = 'completed', updated_at = ?1 WHERE id = ?2", params![now(), row.id])?;
-        db::audit(tx, "controller", "rollout.complete", &row.id.to_string(), serde_json::json!({"measurements": m}))?;
-        tracing::info!(rollout = row.id, devices = m.devices, "Rollout completed.");
-    }
-    Ok(Vec::new())
+fn pause(tx: &Connection, id: i64, reason: &str, now: u64) -> Result<(), FleetError> {
+    tx.execute(
+        "UPDATE rollouts SET state = 'paused', reason = ?1, updated_at = ?2 WHERE id = ?3",
+        params![reason, now as i64, id],
+    )?;
+    Ok(())
 }
 
 /// Issues the candidate to matching devices in the current wave that are not in the rollout yet

@@ -10,7 +10,10 @@
 //! | `psi` | population stability index of the candidate's predicted classes against the same devices' classes on the version before | `min_requests` predictions |
 //! | `agreement` | (shadow) share of mirrored rows where the candidate's top class matches the active version's | `min_requests` comparisons |
 //!
-//! A gate whose measurement lacks its samples is pending: the wave waits for it.
+//! A gate whose measurement lacks its samples is pending: the wave waits for it (up to the wave
+//! deadline). A rollout may only name gates its strategy can measure: before promotion a shadow
+//! rollout's candidate answers no requests, so only `activation_failure_rate` and `agreement`;
+//! a canary or direct rollout mirrors nothing, so everything but `agreement`.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +36,27 @@ pub enum Op {
 
 /// Metrics a gate may name.
 pub const METRICS: &[&str] = &["activation_failure_rate", "error_rate", "p99_ms", "p99_ratio", "psi", "agreement"];
+
+/// Whether a rollout of `strategy` can measure `metric` at all.
+pub fn measurable(metric: &str, strategy: super::Strategy) -> bool {
+    match strategy {
+        super::Strategy::Shadow => matches!(metric, "activation_failure_rate" | "agreement"),
+        super::Strategy::Canary | super::Strategy::Direct => metric != "agreement",
+    }
+}
+
+/// `v` with three significant digits, as measurements are shown.
+pub fn three_digits(v: f64) -> String {
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    if v == 0.0 {
+        return "0".into();
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    let text = format!("{v:.digits$}");
+    if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_owned() } else { text }
+}
 
 /// A parsed gate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,12 +131,18 @@ pub struct Measurements {
     /// PSI of those class counts against the same devices' counts on their previous version.
     #[serde(default)]
     pub psi: Option<f64>,
+    /// Devices that ran the candidate already when the rollout reached them.
+    #[serde(default)]
+    pub already: u64,
+    /// Of the failed, devices that did not report by the wave deadline.
+    #[serde(default)]
+    pub timed_out: u64,
 }
 
 impl Measurements {
-    /// Devices neither serving the candidate nor failed yet.
+    /// Devices neither serving the candidate, nor failed, nor on it already.
     pub fn unsettled(&self) -> u64 {
-        self.devices.saturating_sub(self.activated + self.failed)
+        self.devices.saturating_sub(self.activated + self.failed + self.already)
     }
 
     /// The value of `metric`, or none while it lacks samples.
@@ -161,6 +191,23 @@ mod tests {
         for bad in ["error_rate", "latency<5", "error_rate<abc", "error_rate<inf", "<0.1"] {
             assert!(Gate::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn values_print_with_three_significant_digits() {
+        for (v, want) in
+            [(5.8312, "5.83"), (0.012345, "0.0123"), (1234.4, "1234"), (0.1, "0.1"), (0.0, "0"), (1.0, "1")]
+        {
+            assert_eq!(three_digits(v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn each_strategy_measures_its_own_gates() {
+        use super::super::Strategy;
+        assert!(measurable("agreement", Strategy::Shadow) && !measurable("agreement", Strategy::Canary));
+        assert!(!measurable("psi", Strategy::Shadow) && !measurable("error_rate", Strategy::Shadow));
+        assert!(measurable("p99_ratio", Strategy::Direct) && measurable("activation_failure_rate", Strategy::Shadow));
     }
 
     #[test]

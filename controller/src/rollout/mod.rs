@@ -8,8 +8,10 @@
 //! derives every step from it, so a controller restart, even after `kill -9`, resumes each rollout
 //! where it was. Every state change is audited.
 
+mod decide;
 mod engine;
 pub mod gates;
+mod plan;
 mod records;
 
 use std::collections::BTreeMap;
@@ -19,10 +21,11 @@ use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{self, Db, now};
-use crate::fleet::{Fleet, FleetError, version_artifacts};
+use crate::fleet::{Fleet, FleetError, matching_devices, version_artifacts};
 use crate::registry::resolve_version;
 use engine::{roll_back, step};
-use gates::{Gate, GateResult, Measurements};
+use gates::{GateResult, Measurements};
+use plan::plan;
 use records::{info, load};
 
 /// What happens when a gate fails.
@@ -33,6 +36,16 @@ pub enum OnFail {
     Pause,
     /// Roll every changed device back.
     Abort,
+}
+
+/// What happens to devices that have not settled (activated or failed) by the wave deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    /// They count as failed activations for the gates (and gates still without samples fail).
+    Fail,
+    /// The rollout pauses, naming them; the operator resumes or aborts.
+    Pause,
 }
 
 /// How devices take the candidate.
@@ -75,14 +88,15 @@ impl RolloutState {
         }
     }
 
-    fn parse(s: &str) -> RolloutState {
-        match s {
+    fn parse(s: &str) -> Option<RolloutState> {
+        Some(match s {
+            "running" => RolloutState::Running,
             "paused" => RolloutState::Paused,
             "promoting" => RolloutState::Promoting,
             "completed" => RolloutState::Completed,
             "aborted" => RolloutState::Aborted,
-            _ => RolloutState::Running,
-        }
+            _ => return None,
+        })
     }
 }
 
@@ -102,9 +116,23 @@ pub struct RolloutRequest {
     /// Seconds each wave bakes before its gates are judged (default 600).
     #[serde(default = "default_bake")]
     pub bake_secs: u64,
-    /// Gates, e.g. `error_rate<0.01` (default `activation_failure_rate<0.1`).
+    /// Gates, e.g. `error_rate<0.01`; `activation_failure_rate<0.1` is added unless one on
+    /// `activation_failure_rate` is given or `no_default_gate` is set.
     #[serde(default)]
     pub gates: Vec<String>,
+    /// Leave out the default `activation_failure_rate<0.1` gate.
+    #[serde(default)]
+    pub no_default_gate: bool,
+    /// Seconds after a wave starts by which its devices must have settled (default 3600; at
+    /// least the bake time).
+    #[serde(default = "default_wave_timeout")]
+    pub wave_timeout_secs: u64,
+    /// Devices unsettled at the deadline: count as failed (default) or pause.
+    #[serde(default = "default_on_timeout")]
+    pub on_timeout: OnTimeout,
+    /// Start even when no device matches the selector yet (devices that enroll later join).
+    #[serde(default)]
+    pub allow_empty: bool,
     /// Requests the candidate must have answered before request-based gates count (default 100).
     #[serde(default = "default_min_requests")]
     pub min_requests: u64,
@@ -125,6 +153,12 @@ fn default_share() -> f64 {
 
 fn default_bake() -> u64 {
     600
+}
+fn default_wave_timeout() -> u64 {
+    3600
+}
+fn default_on_timeout() -> OnTimeout {
+    OnTimeout::Fail
 }
 fn default_min_requests() -> u64 {
     100
@@ -156,6 +190,15 @@ pub struct Plan {
     /// Shadow: share of requests mirrored.
     #[serde(default = "default_share")]
     pub shadow_share: f64,
+    /// Seconds after a wave starts by which its devices must have settled.
+    #[serde(default = "default_wave_timeout")]
+    pub wave_timeout_secs: u64,
+    /// What an unsettled device at the deadline means.
+    #[serde(default = "default_on_timeout")]
+    pub on_timeout: OnTimeout,
+    /// Whether the rollout may wait for matching devices.
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 impl Plan {
@@ -167,6 +210,8 @@ impl Plan {
 /// One wave as `rollout status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WaveInfo {
+    /// Its number, from 1 (as the status table shows it).
+    pub wave: usize,
     /// Cumulative share of the matching devices.
     pub percent: u8,
     /// Devices that joined in this wave.
@@ -189,7 +234,7 @@ pub struct RolloutInfo {
     pub plan: Plan,
     /// State.
     pub state: RolloutState,
-    /// Index of the current wave in `plan.waves`.
+    /// The current wave's number, from 1 (`plan.waves[wave - 1]` is its percentage).
     pub wave: usize,
     /// Unix seconds the current wave started.
     pub wave_started_at: u64,
@@ -240,6 +285,13 @@ impl Rollouts {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let (_, version) = resolve_version(&tx, &req.model, &req.version)?;
                 version_artifacts(&tx, &req.model, version)?;
+                if !plan.allow_empty && matching_devices(&tx, &plan.selector)?.is_empty() {
+                    return Err(FleetError::BadRequest(format!(
+                        "the selector {:?} matches no enrolled device; enroll devices first, or pass \
+                         allow_empty (--allow-empty) to start anyway and let devices join as they enroll",
+                        plan.selector
+                    )));
+                }
                 let busy: Option<i64> = tx
                     .query_row(
                         "SELECT id FROM rollouts WHERE model = ?1 AND state IN ('running', 'paused', 'promoting')",
@@ -339,44 +391,11 @@ impl Rollouts {
                 let mut changed = Vec::new();
                 for id in running {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    changed.extend(step(&fleet, &tx, id)?);
+                    changed.extend(step(&fleet, &tx, id, now() as u64)?);
                     tx.commit()?;
                 }
                 Ok(changed)
             })
             .await
     }
-}
-
-fn plan(req: &RolloutRequest) -> Result<Plan, FleetError> {
-    let bad = |m: String| Err(FleetError::BadRequest(m));
-    if req.selector.is_empty() {
-        return bad("a rollout needs a selector (k=v labels); use deploy for single devices".into());
-    }
-    let waves = match (req.strategy, &req.waves) {
-        (Strategy::Direct, Some(w)) if w != &[100] => return bad("strategy direct has one wave of 100%".into()),
-        (Strategy::Direct, _) => vec![100],
-        (Strategy::Canary | Strategy::Shadow, Some(w)) => w.clone(),
-        (Strategy::Canary | Strategy::Shadow, None) => vec![1, 10, 50, 100],
-    };
-    if !(req.shadow_share > 0.0 && req.shadow_share <= 1.0) {
-        return bad(format!("shadow_share {} must be in (0, 1]", req.shadow_share));
-    }
-    if waves.is_empty() || waves.last() != Some(&100) || waves.windows(2).any(|w| w[0] >= w[1]) || waves[0] == 0 {
-        return bad(format!("waves {waves:?} must increase strictly from above 0 and end at 100"));
-    }
-    let gates = if req.gates.is_empty() { vec!["activation_failure_rate<0.1".to_owned()] } else { req.gates.clone() };
-    for g in &gates {
-        Gate::parse(g).map_err(FleetError::BadRequest)?;
-    }
-    Ok(Plan {
-        selector: req.selector.clone(),
-        waves,
-        bake_secs: req.bake_secs,
-        gates,
-        min_requests: req.min_requests,
-        on_fail: req.on_fail,
-        strategy: req.strategy,
-        shadow_share: req.shadow_share,
-    })
 }

@@ -47,6 +47,9 @@ impl Telemetry {
                 let (key, labels) = row.ok_or_else(|| refused("unknown_device", format!("unknown device {device:?}")))?;
                 let key = PublicKey::from_base64(&key).ok_or_else(|| refused("unknown_device", "unreadable device key"))?;
                 let batch = TelemetryBatch::decode(&frame, &device, &key).map_err(|e| refused(e.class(), e.to_string()))?;
+                if !stores_exactly(&batch) {
+                    return Err(refused("malformed", "a version, time, class or label above 2^63 - 1"));
+                }
                 let labels: BTreeMap<String, String> = serde_json::from_str(&labels).unwrap_or_default();
                 let group = labels.get(&group_label).cloned().unwrap_or_else(|| "default".into());
                 let tx = conn.transaction()?;
@@ -74,7 +77,7 @@ impl Telemetry {
                 let mut rows = 0;
                 for m in &batch.models {
                     merge_window(&tx, m, &group, window_start)?;
-                    store_samples(&tx, m, &device, &group, seq)?;
+                    store_samples(&tx, m, &device, &group, seq, window_start)?;
                     rows += m.rows;
                 }
                 tx.commit()?;
@@ -190,17 +193,28 @@ fn merge_window(
 }
 
 /// Stores sampled rows, then attaches this batch's labels to rows with the same request id.
+/// Whether every number the batch stores fits SQLite's signed 64-bit integers.
+fn stores_exactly(batch: &TelemetryBatch) -> bool {
+    let fits = |v: u64| i64::try_from(v).is_ok();
+    batch.models.iter().all(|m| {
+        fits(m.version)
+            && m.samples.iter().all(|s| fits(s.at_ms) && s.predicted.is_none_or(fits))
+            && m.feedback.iter().all(|f| fits(f.label))
+    })
+}
+
 fn store_samples(
     tx: &Transaction<'_>,
     m: &ModelTelemetry,
     device: &str,
     group: &str,
     seq: i64,
+    window_start: i64,
 ) -> Result<(), TelemetryError> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO telemetry_samples (model, version, device_id, device_group, batch_sequence, request_id, at_ms,
-                                        inputs, outputs, predicted, low_confidence)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                        inputs, outputs, predicted, low_confidence, window_start)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     for s in &m.samples {
         insert.execute(params![
@@ -214,7 +228,8 @@ fn store_samples(
             serde_json::to_string(&s.inputs).unwrap_or_default(),
             serde_json::to_string(&s.outputs).unwrap_or_default(),
             s.predicted.map(|p| p as i64),
-            s.low_confidence
+            s.low_confidence,
+            window_start
         ])?;
     }
     let mut label = tx.prepare_cached(

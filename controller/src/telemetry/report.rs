@@ -95,9 +95,10 @@ pub struct DriftReport {
     pub version: u64,
     /// Device group, when the report is limited to one.
     pub group: Option<String>,
-    /// Start of the range (Unix seconds).
+    /// Start of the range (Unix seconds): the start of its first telemetry window. Binned and
+    /// sampled metrics cover the same batches: those merged into the windows in the range.
     pub from: i64,
-    /// End of the range.
+    /// End of the range (exclusive): the end of the current window.
     pub to: i64,
     /// Rows counted.
     pub rows: u64,
@@ -246,6 +247,9 @@ pub fn baseline(conn: &Connection, model: &str, version: u64) -> Result<Option<B
     Ok(BundleManifest::from_bytes(manifest.as_bytes()).ok().and_then(|m| m.baseline))
 }
 
+/// Longest range a drift report covers.
+pub const MAX_REPORT_SPAN_SECS: u64 = 366 * 24 * 3600;
+
 /// Window rows of a version from `from` (window starts) to `to`, optionally one group, merged.
 pub fn merged(
     conn: &Connection,
@@ -286,7 +290,9 @@ pub fn merged(
     Ok(out)
 }
 
-/// Sampled input rows of a version in `[from, to)` (seconds), most recent first, capped.
+/// Sampled input rows of a version whose batches were merged into the windows starting in
+/// `[from, to)` (the same batches [`merged`] counts), most recent first, capped. Values are read
+/// back as the `f32` the model saw.
 pub fn sample_rows(
     conn: &Connection,
     model: &str,
@@ -297,18 +303,32 @@ pub fn sample_rows(
 ) -> Result<Vec<Vec<f64>>, TelemetryError> {
     let mut stmt = conn.prepare_cached(
         "SELECT inputs FROM telemetry_samples
-         WHERE model = ?1 AND version = ?2 AND (?3 IS NULL OR device_group = ?3) AND at_ms >= ?4 AND at_ms < ?5
+         WHERE model = ?1 AND version = ?2 AND (?3 IS NULL OR device_group = ?3)
+           AND ((window_start >= ?4 AND window_start < ?5)
+                OR (window_start IS NULL AND at_ms >= ?4 * 1000 AND at_ms < ?5 * 1000))
          ORDER BY at_ms DESC, id DESC LIMIT ?6",
     )?;
-    let rows = stmt
-        .query_map(params![model, version as i64, group, from * 1000, to * 1000, MAX_REPORT_SAMPLES], |r| {
-            r.get::<_, String>(0)
-        })?;
+    let rows =
+        stmt.query_map(params![model, version as i64, group, from, to, MAX_REPORT_SAMPLES], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for row in rows {
-        out.push(serde_json::from_str::<Vec<f64>>(&row?).unwrap_or_default());
+        out.push(parse_inputs(&row?));
     }
     Ok(out)
+}
+
+/// A stored sample's inputs: the `f32` values the model saw, widened exactly.
+pub fn parse_inputs(json: &str) -> Vec<f64> {
+    serde_json::from_str::<Vec<f32>>(json).unwrap_or_default().into_iter().map(f64::from).collect()
+}
+
+/// The whole telemetry windows a report over the last `span` seconds at `now` covers: from the
+/// start of the window holding `now - span + 1` to the end of the current window.
+pub fn report_range(now: i64, span: i64, window: i64) -> (i64, i64) {
+    let window = window.max(1);
+    let to = (now.div_euclid(window) + 1) * window;
+    let from = (now - span + 1).max(0).div_euclid(window) * window;
+    (from, to)
 }
 
 /// Columns of `rows` (`width` of them).
@@ -326,15 +346,18 @@ impl Telemetry {
         window_secs: Option<u64>,
         group: Option<String>,
     ) -> Result<DriftReport, TelemetryError> {
-        let span = window_secs.unwrap_or(self.config.window_secs) as i64;
-        if span <= 0 {
-            return Err(TelemetryError::BadRequest("the window must be above 0 seconds".into()));
+        let window = self.config.window_secs as i64;
+        let span = window_secs.unwrap_or(self.config.window_secs);
+        if span == 0 || span > MAX_REPORT_SPAN_SECS {
+            return Err(TelemetryError::BadRequest(format!(
+                "the report window must be 1 to {MAX_REPORT_SPAN_SECS} seconds (a year)"
+            )));
         }
+        let span = span as i64;
         self.db
             .call(move |conn| -> Result<DriftReport, TelemetryError> {
                 let version = resolve(conn, &model, version.as_deref())?;
-                let to = crate::db::now() + 1;
-                let from = to - 1 - span;
+                let (from, to) = report_range(crate::db::now(), span, window);
                 let baseline = baseline(conn, &model, version)?;
                 let merged = merged(conn, &model, version, group.as_deref(), from, to)?;
                 let rows = sample_rows(conn, &model, version, group.as_deref(), from, to)?;
@@ -387,5 +410,56 @@ fn resolve(conn: &Connection, model: &str, version: Option<&str>) -> Result<u64,
         None => {
             registered()?.map(|v| v as u64).ok_or_else(|| TelemetryError::NotFound(format!("unknown model {model:?}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::params;
+
+    use super::*;
+    use crate::db::Db;
+
+    #[test]
+    fn a_report_covers_whole_windows() {
+        assert_eq!(report_range(111, 10, 10), (100, 120), "just past a boundary: the window before too");
+        assert_eq!(report_range(119, 10, 10), (110, 120));
+        assert_eq!(report_range(7_205, 3_600, 3_600), (3_600, 10_800));
+        assert_eq!(report_range(5, 3_600, 3_600), (0, 3_600));
+    }
+
+    #[test]
+    fn binned_and_sampled_metrics_cover_the_same_batches_across_a_window_boundary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("db.sqlite")).expect("db");
+        db.call_blocking(|conn| {
+            // Window [100, 110): 5 rows, 2 sampled, one sampled a moment before the window start
+            // of the next batch; window [110, 120): 3 rows, 1 sampled.
+            for (start, rows, at_ms) in [(100i64, 5i64, [104_000i64, 109_900].as_slice()), (110, 3, [110_500].as_slice())] {
+                conn.execute(
+                    "INSERT INTO telemetry_windows (model, version, device_group, window_start, rows, features, output_classes, labeled, correct)
+                     VALUES ('m', 1, 'g', ?1, ?2, '[[1, 2]]', '[1]', 0, 0)",
+                    params![start, rows],
+                )
+                .expect("window");
+                for at in at_ms {
+                    conn.execute(
+                        "INSERT INTO telemetry_samples (model, version, device_id, device_group, batch_sequence, at_ms, inputs, outputs, low_confidence, window_start)
+                         VALUES ('m', 1, 'd', 'g', 1, ?1, '[5.1]', '[1.0]', 0, ?2)",
+                        params![at, start],
+                    )
+                    .expect("sample");
+                }
+            }
+            // Just after the boundary, over the last 10 s: both windows, all three samples.
+            let (from, to) = report_range(111, 10, 10);
+            let m = merged(conn, "m", 1, None, from, to).expect("merged");
+            let rows = sample_rows(conn, "m", 1, None, from, to).expect("samples");
+            assert_eq!((m.rows, rows.len()), (8, 3));
+            // Read back as the f32 the model saw, not as the decimal 5.1.
+            assert_eq!(rows[0], vec![f64::from(5.1f32)]);
+            // A range of only the first window has its rows and exactly its samples.
+            assert_eq!((merged(conn, "m", 1, None, 100, 110).expect("m").rows, sample_rows(conn, "m", 1, None, 100, 110).expect("s").len()), (5, 2));
+        });
     }
 }

@@ -408,7 +408,7 @@ fn create(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
         })?
         .collect::<Result<_, _>>()?;
-    let width = rows.first().map_or(0, |r| serde_json::from_str::<Vec<f64>>(&r.0).map_or(0, |v| v.len()));
+    let width = rows.first().map_or(0, |r| report::parse_inputs(&r.0).len());
     let mut header: Vec<String> = match &baseline {
         Some(b) if b.features.len() == width => b.features.iter().map(|f| f.name.clone()).collect(),
         _ => (0..width).map(|i| format!("x{i}")).collect(),
@@ -419,8 +419,8 @@ fn create(
     let mut writer = csv::Writer::from_path(snapshot.join(DATA_FILE)).map_err(|e| TelemetryError::Io(e.to_string()))?;
     writer.write_record(&header).map_err(|e| TelemetryError::Io(e.to_string()))?;
     for (inputs, predicted, label, device, request, at) in &rows {
-        let values: Vec<f64> = serde_json::from_str(inputs).unwrap_or_default();
-        let mut record: Vec<String> = values.iter().map(f64::to_string).collect();
+        let values: Vec<f32> = serde_json::from_str(inputs).unwrap_or_default();
+        let mut record: Vec<String> = values.iter().map(f32::to_string).collect();
         record.resize(width, String::new());
         let opt = |v: &Option<i64>| v.map(|x| x.to_string()).unwrap_or_default();
         record.extend([

@@ -1,6 +1,15 @@
 //! Validation on push: the model must load in tract, its schema becomes the manifest's, the
 //! golden self-test outputs come from running it, and the baseline profile (with output
-//! profiles) comes from the reference data. Runs on a blocking thread.
+//! profiles) comes from the reference data.
+//!
+//! A pushed file may be hostile, so validation runs under an explicit budget: no input it
+//! synthesises may exceed `max_tensor_bytes`, every engine call is isolated (a panic is the
+//! model's problem, reported as such), and the controller runs all of it in a child process
+//! ([`sandbox`]) under a memory limit and a deadline, so that even an allocation the engine
+//! makes on its own (a 4 TiB `ConstantOfShape`) or a model that never finishes only fails the
+//! push.
+
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,10 +21,12 @@ use edgefleet_shared::inference::{Datatype, TensorMetadata};
 use edgefleet_shared::profile::{BaselineProfile, FeatureProfile, OutputProfile, ProfileOptions};
 use edgefleet_shared::tensor::{Tensor, TensorData};
 use rand::{RngExt as _, SeedableRng as _};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Why a pushed version is refused.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
 pub enum ValidationError {
     /// The file is not a model tract can load and run.
     #[error("not a valid ONNX model: {0}")]
@@ -23,6 +34,13 @@ pub enum ValidationError {
     /// The reference data cannot be read or does not fit the model.
     #[error("invalid baseline: {0}")]
     Baseline(String),
+    /// Validating the model would exceed its budget (tensor size, memory, time), or the
+    /// validator died on it.
+    #[error("the model cannot be validated within its budget: {0}")]
+    Budget(String),
+    /// The validator itself could not be run (the controller's fault, not the model's).
+    #[error("cannot run the validator: {0}")]
+    Validator(String),
 }
 
 /// Reference data as uploaded.
@@ -35,7 +53,7 @@ pub enum BaselineData {
 }
 
 /// What validation found out about a model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Validated {
     /// Inputs.
     pub inputs: Vec<TensorMetadata>,
@@ -54,14 +72,39 @@ const GOLDEN_TOLERANCE: f64 = 1e-4;
 /// Rows per engine run when profiling outputs over the reference data.
 const PROFILE_BATCH: usize = 256;
 
-/// Loads `model_path` in tract and validates it, with optional reference data.
+/// Limits on validating one model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Largest input tensor validation synthesises.
+    pub max_tensor_bytes: u64,
+}
+
+/// What an engine panic means to the operator.
+fn panicked(stage: &str, e: edgefleet_shared::engine::EngineError) -> ValidationError {
+    match e {
+        edgefleet_shared::engine::EngineError::Panicked(m) => {
+            ValidationError::Model(format!("the engine panicked while {stage}: {m}"))
+        }
+        other => ValidationError::Model(format!("{stage}: {other}")),
+    }
+}
+
+/// Loads `model_path` in tract and validates it, with optional reference data, in this process
+/// (see [`sandbox`] for the isolated form the controller uses).
 pub fn validate(
     model_path: &Path,
     baseline: Option<&BaselineData>,
     options: &ProfileOptions,
+    budget: &Budget,
 ) -> Result<Validated, ValidationError> {
-    let engine = engine::load(model_path, &BackendConfig { kind: BackendKind::Tract, ..BackendConfig::default() })
-        .map_err(|e| ValidationError::Model(strip_path(&e.to_string(), model_path)))?;
+    let loaded = engine::isolate(|| {
+        engine::load(model_path, &BackendConfig { kind: BackendKind::Tract, ..BackendConfig::default() })
+    });
+    let engine = match loaded {
+        Ok(engine) => engine,
+        Err(e @ edgefleet_shared::engine::EngineError::Panicked(_)) => return Err(panicked("loading it", e)),
+        Err(e) => return Err(ValidationError::Model(strip_path(&e.to_string(), model_path))),
+    };
     let sig = engine.signature().clone();
     let mut session = engine.clone().session().map_err(|e| ValidationError::Model(e.to_string()))?;
 
@@ -80,11 +123,17 @@ pub fn validate(
 
     let golden_inputs = match (&data, &feature_input) {
         (Some(d), Some((_, spec))) => vec![rows_tensor(&d.rows[..d.rows.len().min(GOLDEN_CASES)], spec)?],
-        _ => synthetic_inputs(&sig)?,
+        _ => synthetic_inputs(&sig, budget)?,
     };
-    let outputs = session
-        .run(golden_inputs.clone())
-        .map_err(|e| ValidationError::Model(format!("the model loads but does not run: {e}")))?;
+    let source = if data.is_some() {
+        "the baseline's first rows"
+    } else {
+        "synthetic inputs (push a baseline for realistic ones)"
+    };
+    let outputs = engine::isolate(|| session.run(golden_inputs.clone())).map_err(|e| match e {
+        e @ edgefleet_shared::engine::EngineError::Panicked(_) => panicked(&format!("running it on {source}"), e),
+        e => ValidationError::Model(format!("the model loads but does not run on {source}: {e}")),
+    })?;
     let self_test = SelfTest {
         tolerance: GOLDEN_TOLERANCE,
         cases: vec![SelfTestCase {
@@ -160,15 +209,24 @@ fn rows_tensor(rows: &[Vec<f64>], spec: &TensorSpec) -> Result<Tensor, Validatio
 }
 
 /// Deterministic pseudo-random inputs (batch 2 where the batch is dynamic) for models without
-/// usable reference data.
-fn synthetic_inputs(sig: &Signature) -> Result<Vec<Tensor>, ValidationError> {
+/// usable reference data; none larger than the budget.
+fn synthetic_inputs(sig: &Signature, budget: &Budget) -> Result<Vec<Tensor>, ValidationError> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x901d);
     sig.inputs
         .iter()
         .map(|spec| {
             let shape: Vec<usize> =
                 spec.shape.iter().enumerate().map(|(i, d)| d.unwrap_or(if i == 0 { 2 } else { 1 })).collect();
-            let n: usize = shape.iter().product();
+            let n = shape.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d));
+            let element = spec.datatype.element_size().unwrap_or(8) as u64;
+            let Some(n) = n.filter(|n| (*n as u64).checked_mul(element).is_some_and(|b| b <= budget.max_tensor_bytes))
+            else {
+                return Err(ValidationError::Budget(format!(
+                    "input {:?} has shape {shape:?} ({}): validating it would need more than the {} bytes \
+                     allowed per tensor (registry.validation_max_tensor_bytes)",
+                    spec.name, spec.datatype, budget.max_tensor_bytes
+                )));
+            };
             let data = match spec.datatype {
                 Datatype::Fp32 => TensorData::F32((0..n).map(|_| rng.random_range(-1.0..1.0)).collect()),
                 Datatype::Fp64 => TensorData::F64((0..n).map(|_| rng.random_range(-1.0..1.0)).collect()),
@@ -213,9 +271,11 @@ fn output_profiles(
     let mut classes: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); sig.outputs.len()];
     let mut numbers: Vec<Vec<f64>> = vec![Vec::new(); sig.outputs.len()];
     for chunk in data.rows.chunks(PROFILE_BATCH) {
-        let outputs = session
-            .run(vec![rows_tensor(chunk, spec)?])
-            .map_err(|e| ValidationError::Baseline(format!("running the model over the baseline failed: {e}")))?;
+        let inputs = vec![rows_tensor(chunk, spec)?];
+        let outputs = engine::isolate(|| session.run(inputs)).map_err(|e| match e {
+            e @ edgefleet_shared::engine::EngineError::Panicked(_) => panicked("running it over the baseline", e),
+            e => ValidationError::Baseline(format!("running the model over the baseline failed: {e}")),
+        })?;
         for (ix, out) in outputs.iter().enumerate() {
             let rows = out.shape.first().copied().unwrap_or(1).max(1);
             let width = out.data.len() / rows;
