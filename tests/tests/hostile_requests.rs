@@ -462,3 +462,28 @@ fn the_corpus_is_reproducible() {
         controller_corpus(7, &["t".into()]).iter().take(50).map(|h| format!("{} {}", h.method, h.path)).collect();
     assert_eq!(a, b);
 }
+
+/// Pushes of hostile models (tests/testdata/hostile, and an embedding whose Gather the synthetic
+/// inputs run past its table) are refused with a 422 naming the problem; the controller stays
+/// up and registers a sound model afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_model_pushes_are_refused_and_the_controller_stays_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = ControllerProcess::start(&dir.path().join("controller"));
+    let cases = [
+        ("hostile/huge_input.onnx", "validation_max_tensor_bytes"),
+        ("embedding.onnx", "panicked while running it on synthetic inputs"),
+        ("hostile/dangling_output.onnx", "panicked while loading it"),
+        ("hostile/constant_of_shape.onnx", "alloc"),
+    ];
+    for (file, expected) in cases {
+        let out = c.cli(ADMIN, &["model", "push", &testdata().join(file).to_string_lossy(), "--name", "hostile"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{file}: {err}");
+        assert!(err.contains("422") && err.contains(expected), "{file}: {err}");
+        assert!(c.child.try_wait().expect("wait").is_none(), "the controller died on {file}");
+    }
+    let pushed =
+        c.cli_json(&["model", "push", &testdata().join("iris_logreg.onnx").to_string_lossy(), "--name", "iris"]);
+    assert_eq!(pushed["version"], 1);
+}
