@@ -23,16 +23,22 @@ have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
 need=()
 have mosquitto || need+=(mosquitto)
 have python3 || need+=(python3 python3-pip)
+qemu=0
 if [[ "${EDGEFLEET_IMAGE_TEST:-}" == 1 ]]; then
   have debootstrap || need+=(debootstrap)
   have debugfs || need+=(e2fsprogs)
-  # Installed together: Debian's qemu-system-x86 replaces a newer (backports) qemu-utils.
-  { have qemu-img && have qemu-system-x86_64; } || need+=(qemu-utils qemu-system-x86)
+  { have qemu-img && have qemu-system-x86_64; } || qemu=1
 fi
-if (( ${#need[@]} )); then
-  echo "tests/run.sh: installing ${need[*]}" >&2
+if (( ${#need[@]} || qemu )); then
   "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+  if (( qemu )); then
+    # qemu-system-x86 needs the qemu-utils of its own release: a newer one (backports) is
+    # replaced by that version.
+    version="$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')"
+    need+=(qemu-system-x86 "qemu-utils=$version")
+  fi
+  echo "tests/run.sh: installing ${need[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends --allow-downgrades "${need[@]}"
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
