@@ -232,9 +232,9 @@ impl AgentConfig {
             return invalid("fleet.trust_file (--trust) is required: the controller keys this device accepts");
         }
         if let Some(url) = &f.controller {
-            let (host, tls) = edgefleet_shared::tls::http_url_host(url).map_err(ConfigError::Invalid)?;
+            let (host, tls) = edgefleet_service::tls::http_url_host(url).map_err(ConfigError::Invalid)?;
             if !tls {
-                edgefleet_shared::tls::check_plain(&format!("the controller URL {url}"), host, f.insecure)
+                edgefleet_service::tls::check_plain(&format!("the controller URL {url}"), host, f.insecure)
                     .map_err(ConfigError::Invalid)?;
             }
         }
@@ -302,7 +302,7 @@ impl AgentConfig {
 pub fn check_broker(url: &str, insecure: bool) -> Result<(), ConfigError> {
     let broker = edgefleet_shared::fleet::parse_mqtt_url(url).map_err(ConfigError::Invalid)?;
     if !broker.tls {
-        edgefleet_shared::tls::check_plain(&format!("the broker {url}"), &broker.host, insecure)
+        edgefleet_service::tls::check_plain(&format!("the broker {url}"), &broker.host, insecure)
             .map_err(ConfigError::Invalid)?;
     }
     Ok(())

@@ -8,7 +8,7 @@
 //! # Layout
 //! - [`cli`]: command-line arguments and how they map onto the configuration.
 //! - [`config`]: the typed TOML configuration and its shipped defaults.
-//! - [`engine`]: (re-exported from `edgefleet-shared`) the backend trait, tract and ONNX Runtime.
+//! - [`engine`]: (re-exported from `edgefleet-engine`) the backend trait, tract and ONNX Runtime.
 //! - [`fleet`]: fleet mode: enrollment, desired state, verified download, activation, status.
 //! - [`http`]: the KServe v2 routes, request decoding and response encoding.
 //! - [`inspect`]: offline verification of deployment documents (`verify`).
@@ -16,7 +16,7 @@
 //! - [`repository`]: the served models and their load/ready state.
 //! - [`serve`]: standalone mode: bind, load, serve, drain.
 //! - [`shadow`]: a candidate version fed mirrored requests and compared with the served one.
-//! - [`shutdown`], [`tensor`]: re-exported from `edgefleet-shared`.
+//! - [`shutdown`] (from `edgefleet-service`), [`tensor`] (from `edgefleet-engine`).
 //! - [`telemetry`]: drift sketches, sampling, feedback, the signed spool and its sender.
 //! - [`systemd`]: readiness, status and watchdog notifications for `Type=notify` units.
 //! - [`worker`]: bounded per-model queues, worker threads and dynamic batching.
@@ -34,4 +34,6 @@ pub mod systemd;
 pub mod telemetry;
 pub mod worker;
 
-pub use edgefleet_shared::{engine, shutdown, tensor};
+pub use edgefleet_engine as engine;
+pub use edgefleet_engine::tensor;
+pub use edgefleet_service::shutdown;

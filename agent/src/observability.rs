@@ -3,11 +3,11 @@
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-pub use edgefleet_shared::observability::init_logging;
+pub use edgefleet_service::observability::init_logging;
 
 /// The process's Prometheus handle, with the agent's metric descriptions.
 pub fn prometheus() -> PrometheusHandle {
-    edgefleet_shared::observability::prometheus(describe)
+    edgefleet_service::observability::prometheus(describe)
 }
 
 fn describe() {

@@ -265,7 +265,7 @@ impl ControllerConfig {
     }
 
     fn validate_transport(&self) -> Result<(), crate::Error> {
-        use edgefleet_shared::tls::check_plain;
+        use edgefleet_service::tls::check_plain;
         let tls = &self.tls;
         if tls.cert.is_some() != tls.key.is_some() {
             return Err(crate::Error::Config("tls.cert and tls.key must be set together".into()));

@@ -176,7 +176,7 @@ mod tests {
         let issued = again.issue_device("dev-abc", &device.public_key()).expect("issue");
         assert!(issued.certificate_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         // The device's own key and this certificate make a valid rustls client identity.
-        edgefleet_shared::tls::client_config_with_certificate(None, &issued.certificate_pem, device.pkcs8_der())
+        edgefleet_service::tls::client_config_with_certificate(None, &issued.certificate_pem, device.pkcs8_der())
             .expect("rustls accepts the certificate with the device key");
         #[cfg(unix)]
         {

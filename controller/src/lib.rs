@@ -6,6 +6,7 @@
 //! controller's key. Everything is reachable over the REST API, which the `edgefleet` CLI wraps.
 //!
 //! # Layout
+//! - [`analytics`]: reference datasets, baseline profiles, drift statistics.
 //! - [`api`]: axum routes under `/api/v1`, the `ApiError` type, the OpenAPI document.
 //! - [`auth`]: operator tokens (hashed), roles, the bearer-token extractor.
 //! - [`cli`]: the `edgefleet` operator CLI (HTTP client, output formatting).
@@ -25,6 +26,7 @@
 //! - [`trainer`]: the bundled retraining step (logistic regression on a snapshot → ONNX).
 //! - [`validate`]: model validation, golden self-test, baseline and output profiles.
 
+pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             let args = sandbox::ChildArgs {
                 model,
                 baseline: baseline.map(|b| (b, npy)),
-                options: edgefleet_shared::profile::ProfileOptions { bins, sample_rows, seed },
+                options: edgefleet_controller::analytics::profile::ProfileOptions { bins, sample_rows, seed },
                 budget: Budget { max_tensor_bytes },
                 memory_bytes,
             };
@@ -242,7 +242,7 @@ fn serve_cmd(data_dir: PathBuf, config: Option<PathBuf>, flags: Overrides) -> Re
         config,
         DataDir { root: data_dir },
         preset,
-        edgefleet_shared::shutdown::signal(),
+        edgefleet_service::shutdown::signal(),
         |started| {
             if let Some(token) = &started.admin_token {
                 // Printed once, on a line of its own, for the operator (or a script) to capture.

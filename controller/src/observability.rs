@@ -2,11 +2,11 @@
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-pub use edgefleet_shared::observability::init_logging;
+pub use edgefleet_service::observability::init_logging;
 
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn prometheus() -> PrometheusHandle {
-    edgefleet_shared::observability::prometheus(describe)
+    edgefleet_service::observability::prometheus(describe)
 }
 
 fn describe() {

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::analytics::profile::ProfileOptions;
 use edgefleet_shared::bundle::{ArtifactEntry, BUNDLE_FILE, BUNDLE_KIND, BundleManifest, Lineage, MODEL_FILE};
 use edgefleet_shared::keys::Signer;
-use edgefleet_shared::profile::ProfileOptions;
 use edgefleet_shared::signature::DocumentSignature;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};

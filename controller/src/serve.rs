@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::analytics::profile::ProfileOptions;
 use edgefleet_shared::keys::{FileKey, Signer as _};
-use edgefleet_shared::profile::ProfileOptions;
 
 use crate::Error;
 use crate::api::{AppState, router};
@@ -95,7 +95,7 @@ pub async fn run(
     config.validate()?;
     let server_tls = match config.tls.server_files() {
         Some((cert, key)) => {
-            Some(edgefleet_shared::tls::server_config(cert, key).map_err(|e| Error::Config(e.to_string()))?)
+            Some(edgefleet_service::tls::server_config(cert, key).map_err(|e| Error::Config(e.to_string()))?)
         }
         None => None,
     };
@@ -129,7 +129,7 @@ pub async fn run(
             topic_prefix: config.mqtt.topic_prefix.clone(),
         },
     );
-    let tls = edgefleet_shared::tls::client_config(config.tls.ca_file.as_deref())
+    let tls = edgefleet_service::tls::client_config(config.tls.ca_file.as_deref())
         .map_err(|e| Error::Config(e.to_string()))?;
     let webhooks = reqwest::Client::builder()
         .use_preconfigured_tls((*tls).clone())

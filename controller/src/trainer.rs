@@ -246,8 +246,8 @@ pub fn to_onnx(fitted: &Fitted, input: &str, metadata: &HashMap<String, String>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgefleet_shared::engine::{self, BackendConfig, BackendKind};
-    use edgefleet_shared::tensor::{Tensor, TensorData};
+    use edgefleet_engine::tensor::{Tensor, TensorData};
+    use edgefleet_engine::{self as engine, BackendConfig, BackendKind};
 
     /// Two separable blobs per class on 2 features.
     fn blobs() -> Labelled {

@@ -9,7 +9,6 @@
 //! - [`inference`]: the KServe v2 / Open Inference Protocol wire types.
 //! - [`bundle`]: the bundle manifest (`bundle.json`): schema, lineage, baseline, self-test.
 //! - [`profile`]: baseline profiles (quantile bins, moments, reservoir sample).
-//! - [`dataset`]: reference data from CSV or `.npy`.
 //! - [`deployment`]: the signed deployment document.
 //! - [`fleet`]: enrollment, device-signed requests, status reports, MQTT topics.
 //! - [`telemetry`]: signed, compressed telemetry batches (sketches, samples, feedback).
@@ -18,31 +17,29 @@
 //! - [`trust`]: the trust store and key rotation.
 //! - [`verify`]: the verifier (attack classes) and streaming artifact checks.
 //! - [`compress`]: zstd and the capped decoder.
-//! - [`tensor`]: engine-neutral tensors and their KServe JSON/binary encodings.
-//! - [`engine`]: the inference engine trait, tract (feature `tract`) and ONNX Runtime
-//!   (feature `ort`); shared because the controller runs models to make golden outputs.
-//! - [`observability`], [`shutdown`]: logging, Prometheus and signals for the binaries
-//!   (feature `service`).
+//!
+//! It has no async runtime and no inference engine: the engines are `edgefleet-engine`
+//! (`shared/engine`), process plumbing is `edgefleet-service` (`shared/service`).
 #![deny(missing_docs)]
 
 pub mod bundle;
 pub mod compress;
-pub mod dataset;
 pub mod deployment;
-pub mod drift;
-pub mod engine;
 pub mod fleet;
 pub mod inference;
 pub mod keys;
-#[cfg(feature = "service")]
-pub mod observability;
 pub mod profile;
-#[cfg(feature = "service")]
-pub mod shutdown;
 pub mod signature;
 pub mod telemetry;
-pub mod tensor;
-#[cfg(feature = "tls")]
-pub mod tls;
 pub mod trust;
 pub mod verify;
+
+/// The message a panic was raised with (`panic!("...")` or a formatted one), if it has one: how
+/// the engines' isolation and the binaries' panic hook report a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}

@@ -13,9 +13,9 @@ use common::controller::ControllerProcess;
 use common::device::TestDevice;
 use common::mosquitto::{Mosquitto, MosquittoSetup};
 use common::{strs, testdata, until};
+use edgefleet_service::tls::ClientConfig;
 use edgefleet_shared::fleet::{DeviceStatus, OFFLINE_KIND, OfflineNotice, topics};
 use edgefleet_shared::signature::SignedEnvelope;
-use edgefleet_shared::tls::ClientConfig;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
 const P: &str = edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX;
@@ -33,7 +33,7 @@ impl Broker {
         let (setup, _) = self.mosquitto.as_ref()?;
         let cert = device.mqtt_certificate(c).await;
         Some(
-            edgefleet_shared::tls::client_config_with_certificate(
+            edgefleet_service::tls::client_config_with_certificate(
                 Some(&setup.pki.ca),
                 &cert.certificate_pem,
                 device.key.pkcs8_der(),
@@ -45,7 +45,7 @@ impl Broker {
     /// TLS without any client certificate.
     fn tls_anonymous(&self) -> Option<Arc<ClientConfig>> {
         let (setup, _) = self.mosquitto.as_ref()?;
-        Some(edgefleet_shared::tls::client_config(Some(&setup.pki.ca)).expect("TLS"))
+        Some(edgefleet_service::tls::client_config(Some(&setup.pki.ca)).expect("TLS"))
     }
 }
 

@@ -331,7 +331,7 @@ async fn send(base: &str, corpus: Vec<Hostile>) -> BTreeMap<u16, usize> {
                         // A server may answer (e.g. 404, 413) and close before a large body it
                         // does not want has been sent: the client cannot finish writing. That is
                         // an answer, not a hang; the daemons are checked alive at the end.
-                        Err(e) if edgefleet_shared::tls::error_chain(&e).contains("error writing a body") => {
+                        Err(e) if edgefleet_service::tls::error_chain(&e).contains("error writing a body") => {
                             *seen.entry(0).or_insert(0) += 1;
                             continue;
                         }
@@ -340,7 +340,7 @@ async fn send(base: &str, corpus: Vec<Hostile>) -> BTreeMap<u16, usize> {
                             r.method,
                             r.path,
                             r.headers,
-                            edgefleet_shared::tls::error_chain(&e)
+                            edgefleet_service::tls::error_chain(&e)
                         ),
                     };
                     let status = resp.status();

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use edgefleet_engine::tensor::{Tensor, TensorData};
 use edgefleet_shared::bundle::{BUNDLE_FILE, BundleManifest, GoldenTensor, MODEL_FILE};
 use edgefleet_shared::deployment::{DeployedArtifact, DeploymentDocument};
-use edgefleet_shared::tensor::{Tensor, TensorData};
 use edgefleet_shared::verify::{ArtifactError, verify_artifact, verify_compressed_artifact};
 use tokio::sync::oneshot;
 

@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use edgefleet_service::tls::ClientConfig;
 use edgefleet_shared::deployment::DeployedArtifact;
 use edgefleet_shared::fleet::{
     self, DEVICE_HEADER, DeviceStatus, EnrollRequest, EnrollResponse, MqttCertificate, SIGNATURE_HEADER,
@@ -17,7 +18,6 @@ use edgefleet_shared::fleet::{
 };
 use edgefleet_shared::keys::{FileKey, Signer as _};
 use edgefleet_shared::signature::SignedEnvelope;
-use edgefleet_shared::tls::ClientConfig;
 use edgefleet_shared::trust::{MAX_TRUST_CHAIN_BYTES, TrustChain};
 use edgefleet_shared::verify::ArtifactError;
 use tokio::io::AsyncWriteExt as _;
@@ -26,7 +26,7 @@ use tokio::io::AsyncWriteExt as _;
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The controller is unreachable or the transfer broke (retry later).
-    #[error("controller unreachable: {}", edgefleet_shared::tls::error_chain(.0))]
+    #[error("controller unreachable: {}", edgefleet_service::tls::error_chain(.0))]
     Transport(#[from] reqwest::Error),
     /// The controller refused (its status and error text).
     #[error("controller answered {status}: {message}")]

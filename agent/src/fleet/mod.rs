@@ -137,7 +137,7 @@ pub async fn run(
     let state_file = StateFile::new(&f.data_dir);
     let mut state = state_file.load().map_err(|e| setup(e.to_string()))?;
     let controller = f.controller.clone().ok_or_else(|| setup("no controller configured".into()))?;
-    let tls = edgefleet_shared::tls::client_config(f.ca_file.as_deref()).map_err(|e| setup(e.to_string()))?;
+    let tls = edgefleet_service::tls::client_config(f.ca_file.as_deref()).map_err(|e| setup(e.to_string()))?;
     let timeouts = Timeouts::from_config(f);
 
     let http = HttpServer::start(&config).await?;
@@ -307,7 +307,7 @@ async fn watch_over(watching: &Option<Watching>, window_secs: u64) {
 async fn enroll(
     config: &AgentConfig,
     controller: &str,
-    tls: &edgefleet_shared::tls::ClientConfig,
+    tls: &edgefleet_service::tls::ClientConfig,
     timeouts: Timeouts,
     key: &FileKey,
     state: &mut DeviceState,

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use edgefleet_service::tls::ClientConfig;
 use edgefleet_shared::fleet::{self, DeviceStatus, MAX_MQTT_PACKET_BYTES, parse_mqtt_url, topics};
 use edgefleet_shared::keys::FileKey;
 use edgefleet_shared::signature::SignedEnvelope;
-use edgefleet_shared::tls::ClientConfig;
 use edgefleet_shared::trust::TrustChain;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;

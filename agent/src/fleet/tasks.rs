@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use edgefleet_service::tls::ClientConfig;
 use edgefleet_shared::fleet::{DeviceStatus, MqttCertificate};
 use edgefleet_shared::keys::FileKey;
-use edgefleet_shared::tls::ClientConfig;
 use tokio::sync::{mpsc, watch};
 
 use super::Incoming;
@@ -121,7 +121,7 @@ pub(super) async fn broker_tls(
         },
     };
     let Some(certificate) = certificate else { return tls };
-    match edgefleet_shared::tls::client_config_with_certificate(ca_file, &certificate.certificate_pem, key.pkcs8_der())
+    match edgefleet_service::tls::client_config_with_certificate(ca_file, &certificate.certificate_pem, key.pkcs8_der())
     {
         Ok(config) => config,
         Err(e) => {

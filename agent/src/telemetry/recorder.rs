@@ -334,16 +334,36 @@ fn row_values(t: &Tensor, row: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgefleet_shared::dataset::Dataset;
-    use edgefleet_shared::profile::ProfileOptions;
+    use edgefleet_shared::profile::{FeatureProfile, PROFILE_KIND, ReservoirSample};
     use std::sync::Arc;
 
+    /// A feature binned at 10, 20, ... 90 (as a profile of 0..99 would be).
+    fn feature(name: &str, edges: Vec<f64>) -> FeatureProfile {
+        let counts = vec![10; edges.len() + 1];
+        FeatureProfile {
+            name: name.into(),
+            edges,
+            counts,
+            count: 100,
+            missing: 0,
+            mean: None,
+            std: None,
+            min: None,
+            max: None,
+        }
+    }
+
     fn recorder(config: &TelemetryConfig) -> Recorder {
-        let data = Dataset {
-            columns: vec!["a".into(), "b".into()],
-            rows: (0..100).map(|i| vec![f64::from(i), f64::from(i % 10)]).collect(),
+        let baseline = BaselineProfile {
+            kind: PROFILE_KIND.into(),
+            rows: 100,
+            features: vec![
+                feature("a", (1..10).map(|i| f64::from(i) * 10.0).collect()),
+                feature("b", (1..10).map(f64::from).collect()),
+            ],
+            outputs: Vec::new(),
+            sample: ReservoirSample { seed: 0, capacity: 0, rows: Vec::new() },
         };
-        let baseline = BaselineProfile::from_dataset(&data, &ProfileOptions::default());
         Recorder::new("m", 1, Some(&baseline), config, Arc::new(Caps::new(1000, 1000)))
     }
 

@@ -7,7 +7,7 @@ use edgefleet_controller::cli::{Cli, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    edgefleet_shared::observability::init_logging("warn");
+    edgefleet_service::observability::init_logging("warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

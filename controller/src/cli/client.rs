@@ -21,7 +21,7 @@ pub enum CliError {
         message: String,
     },
     /// The controller is unreachable (exit 69).
-    #[error("cannot reach the controller at {url}: {}", edgefleet_shared::tls::error_chain(source))]
+    #[error("cannot reach the controller at {url}: {}", edgefleet_service::tls::error_chain(source))]
     Unreachable {
         /// URL.
         url: String,
@@ -56,7 +56,7 @@ impl Client {
     /// A client for `base` (e.g. `https://controller.example:7700`), trusting the CA
     /// certificates in `ca_file` (else the system's roots) for HTTPS.
     pub fn new(base: &str, token: Option<String>, ca_file: Option<&std::path::Path>) -> Result<Self, CliError> {
-        let tls = edgefleet_shared::tls::client_config(ca_file).map_err(|e| CliError::Usage(e.to_string()))?;
+        let tls = edgefleet_service::tls::client_config(ca_file).map_err(|e| CliError::Usage(e.to_string()))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
             .connect_timeout(Duration::from_secs(10))

@@ -363,10 +363,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Demo(args) = cli.command {
         return demo::run(args).await;
     }
-    let (host, tls) = edgefleet_shared::tls::http_url_host(&cli.controller).map_err(CliError::Usage)?;
+    let (host, tls) = edgefleet_service::tls::http_url_host(&cli.controller).map_err(CliError::Usage)?;
     if !tls {
         let what = format!("the controller URL {}", cli.controller);
-        edgefleet_shared::tls::check_plain(&what, host, cli.insecure).map_err(CliError::Usage)?;
+        edgefleet_service::tls::check_plain(&what, host, cli.insecure).map_err(CliError::Usage)?;
     }
     let client = Client::new(&cli.controller, cli.token.clone(), cli.ca_file.as_deref())?;
     let out = cli.output;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use edgefleet_shared::tls::ServerConfig;
+use edgefleet_service::tls::ServerConfig;
 use rumqttc::mqttbytes::v4::{Connect, Login, Packet};
 
 use super::gate::Gate;

@@ -18,11 +18,11 @@ pub mod mosquitto;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgefleet_service::tls::ClientConfig;
 use edgefleet_shared::fleet::{
     DeviceStatus, MAX_MQTT_PACKET_BYTES, OFFLINE_KIND, OfflineNotice, parse_mqtt_url, topics,
 };
 use edgefleet_shared::signature::SignedEnvelope;
-use edgefleet_shared::tls::ClientConfig;
 use edgefleet_shared::trust::TrustChain;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -102,7 +102,7 @@ impl Mqtt {
         }
         if url.tls {
             let tls = match &broker.certificate {
-                Some((cert, key)) => edgefleet_shared::tls::client_config_with_certificate_files(ca_file, cert, key)
+                Some((cert, key)) => edgefleet_service::tls::client_config_with_certificate_files(ca_file, cert, key)
                     .map_err(|e| Error::Config(format!("mqtt.client_cert: {e}")))?,
                 None => tls.ok_or_else(|| Error::Config(format!("{} needs TLS but none is configured", broker.url)))?,
             };

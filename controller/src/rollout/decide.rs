@@ -3,8 +3,8 @@
 //! [`super::engine`] issues the documents and writes the decision; nothing here touches the
 //! database or the clock.
 
+use crate::analytics::drift::{add_counts, psi};
 use edgefleet_shared::deployment::ModelRef;
-use edgefleet_shared::drift::{add_counts, psi};
 use edgefleet_shared::fleet::DeviceStatus;
 
 use super::gates::{Gate, GateResult, Measurements, three_digits};

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use edgefleet_shared::drift::add_counts;
+use crate::analytics::drift::add_counts;
 use edgefleet_shared::keys::PublicKey;
 use edgefleet_shared::telemetry::{ModelTelemetry, TelemetryBatch};
 use rusqlite::{OptionalExtension as _, Transaction, params};

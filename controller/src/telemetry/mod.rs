@@ -3,7 +3,7 @@
 //! - [`ingest`]: verifies each batch (device key, per-device sequence), de-duplicates, merges
 //!   histograms per (model version, device group, window), stores sampled rows and labels.
 //! - [`report`]: drift per feature and for the output, over a time range, with the handbook's
-//!   definitions (`edgefleet_shared::drift`).
+//!   definitions (`crate::analytics::drift`).
 //! - [`retrain`]: per-model policies, judged after every window; a trigger writes a dataset
 //!   snapshot and delivers it by webhook and/or command.
 

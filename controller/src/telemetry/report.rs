@@ -5,8 +5,8 @@
 //! the output uses predicted-class counts (PSI, Jensen–Shannon, chi-squared). Definitions and
 //! thresholds are the handbook's (BENCHMARKS.md §4).
 
+use crate::analytics::drift;
 use edgefleet_shared::bundle::BundleManifest;
-use edgefleet_shared::drift;
 use edgefleet_shared::profile::{BaselineProfile, OutputProfile};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};

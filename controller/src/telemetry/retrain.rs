@@ -274,7 +274,7 @@ impl Telemetry {
                     r.status().as_u16() == 429 || r.status().is_server_error()
                 }
                 Err(e) => {
-                    last = edgefleet_shared::tls::error_chain(&e);
+                    last = edgefleet_service::tls::error_chain(&e);
                     true
                 }
             };

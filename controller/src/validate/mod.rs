@@ -14,12 +14,13 @@ pub mod sandbox;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::analytics::dataset::Dataset;
+use crate::analytics::profile::ProfileOptions;
+use edgefleet_engine::tensor::{Tensor, TensorData};
+use edgefleet_engine::{self as engine, BackendConfig, BackendKind, Session, Signature, TensorSpec};
 use edgefleet_shared::bundle::{GoldenTensor, SelfTest, SelfTestCase};
-use edgefleet_shared::dataset::Dataset;
-use edgefleet_shared::engine::{self, BackendConfig, BackendKind, Session, Signature, TensorSpec};
 use edgefleet_shared::inference::{Datatype, TensorMetadata};
-use edgefleet_shared::profile::{BaselineProfile, FeatureProfile, OutputProfile, ProfileOptions};
-use edgefleet_shared::tensor::{Tensor, TensorData};
+use edgefleet_shared::profile::{BaselineProfile, OutputProfile};
 use rand::{RngExt as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -80,9 +81,9 @@ pub struct Budget {
 }
 
 /// What an engine panic means to the operator.
-fn panicked(stage: &str, e: edgefleet_shared::engine::EngineError) -> ValidationError {
+fn panicked(stage: &str, e: edgefleet_engine::EngineError) -> ValidationError {
     match e {
-        edgefleet_shared::engine::EngineError::Panicked(m) => {
+        edgefleet_engine::EngineError::Panicked(m) => {
             ValidationError::Model(format!("the engine panicked while {stage}: {m}"))
         }
         other => ValidationError::Model(format!("{stage}: {other}")),
@@ -102,7 +103,7 @@ pub fn validate(
     });
     let engine = match loaded {
         Ok(engine) => engine,
-        Err(e @ edgefleet_shared::engine::EngineError::Panicked(_)) => return Err(panicked("loading it", e)),
+        Err(e @ edgefleet_engine::EngineError::Panicked(_)) => return Err(panicked("loading it", e)),
         Err(e) => return Err(ValidationError::Model(strip_path(&e.to_string(), model_path))),
     };
     let sig = engine.signature().clone();
@@ -131,7 +132,7 @@ pub fn validate(
         "synthetic inputs (push a baseline for realistic ones)"
     };
     let outputs = engine::isolate(|| session.run(golden_inputs.clone())).map_err(|e| match e {
-        e @ edgefleet_shared::engine::EngineError::Panicked(_) => panicked(&format!("running it on {source}"), e),
+        e @ edgefleet_engine::EngineError::Panicked(_) => panicked(&format!("running it on {source}"), e),
         e => ValidationError::Model(format!("the model loads but does not run on {source}: {e}")),
     })?;
     let self_test = SelfTest {
@@ -144,7 +145,7 @@ pub fn validate(
 
     let baseline = match data {
         Some(d) => {
-            let mut profile = BaselineProfile::from_dataset(&d, options);
+            let mut profile = crate::analytics::profile::baseline(&d, options);
             if let Some((_, spec)) = &feature_input {
                 profile.outputs = output_profiles(session.as_mut(), &sig, spec, &d, options.bins)?;
             }
@@ -166,7 +167,7 @@ fn strip_path(message: &str, path: &Path) -> String {
 }
 
 fn read_baseline(b: &BaselineData, sig: &Signature) -> Result<Dataset, ValidationError> {
-    let bad = |e: edgefleet_shared::dataset::DatasetError| ValidationError::Baseline(e.to_string());
+    let bad = |e: crate::analytics::dataset::DatasetError| ValidationError::Baseline(e.to_string());
     match b {
         BaselineData::Csv(bytes) => Dataset::from_csv(bytes.as_slice()).map_err(bad),
         BaselineData::Npy(bytes) => Dataset::from_npy(bytes, None).map_err(bad).map(|mut d| {
@@ -273,7 +274,7 @@ fn output_profiles(
     for chunk in data.rows.chunks(PROFILE_BATCH) {
         let inputs = vec![rows_tensor(chunk, spec)?];
         let outputs = engine::isolate(|| session.run(inputs)).map_err(|e| match e {
-            e @ edgefleet_shared::engine::EngineError::Panicked(_) => panicked("running it over the baseline", e),
+            e @ edgefleet_engine::EngineError::Panicked(_) => panicked("running it over the baseline", e),
             e => ValidationError::Baseline(format!("running the model over the baseline failed: {e}")),
         })?;
         for (ix, out) in outputs.iter().enumerate() {
@@ -302,7 +303,7 @@ fn output_profiles(
             if numbers[ix].is_empty() {
                 OutputProfile::Classes { name: s.name.clone(), classes: std::mem::take(&mut classes[ix]) }
             } else {
-                OutputProfile::Numeric(FeatureProfile::from_values(&s.name, numbers[ix].iter().copied(), bins))
+                OutputProfile::Numeric(crate::analytics::profile::feature(&s.name, numbers[ix].iter().copied(), bins))
             }
         })
         .collect())

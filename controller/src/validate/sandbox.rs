@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edgefleet_shared::profile::ProfileOptions;
+use crate::analytics::profile::ProfileOptions;
 use serde::{Deserialize, Serialize};
 
 use super::{BaselineData, Budget, Validated, ValidationError, validate};

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgefleet_service::tls::ClientConfig;
 use edgefleet_shared::fleet::{self, DEVICE_HEADER, MqttCertificate, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use edgefleet_shared::keys::{FileKey, Signer as _};
-use edgefleet_shared::tls::ClientConfig;
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 
 use super::controller::ControllerProcess;

@@ -1,5 +1,11 @@
 //! Inference engines behind one trait: tract (cargo feature `tract`) and ONNX Runtime
-//! (feature `ort`).
+//! (feature `ort`), and the engine-neutral tensors they run on.
+//!
+//! # Layout
+//! - this module: the [`Engine`]/[`Session`] traits, [`Signature`], backend selection and
+//!   [`isolate`] (a panicking engine call fails that call only).
+//! - [`tensor`]: typed tensors and their KServe JSON and binary encodings, batching helpers.
+//! - `tract`, `ort`: the two backends.
 //!
 //! They live here, not in the agent, because the controller runs models too: it computes the
 //! golden self-test outputs that agents later check, so both must run models the same way.
@@ -12,10 +18,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::inference::{Datatype, TensorMetadata};
+use edgefleet_shared::inference::{Datatype, TensorMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::tensor::{Tensor, TensorError};
+
+pub mod tensor;
 
 #[cfg(feature = "ort")]
 pub mod ort;
@@ -73,14 +81,7 @@ pub fn isolate<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, Engin
         .unwrap_or_else(|payload| Err(EngineError::Panicked(panic_message(payload.as_ref()))))
 }
 
-/// The message a panic was raised with (`panic!("...")` or a formatted one), if it has one.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
-}
+pub use edgefleet_shared::panic_message;
 
 /// One model input or output as the engine sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use edgefleet_shared::dataset::Dataset;
-use edgefleet_shared::profile::{BaselineProfile, ProfileOptions};
+use edgefleet_controller::analytics::dataset::Dataset;
+use edgefleet_controller::analytics::profile::ProfileOptions;
 
 fn testdata() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/testdata")
@@ -13,8 +13,12 @@ fn testdata() -> PathBuf {
 
 fn check_golden(csv: &str) {
     let data = Dataset::from_csv(std::fs::File::open(testdata().join(csv)).expect("open")).expect("csv");
-    let json = BaselineProfile::from_dataset(&data, &ProfileOptions::default()).to_json();
-    assert_eq!(json, BaselineProfile::from_dataset(&data, &ProfileOptions::default()).to_json(), "same run twice");
+    let json = edgefleet_controller::analytics::profile::baseline(&data, &ProfileOptions::default()).to_json();
+    assert_eq!(
+        json,
+        edgefleet_controller::analytics::profile::baseline(&data, &ProfileOptions::default()).to_json(),
+        "same run twice"
+    );
     let golden = testdata().join(csv.replace(".csv", ".profile.json"));
     if std::env::var_os("EDGEFLEET_BLESS").is_some() {
         std::fs::write(&golden, &json).expect("bless");
@@ -40,7 +44,10 @@ fn npy_and_csv_of_the_same_data_give_the_same_profile() {
     let npy = Dataset::from_npy(&npy_bytes, Some(&csv.columns)).expect("npy");
     assert_eq!(npy, csv);
     let options = ProfileOptions::default();
-    assert_eq!(BaselineProfile::from_dataset(&npy, &options), BaselineProfile::from_dataset(&csv, &options));
+    assert_eq!(
+        edgefleet_controller::analytics::profile::baseline(&npy, &options),
+        edgefleet_controller::analytics::profile::baseline(&csv, &options)
+    );
 }
 
 #[test]
@@ -55,7 +62,7 @@ fn wrong_column_count_names_the_line() {
 fn iris_profile_has_the_documented_shape() {
     let data =
         Dataset::from_csv(std::fs::File::open(testdata().join("iris_baseline.csv")).expect("open")).expect("csv");
-    let p = BaselineProfile::from_dataset(&data, &ProfileOptions::default());
+    let p = edgefleet_controller::analytics::profile::baseline(&data, &ProfileOptions::default());
     assert_eq!(p.rows, 150);
     assert_eq!(p.features.len(), 4);
     for f in &p.features {

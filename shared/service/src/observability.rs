@@ -1,4 +1,4 @@
-//! Logging and Prometheus set-up shared by the binaries (feature `service`).
+//! Logging and Prometheus set-up shared by the binaries.
 
 use std::sync::OnceLock;
 
@@ -48,7 +48,7 @@ pub fn init_logging(default_filter: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
-        let message = crate::engine::panic_message(info.payload());
+        let message = edgefleet_shared::panic_message(info.payload());
         let location = info.location().map(ToString::to_string).unwrap_or_default();
         tracing::error!(thread = thread.name().unwrap_or("unnamed"), %location, panic = %message, "A thread panicked.");
     }));

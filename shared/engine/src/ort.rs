@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use crate::inference::Datatype;
+use edgefleet_shared::inference::Datatype;
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider as _};
 use ort::session::Session as OrtSession;

@@ -468,12 +468,12 @@ mod tests {
             let edges: Vec<f64> = {
                 let mut v = c.reference.clone();
                 v.sort_by(f64::total_cmp);
-                crate::profile::FeatureProfile::from_values("x", v.into_iter(), 10).edges
+                crate::analytics::profile::feature("x", v.into_iter(), 10).edges
             };
             assert_eq!(edges, c.edges, "{}: quantile edges", c.name);
             let bin = |values: &[f64]| {
                 let mut counts = vec![0u64; edges.len() + 1];
-                values.iter().for_each(|v| counts[crate::profile::bin_index(&edges, *v)] += 1);
+                values.iter().for_each(|v| counts[edgefleet_shared::profile::bin_index(&edges, *v)] += 1);
                 counts
             };
             assert_eq!(bin(&c.reference), c.reference_counts, "{}", c.name);

@@ -4,7 +4,7 @@
 //! never knows which engine runs it. Element types are the KServe datatypes an ONNX model can
 //! use for numbers and booleans; `FP16` and `BYTES` are refused with a clear error.
 
-use crate::inference::Datatype;
+use edgefleet_shared::inference::Datatype;
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::Value;
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::inference::Datatype;
+use edgefleet_shared::inference::Datatype;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::{Factoid as _, InferenceFact};
 use tract_onnx::tract_hir::internal::DimLike;
