@@ -1,62 +1,15 @@
 //! Operator bearer tokens with roles, stored hashed; the extractor that checks them.
 
-use std::fmt;
-
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use edgefleet_shared::api::tokens::Role;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, AppState};
 use crate::db::{self, now};
-
-/// What a token may do. Each role includes the ones below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read everything except tokens.
-    Viewer,
-    /// Also push models, move aliases, deploy.
-    Operator,
-    /// Also manage tokens.
-    Admin,
-}
-
-impl Role {
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Role> {
-        match s {
-            "viewer" => Some(Role::Viewer),
-            "operator" => Some(Role::Operator),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::parse(s).ok_or_else(|| format!("unknown role {s:?} (admin, operator or viewer)"))
-    }
-}
 
 /// The authenticated operator behind a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -62,7 +62,7 @@ impl Default for TelemetryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RetrainConfig {
     /// The policy of models without their own.
-    pub policy: crate::telemetry::retrain::Policy,
+    pub policy: edgefleet_shared::api::telemetry::Policy,
     /// Webhook receiving each retrain request (JSON, `X-Edgefleet-Signature` HMAC-SHA256).
     pub webhook_url: Option<String>,
     /// File holding the webhook's HMAC secret.
@@ -76,7 +76,7 @@ pub struct RetrainConfig {
 impl Default for RetrainConfig {
     fn default() -> Self {
         RetrainConfig {
-            policy: crate::telemetry::retrain::Policy::default(),
+            policy: edgefleet_shared::api::telemetry::Policy::default(),
             webhook_url: None,
             webhook_secret_file: None,
             webhook_attempts: 6,

@@ -17,11 +17,13 @@
 //! - [`trust`]: the trust store and key rotation.
 //! - [`verify`]: the verifier (attack classes) and streaming artifact checks.
 //! - [`compress`]: zstd and the capped decoder.
+//! - [`api`]: the controller's typed HTTP API, shared by the server and the `edgefleet` CLI.
 //!
 //! It has no async runtime and no inference engine: the engines are `edgefleet-engine`
 //! (`shared/engine`), process plumbing is `edgefleet-service` (`shared/service`).
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod bundle;
 pub mod compress;
 pub mod deployment;

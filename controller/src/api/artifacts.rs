@@ -7,10 +7,11 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use edgefleet_shared::api::tokens::Role;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::{ApiError, AppState};
-use crate::auth::{Caller, Role};
+use crate::auth::Caller;
 
 /// Header: SHA-256 of the uncompressed artifact.
 const UNCOMPRESSED_SHA256: &str = "x-edgefleet-uncompressed-sha256";
@@ -19,7 +20,7 @@ const UNCOMPRESSED_SIZE: &str = "x-edgefleet-uncompressed-size";
 
 /// Downloads an artifact (compressed). Supports one `Range: bytes=...` range.
 #[utoipa::path(get, path = "/api/v1/artifacts/{sha256}",
-    responses((status = 200, description = "zstd bytes"), (status = 206, description = "a byte range"), (status = 404, body = super::ErrorSchema), (status = 416, body = super::ErrorSchema)))]
+    responses((status = 200, description = "zstd bytes"), (status = 206, description = "a byte range"), (status = 404, body = edgefleet_shared::api::ErrorBody), (status = 416, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn download(
     caller: Caller,
     State(state): State<AppState>,

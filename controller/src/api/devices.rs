@@ -1,22 +1,21 @@
 //! Device-facing routes (`/enroll`, `/devices/{id}/...`, authenticated by the device's key) and
 //! the operator's fleet routes (enrollment tokens, device list, deploy).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use edgefleet_shared::api::fleet::{CreateEnrollmentToken, DeployRequest, DeviceInfo, EnrollmentToken, Issued};
+use edgefleet_shared::api::tokens::Role;
 use edgefleet_shared::fleet::{
     DEVICE_HEADER, DeviceStatus, EnrollRequest, EnrollResponse, SIGNATURE_HEADER, TIMESTAMP_HEADER,
     TRUST_VERSION_HEADER,
 };
-use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::auth::{Caller, Role};
-use crate::fleet::{DeployRequest, DeviceInfo, EnrollmentToken, FleetError, Issued};
+use crate::auth::Caller;
+use crate::fleet::FleetError;
 
 impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
@@ -36,29 +35,6 @@ impl From<FleetError> for ApiError {
     }
 }
 
-/// Body of `POST /enrollment-tokens`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateEnrollmentToken {
-    /// Devices that may enroll with it (default 1).
-    #[serde(default = "one")]
-    uses: u32,
-    /// Lifetime in seconds (default 1 hour).
-    #[serde(default = "hour")]
-    ttl_secs: u64,
-    /// Labels for the devices.
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-fn hour() -> u64 {
-    3600
-}
-
 /// Creates an enrollment token.
 #[utoipa::path(post, path = "/api/v1/enrollment-tokens", request_body = CreateEnrollmentToken, responses((status = 201, body = EnrollmentToken)))]
 pub(super) async fn create_enrollment_token(
@@ -73,7 +49,7 @@ pub(super) async fn create_enrollment_token(
 }
 
 /// Enrolls a device (authenticated by the enrollment token in the body).
-#[utoipa::path(post, path = "/api/v1/enroll", responses((status = 200, description = "device id and broker"), (status = 401, body = super::ErrorSchema)))]
+#[utoipa::path(post, path = "/api/v1/enroll", responses((status = 200, description = "device id and broker"), (status = 401, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn enroll(
     State(state): State<AppState>,
     body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
@@ -176,7 +152,7 @@ pub(super) async fn mqtt_certificate(
 }
 
 /// An artifact of the device's current document (compressed; `Range` supported).
-#[utoipa::path(get, path = "/api/v1/devices/{id}/artifacts/{sha256}", responses((status = 200), (status = 206), (status = 403, body = super::ErrorSchema)))]
+#[utoipa::path(get, path = "/api/v1/devices/{id}/artifacts/{sha256}", responses((status = 200), (status = 206), (status = 403, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn artifact(
     State(state): State<AppState>,
     Path((id, sha256)): Path<(String, String)>,
@@ -196,7 +172,7 @@ const MAX_STATUS_BYTES: usize = 256 * 1024;
 
 /// A device reports its status. Who it claims to be is checked before the body is read (the
 /// signature, which covers the body, after).
-#[utoipa::path(post, path = "/api/v1/devices/{id}/status", responses((status = 204), (status = 413, body = super::ErrorSchema)))]
+#[utoipa::path(post, path = "/api/v1/devices/{id}/status", responses((status = 204), (status = 413, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -225,7 +201,7 @@ pub(super) async fn list(caller: Caller, State(state): State<AppState>) -> Resul
 }
 
 /// One device.
-#[utoipa::path(get, path = "/api/v1/devices/{id}", responses((status = 200, body = DeviceInfo), (status = 404, body = super::ErrorSchema)))]
+#[utoipa::path(get, path = "/api/v1/devices/{id}", responses((status = 200, body = DeviceInfo), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn show(
     caller: Caller,
     State(state): State<AppState>,

@@ -16,11 +16,11 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
 
-pub use error::{ApiError, json_errors};
-
 use crate::db::Db;
 use crate::fleet::Fleet;
 use crate::registry::Registry;
+
+pub use error::{ApiError, json_errors};
 
 /// State shared by the handlers.
 #[derive(Debug, Clone)]
@@ -87,35 +87,33 @@ pub struct AppState {
         telemetry::file
     ),
     components(schemas(
-        crate::registry::VersionInfo,
-        crate::registry::ArtifactInfo,
-        crate::registry::ModelSummary,
-        crate::registry::PushMetadata,
-        crate::auth::Role,
-        tokens::CreateToken,
-        tokens::CreatedToken,
-        tokens::TokenInfo,
-        tokens::AuditEntry,
-        models::AliasTarget,
-        crate::rollout::RolloutRequest,
-        crate::rollout::RolloutInfo,
-        crate::telemetry::report::DriftReport,
-        crate::telemetry::report::FeatureDrift,
-        crate::telemetry::report::OutputDrift,
-        crate::telemetry::report::Accuracy,
-        crate::telemetry::retrain::Policy,
-        crate::telemetry::retrain::RetrainRequest,
-        ErrorSchema
+        edgefleet_shared::api::models::VersionInfo,
+        edgefleet_shared::api::models::ArtifactInfo,
+        edgefleet_shared::api::models::ModelSummary,
+        edgefleet_shared::api::models::PushMetadata,
+        edgefleet_shared::api::tokens::Role,
+        edgefleet_shared::api::tokens::CreateToken,
+        edgefleet_shared::api::tokens::CreatedToken,
+        edgefleet_shared::api::tokens::TokenInfo,
+        edgefleet_shared::api::tokens::AuditEntry,
+        edgefleet_shared::api::models::AliasTarget,
+        edgefleet_shared::api::fleet::CreateEnrollmentToken,
+        edgefleet_shared::api::fleet::EnrollmentToken,
+        edgefleet_shared::api::fleet::DeviceInfo,
+        edgefleet_shared::api::fleet::DeployRequest,
+        edgefleet_shared::api::fleet::Issued,
+        edgefleet_shared::api::rollouts::RolloutRequest,
+        edgefleet_shared::api::rollouts::RolloutInfo,
+        edgefleet_shared::api::telemetry::DriftReport,
+        edgefleet_shared::api::telemetry::FeatureDrift,
+        edgefleet_shared::api::telemetry::OutputDrift,
+        edgefleet_shared::api::telemetry::Accuracy,
+        edgefleet_shared::api::telemetry::Policy,
+        edgefleet_shared::api::telemetry::RetrainRequest,
+        edgefleet_shared::api::ErrorBody
     ))
 )]
 pub struct ApiDoc;
-
-/// `{"error": "..."}`.
-#[derive(Debug, utoipa::ToSchema)]
-#[allow(dead_code, reason = "describes the error body for the OpenAPI document only")]
-pub struct ErrorSchema {
-    error: String,
-}
 
 /// All routes; `max_upload_bytes` bounds model pushes.
 pub fn router(state: AppState, max_upload_bytes: usize) -> Router {

@@ -4,11 +4,12 @@ use axum::Json;
 use axum::extract::{Multipart, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use edgefleet_shared::api::models::{AliasTarget, ModelSummary, PushMetadata, VersionInfo};
+use edgefleet_shared::api::tokens::Role;
 
 use super::{ApiError, AppState};
-use crate::auth::{Caller, Role};
-use crate::registry::{ModelSummary, PushMetadata, PushRequest, VersionInfo};
+use crate::auth::Caller;
+use crate::registry::PushRequest;
 use crate::validate::BaselineData;
 
 /// Lists models with their versions and aliases.
@@ -22,7 +23,7 @@ pub(super) async fn list_models(
 }
 
 /// One model.
-#[utoipa::path(get, path = "/api/v1/models/{name}", responses((status = 200, body = ModelSummary), (status = 404, body = super::ErrorSchema)))]
+#[utoipa::path(get, path = "/api/v1/models/{name}", responses((status = 200, body = ModelSummary), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn show_model(
     caller: Caller,
     State(state): State<AppState>,
@@ -36,7 +37,7 @@ pub(super) async fn show_model(
 /// `baseline` (CSV with header, or `.npy`; named by the part's file name) and optional
 /// `metadata` (JSON, see `PushMetadata`).
 #[utoipa::path(post, path = "/api/v1/models/{name}/versions",
-    responses((status = 201, body = VersionInfo), (status = 400, body = super::ErrorSchema), (status = 409, body = super::ErrorSchema), (status = 422, body = super::ErrorSchema)))]
+    responses((status = 201, body = VersionInfo), (status = 400, body = edgefleet_shared::api::ErrorBody), (status = 409, body = edgefleet_shared::api::ErrorBody), (status = 422, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn push(
     caller: Caller,
     State(state): State<AppState>,
@@ -88,7 +89,7 @@ pub(super) async fn push(
 }
 
 /// One version, by number or alias.
-#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}", responses((status = 200, body = VersionInfo), (status = 404, body = super::ErrorSchema)))]
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}", responses((status = 200, body = VersionInfo), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn show_version(
     caller: Caller,
     State(state): State<AppState>,
@@ -128,14 +129,6 @@ pub(super) async fn signature(
     caller.require(Role::Viewer)?;
     let info = state.registry.version(name, version).await?;
     Ok(Json(info.signature).into_response())
-}
-
-/// Body of `PUT /aliases/{alias}`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AliasTarget {
-    /// Version the alias should point at.
-    pub version: u64,
 }
 
 /// Points an alias at a version (moves it atomically if it exists).

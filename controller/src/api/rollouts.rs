@@ -3,13 +3,15 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutRequest};
+use edgefleet_shared::api::tokens::Role;
 
 use super::{ApiError, AppState};
-use crate::auth::{Caller, Role};
-use crate::rollout::{Action, RolloutInfo, RolloutRequest};
+use crate::auth::Caller;
+use crate::rollout::Action;
 
 /// Starts a rollout.
-#[utoipa::path(post, path = "/api/v1/rollouts", request_body = RolloutRequest, responses((status = 201, body = RolloutInfo), (status = 409, body = super::ErrorSchema)))]
+#[utoipa::path(post, path = "/api/v1/rollouts", request_body = RolloutRequest, responses((status = 201, body = RolloutInfo), (status = 409, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn create(
     caller: Caller,
     State(state): State<AppState>,
@@ -33,7 +35,7 @@ pub(super) async fn list(caller: Caller, State(state): State<AppState>) -> Resul
 }
 
 /// One rollout: waves, devices, measurements, gate values.
-#[utoipa::path(get, path = "/api/v1/rollouts/{id}", responses((status = 200, body = RolloutInfo), (status = 404, body = super::ErrorSchema)))]
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", responses((status = 200, body = RolloutInfo), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn show(
     caller: Caller,
     State(state): State<AppState>,
@@ -44,7 +46,7 @@ pub(super) async fn show(
 }
 
 /// `pause`, `resume` or `abort` (abort sends every changed device back).
-#[utoipa::path(post, path = "/api/v1/rollouts/{id}/{action}", responses((status = 200, body = RolloutInfo), (status = 409, body = super::ErrorSchema)))]
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/{action}", responses((status = 200, body = RolloutInfo), (status = 409, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn act(
     caller: Caller,
     State(state): State<AppState>,

@@ -4,13 +4,12 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use edgefleet_shared::api::telemetry::{DriftQuery, DriftReport, ListQuery, Policy, RetrainRequest};
+use edgefleet_shared::api::tokens::Role;
 
 use super::{ApiError, AppState};
-use crate::auth::{Caller, Role};
+use crate::auth::Caller;
 use crate::telemetry::TelemetryError;
-use crate::telemetry::report::DriftReport;
-use crate::telemetry::retrain::{Policy, RetrainRequest};
 
 impl From<TelemetryError> for ApiError {
     fn from(e: TelemetryError) -> Self {
@@ -27,16 +26,6 @@ impl From<TelemetryError> for ApiError {
     }
 }
 
-/// Query of a drift report.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DriftQuery {
-    /// Time range back from now, e.g. `1h`, `30m`, `90s` (default: one window).
-    window: Option<String>,
-    /// Only devices of this group.
-    group: Option<String>,
-}
-
 fn window(q: &DriftQuery) -> Result<Option<u64>, ApiError> {
     q.window
         .as_deref()
@@ -49,7 +38,7 @@ fn window(q: &DriftQuery) -> Result<Option<u64>, ApiError> {
 }
 
 /// Drift of a version against its baseline.
-#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/drift", params(DriftQuery), responses((status = 200, body = DriftReport), (status = 404, body = super::ErrorSchema)))]
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/drift", params(DriftQuery), responses((status = 200, body = DriftReport), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn version_drift(
     caller: Caller,
     State(state): State<AppState>,
@@ -62,7 +51,7 @@ pub(super) async fn version_drift(
 }
 
 /// Drift of the latest version with telemetry.
-#[utoipa::path(get, path = "/api/v1/models/{name}/drift", params(DriftQuery), responses((status = 200, body = DriftReport), (status = 404, body = super::ErrorSchema)))]
+#[utoipa::path(get, path = "/api/v1/models/{name}/drift", params(DriftQuery), responses((status = 200, body = DriftReport), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn model_drift(
     caller: Caller,
     State(state): State<AppState>,
@@ -86,7 +75,7 @@ pub(super) async fn get_policy(
 }
 
 /// Sets a model's retraining policy.
-#[utoipa::path(put, path = "/api/v1/models/{name}/retrain-policy", request_body = Policy, responses((status = 200, body = Policy), (status = 400, body = super::ErrorSchema)))]
+#[utoipa::path(put, path = "/api/v1/models/{name}/retrain-policy", request_body = Policy, responses((status = 200, body = Policy), (status = 400, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn set_policy(
     caller: Caller,
     State(state): State<AppState>,
@@ -96,14 +85,6 @@ pub(super) async fn set_policy(
     caller.require(Role::Operator)?;
     let Json(policy) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Ok(Json(state.telemetry.set_policy(name, policy, caller.actor()).await?))
-}
-
-/// Query of the request list.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ListQuery {
-    /// Only this model's.
-    model: Option<String>,
 }
 
 /// Retrain requests, newest first.
@@ -118,7 +99,7 @@ pub(super) async fn list(
 }
 
 /// One retrain request, with its delivery state and the versions trained on its snapshot.
-#[utoipa::path(get, path = "/api/v1/retrain/{id}", responses((status = 200, body = RetrainRequest), (status = 404, body = super::ErrorSchema)))]
+#[utoipa::path(get, path = "/api/v1/retrain/{id}", responses((status = 200, body = RetrainRequest), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn show(
     caller: Caller,
     State(state): State<AppState>,
@@ -129,7 +110,7 @@ pub(super) async fn show(
 }
 
 /// A snapshot file: `data.csv` or `manifest.json`.
-#[utoipa::path(get, path = "/api/v1/retrain/{id}/files/{file}", responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = super::ErrorSchema)))]
+#[utoipa::path(get, path = "/api/v1/retrain/{id}/files/{file}", responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn file(
     caller: Caller,
     State(state): State<AppState>,

@@ -3,73 +3,15 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use edgefleet_shared::api::tokens::{AuditEntry, AuditQuery, CreateToken, CreatedToken, Role, TokenInfo};
 use rusqlite::params;
-use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::auth::{self, Caller, Role};
+use crate::auth::{self, Caller};
 use crate::db;
 
-/// Body of `POST /tokens`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateToken {
-    /// Human name (who or what uses it).
-    pub name: String,
-    /// Role.
-    pub role: Role,
-}
-
-/// A new token: the plaintext is shown once, here.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub(super) struct CreatedToken {
-    /// Token id.
-    pub id: i64,
-    /// Name.
-    pub name: String,
-    /// Role.
-    pub role: Role,
-    /// The bearer token. Store it: the controller keeps only its hash.
-    pub token: String,
-}
-
-/// A token without its secret.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub(super) struct TokenInfo {
-    /// Id.
-    pub id: i64,
-    /// Name.
-    pub name: String,
-    /// Role.
-    pub role: String,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Who created it.
-    pub created_by: String,
-    /// Unix seconds, when revoked.
-    pub revoked_at: Option<i64>,
-}
-
-/// One audit record.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub(super) struct AuditEntry {
-    /// Sequence.
-    pub id: i64,
-    /// Unix seconds.
-    pub at: i64,
-    /// Who.
-    pub actor: String,
-    /// What (`model.push`, `model.alias`, `token.create`, ...).
-    pub action: String,
-    /// On what.
-    pub target: String,
-    /// Details.
-    #[schema(value_type = Object)]
-    pub detail: serde_json::Value,
-}
-
 /// Creates a token.
-#[utoipa::path(post, path = "/api/v1/tokens", request_body = CreateToken, responses((status = 201, body = CreatedToken), (status = 403, body = super::ErrorSchema)))]
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = CreateToken, responses((status = 201, body = CreatedToken), (status = 403, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn create(
     caller: Caller,
     State(state): State<AppState>,
@@ -118,7 +60,7 @@ pub(super) async fn list(caller: Caller, State(state): State<AppState>) -> Resul
 }
 
 /// Revokes a token.
-#[utoipa::path(delete, path = "/api/v1/tokens/{id}", responses((status = 204), (status = 404, body = super::ErrorSchema)))]
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", responses((status = 204), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn revoke(
     caller: Caller,
     State(state): State<AppState>,
@@ -143,12 +85,6 @@ pub(super) async fn revoke(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// `?limit=N` (default 100, at most 1000).
-#[derive(Debug, Deserialize)]
-pub(super) struct AuditQuery {
-    limit: Option<u32>,
 }
 
 /// The newest audit records first.

@@ -281,7 +281,7 @@ pub(super) fn rollout(out: Output, v: &Value) {
         println!("reason:   {}", s(&v["reason"]));
     }
     let m = &v["measurements"];
-    let n = |v: &Value| v.as_f64().map_or_else(|| "-".to_owned(), crate::rollout::gates::three_digits);
+    let n = |v: &Value| v.as_f64().map_or_else(|| "-".to_owned(), edgefleet_shared::api::three_digits);
     println!(
         "devices:  {} in the rollout, {} serving it, {} failed, {} on it already; {} requests, {} errors, p99 {} ms (before {} ms)",
         s(&m["devices"]),
@@ -323,7 +323,7 @@ pub(super) fn rollout(out: Output, v: &Value) {
                 Some(false) => "FAIL",
                 None => "pending",
             };
-            let value = g["value"].as_f64().map_or_else(|| "-".to_owned(), crate::rollout::gates::three_digits);
+            let value = g["value"].as_f64().map_or_else(|| "-".to_owned(), edgefleet_shared::api::three_digits);
             vec![s(&g["gate"]), value, verdict.into()]
         })
         .collect();

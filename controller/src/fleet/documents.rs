@@ -7,13 +7,14 @@
 
 use std::collections::BTreeMap;
 
+use edgefleet_shared::api::fleet::{DeployRequest, Issued};
 use edgefleet_shared::bundle::{BUNDLE_FILE, MODEL_FILE};
 use edgefleet_shared::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, ModelRef, ShadowSpec};
 use edgefleet_shared::keys::Signer as _;
 use edgefleet_shared::signature::SignedEnvelope;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{DeployRequest, Fleet, FleetError, Issued};
+use super::{Fleet, FleetError};
 use crate::db::{self, now};
 use crate::registry::resolve_version;
 

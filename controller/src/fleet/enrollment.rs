@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use edgefleet_shared::api::fleet::EnrollmentToken;
 use edgefleet_shared::fleet::{self, EnrollRequest, EnrollResponse, RequestAuthError};
 use edgefleet_shared::keys::PublicKey;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use super::{EnrollmentToken, Fleet, FleetError};
+use super::{Fleet, FleetError};
 use crate::auth::{hash_token, new_token};
 use crate::db::{self, now};
 

@@ -4,21 +4,20 @@
 mod documents;
 mod enrollment;
 
-pub(crate) use documents::{matching_devices, version_artifacts};
-
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use edgefleet_shared::api::fleet::DeviceInfo;
 use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::DeviceStatus;
 use edgefleet_shared::keys::PublicKey;
 use edgefleet_shared::signature::SignedEnvelope;
 use rusqlite::{OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 
 use crate::db::{Db, DbError, now};
 use crate::keyring::KeyRing;
 use crate::registry::RegistryError;
+
+pub(crate) use documents::{matching_devices, version_artifacts};
 
 /// Fleet failures, each mapping to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -53,71 +52,6 @@ impl From<rusqlite::Error> for FleetError {
     fn from(e: rusqlite::Error) -> Self {
         FleetError::Db(DbError::from(e))
     }
-}
-
-/// A new enrollment token, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EnrollmentToken {
-    /// Id.
-    pub id: i64,
-    /// The token; only its hash is kept.
-    pub token: String,
-    /// Enrollments left.
-    pub uses: u32,
-    /// Unix seconds after which it is refused.
-    pub expires_at: u64,
-    /// Labels every device enrolled with it gets.
-    pub labels: BTreeMap<String, String>,
-}
-
-/// A device as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DeviceInfo {
-    /// Id (`dev-` + key id).
-    pub id: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Unix seconds.
-    pub enrolled_at: u64,
-    /// Unix seconds of the last authenticated contact.
-    pub last_seen: Option<u64>,
-    /// Whether it was seen within the online window.
-    pub online: bool,
-    /// Model version the controller wants it to run.
-    #[schema(value_type = Option<Object>)]
-    pub desired: Option<ModelRef>,
-    /// Sequence of its current document.
-    pub desired_sequence: Option<u64>,
-    /// What it last reported.
-    #[schema(value_type = Option<Object>)]
-    pub status: Option<DeviceStatus>,
-}
-
-/// Where deployment documents go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeployRequest {
-    /// Model name.
-    pub model: String,
-    /// Version number or alias.
-    pub version: String,
-    /// One device…
-    pub device: Option<String>,
-    /// …or every device whose labels include all of these.
-    pub selector: Option<BTreeMap<String, String>>,
-}
-
-/// One issued document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Issued {
-    /// Device.
-    pub device_id: String,
-    /// Its new sequence.
-    pub sequence: u64,
-    /// Model version.
-    pub version: u64,
-    /// Unix seconds.
-    pub expires_at: u64,
 }
 
 /// Fleet service settings.

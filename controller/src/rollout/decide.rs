@@ -3,13 +3,14 @@
 //! [`super::engine`] issues the documents and writes the decision; nothing here touches the
 //! database or the clock.
 
-use crate::analytics::drift::{add_counts, psi};
+use edgefleet_shared::api::rollouts::{GateResult, Measurements, OnFail, OnTimeout, RolloutState, Strategy};
+use edgefleet_shared::api::three_digits;
 use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::DeviceStatus;
 
-use super::gates::{Gate, GateResult, Measurements, three_digits};
+use super::gates::{Gate, metric_value};
 use super::records::Row;
-use super::{OnFail, OnTimeout, RolloutState, Strategy};
+use crate::analytics::drift::{add_counts, psi};
 
 /// A device in a rollout and what it reports.
 #[derive(Debug, Clone, Default)]
@@ -233,7 +234,7 @@ pub(super) fn decide(row: &Row, members: &[Member], issued: usize, now: u64) -> 
         .iter()
         .filter_map(|text| Gate::parse(text).ok().map(|g| (text, g)))
         .map(|(text, gate)| {
-            let value = m.value(&gate.metric, row.plan.min_requests);
+            let value = metric_value(&m, &gate.metric, row.plan.min_requests);
             GateResult { gate: text.clone(), value, passed: value.map(|v| gate.passes(v)) }
         })
         .collect();
@@ -278,8 +279,8 @@ mod tests {
 
     use edgefleet_shared::fleet::{ActivationReport, ShadowReport};
 
-    use super::super::Plan;
     use super::*;
+    use edgefleet_shared::api::rollouts::Plan;
 
     const T0: u64 = 1_000_000;
 

@@ -1,15 +1,15 @@
 //! Applying a rollout step inside the caller's transaction: issuing waves, writing the
 //! decision [`super::decide`] made, promoting, pausing and rolling back.
 
-use edgefleet_shared::deployment::ModelRef;
-use edgefleet_shared::fleet::{DeviceStatus, rollout_bucket};
 use std::collections::HashSet;
 
+use edgefleet_shared::api::rollouts::{OnFail, RolloutState};
+use edgefleet_shared::deployment::ModelRef;
+use edgefleet_shared::fleet::{DeviceStatus, rollout_bucket};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::decide::{Decision, Outcome, Verdict, decide, outcome};
 use super::records::{Row, load, members};
-use super::{OnFail, RolloutState};
 use crate::db::{self, now};
 use crate::fleet::{Fleet, FleetError, matching_devices, version_artifacts};
 

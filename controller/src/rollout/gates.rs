@@ -15,6 +15,7 @@
 //! rollout's candidate answers no requests, so only `activation_failure_rate` and `agreement`;
 //! a canary or direct rollout mirrors nothing, so everything but `agreement`.
 
+use edgefleet_shared::api::rollouts::{Measurements, Strategy};
 use serde::{Deserialize, Serialize};
 
 /// Comparison of a gate.
@@ -38,24 +39,28 @@ pub enum Op {
 pub const METRICS: &[&str] = &["activation_failure_rate", "error_rate", "p99_ms", "p99_ratio", "psi", "agreement"];
 
 /// Whether a rollout of `strategy` can measure `metric` at all.
-pub fn measurable(metric: &str, strategy: super::Strategy) -> bool {
+pub fn measurable(metric: &str, strategy: Strategy) -> bool {
     match strategy {
-        super::Strategy::Shadow => matches!(metric, "activation_failure_rate" | "agreement"),
-        super::Strategy::Canary | super::Strategy::Direct => metric != "agreement",
+        Strategy::Shadow => matches!(metric, "activation_failure_rate" | "agreement"),
+        Strategy::Canary | Strategy::Direct => metric != "agreement",
     }
 }
 
-/// `v` with three significant digits, as measurements are shown.
-pub fn three_digits(v: f64) -> String {
-    if !v.is_finite() {
-        return v.to_string();
+/// The value of `metric` over `m`, or none while it lacks samples.
+pub fn metric_value(m: &Measurements, metric: &str, min_requests: u64) -> Option<f64> {
+    let enough = m.requests >= min_requests.max(1);
+    match metric {
+        "activation_failure_rate" if m.unsettled() == 0 && m.devices > 0 => Some(m.failed as f64 / m.devices as f64),
+        "error_rate" if enough => Some(m.errors as f64 / m.requests as f64),
+        "p99_ms" if enough => m.p99_ms,
+        "agreement" if m.compared >= min_requests.max(1) => m.agreement,
+        "psi" if m.classified >= min_requests.max(1) => m.psi,
+        "p99_ratio" if enough => match (m.p99_ms, m.baseline_p99_ms) {
+            (Some(now), Some(before)) if before > 0.0 => Some(now / before),
+            _ => None,
+        },
+        _ => None,
     }
-    if v == 0.0 {
-        return "0".into();
-    }
-    let digits = (2 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
-    let text = format!("{v:.digits$}");
-    if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_owned() } else { text }
 }
 
 /// A parsed gate.
@@ -102,80 +107,6 @@ impl Gate {
     }
 }
 
-/// What the wave's devices reported, folded into the gate metrics.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Measurements {
-    /// Devices in the rollout so far.
-    pub devices: u64,
-    /// Of those, serving the candidate.
-    pub activated: u64,
-    /// Of those, whose activation of the candidate failed (or which refused its document).
-    pub failed: u64,
-    /// Requests the candidate answered or failed on those devices.
-    pub requests: u64,
-    /// Of those, failed.
-    pub errors: u64,
-    /// Mean p99 latency (ms) of the candidate over devices that report one.
-    pub p99_ms: Option<f64>,
-    /// Mean p99 latency (ms) of the same devices on their previous version.
-    pub baseline_p99_ms: Option<f64>,
-    /// Shadow: requests mirrored to the candidate and compared.
-    #[serde(default)]
-    pub compared: u64,
-    /// Shadow: agreement over those, weighted by comparisons.
-    #[serde(default)]
-    pub agreement: Option<f64>,
-    /// Predictions of the candidate counted per class, over devices serving it.
-    #[serde(default)]
-    pub classified: u64,
-    /// PSI of those class counts against the same devices' counts on their previous version.
-    #[serde(default)]
-    pub psi: Option<f64>,
-    /// Devices that ran the candidate already when the rollout reached them.
-    #[serde(default)]
-    pub already: u64,
-    /// Of the failed, devices that did not report by the wave deadline.
-    #[serde(default)]
-    pub timed_out: u64,
-}
-
-impl Measurements {
-    /// Devices neither serving the candidate, nor failed, nor on it already.
-    pub fn unsettled(&self) -> u64 {
-        self.devices.saturating_sub(self.activated + self.failed + self.already)
-    }
-
-    /// The value of `metric`, or none while it lacks samples.
-    pub fn value(&self, metric: &str, min_requests: u64) -> Option<f64> {
-        let enough = self.requests >= min_requests.max(1);
-        match metric {
-            "activation_failure_rate" if self.unsettled() == 0 && self.devices > 0 => {
-                Some(self.failed as f64 / self.devices as f64)
-            }
-            "error_rate" if enough => Some(self.errors as f64 / self.requests as f64),
-            "p99_ms" if enough => self.p99_ms,
-            "agreement" if self.compared >= min_requests.max(1) => self.agreement,
-            "psi" if self.classified >= min_requests.max(1) => self.psi,
-            "p99_ratio" if enough => match (self.p99_ms, self.baseline_p99_ms) {
-                (Some(now), Some(before)) if before > 0.0 => Some(now / before),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-}
-
-/// One gate's latest evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct GateResult {
-    /// The gate as written.
-    pub gate: String,
-    /// Its measured value, when there were enough samples.
-    pub value: Option<f64>,
-    /// Passed, failed, or none while pending.
-    pub passed: Option<bool>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,17 +125,8 @@ mod tests {
     }
 
     #[test]
-    fn values_print_with_three_significant_digits() {
-        for (v, want) in
-            [(5.8312, "5.83"), (0.012345, "0.0123"), (1234.4, "1234"), (0.1, "0.1"), (0.0, "0"), (1.0, "1")]
-        {
-            assert_eq!(three_digits(v), want, "{v}");
-        }
-    }
-
-    #[test]
     fn each_strategy_measures_its_own_gates() {
-        use super::super::Strategy;
+        use edgefleet_shared::api::rollouts::Strategy;
         assert!(measurable("agreement", Strategy::Shadow) && !measurable("agreement", Strategy::Canary));
         assert!(!measurable("psi", Strategy::Shadow) && !measurable("error_rate", Strategy::Shadow));
         assert!(measurable("p99_ratio", Strategy::Direct) && measurable("activation_failure_rate", Strategy::Shadow));
@@ -213,15 +135,15 @@ mod tests {
     #[test]
     fn metrics_wait_for_their_samples() {
         let mut m = Measurements { devices: 4, activated: 3, failed: 0, requests: 50, errors: 5, ..Default::default() };
-        assert_eq!(m.value("activation_failure_rate", 100), None, "one device unsettled");
-        assert_eq!(m.value("error_rate", 100), None, "50 of 100 requests");
+        assert_eq!(metric_value(&m, "activation_failure_rate", 100), None, "one device unsettled");
+        assert_eq!(metric_value(&m, "error_rate", 100), None, "50 of 100 requests");
         m.activated = 3;
         m.failed = 1;
         m.requests = 100;
         m.p99_ms = Some(12.0);
         m.baseline_p99_ms = Some(4.0);
-        assert_eq!(m.value("activation_failure_rate", 100), Some(0.25));
-        assert_eq!(m.value("error_rate", 100), Some(0.05));
-        assert_eq!(m.value("p99_ratio", 100), Some(3.0));
+        assert_eq!(metric_value(&m, "activation_failure_rate", 100), Some(0.25));
+        assert_eq!(metric_value(&m, "error_rate", 100), Some(0.05));
+        assert_eq!(metric_value(&m, "p99_ratio", 100), Some(3.0));
     }
 }

@@ -1,8 +1,9 @@
 //! A rollout request checked into a plan: waves, gates the strategy can measure (with the
 //! default activation gate), deadlines and shares in range.
 
+use edgefleet_shared::api::rollouts::{Plan, RolloutRequest, Strategy};
+
 use super::gates::{self, Gate};
-use super::{Plan, RolloutRequest, Strategy};
 use crate::fleet::FleetError;
 
 /// The gate every rollout has unless it names its own on the same metric, or opts out.
@@ -83,8 +84,8 @@ pub(super) fn plan(req: &RolloutRequest) -> Result<Plan, FleetError> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::super::{OnFail, OnTimeout};
     use super::*;
+    use edgefleet_shared::api::rollouts::{OnFail, OnTimeout};
 
     fn request(strategy: Strategy, gates: &[&str]) -> RolloutRequest {
         RolloutRequest {

@@ -1,11 +1,10 @@
 //! Reading rollouts and their devices back from SQLite.
 
+use edgefleet_shared::api::rollouts::{GateResult, Plan, RolloutInfo, RolloutState, WaveInfo};
 use edgefleet_shared::deployment::ModelRef;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::decide::{Member, Outcome, measure, outcome};
-use super::gates::GateResult;
-use super::{Plan, RolloutInfo, RolloutState, WaveInfo};
 use crate::fleet::FleetError;
 
 /// A stored rollout.

@@ -5,13 +5,13 @@
 //! the output uses predicted-class counts (PSI, Jensen–Shannon, chi-squared). Definitions and
 //! thresholds are the handbook's (BENCHMARKS.md §4).
 
-use crate::analytics::drift;
+use edgefleet_shared::api::telemetry::{Accuracy, DriftReport, FeatureDrift, OutputDrift};
 use edgefleet_shared::bundle::BundleManifest;
 use edgefleet_shared::profile::{BaselineProfile, OutputProfile};
 use rusqlite::{Connection, OptionalExtension as _, params};
-use serde::{Deserialize, Serialize};
 
 use super::{Telemetry, TelemetryError};
+use crate::analytics::drift;
 use crate::registry::{RegistryError, resolve_version};
 
 /// PSI at or above this: warn.
@@ -24,99 +24,6 @@ pub const WASSERSTEIN_DRIFT: f64 = 0.1;
 pub const KS_P_DRIFT: f64 = 0.05;
 /// Sampled rows read for sample statistics at most (the most recent).
 const MAX_REPORT_SAMPLES: i64 = 100_000;
-
-/// Drift of one input feature.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct FeatureDrift {
-    /// Column name in the baseline.
-    pub name: String,
-    /// Values counted (all traffic).
-    pub count: u64,
-    /// Missing (NaN) values.
-    pub missing: u64,
-    /// Sampled values used by the sample statistics.
-    pub samples: u64,
-    /// Population stability index over the baseline bins.
-    pub psi: Option<f64>,
-    /// Jensen–Shannon distance over the same bins.
-    pub jensen_shannon: Option<f64>,
-    /// Normalised Wasserstein distance (samples vs the baseline's reservoir).
-    pub wasserstein: Option<f64>,
-    /// KS statistic (samples vs reservoir).
-    pub ks_statistic: Option<f64>,
-    /// KS p-value (asymptotic).
-    pub ks_pvalue: Option<f64>,
-    /// `ok`, `warn` (PSI ≥ 0.1) or `drift` (PSI ≥ 0.2).
-    pub status: String,
-    /// Wasserstein ≥ 0.1.
-    pub wasserstein_drift: bool,
-    /// KS p ≤ 0.05.
-    pub ks_drift: bool,
-}
-
-/// Drift of the predicted classes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct OutputDrift {
-    /// Output name in the baseline.
-    pub name: String,
-    /// Baseline rows per class.
-    pub reference_counts: Vec<u64>,
-    /// Observed rows per class.
-    pub current_counts: Vec<u64>,
-    /// PSI of the class proportions.
-    pub psi: Option<f64>,
-    /// Jensen–Shannon distance of the class proportions.
-    pub jensen_shannon: Option<f64>,
-    /// Chi-squared statistic (none when a class the baseline never saw occurs: infinite).
-    pub chi2_statistic: Option<f64>,
-    /// Its p-value.
-    pub chi2_pvalue: Option<f64>,
-    /// `ok`, `warn` or `drift` by PSI.
-    pub status: String,
-}
-
-/// Accuracy from feedback labels.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Accuracy {
-    /// Labels matched to predictions.
-    pub labeled: u64,
-    /// Of those, correct.
-    pub correct: u64,
-    /// correct / labeled.
-    pub accuracy: f64,
-}
-
-/// A drift report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DriftReport {
-    /// Model.
-    pub model: String,
-    /// Version.
-    pub version: u64,
-    /// Device group, when the report is limited to one.
-    pub group: Option<String>,
-    /// Start of the range (Unix seconds): the start of its first telemetry window. Binned and
-    /// sampled metrics cover the same batches: those merged into the windows in the range.
-    pub from: i64,
-    /// End of the range (exclusive): the end of the current window.
-    pub to: i64,
-    /// Rows counted.
-    pub rows: u64,
-    /// Sampled rows in the range.
-    pub samples: u64,
-    /// Per input feature, in baseline order.
-    pub features: Vec<FeatureDrift>,
-    /// Predicted classes, when the baseline has a class output.
-    pub output: Option<OutputDrift>,
-    /// From feedback, when labels exist.
-    pub accuracy: Option<Accuracy>,
-    /// Features with PSI ≥ 0.2.
-    pub drifted_features: usize,
-    /// Their share of all features.
-    pub drifted_share: f64,
-    /// Whether the version has a baseline at all.
-    pub has_baseline: bool,
-}
 
 /// Merged histograms of a range.
 #[derive(Debug, Clone, Default, PartialEq)]

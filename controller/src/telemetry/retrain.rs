@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edgefleet_shared::api::telemetry::{Policy, RetrainRequest};
 use hmac::{KeyInit as _, Mac as _};
 use rusqlite::{Connection, OptionalExtension as _, params};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -24,82 +24,6 @@ pub const DATA_FILE: &str = "data.csv";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Header carrying the webhook body's HMAC.
 pub const SIGNATURE_HEADER: &str = "x-edgefleet-signature";
-
-/// When a model version is due for retraining.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct Policy {
-    /// Judge this model at all.
-    pub enabled: bool,
-    /// A feature drifts at PSI ≥ this.
-    pub psi: f64,
-    /// Share of features that must drift in a window.
-    pub feature_share: f64,
-    /// Consecutive drifting windows needed.
-    pub windows: u32,
-    /// Rows a window needs to be judged.
-    pub min_rows: u64,
-    /// Accuracy drop (0.05 = 5 points) below the version's earlier windows that triggers.
-    pub accuracy_drop: f64,
-    /// Labels needed in the window, and before it, to judge accuracy.
-    pub min_labels: u64,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            enabled: true,
-            psi: 0.2,
-            feature_share: 0.3,
-            windows: 3,
-            min_rows: 100,
-            accuracy_drop: 0.05,
-            min_labels: 30,
-        }
-    }
-}
-
-impl Policy {
-    /// Checks ranges.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.psi.is_nan() || self.psi <= 0.0 || !(0.0..=1.0).contains(&self.feature_share) || self.windows == 0 {
-            return Err("retrain policy: psi must be above 0, feature_share in [0, 1], windows at least 1".into());
-        }
-        if !(0.0..=1.0).contains(&self.accuracy_drop) {
-            return Err("retrain policy: accuracy_drop must be in [0, 1]".into());
-        }
-        Ok(())
-    }
-}
-
-/// A retrain request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RetrainRequest {
-    /// Id.
-    pub id: u64,
-    /// Model.
-    pub model: String,
-    /// The version that drifted.
-    pub version: u64,
-    /// Why it was triggered.
-    pub reason: String,
-    /// When (Unix seconds).
-    pub created_at: i64,
-    /// Sampled rows in the snapshot.
-    pub rows: u64,
-    /// SHA-256 of the snapshot's data file: push the retrained model with `--dataset-hash`.
-    pub dataset_sha256: String,
-    /// Where the snapshot is on the controller.
-    pub snapshot_dir: String,
-    /// The snapshot manifest.
-    #[schema(value_type = Object)]
-    pub manifest: Value,
-    /// Delivery state: webhook and command.
-    #[schema(value_type = Object)]
-    pub delivery: Value,
-    /// Versions pushed with this snapshot's dataset hash (lineage).
-    pub trained_versions: Vec<u64>,
-}
 
 impl Telemetry {
     /// A model's policy (its own, else the default).

@@ -1,0 +1,304 @@
+//! Staged rollouts: the request, the stored plan, and the state `rollout status` shows.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::deployment::{ModelRef, ShadowSpec};
+
+/// What happens when a gate fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum OnFail {
+    /// Stop where it is; the operator resumes or aborts.
+    Pause,
+    /// Roll every changed device back.
+    Abort,
+}
+
+/// What happens to devices that have not settled (activated or failed) by the wave deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    /// They count as failed activations for the gates (and gates still without samples fail).
+    Fail,
+    /// The rollout pauses, naming them; the operator resumes or aborts.
+    Pause,
+}
+
+/// How devices take the candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Every matching device at once (one wave of 100%), gates still judged.
+    Direct,
+    /// Wave by wave.
+    Canary,
+    /// Wave by wave in shadow (the candidate runs beside the active version on mirrored
+    /// requests, judged by `agreement`), then promoted on every device at once.
+    Shadow,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutState {
+    /// Issuing waves and judging gates.
+    Running,
+    /// Stopped by the operator or a failed gate.
+    Paused,
+    /// Shadow: every wave passed; the candidate is being activated on every device.
+    Promoting,
+    /// Every wave passed.
+    Completed,
+    /// Stopped, and the devices it changed were sent back.
+    Aborted,
+}
+
+impl RolloutState {
+    /// Lowercase name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Promoting => "promoting",
+            RolloutState::Completed => "completed",
+            RolloutState::Aborted => "aborted",
+        }
+    }
+
+    /// The state named `s` exactly as [`RolloutState::as_str`] writes it.
+    pub fn parse(s: &str) -> Option<RolloutState> {
+        Some(match s {
+            "running" => RolloutState::Running,
+            "paused" => RolloutState::Paused,
+            "promoting" => RolloutState::Promoting,
+            "completed" => RolloutState::Completed,
+            "aborted" => RolloutState::Aborted,
+            _ => return None,
+        })
+    }
+}
+
+/// Body of `POST /rollouts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    /// Model name.
+    pub model: String,
+    /// Version number or alias.
+    pub version: String,
+    /// Devices whose labels include all of these.
+    pub selector: BTreeMap<String, String>,
+    /// Cumulative wave sizes in percent, increasing, ending at 100 (default 1, 10, 50, 100; `direct`: 100).
+    #[serde(default)]
+    pub waves: Option<Vec<u8>>,
+    /// Seconds each wave bakes before its gates are judged (default 600).
+    #[serde(default = "default_bake")]
+    pub bake_secs: u64,
+    /// Gates, e.g. `error_rate<0.01`; `activation_failure_rate<0.1` is added unless one on
+    /// `activation_failure_rate` is given or `no_default_gate` is set.
+    #[serde(default)]
+    pub gates: Vec<String>,
+    /// Leave out the default `activation_failure_rate<0.1` gate.
+    #[serde(default)]
+    pub no_default_gate: bool,
+    /// Seconds after a wave starts by which its devices must have settled (default 3600; at
+    /// least the bake time).
+    #[serde(default = "default_wave_timeout")]
+    pub wave_timeout_secs: u64,
+    /// Devices unsettled at the deadline: count as failed (default) or pause.
+    #[serde(default = "default_on_timeout")]
+    pub on_timeout: OnTimeout,
+    /// Start even when no device matches the selector yet (devices that enroll later join).
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// Requests the candidate must have answered before request-based gates count (default 100).
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// On a failed gate (default abort).
+    #[serde(default = "default_on_fail")]
+    pub on_fail: OnFail,
+    /// Strategy (default canary).
+    #[serde(default = "default_strategy")]
+    pub strategy: Strategy,
+    /// Shadow: share of requests mirrored to the candidate (default 0.25).
+    #[serde(default = "default_share")]
+    pub shadow_share: f64,
+}
+
+/// The stored plan of a rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Plan {
+    /// Device selector.
+    pub selector: BTreeMap<String, String>,
+    /// Cumulative wave percentages.
+    pub waves: Vec<u8>,
+    /// Bake time per wave.
+    pub bake_secs: u64,
+    /// Gates as written.
+    pub gates: Vec<String>,
+    /// Minimum candidate requests for request-based gates.
+    pub min_requests: u64,
+    /// On a failed gate.
+    pub on_fail: OnFail,
+    /// Strategy.
+    pub strategy: Strategy,
+    /// Shadow: share of requests mirrored.
+    #[serde(default = "default_share")]
+    pub shadow_share: f64,
+    /// Seconds after a wave starts by which its devices must have settled.
+    #[serde(default = "default_wave_timeout")]
+    pub wave_timeout_secs: u64,
+    /// What an unsettled device at the deadline means.
+    #[serde(default = "default_on_timeout")]
+    pub on_timeout: OnTimeout,
+    /// Whether the rollout may wait for matching devices.
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+impl Plan {
+    /// The shadow spec its documents carry, for a shadow rollout.
+    pub fn shadow(&self) -> Option<ShadowSpec> {
+        (self.strategy == Strategy::Shadow).then_some(ShadowSpec { share: self.shadow_share })
+    }
+}
+
+/// One wave as `rollout status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WaveInfo {
+    /// Its number, from 1 (as the status table shows it).
+    pub wave: usize,
+    /// Cumulative share of the matching devices.
+    pub percent: u8,
+    /// Devices that joined in this wave.
+    pub devices: Vec<String>,
+    /// Of those, serving the candidate.
+    pub activated: u64,
+    /// Of those, failed to activate it.
+    pub failed: u64,
+}
+
+/// A rollout as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutInfo {
+    /// Id.
+    pub id: i64,
+    /// Candidate.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub model: ModelRef,
+    /// Plan.
+    pub plan: Plan,
+    /// State.
+    pub state: RolloutState,
+    /// The current wave's number, from 1 (`plan.waves[wave - 1]` is its percentage).
+    pub wave: usize,
+    /// Unix seconds the current wave started.
+    pub wave_started_at: u64,
+    /// Why it paused or aborted.
+    pub reason: Option<String>,
+    /// Waves reached so far.
+    pub waves: Vec<WaveInfo>,
+    /// What the rollout's devices report now.
+    pub measurements: Measurements,
+    /// The latest gate evaluation.
+    pub gates: Vec<GateResult>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds.
+    pub updated_at: u64,
+}
+
+/// What the wave's devices reported, folded into the gate metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Measurements {
+    /// Devices in the rollout so far.
+    pub devices: u64,
+    /// Of those, serving the candidate.
+    pub activated: u64,
+    /// Of those, whose activation of the candidate failed (or which refused its document).
+    pub failed: u64,
+    /// Requests the candidate answered or failed on those devices.
+    pub requests: u64,
+    /// Of those, failed.
+    pub errors: u64,
+    /// Mean p99 latency (ms) of the candidate over devices that report one.
+    pub p99_ms: Option<f64>,
+    /// Mean p99 latency (ms) of the same devices on their previous version.
+    pub baseline_p99_ms: Option<f64>,
+    /// Shadow: requests mirrored to the candidate and compared.
+    #[serde(default)]
+    pub compared: u64,
+    /// Shadow: agreement over those, weighted by comparisons.
+    #[serde(default)]
+    pub agreement: Option<f64>,
+    /// Predictions of the candidate counted per class, over devices serving it.
+    #[serde(default)]
+    pub classified: u64,
+    /// PSI of those class counts against the same devices' counts on their previous version.
+    #[serde(default)]
+    pub psi: Option<f64>,
+    /// Devices that ran the candidate already when the rollout reached them.
+    #[serde(default)]
+    pub already: u64,
+    /// Of the failed, devices that did not report by the wave deadline.
+    #[serde(default)]
+    pub timed_out: u64,
+}
+
+impl Measurements {
+    /// Devices neither serving the candidate, nor failed, nor on it already.
+    pub fn unsettled(&self) -> u64 {
+        self.devices.saturating_sub(self.activated + self.failed + self.already)
+    }
+}
+
+/// One gate's latest evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GateResult {
+    /// The gate as written.
+    pub gate: String,
+    /// Its measured value, when there were enough samples.
+    pub value: Option<f64>,
+    /// Passed, failed, or none while pending.
+    pub passed: Option<bool>,
+}
+
+fn default_share() -> f64 {
+    0.25
+}
+
+fn default_bake() -> u64 {
+    600
+}
+
+fn default_wave_timeout() -> u64 {
+    3600
+}
+
+fn default_on_timeout() -> OnTimeout {
+    OnTimeout::Fail
+}
+
+fn default_min_requests() -> u64 {
+    100
+}
+
+fn default_on_fail() -> OnFail {
+    OnFail::Abort
+}
+
+fn default_strategy() -> Strategy {
+    Strategy::Canary
+}
