@@ -3,9 +3,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use edgefleet_shared::api::tokens::Role;
+use edgefleet_shared::api::tokens::{Role, new_token};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::api::{ApiError, AppState};
@@ -41,13 +39,6 @@ impl Caller {
 /// SHA-256 (hex) of a token: what the database stores.
 pub fn hash_token(token: &str) -> String {
     edgefleet_shared::verify::sha256_hex(token.as_bytes())
-}
-
-/// A new random token: `efk_` and 43 characters of URL-safe base64 (256 bits).
-pub fn new_token() -> Result<String, getrandom::Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)?;
-    Ok(format!("efk_{}", URL_SAFE_NO_PAD.encode(bytes)))
 }
 
 /// Stores a token (hashed) and audits it; returns its id.
@@ -86,8 +77,15 @@ pub fn lookup(conn: &Connection, token: &str) -> rusqlite::Result<Option<Caller>
         "SELECT id, name, role FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
         params![hash_token(token)],
         |r| {
-            let role: String = r.get(2)?;
-            Ok(Caller { token_id: r.get(0)?, name: r.get(1)?, role: Role::parse(&role).unwrap_or(Role::Viewer) })
+            let text: String = r.get(2)?;
+            let role = Role::parse(&text).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    format!("role {text:?}").into(),
+                )
+            })?;
+            Ok(Caller { token_id: r.get(0)?, name: r.get(1)?, role })
         },
     )
     .optional()

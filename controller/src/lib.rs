@@ -1,15 +1,16 @@
-//! The edgefleet controller: model registry, artifact store, signing, operator API and CLI.
+//! The edgefleet controller: model registry, artifact store, signing, fleet, rollouts, telemetry
+//! and the operator API.
 //!
 //! Operators (and training pipelines) push ONNX models; each push is validated by running the
 //! model, profiled against its reference data, recorded as an immutable version with lineage in
 //! SQLite, stored content-addressed and zstd-compressed, and its manifest signed with the
-//! controller's key. Everything is reachable over the REST API, which the `edgefleet` CLI wraps.
+//! controller's key. Everything is reachable over the REST API, which the `edgefleet` CLI
+//! (`controller/cli`) wraps.
 //!
 //! # Layout
 //! - [`analytics`]: reference datasets, baseline profiles, drift statistics.
 //! - [`api`]: axum routes under `/api/v1`, the `ApiError` type, the OpenAPI document.
 //! - [`auth`]: operator tokens (hashed), roles, the bearer-token extractor.
-//! - [`cli`]: the `edgefleet` operator CLI (HTTP client, output formatting).
 //! - [`config`]: typed TOML configuration and the data-directory layout.
 //! - [`db`]: SQLite (WAL), migrations, the blocking-call handle, the audit log.
 //! - [`device_ca`]: broker client certificates for devices' keys and for the controller.
@@ -23,13 +24,11 @@
 //! - [`serve`]: start-up (data dir, key, bootstrap token) and the server loop.
 //! - [`store`]: the content-addressed, compressed artifact store.
 //! - [`telemetry`]: telemetry ingest, drift reports, retraining policies, snapshots, webhooks.
-//! - [`trainer`]: the bundled retraining step (logistic regression on a snapshot → ONNX).
 //! - [`validate`]: model validation, golden self-test, baseline and output profiles.
 
 pub mod analytics;
 pub mod api;
 pub mod auth;
-pub mod cli;
 pub mod config;
 pub mod db;
 pub mod device_ca;
@@ -42,7 +41,6 @@ pub mod rollout;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
-pub mod trainer;
 pub mod validate;
 
 /// Controller start-up and top-level failures.

@@ -1,13 +1,9 @@
-//! Command-line contracts of `edgefleet-controller` and `edgefleet` that need no server.
+//! Command-line contracts of `edgefleet-controller` that need no server.
 
 use std::process::Command;
 
 fn controller() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edgefleet-controller"))
-}
-
-fn cli() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_edgefleet"))
 }
 
 #[test]
@@ -41,16 +37,4 @@ fn invalid_config_exits_64() {
         .expect("run");
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("baseline_bins"));
-}
-
-#[test]
-fn cli_usage_errors_exit_2() {
-    let out = cli().args(["model", "alias", "iris", "production"]).output().expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected NAME:VERSION"));
-    let out = cli().args(["model", "push", "/nonexistent.onnx", "--name", "x"]).output().expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent.onnx"));
-    let out = cli().args(["model", "push", "m.onnx", "--name", "x", "--metric", "noequals"]).output().expect("run");
-    assert_eq!(out.status.code(), Some(2), "clap refuses a malformed key=value");
 }

@@ -22,7 +22,8 @@ pub(super) async fn create(
     if req.name.trim().is_empty() || req.name.len() > 128 {
         return Err(ApiError::bad_request("token name must be 1-128 characters"));
     }
-    let token = auth::new_token().map_err(|e| ApiError::internal(format!("cannot generate a token: {e}")))?;
+    let token = edgefleet_shared::api::tokens::new_token()
+        .map_err(|e| ApiError::internal(format!("cannot generate a token: {e}")))?;
     let actor = caller.actor();
     let (name, role, secret) = (req.name.clone(), req.role, token.clone());
     let id = state

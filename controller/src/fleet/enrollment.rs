@@ -9,7 +9,9 @@ use edgefleet_shared::keys::PublicKey;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{Fleet, FleetError};
-use crate::auth::{hash_token, new_token};
+use edgefleet_shared::api::tokens::new_token;
+
+use crate::auth::hash_token;
 use crate::db::{self, now};
 
 /// Longest lifetime of an enrollment token.

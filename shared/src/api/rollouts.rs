@@ -17,6 +17,16 @@ pub enum OnFail {
     Abort,
 }
 
+impl OnFail {
+    /// Lowercase name, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFail::Pause => "pause",
+            OnFail::Abort => "abort",
+        }
+    }
+}
+
 /// What happens to devices that have not settled (activated or failed) by the wave deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -26,6 +36,16 @@ pub enum OnTimeout {
     Fail,
     /// The rollout pauses, naming them; the operator resumes or aborts.
     Pause,
+}
+
+impl OnTimeout {
+    /// Lowercase name, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Fail => "fail",
+            OnTimeout::Pause => "pause",
+        }
+    }
 }
 
 /// How devices take the candidate.
@@ -40,6 +60,17 @@ pub enum Strategy {
     /// Wave by wave in shadow (the candidate runs beside the active version on mirrored
     /// requests, judged by `agreement`), then promoted on every device at once.
     Shadow,
+}
+
+impl Strategy {
+    /// Lowercase name, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Direct => "direct",
+            Strategy::Canary => "canary",
+            Strategy::Shadow => "shadow",
+        }
+    }
 }
 
 /// Where a rollout is.
@@ -301,4 +332,44 @@ fn default_on_fail() -> OnFail {
 
 fn default_strategy() -> Strategy {
     Strategy::Canary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(v: impl Serialize) -> String {
+        serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+
+    #[test]
+    fn names_are_the_wire_names_and_parse_back_strictly() {
+        use RolloutState::*;
+        for state in [Running, Paused, Promoting, Completed, Aborted] {
+            assert_eq!(state.as_str(), wire(state));
+            assert_eq!(RolloutState::parse(state.as_str()), Some(state));
+        }
+        for bad in ["", "Running", "running ", "done"] {
+            assert_eq!(RolloutState::parse(bad), None, "{bad:?}");
+        }
+        for s in [Strategy::Direct, Strategy::Canary, Strategy::Shadow] {
+            assert_eq!(s.as_str(), wire(s));
+        }
+        for o in [OnFail::Pause, OnFail::Abort] {
+            assert_eq!(o.as_str(), wire(o));
+        }
+        for o in [OnTimeout::Fail, OnTimeout::Pause] {
+            assert_eq!(o.as_str(), wire(o));
+        }
+    }
+
+    #[test]
+    fn a_minimal_request_gets_the_documented_defaults() {
+        let req: RolloutRequest =
+            serde_json::from_str(r#"{"model":"m","version":"1","selector":{"a":"b"}}"#).expect("parses");
+        assert_eq!((req.bake_secs, req.wave_timeout_secs, req.min_requests), (600, 3600, 100));
+        assert_eq!((req.on_fail, req.on_timeout, req.strategy), (OnFail::Abort, OnTimeout::Fail, Strategy::Canary));
+        assert_eq!(req.shadow_share, 0.25);
+        assert!(serde_json::from_str::<RolloutRequest>(r#"{"model":"m","version":"1","selector":{},"x":1}"#).is_err());
+    }
 }

@@ -121,3 +121,39 @@ pub struct AuditQuery {
     /// Newest records to return (default 100, at most 1000).
     pub limit: Option<u32>,
 }
+
+/// A new random bearer token: `efk_` and 43 characters of URL-safe base64 (256 bits). The
+/// controller makes operator and enrollment tokens this way; `edgefleet demo` presets its admin
+/// token with one.
+pub fn new_token() -> Result<String, getrandom::Error> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("efk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_strictly_and_order_by_power() {
+        for role in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+            assert_eq!(serde_json::to_value(role).ok(), Some(serde_json::Value::from(role.as_str())));
+        }
+        for bad in ["", "Admin", "root", "admin\0"] {
+            assert_eq!(Role::parse(bad), None, "{bad:?}");
+            assert!(bad.parse::<Role>().is_err());
+        }
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+    }
+
+    #[test]
+    fn tokens_are_fresh_and_url_safe() {
+        let (a, b) = (new_token().expect("token"), new_token().expect("token"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("efk_") && a.len() == 47, "{a}");
+        assert!(a[4..].bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+}

@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 
 use prost::Message as _;
-use tract_onnx::pb;
+
+use crate::onnx;
 
 /// Why training failed.
 #[derive(Debug, thiserror::Error)]
@@ -140,67 +141,56 @@ fn argmax(p: &[f64]) -> usize {
     p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
-fn tensor_type(elem: pb::tensor_proto::DataType, dims: &[Result<i64, &str>]) -> Option<pb::TypeProto> {
-    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+fn tensor_type(elem: i32, dims: &[Result<i64, &str>]) -> Option<onnx::TypeProto> {
     let dim = dims
         .iter()
-        .map(|d| Dimension {
+        .map(|d| onnx::Dimension {
             value: Some(match d {
-                Ok(v) => Value::DimValue(*v),
-                Err(name) => Value::DimParam((*name).to_owned()),
+                Ok(v) => onnx::DimensionValue::Value(*v),
+                Err(name) => onnx::DimensionValue::Param((*name).to_owned()),
             }),
-            ..Default::default()
         })
         .collect();
-    Some(pb::TypeProto {
-        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-            elem_type: elem as i32,
-            shape: Some(pb::TensorShapeProto { dim }),
-        })),
-        ..Default::default()
+    Some(onnx::TypeProto {
+        tensor_type: Some(onnx::TensorType { elem_type: elem, shape: Some(onnx::TensorShapeProto { dim }) }),
     })
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<pb::AttributeProto>) -> pb::NodeProto {
-    pb::NodeProto {
+fn node(op: &str, inputs: &[&str], output: &str, attributes: Vec<onnx::AttributeProto>) -> onnx::NodeProto {
+    onnx::NodeProto {
         op_type: op.into(),
         name: output.into(),
         input: inputs.iter().map(|s| (*s).to_owned()).collect(),
         output: vec![output.into()],
         attribute: attributes,
-        ..Default::default()
     }
 }
 
-fn int_attribute(name: &str, value: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i: value,
-        ..Default::default()
-    }
+fn int_attribute(name: &str, value: i64) -> onnx::AttributeProto {
+    onnx::AttributeProto { name: name.into(), r#type: onnx::ATTRIBUTE_INT, i: value }
 }
 
 /// The model as ONNX bytes: input `input` `[N, F]` float; outputs `label` `[N]` int64 and
 /// `probabilities` `[N, C]` float. `metadata` goes into the model's metadata properties.
 pub fn to_onnx(fitted: &Fitted, input: &str, metadata: &HashMap<String, String>) -> Vec<u8> {
-    use pb::tensor_proto::DataType;
     let (f, c) = (fitted.w.len() as i64, fitted.b.len() as i64);
-    let weights = pb::TensorProto {
+    let weights = onnx::TensorProto {
         name: "W".into(),
         dims: vec![f, c],
-        data_type: DataType::Float as i32,
+        data_type: onnx::FLOAT,
         float_data: fitted.w.iter().flatten().map(|v| *v as f32).collect(),
-        ..Default::default()
     };
-    let bias = pb::TensorProto {
+    let bias = onnx::TensorProto {
         name: "B".into(),
         dims: vec![c],
-        data_type: DataType::Float as i32,
+        data_type: onnx::FLOAT,
         float_data: fitted.b.iter().map(|v| *v as f32).collect(),
-        ..Default::default()
     };
-    let graph = pb::GraphProto {
+    let value = |name: &str, elem: i32, dims: &[Result<i64, &str>]| onnx::ValueInfoProto {
+        name: name.into(),
+        r#type: tensor_type(elem, dims),
+    };
+    let graph = onnx::GraphProto {
         name: "edgefleet_logistic_regression".into(),
         node: vec![
             node("MatMul", &[input, "W"], "xw", vec![]),
@@ -209,36 +199,19 @@ pub fn to_onnx(fitted: &Fitted, input: &str, metadata: &HashMap<String, String>)
             node("ArgMax", &["probabilities"], "label", vec![int_attribute("axis", 1), int_attribute("keepdims", 0)]),
         ],
         initializer: vec![weights, bias],
-        input: vec![pb::ValueInfoProto {
-            name: input.into(),
-            r#type: tensor_type(DataType::Float, &[Err("N"), Ok(f)]),
-            ..Default::default()
-        }],
-        output: vec![
-            pb::ValueInfoProto {
-                name: "label".into(),
-                r#type: tensor_type(DataType::Int64, &[Err("N")]),
-                ..Default::default()
-            },
-            pb::ValueInfoProto {
-                name: "probabilities".into(),
-                r#type: tensor_type(DataType::Float, &[Err("N"), Ok(c)]),
-                ..Default::default()
-            },
-        ],
-        ..Default::default()
+        input: vec![value(input, onnx::FLOAT, &[Err("N"), Ok(f)])],
+        output: vec![value("label", onnx::INT64, &[Err("N")]), value("probabilities", onnx::FLOAT, &[Err("N"), Ok(c)])],
     };
-    let mut props: Vec<pb::StringStringEntryProto> =
-        metadata.iter().map(|(k, v)| pb::StringStringEntryProto { key: k.clone(), value: v.clone() }).collect();
+    let mut props: Vec<onnx::StringStringEntryProto> =
+        metadata.iter().map(|(k, v)| onnx::StringStringEntryProto { key: k.clone(), value: v.clone() }).collect();
     props.sort_by(|a, b| a.key.cmp(&b.key));
-    pb::ModelProto {
+    onnx::ModelProto {
         ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        opset_import: vec![onnx::OperatorSetIdProto { domain: String::new(), version: 13 }],
         producer_name: "edgefleet".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph),
         metadata_props: props,
-        ..Default::default()
     }
     .encode_to_vec()
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use edgefleet_controller::cli::{Cli, run};
+use edgefleet_cli::{Cli, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

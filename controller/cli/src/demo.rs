@@ -9,7 +9,7 @@
 //! the snapshot, and a canary rollout with gates promotes it.
 #![allow(clippy::print_stdout, reason = "the demo narrates on stdout")]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,9 +17,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use edgefleet_shared::api::fleet::CreateEnrollmentToken;
+use edgefleet_shared::api::rollouts::{OnFail, OnTimeout, RolloutRequest, RolloutState, Strategy};
+use edgefleet_shared::api::telemetry::{DriftQuery, ListQuery};
+use edgefleet_shared::api::tokens::new_token;
+use edgefleet_shared::inference::{InferRequest, InferResponse, ModelMetadata, RequestInput};
+use serde_json::json;
 
-use super::{CliError, Client, Output, PushArgs, output};
+use crate::args::{Output, PushArgs};
+use crate::client::{CliError, Client};
+use crate::commands::push_request;
+use crate::output;
 use crate::trainer::{Labelled, fit, to_onnx};
 
 const MODEL: &[u8] = include_bytes!("../../../tests/testdata/iris_logreg.onnx");
@@ -139,12 +147,23 @@ impl Traffic {
             let row = if shifted { shift(row) } else { row };
             let agent = &self.agents[n % self.agents.len()];
             let id = format!("demo-{n}");
-            let body = json!({"id": id, "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": row}]});
+            let body = InferRequest {
+                id: Some(id.clone()),
+                inputs: vec![RequestInput {
+                    name: "X".into(),
+                    shape: vec![1, 4],
+                    datatype: "FP32".into(),
+                    parameters: None,
+                    data: Some(json!(row)),
+                }],
+                ..InferRequest::default()
+            };
             let answer = self.http.post(format!("{agent}/v2/models/iris/infer")).json(&body).send().await;
             match answer {
                 Ok(r) if r.status().is_success() => {
-                    let v: Value = r.json().await.unwrap_or_default();
-                    if v["outputs"][0]["data"][0].as_u64() == Some(class) {
+                    let answer: Option<InferResponse> = r.json().await.ok();
+                    let label = answer.and_then(|a| a.outputs.first()?.data.as_ref()?.first()?.as_u64());
+                    if label == Some(class) {
                         self.correct.fetch_add(1, Ordering::Relaxed);
                     }
                     let feedback = json!({"id": id, "label": class});
@@ -192,11 +211,11 @@ async fn with_traffic<F: AsyncFnMut() -> Result<bool, CliError>>(
 
 async fn serving(http: &reqwest::Client, agents: &[String], version: &str) -> bool {
     for a in agents {
-        let v: Option<Value> = match http.get(format!("{a}/v2/models/iris")).send().await {
+        let metadata: Option<ModelMetadata> = match http.get(format!("{a}/v2/models/iris")).send().await {
             Ok(r) => r.json().await.ok(),
             Err(_) => None,
         };
-        if v.is_none_or(|v| v["versions"][0] != version) {
+        if metadata.is_none_or(|m| m.versions.first().map(String::as_str) != Some(version)) {
             return false;
         }
     }
@@ -219,7 +238,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         std::fs::write(&p, bytes).map_err(|e| usage(format!("{}: {e}", p.display())))?;
         Ok(p)
     };
-    let token = crate::auth::new_token().map_err(|e| usage(format!("no randomness: {e}")))?;
+    let token = new_token().map_err(|e| usage(format!("no randomness: {e}")))?;
     println!("edgefleet demo: a controller and {} agents in {}", args.agents, dir.display());
 
     step(started, 1, "Starting the controller: embedded MQTT broker, SQLite registry, filesystem artifacts.");
@@ -258,21 +277,18 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     step(started, 2, "Pushing the bundled iris classifier with its training data as the baseline.");
     let model = write("iris_v1.onnx", MODEL)?;
     let baseline = write("iris_train.csv", BASELINE.as_bytes())?;
-    let v1 = client.push(&push_args(&model, Some(&baseline), None, None, vec![])).await?;
-    println!("         iris:{} registered, signed, profiled over {} rows", v1["version"], 150);
+    let v1 = push(&client, &push_args(&model, Some(&baseline), None, None, vec![])).await?;
+    println!("         iris:{v1} registered, signed, profiled over {} rows", 150);
 
     step(
         started,
         3,
         &format!("Enrolling {} agents with a one-time token (device keys generated on first start).", args.agents),
     );
-    let enroll = client
-        .post_json(
-            "/api/v1/enrollment-tokens",
-            &json!({"uses": args.agents, "ttl_secs": 600, "labels": {"demo": "true"}}),
-        )
-        .await?;
-    let enroll_token = enroll["token"].as_str().unwrap_or_default().to_owned();
+    let demo_labels = BTreeMap::from([("demo".to_owned(), "true".to_owned())]);
+    let enroll_request =
+        CreateEnrollmentToken { uses: u32::from(args.agents), ttl_secs: 600, labels: demo_labels.clone() };
+    let enroll_token = client.create_enrollment_token(&enroll_request).await?.token;
     let agent_config = write(
         "agent.toml",
         b"[telemetry]\nflush_interval_secs = 1\nsample_rate = 1.0\nsamples_per_minute = 100000\nsamples_per_hour = 1000000\n",
@@ -310,10 +326,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         agents.push(spawn(&agent_bin, &a, &[], &log, "edgefleet-agent listening on ")?);
     }
     let urls: Vec<String> = agents.iter().map(|a| a.url.clone()).collect();
-    let enrolled = poll(Duration::from_secs(60), async || {
-        Ok(client.get_json("/api/v1/devices").await?.as_array().is_some_and(|d| d.len() == args.agents as usize))
-    })
-    .await?;
+    let enrolled =
+        poll(Duration::from_secs(60), async || Ok(client.devices().await?.len() == usize::from(args.agents))).await?;
     if !enrolled {
         return Err(usage(format!("the agents did not enroll; see {}", logs.display())));
     }
@@ -322,18 +336,12 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     }
 
     step(started, 4, "Rolling iris:1 out in waves (34% of the devices, then all).");
-    let rollout = client
-        .post_json(
-            "/api/v1/rollouts",
-            &json!({"model": "iris", "version": "1", "selector": {"demo": "true"},
-            "waves": [34, 100], "bake_secs": 1, "strategy": "canary"}),
-        )
-        .await?;
+    let rollout = client.create_rollout(&rollout_request("1", &demo_labels, 1, vec![], 100)).await?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| usage(e.to_string()))?;
     if !poll(Duration::from_secs(60), async || Ok(serving(&http, &urls, "1").await)).await? {
         return Err(usage(format!("iris:1 did not reach every agent; see {}", logs.display())));
     }
-    println!("         rollout {} done: every agent serves iris:1", rollout["id"]);
+    println!("         rollout {} done: every agent serves iris:1", rollout.id);
 
     let traffic = Traffic {
         http: http.clone(),
@@ -347,13 +355,14 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let (sent, failed, correct) = traffic.reset();
     println!("         {sent} requests, {failed} failed, accuracy {:.2}", correct as f64 / sent.max(1) as f64);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let report = client.get_json("/api/v1/models/iris/versions/1/drift?window=8s").await?;
-    output::drift(Output::Table, &report);
+    let last_windows = DriftQuery { window: Some("8s".into()), group: None };
+    output::drift(Output::Table, &client.drift("iris", Some("1"), &last_windows).await?);
 
     step(started, 6, "The sensors are recalibrated: every input now reads longer. Waiting for the drift policy.");
     let shift_ms = now_ms();
+    let iris_requests = ListQuery { model: Some("iris".into()) };
     let fired = with_traffic(&traffic, true, Duration::from_secs(60), async || {
-        Ok(client.get_json("/api/v1/retrain?model=iris").await?.as_array().is_some_and(|a| !a.is_empty()))
+        Ok(!client.retrain_requests(&iris_requests).await?.is_empty())
     })
     .await?;
     let (sent, failed, correct) = traffic.reset();
@@ -364,22 +373,18 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         "         {sent} requests, {failed} failed, accuracy of iris:1 on them {:.2}",
         correct as f64 / sent.max(1) as f64
     );
-    let report = client.get_json("/api/v1/models/iris/versions/1/drift?window=8s").await?;
-    output::drift(Output::Table, &report);
-    let request = &client.get_json("/api/v1/retrain?model=iris").await?[0];
-    let id = request["id"].as_u64().unwrap_or(1);
-    println!("         retrain request {id}: {}", request["reason"].as_str().unwrap_or_default());
-    println!(
-        "         snapshot: {} rows, sha256 {}",
-        request["rows"],
-        request["dataset_sha256"].as_str().unwrap_or_default()
-    );
+    output::drift(Output::Table, &client.drift("iris", Some("1"), &last_windows).await?);
+    let requests = client.retrain_requests(&iris_requests).await?;
+    let request = requests.first().ok_or_else(|| usage("the retrain request disappeared"))?;
+    let id = request.id;
+    println!("         retrain request {id}: {}", request.reason);
+    println!("         snapshot: {} rows, sha256 {}", request.rows, request.dataset_sha256);
 
     step(started, 7, "Retraining on the snapshot's drifted rows (logistic regression, fitted here, exported as ONNX).");
-    let csv = client.get_bytes(&format!("/api/v1/retrain/{id}/files/data.csv")).await?;
+    let csv = client.retrain_file(id, "data.csv").await?;
     let rows = Labelled::from_snapshot(&csv, shift_ms).map_err(|e| usage(e.to_string()))?;
     let fitted = fit(&rows).map_err(|e| usage(e.to_string()))?;
-    let sha = request["dataset_sha256"].as_str().unwrap_or_default().to_owned();
+    let sha = request.dataset_sha256.clone();
     let onnx = to_onnx(&fitted, "X", &HashMap::from([("dataset_sha256".to_owned(), sha.clone())]));
     let v2_model = write("iris_v2.onnx", &onnx)?;
     let mut baseline_csv = rows.features.join(",");
@@ -391,25 +396,18 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let v2_baseline = write("iris_v2_train.csv", baseline_csv.as_bytes())?;
     println!("         {} labelled rows, training accuracy {:.3}", rows.x.len(), fitted.train_accuracy);
     let metric = vec![("train_accuracy".to_owned(), format!("{:.4}", fitted.train_accuracy))];
-    let v2 = client.push(&push_args(&v2_model, Some(&v2_baseline), Some(sha.clone()), Some(1), metric)).await?;
-    println!("         iris:{} pushed with --dataset-hash {sha} (parent 1)", v2["version"]);
+    let v2 = push(&client, &push_args(&v2_model, Some(&v2_baseline), Some(sha.clone()), Some(1), metric)).await?;
+    println!("         iris:{v2} pushed with --dataset-hash {sha} (parent 1)");
 
     step(started, 8, "Canary rollout of iris:2, gated on error rate, under live traffic.");
-    let r2 = client
-        .post_json(
-            "/api/v1/rollouts",
-            &json!({"model": "iris", "version": "2", "selector": {"demo": "true"},
-            "waves": [34, 100], "bake_secs": 3, "gates": ["error_rate<0.01", "activation_failure_rate<0.1"],
-            "min_requests": 10, "strategy": "canary"}),
-        )
-        .await?;
-    let r2_id = r2["id"].as_i64().unwrap_or(0);
+    let gates = vec!["error_rate<0.01".to_owned(), "activation_failure_rate<0.1".to_owned()];
+    let r2_id = client.create_rollout(&rollout_request("2", &demo_labels, 3, gates, 10)).await?.id;
     let done = with_traffic(&traffic, true, Duration::from_secs(60), async || {
-        let r = client.get_json(&format!("/api/v1/rollouts/{r2_id}")).await?;
-        if r["state"] == "aborted" {
-            return Err(usage(format!("rollout {r2_id} aborted: {}", r["reason"])));
+        let r = client.rollout(r2_id).await?;
+        if r.state == RolloutState::Aborted {
+            return Err(usage(format!("rollout {r2_id} aborted: {}", r.reason.unwrap_or_default())));
         }
-        Ok(r["state"] == "completed" && serving(&http, &urls, "2").await)
+        Ok(r.state == RolloutState::Completed && serving(&http, &urls, "2").await)
     })
     .await?;
     if !done {
@@ -418,14 +416,14 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     traffic.reset();
     with_traffic(&traffic, true, Duration::from_secs(4), async || Ok(false)).await?;
     let (sent, failed, correct) = traffic.reset();
-    let lineage = client.get_json(&format!("/api/v1/retrain/{id}")).await?;
+    let lineage = client.retrain_request(id).await?;
     println!(
         "         rollout {r2_id} completed; on the drifted inputs iris:2 answers {sent} requests, {failed} failed,"
     );
     println!(
-        "         accuracy {:.2}; retrain request {id} lists trained versions {}",
+        "         accuracy {:.2}; retrain request {id} lists trained versions {:?}",
         correct as f64 / sent.max(1) as f64,
-        lineage["trained_versions"]
+        lineage.trained_versions
     );
 
     println!(
@@ -445,6 +443,38 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     drop(agents);
     drop(controller);
     Ok(())
+}
+
+/// Pushes a version of iris; returns its number.
+async fn push(client: &Client, args: &PushArgs) -> Result<u64, CliError> {
+    let (upload, metadata) = push_request(args).await?;
+    Ok(client.push(&args.name, upload, &metadata).await?.version)
+}
+
+/// A canary rollout of `iris:version` to the demo's devices in two waves (34%, 100%).
+fn rollout_request(
+    version: &str,
+    selector: &BTreeMap<String, String>,
+    bake_secs: u64,
+    gates: Vec<String>,
+    min_requests: u64,
+) -> RolloutRequest {
+    RolloutRequest {
+        model: "iris".into(),
+        version: version.into(),
+        selector: selector.clone(),
+        waves: Some(vec![34, 100]),
+        bake_secs,
+        gates,
+        no_default_gate: false,
+        wave_timeout_secs: 3600,
+        on_timeout: OnTimeout::Fail,
+        allow_empty: false,
+        min_requests,
+        on_fail: OnFail::Abort,
+        strategy: Strategy::Canary,
+        shadow_share: 0.25,
+    }
 }
 
 fn push_args(

@@ -1,18 +1,13 @@
-//! `edgefleet`, the operator CLI: a thin client of the REST API.
-//!
-//! Exit codes: 0 success, 1 the controller refused (its `{"error"}` is printed), 2 bad
-//! arguments, 69 the controller cannot be reached.
-
-mod client;
-pub mod demo;
-mod output;
-pub mod sim;
+//! The command line: every command, argument and flag of `edgefleet`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use edgefleet_shared::api::rollouts::{OnFail, OnTimeout, Strategy};
+use edgefleet_shared::api::tokens::Role;
+use serde::de::DeserializeOwned;
 
-pub use client::{CliError, Client};
+use crate::{demo, sim};
 
 /// The edgefleet operator CLI.
 #[derive(Debug, Parser)]
@@ -208,12 +203,12 @@ pub struct RolloutArgs {
     #[arg(long, default_value_t = 100)]
     pub min_requests: u64,
     /// On a failed gate: pause or abort.
-    #[arg(long, default_value = "abort", value_parser = ["pause", "abort"])]
-    pub on_fail: String,
+    #[arg(long, default_value = "abort", value_parser = wire::<OnFail>)]
+    pub on_fail: OnFail,
     /// direct (one wave of 100%), canary (wave by wave), or shadow (wave by wave beside the
     /// active version on mirrored requests, gated by `agreement`, then promoted).
-    #[arg(long, default_value = "canary", value_parser = ["direct", "canary", "shadow"])]
-    pub strategy: String,
+    #[arg(long, default_value = "canary", value_parser = wire::<Strategy>)]
+    pub strategy: Strategy,
     /// Shadow: share of requests mirrored to the candidate, in (0, 1].
     #[arg(long, default_value_t = 0.25)]
     pub shadow_share: f64,
@@ -221,8 +216,8 @@ pub struct RolloutArgs {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub wave_timeout: std::time::Duration,
     /// Devices silent at the wave deadline: count as failed activations (fail), or pause.
-    #[arg(long, default_value = "fail", value_parser = ["fail", "pause"])]
-    pub on_timeout: String,
+    #[arg(long, default_value = "fail", value_parser = wire::<OnTimeout>)]
+    pub on_timeout: OnTimeout,
     /// Start even if no enrolled device matches the selector (devices join as they enroll).
     #[arg(long)]
     pub allow_empty: bool,
@@ -322,7 +317,7 @@ pub enum TokenCommand {
     Create {
         /// admin, operator or viewer.
         #[arg(long)]
-        role: String,
+        role: Role,
         /// Who or what will use it.
         #[arg(long, default_value = "cli")]
         name: String,
@@ -336,7 +331,8 @@ pub enum TokenCommand {
     },
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+/// `key=value`.
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("expected key=value, got {s:?}"))?;
     if k.is_empty() {
         return Err(format!("expected key=value, got {s:?}"));
@@ -345,150 +341,15 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 /// Splits `NAME:VERSION`.
-fn split_ref(reference: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_ref(reference: &str) -> (&str, Option<&str>) {
     match reference.split_once(':') {
         Some((n, v)) => (n, Some(v)),
         None => (reference, None),
     }
 }
 
-async fn rollout_action(client: &Client, out: Output, id: i64, action: &str) -> Result<(), CliError> {
-    let path = format!("/api/v1/rollouts/{id}/{action}");
-    output::rollout(out, &client.post_json(&path, &serde_json::Value::Null).await?);
-    Ok(())
-}
-
-/// Runs a parsed command, writing results to stdout.
-pub async fn run(cli: Cli) -> Result<(), CliError> {
-    if let Command::Demo(args) = cli.command {
-        return demo::run(args).await;
-    }
-    let (host, tls) = edgefleet_service::tls::http_url_host(&cli.controller).map_err(CliError::Usage)?;
-    if !tls {
-        let what = format!("the controller URL {}", cli.controller);
-        edgefleet_service::tls::check_plain(&what, host, cli.insecure).map_err(CliError::Usage)?;
-    }
-    let client = Client::new(&cli.controller, cli.token.clone(), cli.ca_file.as_deref())?;
-    let out = cli.output;
-    match cli.command {
-        Command::Model(ModelCommand::Push(args)) => {
-            let version = client.push(&args).await?;
-            output::version(out, &version);
-        }
-        Command::Model(ModelCommand::List) => output::models(out, &client.get_json("/api/v1/models").await?),
-        Command::Model(ModelCommand::Show { reference }) => match split_ref(&reference) {
-            (name, None) => output::model(out, &client.get_json(&format!("/api/v1/models/{name}")).await?),
-            (name, Some(v)) => {
-                output::version(out, &client.get_json(&format!("/api/v1/models/{name}/versions/{v}")).await?)
-            }
-        },
-        Command::Model(ModelCommand::Alias { reference, alias }) => {
-            let (name, Some(v)) = split_ref(&reference) else {
-                return Err(CliError::Usage(format!("expected NAME:VERSION, got {reference:?}")));
-            };
-            let version: u64 = v.parse().map_err(|_| CliError::Usage(format!("version {v:?} is not a number")))?;
-            let body = serde_json::json!({ "version": version });
-            output::model(out, &client.put_json(&format!("/api/v1/models/{name}/aliases/{alias}"), &body).await?);
-        }
-        Command::Token(TokenCommand::Create { role, name }) => {
-            let body = serde_json::json!({ "name": name, "role": role });
-            output::created_token(out, &client.post_json("/api/v1/tokens", &body).await?);
-        }
-        Command::Token(TokenCommand::List) => output::tokens(out, &client.get_json("/api/v1/tokens").await?),
-        Command::Token(TokenCommand::Revoke { id }) => {
-            client.delete(&format!("/api/v1/tokens/{id}")).await?;
-            output::done(out, &format!("token {id} revoked"));
-        }
-        Command::Device(DeviceCommand::Token(DeviceTokenCommand::Create { uses, ttl, labels })) => {
-            let labels: std::collections::BTreeMap<_, _> = labels.into_iter().collect();
-            let body = serde_json::json!({ "uses": uses, "ttl_secs": ttl.as_secs(), "labels": labels });
-            output::enrollment_token(out, &client.post_json("/api/v1/enrollment-tokens", &body).await?);
-        }
-        Command::Device(DeviceCommand::List) => output::devices(out, &client.get_json("/api/v1/devices").await?),
-        Command::Device(DeviceCommand::Show { id }) => {
-            output::device(out, &client.get_json(&format!("/api/v1/devices/{id}")).await?)
-        }
-        Command::Deploy { reference, device, selector } => {
-            let (name, Some(v)) = split_ref(&reference) else {
-                return Err(CliError::Usage(format!("expected NAME:VERSION, got {reference:?}")));
-            };
-            let selector: Option<std::collections::BTreeMap<_, _>> =
-                (!selector.is_empty()).then(|| selector.into_iter().collect());
-            let body = serde_json::json!({ "model": name, "version": v, "device": device, "selector": selector });
-            output::issued(out, &client.post_json("/api/v1/deployments", &body).await?);
-        }
-        Command::Rollout(RolloutCommand::Create(args)) => {
-            let (name, Some(v)) = split_ref(&args.reference) else {
-                return Err(CliError::Usage(format!("expected NAME:VERSION, got {:?}", args.reference)));
-            };
-            let selector: std::collections::BTreeMap<_, _> = args.selector.into_iter().collect();
-            let body = serde_json::json!({
-                "model": name, "version": v, "selector": selector, "waves": args.waves,
-                "bake_secs": args.bake.as_secs(), "gates": args.gates, "min_requests": args.min_requests,
-                "on_fail": args.on_fail, "strategy": args.strategy, "shadow_share": args.shadow_share,
-                "wave_timeout_secs": args.wave_timeout.as_secs(), "on_timeout": args.on_timeout,
-                "allow_empty": args.allow_empty, "no_default_gate": args.no_default_gate,
-            });
-            output::rollout(out, &client.post_json("/api/v1/rollouts", &body).await?);
-        }
-        Command::Rollout(RolloutCommand::List) => output::rollouts(out, &client.get_json("/api/v1/rollouts").await?),
-        Command::Rollout(RolloutCommand::Status { id }) => {
-            output::rollout(out, &client.get_json(&format!("/api/v1/rollouts/{id}")).await?)
-        }
-        Command::Rollout(RolloutCommand::Pause { id }) => rollout_action(&client, out, id, "pause").await?,
-        Command::Rollout(RolloutCommand::Resume { id }) => rollout_action(&client, out, id, "resume").await?,
-        Command::Rollout(RolloutCommand::Abort { id }) => rollout_action(&client, out, id, "abort").await?,
-        Command::Drift(DriftCommand::Report { reference, window, group }) => {
-            let (name, version) = split_ref(&reference);
-            let mut path = match version {
-                Some(v) => format!("/api/v1/models/{name}/versions/{v}/drift"),
-                None => format!("/api/v1/models/{name}/drift"),
-            };
-            let query: Vec<String> = [("window", window), ("group", group)]
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
-                .collect();
-            if !query.is_empty() {
-                path = format!("{path}?{}", query.join("&"));
-            }
-            output::drift(out, &client.get_json(&path).await?);
-        }
-        Command::Retrain(RetrainCommand::List { model }) => {
-            let path = model.map_or("/api/v1/retrain".to_owned(), |m| format!("/api/v1/retrain?model={m}"));
-            output::retrain_requests(out, &client.get_json(&path).await?);
-        }
-        Command::Retrain(RetrainCommand::Show { id }) => {
-            output::retrain_request(out, &client.get_json(&format!("/api/v1/retrain/{id}")).await?)
-        }
-        Command::Retrain(RetrainCommand::Policy(args)) => {
-            let path = format!("/api/v1/models/{}/retrain-policy", args.model);
-            let mut policy = client.get_json(&path).await?;
-            let changes = [
-                ("enabled", args.enabled.map(serde_json::Value::from)),
-                ("psi", args.psi.map(serde_json::Value::from)),
-                ("feature_share", args.feature_share.map(serde_json::Value::from)),
-                ("windows", args.windows.map(serde_json::Value::from)),
-                ("min_rows", args.min_rows.map(serde_json::Value::from)),
-                ("accuracy_drop", args.accuracy_drop.map(serde_json::Value::from)),
-                ("min_labels", args.min_labels.map(serde_json::Value::from)),
-            ];
-            let mut changed = false;
-            for (key, value) in changes {
-                if let Some(v) = value {
-                    policy[key] = v;
-                    changed = true;
-                }
-            }
-            if changed {
-                policy = client.put_json(&path, &policy).await?;
-            }
-            output::object(out, &policy);
-        }
-        Command::Demo(_) => unreachable!("handled before connecting"),
-        Command::Sim(args) => sim::run(&client, &cli.controller, args).await?,
-        Command::Audit { limit } => {
-            output::audit(out, &client.get_json(&format!("/api/v1/audit?limit={limit}")).await?)
-        }
-    }
-    Ok(())
+/// A value of one of the API's lowercase enums (`pause`, `canary`, ...), read as the server
+/// reads it.
+fn wire<T: DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| e.to_string())
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use edgefleet_shared::api::fleet::CreateEnrollmentToken;
 use edgefleet_shared::deployment::DeploymentDocument;
 use edgefleet_shared::fleet::{ActivationReport, DeviceStatus, EnrollRequest, EnrollResponse, parse_mqtt_url, topics};
 use edgefleet_shared::keys::{FileKey, Signer as _};
@@ -19,9 +20,9 @@ use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::telemetry::{FeatureCounts, ModelTelemetry, Sample, TELEMETRY_KIND, TelemetryBatch};
 use futures::StreamExt as _;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
-use serde_json::json;
 
-use super::{CliError, Client};
+use crate::args::parse_kv;
+use crate::client::{CliError, Client};
 
 /// `edgefleet sim` arguments.
 #[derive(Debug, clap::Args)]
@@ -30,7 +31,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 100)]
     pub devices: u32,
     /// Labels of the simulated devices (`k=v`, repeatable) [default: sim=true].
-    #[arg(long = "label", value_parser = super::parse_kv)]
+    #[arg(long = "label", value_parser = parse_kv)]
     pub labels: Vec<(String, String)>,
     /// Status report interval per device.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -135,39 +136,24 @@ impl Device {
 }
 
 /// Runs the simulator against the CLI's controller.
-pub async fn run(client: &Client, base: &str, args: SimArgs) -> Result<(), CliError> {
+pub async fn run(client: &Client, args: SimArgs) -> Result<(), CliError> {
     let labels: BTreeMap<String, String> = if args.labels.is_empty() {
         BTreeMap::from([("sim".into(), "true".into())])
     } else {
         args.labels.into_iter().collect()
     };
-    let token = client
-        .post_json("/api/v1/enrollment-tokens", &json!({"uses": args.devices, "ttl_secs": 3600, "labels": labels}))
-        .await?["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| CliError::Usage(format!("cannot build an HTTP client: {e}")))?;
+    let request = CreateEnrollmentToken { uses: args.devices, ttl_secs: 3600, labels };
+    let token = client.create_enrollment_token(&request).await?.token;
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
-    println!("sim: enrolling {} devices at {base} ({} at a time)", args.devices, args.concurrency);
-    let enroll_url = format!("{}/api/v1/enroll", base.trim_end_matches('/'));
+    println!("sim: enrolling {} devices at {} ({} at a time)", args.devices, client.base(), args.concurrency);
     let enrolled: Vec<Result<(FileKey, EnrollResponse), CliError>> = futures::stream::iter(0..args.devices)
         .map(|_| {
-            let (http, url, token, stats) = (http.clone(), enroll_url.clone(), token.clone(), stats.clone());
+            let (token, stats) = (token.clone(), stats.clone());
             async move {
                 let key = FileKey::generate().map_err(|e| CliError::Usage(e.to_string()))?;
                 let body = EnrollRequest { token, public_key: key.public_key().to_base64(), labels: BTreeMap::new() };
-                let resp =
-                    http.post(&url).json(&body).send().await.map_err(|source| CliError::Unreachable { url, source })?;
-                if !resp.status().is_success() {
-                    let status = resp.status();
-                    return Err(CliError::Refused { status, message: resp.text().await.unwrap_or_default() });
-                }
-                let answer: EnrollResponse = resp.json().await.map_err(|e| CliError::Usage(e.to_string()))?;
+                let answer = client.enroll(&body).await?;
                 stats.enrolled.fetch_add(1, Ordering::Relaxed);
                 Ok((key, answer))
             }

@@ -1,0 +1,184 @@
+//! What each command does: parsed arguments → typed API calls → output.
+
+use std::collections::BTreeMap;
+
+use edgefleet_shared::api::fleet::{CreateEnrollmentToken, DeployRequest};
+use edgefleet_shared::api::models::{AliasTarget, PushMetadata};
+use edgefleet_shared::api::rollouts::RolloutRequest;
+use edgefleet_shared::api::telemetry::{DriftQuery, ListQuery};
+use edgefleet_shared::api::tokens::{AuditQuery, CreateToken};
+
+use crate::args::{
+    Cli, Command, DeviceCommand, DeviceTokenCommand, DriftCommand, ModelCommand, PolicyArgs, PushArgs, RetrainCommand,
+    RolloutArgs, RolloutCommand, TokenCommand, split_ref,
+};
+use crate::client::{CliError, Client, RolloutAction, Upload};
+use crate::{demo, output, sim};
+
+/// Runs a parsed command, writing results to stdout.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Demo(args) = cli.command {
+        return demo::run(args).await;
+    }
+    let (host, tls) = edgefleet_service::tls::http_url_host(&cli.controller).map_err(CliError::Usage)?;
+    if !tls {
+        let what = format!("the controller URL {}", cli.controller);
+        edgefleet_service::tls::check_plain(&what, host, cli.insecure).map_err(CliError::Usage)?;
+    }
+    let client = Client::new(&cli.controller, cli.token.clone(), cli.ca_file.as_deref())?;
+    let out = cli.output;
+    match cli.command {
+        Command::Model(ModelCommand::Push(args)) => {
+            let (upload, metadata) = push_request(&args).await?;
+            output::version(out, &client.push(&args.name, upload, &metadata).await?);
+        }
+        Command::Model(ModelCommand::List) => output::models(out, &client.models().await?),
+        Command::Model(ModelCommand::Show { reference }) => match split_ref(&reference) {
+            (name, None) => output::model(out, &client.model(name).await?),
+            (name, Some(v)) => output::version(out, &client.version(name, v).await?),
+        },
+        Command::Model(ModelCommand::Alias { reference, alias }) => {
+            let (name, v) = name_version(&reference)?;
+            let version: u64 = v.parse().map_err(|_| CliError::Usage(format!("version {v:?} is not a number")))?;
+            output::model(out, &client.set_alias(name, &alias, &AliasTarget { version }).await?);
+        }
+        Command::Token(TokenCommand::Create { role, name }) => {
+            output::created_token(out, &client.create_token(&CreateToken { name, role }).await?);
+        }
+        Command::Token(TokenCommand::List) => output::tokens(out, &client.tokens().await?),
+        Command::Token(TokenCommand::Revoke { id }) => {
+            client.revoke_token(id).await?;
+            output::done(out, &format!("token {id} revoked"));
+        }
+        Command::Device(DeviceCommand::Token(DeviceTokenCommand::Create { uses, ttl, labels })) => {
+            let req = CreateEnrollmentToken { uses, ttl_secs: ttl.as_secs(), labels: labels.into_iter().collect() };
+            output::enrollment_token(out, &client.create_enrollment_token(&req).await?);
+        }
+        Command::Device(DeviceCommand::List) => output::devices(out, &client.devices().await?),
+        Command::Device(DeviceCommand::Show { id }) => output::device(out, &client.device(&id).await?),
+        Command::Deploy { reference, device, selector } => {
+            let (name, v) = name_version(&reference)?;
+            let req = DeployRequest {
+                model: name.to_owned(),
+                version: v.to_owned(),
+                device,
+                selector: (!selector.is_empty()).then(|| selector.into_iter().collect()),
+            };
+            output::issued(out, &client.deploy(&req).await?);
+        }
+        Command::Rollout(RolloutCommand::Create(args)) => {
+            output::rollout(out, &client.create_rollout(&rollout_request(*args)?).await?);
+        }
+        Command::Rollout(RolloutCommand::List) => output::rollouts(out, &client.rollouts().await?),
+        Command::Rollout(RolloutCommand::Status { id }) => output::rollout(out, &client.rollout(id).await?),
+        Command::Rollout(RolloutCommand::Pause { id }) => {
+            output::rollout(out, &client.rollout_action(id, RolloutAction::Pause).await?);
+        }
+        Command::Rollout(RolloutCommand::Resume { id }) => {
+            output::rollout(out, &client.rollout_action(id, RolloutAction::Resume).await?);
+        }
+        Command::Rollout(RolloutCommand::Abort { id }) => {
+            output::rollout(out, &client.rollout_action(id, RolloutAction::Abort).await?);
+        }
+        Command::Drift(DriftCommand::Report { reference, window, group }) => {
+            let (name, version) = split_ref(&reference);
+            output::drift(out, &client.drift(name, version, &DriftQuery { window, group }).await?);
+        }
+        Command::Retrain(RetrainCommand::List { model }) => {
+            output::retrain_requests(out, &client.retrain_requests(&ListQuery { model }).await?);
+        }
+        Command::Retrain(RetrainCommand::Show { id }) => {
+            output::retrain_request(out, &client.retrain_request(id).await?)
+        }
+        Command::Retrain(RetrainCommand::Policy(args)) => policy(&client, out, args).await?,
+        Command::Demo(_) => unreachable!("handled before connecting"),
+        Command::Sim(args) => sim::run(&client, args).await?,
+        Command::Audit { limit } => output::audit(out, &client.audit(&AuditQuery { limit: Some(limit) }).await?),
+    }
+    Ok(())
+}
+
+/// `NAME:VERSION`, both parts required.
+fn name_version(reference: &str) -> Result<(&str, &str), CliError> {
+    match split_ref(reference) {
+        (name, Some(v)) if !name.is_empty() && !v.is_empty() => Ok((name, v)),
+        _ => Err(CliError::Usage(format!("expected NAME:VERSION, got {reference:?}"))),
+    }
+}
+
+/// Reads the files of a push and its lineage flags.
+pub(crate) async fn push_request(args: &PushArgs) -> Result<(Upload, PushMetadata), CliError> {
+    let read = async |path: &std::path::Path| {
+        tokio::fs::read(path).await.map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
+    };
+    let file_name = |path: &std::path::Path, default: &str| {
+        path.file_name().map_or(default.to_owned(), |n| n.to_string_lossy().into_owned())
+    };
+    let model = read(&args.path).await?;
+    let baseline = match &args.baseline {
+        Some(p) => Some((read(p).await?, file_name(p, "baseline.csv"))),
+        None => None,
+    };
+    let mut metrics = BTreeMap::new();
+    for (k, v) in &args.metrics {
+        let n: f64 = v.parse().map_err(|_| CliError::Usage(format!("metric {k}={v:?} is not a number")))?;
+        metrics.insert(k.clone(), n);
+    }
+    let metadata = PushMetadata {
+        metrics,
+        params: args.params.iter().cloned().collect(),
+        dataset_sha256: args.dataset_hash.clone(),
+        code_commit: args.code_commit.clone(),
+        parent_version: args.parent,
+        version: args.version,
+        preprocessing: None,
+    };
+    Ok((Upload { model, model_file: file_name(&args.path, "model.onnx"), baseline }, metadata))
+}
+
+fn rollout_request(args: RolloutArgs) -> Result<RolloutRequest, CliError> {
+    let (name, v) = name_version(&args.reference)?;
+    Ok(RolloutRequest {
+        model: name.to_owned(),
+        version: v.to_owned(),
+        selector: args.selector.into_iter().collect(),
+        waves: args.waves,
+        bake_secs: args.bake.as_secs(),
+        gates: args.gates,
+        no_default_gate: args.no_default_gate,
+        wave_timeout_secs: args.wave_timeout.as_secs(),
+        on_timeout: args.on_timeout,
+        allow_empty: args.allow_empty,
+        min_requests: args.min_requests,
+        on_fail: args.on_fail,
+        strategy: args.strategy,
+        shadow_share: args.shadow_share,
+    })
+}
+
+/// `retrain policy`: shows the policy, or changes the fields given and shows the result.
+async fn policy(client: &Client, out: crate::args::Output, args: PolicyArgs) -> Result<(), CliError> {
+    let mut policy = client.policy(&args.model).await?;
+    policy.enabled = args.enabled.unwrap_or(policy.enabled);
+    policy.psi = args.psi.unwrap_or(policy.psi);
+    policy.feature_share = args.feature_share.unwrap_or(policy.feature_share);
+    policy.windows = args.windows.unwrap_or(policy.windows);
+    policy.min_rows = args.min_rows.unwrap_or(policy.min_rows);
+    policy.accuracy_drop = args.accuracy_drop.unwrap_or(policy.accuracy_drop);
+    policy.min_labels = args.min_labels.unwrap_or(policy.min_labels);
+    let changed = [
+        args.enabled.is_some(),
+        args.psi.is_some(),
+        args.feature_share.is_some(),
+        args.windows.is_some(),
+        args.min_rows.is_some(),
+        args.accuracy_drop.is_some(),
+        args.min_labels.is_some(),
+    ]
+    .contains(&true);
+    if changed {
+        policy = client.set_policy(&args.model, &policy).await?;
+    }
+    output::policy(out, &policy);
+    Ok(())
+}
