@@ -61,9 +61,7 @@ pub struct VerifyArgs {
 impl VerifyArgs {
     /// The request for [`crate::inspect::verify`].
     pub fn into_request(self) -> crate::inspect::VerifyRequest {
-        let now = self.now.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-        });
+        let now = self.now.unwrap_or_else(edgefleet_shared::clock::unix_secs);
         crate::inspect::VerifyRequest {
             trust: self.trust,
             device_id: self.device_id,

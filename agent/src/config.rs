@@ -4,10 +4,10 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use edgefleet_shared::names::ModelName;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::BackendConfig;
-use crate::repository::ModelSource;
 use crate::worker::{BatchingConfig, PoolConfig};
 
 /// The default configuration file, with every option documented.
@@ -50,7 +50,7 @@ pub struct AgentConfig {
     /// Fleet mode (`edgefleet-agent run`).
     pub fleet: FleetConfig,
     /// Telemetry in fleet mode: sketches, samples, spool.
-    pub telemetry: crate::telemetry::TelemetryConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// Fleet mode: where the controller is, how this device proves itself, how it activates.
@@ -270,11 +270,8 @@ impl AgentConfig {
         }
         let mut seen = HashSet::new();
         for m in &self.models {
-            if !valid_name(&m.name) {
-                return invalid(format!(
-                    "model name {:?} must be 1-128 characters of letters, digits, '-', '_' or '.'",
-                    m.name
-                ));
+            if let Err(e) = ModelName::new(m.name.as_str()) {
+                return invalid(format!("model {e}"));
             }
             if !seen.insert(&m.name) {
                 return invalid(format!("model {:?} is listed twice", m.name));
@@ -308,13 +305,76 @@ pub fn check_broker(url: &str, insecure: bool) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Model names appear in URLs and metric labels: keep them plain.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && name != "."
-        && name != ".."
+/// What to load under one name.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    /// Name served under.
+    pub name: String,
+    /// Version string reported and matched in `/versions/{v}`.
+    pub version: String,
+    /// ONNX file.
+    pub path: PathBuf,
+    /// Worker settings.
+    pub pool: PoolConfig,
+}
+
+/// `[telemetry]` in the agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Send telemetry at all.
+    pub enabled: bool,
+    /// How often a batch is cut.
+    pub flush_interval_secs: u64,
+    /// Share of rows sampled in full.
+    pub sample_rate: f64,
+    /// Sampled rows per minute at most.
+    pub samples_per_minute: u32,
+    /// Sampled rows per hour at most.
+    pub samples_per_hour: u32,
+    /// Top-class probability under which a row is always sampled (0: off).
+    pub low_confidence: f64,
+    /// Requests with more input values are never sampled.
+    pub max_sample_values: usize,
+    /// Spool bound in bytes.
+    pub spool_max_bytes: u64,
+    /// Request ids remembered for matching feedback.
+    pub recent_predictions: usize,
+    /// Feedback labels kept per batch.
+    pub max_feedback: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: true,
+            flush_interval_secs: 60,
+            sample_rate: 0.01,
+            samples_per_minute: 60,
+            samples_per_hour: 1000,
+            low_confidence: 0.5,
+            max_sample_values: 4096,
+            spool_max_bytes: 64 * 1024 * 1024,
+            recent_predictions: 10_000,
+            max_feedback: 10_000,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.flush_interval_secs == 0 {
+            return Err("telemetry.flush_interval_secs must be above 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.sample_rate) || !(0.0..=1.0).contains(&self.low_confidence) {
+            return Err("telemetry.sample_rate and telemetry.low_confidence must be between 0 and 1".into());
+        }
+        if self.spool_max_bytes < 4096 {
+            return Err("telemetry.spool_max_bytes must be at least 4096".into());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! - [`http`]: the KServe v2 routes, request decoding and response encoding.
 //! - [`inspect`]: offline verification of deployment documents (`verify`).
 //! - [`observability`]: logging set-up and the Prometheus recorder.
+//! - [`predictions`]: a model's predicted classes and scores, read from its outputs.
 //! - [`repository`]: the served models and their load/ready state.
 //! - [`serve`]: standalone mode: bind, load, serve, drain.
 //! - [`shadow`]: a candidate version fed mirrored requests and compared with the served one.
@@ -27,6 +28,7 @@ pub mod fleet;
 pub mod http;
 pub mod inspect;
 pub mod observability;
+pub mod predictions;
 pub mod repository;
 pub mod serve;
 pub mod shadow;

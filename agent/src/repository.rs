@@ -4,16 +4,18 @@
 //! `Loading` meanwhile, so `/ready` answers truthfully while a big model warms up.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
+use crate::config::ModelSource;
 use crate::engine::{self, BackendConfig, Engine, EngineError};
-use crate::tensor::{Tensor, TensorData};
-use crate::worker::{PoolConfig, WorkerMetrics, WorkerPool};
+use crate::predictions::{OUTPUT_CLASSES, for_each_prediction};
+use crate::tensor::Tensor;
+use crate::worker::{WorkerMetrics, WorkerPool};
 
 /// A model ready to serve.
 #[derive(Debug)]
@@ -136,9 +138,6 @@ pub struct Outcomes {
     classes: [AtomicU64; OUTPUT_CLASSES],
 }
 
-/// Classes counted per model version (higher class indices or labels count in the last).
-pub const OUTPUT_CLASSES: usize = 32;
-
 impl Outcomes {
     /// (answered, failed) so far.
     pub fn snapshot(&self) -> (u64, u64) {
@@ -185,51 +184,6 @@ impl Outcomes {
     }
 }
 
-/// Calls `f(row, class, top_score)` for each row's prediction: the top class of the first
-/// `[N, C>1]` float output (with its score), or the value of the first integer `[N]`/`[N, 1]`
-/// output (a label; no score). Other outputs (e.g. a regression) give nothing. Allocation-free.
-pub(crate) fn for_each_prediction(outputs: &[Tensor], mut f: impl FnMut(usize, usize, Option<f64>)) {
-    match class_scores(outputs).map(|t| (&t.data, t.shape[1])) {
-        Some((TensorData::F32(v), width)) => v.chunks(width).enumerate().for_each(|(row, s)| {
-            let top = argmax(s);
-            f(row, top, Some(f64::from(s[top])));
-        }),
-        Some((TensorData::F64(v), width)) => v.chunks(width).enumerate().for_each(|(row, s)| {
-            let top = argmax(s);
-            f(row, top, Some(s[top]));
-        }),
-        _ => {
-            let labels = outputs.iter().find(|t| t.shape.len() == 1 || (t.shape.len() == 2 && t.shape[1] == 1));
-            match labels.map(|t| &t.data) {
-                Some(TensorData::I64(v)) => {
-                    v.iter().enumerate().filter(|(_, l)| **l >= 0).for_each(|(row, &l)| f(row, l as usize, None));
-                }
-                Some(TensorData::I32(v)) => {
-                    v.iter().enumerate().filter(|(_, l)| **l >= 0).for_each(|(row, &l)| f(row, l as usize, None));
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// The first `[N, C]` output with C > 1: a classifier's class scores.
-pub(crate) fn class_scores(outputs: &[Tensor]) -> Option<&Tensor> {
-    outputs.iter().find(|t| t.shape.len() == 2 && t.shape[1] > 1)
-}
-
-/// Index of the largest element (the first among equals); NaN never wins.
-pub(crate) fn argmax<T: PartialOrd>(row: &[T]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        // `x.partial_cmp(x)` is none only for NaN.
-        if *v > row[best] || row[best].partial_cmp(&row[best]).is_none() {
-            best = i;
-        }
-    }
-    best
-}
-
 /// What a model entry is doing.
 #[derive(Debug, Clone)]
 pub enum ModelState {
@@ -264,24 +218,10 @@ impl ModelState {
     }
 }
 
-/// What to load under one name.
-#[derive(Debug, Clone)]
-pub struct ModelSource {
-    /// Name served under.
-    pub name: String,
-    /// Version string reported and matched in `/versions/{v}`.
-    pub version: String,
-    /// ONNX file.
-    pub path: PathBuf,
-    /// Worker settings.
-    pub pool: PoolConfig,
-}
-
-/// All models, by name, and the shadow versions beside them.
+/// All models, by name.
 #[derive(Debug, Default)]
 pub struct Repository {
     models: RwLock<BTreeMap<String, ModelState>>,
-    shadows: RwLock<BTreeMap<String, Arc<crate::shadow::Shadow>>>,
 }
 
 impl Repository {
@@ -340,26 +280,6 @@ impl Repository {
             Some(ModelState::Ready(m)) => Some(m),
             _ => None,
         }
-    }
-
-    /// The shadow beside `name`, if any.
-    pub fn shadow(&self, name: &str) -> Option<Arc<crate::shadow::Shadow>> {
-        self.shadows.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
-    }
-
-    /// Sets or clears the shadow beside `name`; returns the one it replaced.
-    pub fn set_shadow(
-        &self,
-        name: &str,
-        shadow: Option<Arc<crate::shadow::Shadow>>,
-    ) -> Option<Arc<crate::shadow::Shadow>> {
-        let mut shadows = self.shadows.write().unwrap_or_else(|p| p.into_inner());
-        let old = match shadow {
-            Some(s) => shadows.insert(name.to_owned(), s),
-            None => shadows.remove(name),
-        };
-        gauge!("edgefleet_agent_shadow_models").set(shadows.len() as f64);
-        old
     }
 
     /// Stops serving `name`.

@@ -13,6 +13,7 @@ use crate::engine::EngineError;
 use crate::http::{AppState, router};
 use crate::observability;
 use crate::repository::Repository;
+use crate::shadow::Shadows;
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,8 @@ pub struct HttpServer {
     pub addr: SocketAddr,
     /// The models it serves.
     pub repository: Arc<Repository>,
+    /// The shadow versions beside them.
+    pub shadows: Arc<Shadows>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -84,9 +87,10 @@ impl HttpServer {
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-        let repository = Repository::new();
+        let (repository, shadows) = (Repository::new(), Shadows::new());
         let state = AppState {
             repository: repository.clone(),
+            shadows: shadows.clone(),
             prometheus: observability::prometheus(),
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
@@ -104,7 +108,7 @@ impl HttpServer {
                 .await
         });
         tracing::info!(addr = %local, "HTTP API listening.");
-        Ok(HttpServer { addr: local, repository, stop, task })
+        Ok(HttpServer { addr: local, repository, shadows, stop, task })
     }
 
     fn stopping(&self) -> bool {

@@ -8,15 +8,17 @@
 //! C > 1 of each (class scores) the top classes per row must match; otherwise (labels, scalar
 //! regressions) the values; the mean absolute difference is reported either way.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::ShadowReport;
 use tokio::sync::oneshot;
 
-use crate::repository::{ServedModel, argmax, class_scores};
+use crate::predictions::{argmax, class_scores};
+use crate::repository::ServedModel;
 use crate::tensor::Tensor;
 use crate::worker::Job;
 
@@ -148,10 +150,39 @@ fn compared_output(outputs: &[Tensor]) -> Option<&Tensor> {
     class_scores(outputs).or_else(|| outputs.first())
 }
 
+/// The shadow versions beside the served models, by model name.
+#[derive(Debug, Default)]
+pub struct Shadows {
+    by_name: RwLock<BTreeMap<String, Arc<Shadow>>>,
+}
+
+impl Shadows {
+    /// No shadows.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Shadows::default())
+    }
+
+    /// The shadow beside `name`, if any.
+    pub fn get(&self, name: &str) -> Option<Arc<Shadow>> {
+        self.by_name.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// Sets or clears the shadow beside `name`; returns the one it replaced.
+    pub fn set(&self, name: &str, shadow: Option<Arc<Shadow>>) -> Option<Arc<Shadow>> {
+        let mut shadows = self.by_name.write().unwrap_or_else(|p| p.into_inner());
+        let old = match shadow {
+            Some(s) => shadows.insert(name.to_owned(), s),
+            None => shadows.remove(name),
+        };
+        metrics::gauge!("edgefleet_agent_shadow_models").set(shadows.len() as f64);
+        old
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Comparison, compare};
-    use crate::repository::argmax;
+    use crate::predictions::argmax;
     use crate::tensor::{Tensor, TensorData};
 
     fn scores(rows: &[[f32; 3]]) -> Vec<Tensor> {

@@ -65,8 +65,9 @@ async fn main() {
         RetrainConfig::default(),
         dir.path().join("snapshots"),
         reqwest::Client::new(),
+        edgefleet_shared::clock::system(),
     );
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = edgefleet_shared::clock::unix_secs();
     let mut sequence = 0;
     for (samples, batches) in [(10usize, 2000usize), (100, 500), (1000, 60)] {
         let batches = if quick { batches / 10 } else { batches };

@@ -1,12 +1,8 @@
-//! Operator bearer tokens with roles, stored hashed; the extractor that checks them.
+//! Operator bearer tokens with roles, stored hashed: creation, the bootstrap admin, lookup.
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use edgefleet_shared::api::tokens::{Role, new_token};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::api::{ApiError, AppState};
 use crate::db::{self, now};
 
 /// The authenticated operator behind a request.
@@ -24,15 +20,6 @@ impl Caller {
     /// How the audit log names this caller.
     pub fn actor(&self) -> String {
         format!("token:{}:{}", self.token_id, self.name)
-    }
-
-    /// 403 unless the caller has at least `role`.
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.role >= role {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!("this needs the {role} role; token {:?} is {}", self.name, self.role)))
-        }
     }
 }
 
@@ -89,25 +76,4 @@ pub fn lookup(conn: &Connection, token: &str) -> rusqlite::Result<Option<Caller>
         },
     )
     .optional()
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?
-            .to_owned();
-        let caller = state.db.call(move |conn| lookup(conn, &token).map_err(ApiError::from)).await?;
-        caller.ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
-    }
 }

@@ -306,9 +306,9 @@ impl Db {
     }
 }
 
-/// Unix seconds now.
+/// Unix seconds now, for the time a record was written (decisions take an injected clock).
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    edgefleet_shared::clock::unix_secs() as i64
 }
 
 /// Appends an audit record inside the caller's transaction.

@@ -19,6 +19,7 @@
 //! - [`mqtt`]: the embedded broker behind its authorizing gate, the Mosquitto set-up, and the
 //!   client publishing desired state and trust, taking status and telemetry.
 //! - [`observability`]: logging and the Prometheus recorder.
+//! - [`publish`]: delivery of changed documents and trust chains over MQTT.
 //! - [`registry`]: the push pipeline, versions, aliases, lineage queries.
 //! - [`rollout`]: staged rollouts: waves, bake, quality gates, pause/abort with rollback.
 //! - [`serve`]: start-up (data dir, key, bootstrap token) and the server loop.
@@ -36,6 +37,7 @@ pub mod fleet;
 pub mod keyring;
 pub mod mqtt;
 pub mod observability;
+pub mod publish;
 pub mod registry;
 pub mod rollout;
 pub mod serve;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use edgefleet_shared::api::models::{ArtifactInfo, ModelSummary, PushMetadata, VersionInfo};
 use edgefleet_shared::bundle::{ArtifactEntry, BUNDLE_FILE, BUNDLE_KIND, BundleManifest, Lineage, MODEL_FILE};
 use edgefleet_shared::keys::Signer;
+use edgefleet_shared::names::ModelName;
 use edgefleet_shared::signature::DocumentSignature;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -83,14 +84,6 @@ impl<T: Signer + std::fmt::Debug> SignerDebug for T {}
 /// The highest version number: 2^53 - 1, exact in every JSON client and in SQLite's INTEGER.
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
-/// Names of models and aliases appear in URLs, file names and metric labels: keep them plain.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !name.starts_with('.')
-}
-
 impl Registry {
     /// A registry over `db` and `store`, signing with `signer`; `scratch` holds temp files.
     pub fn new(
@@ -115,12 +108,7 @@ impl Registry {
                 )));
             }
         }
-        if !valid_name(&req.name) {
-            return Err(RegistryError::BadRequest(format!(
-                "model name {:?} must be 1-128 characters of letters, digits, '-', '_' or '.'",
-                req.name
-            )));
-        }
+        ModelName::new(req.name.as_str()).map_err(|e| RegistryError::BadRequest(format!("model {e}")))?;
         if let Some(h) = &req.meta.dataset_sha256
             && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
         {
@@ -286,7 +274,7 @@ impl Registry {
         version: u64,
         actor: String,
     ) -> Result<ModelSummary, RegistryError> {
-        if !valid_name(&alias) || alias.bytes().all(|b| b.is_ascii_digit()) {
+        if ModelName::new(alias.as_str()).is_err() || alias.bytes().all(|b| b.is_ascii_digit()) {
             return Err(RegistryError::BadRequest(format!(
                 "alias {alias:?} must be a name (letters, digits, '-', '_', '.'), not a number"
             )));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::analytics::profile::ProfileOptions;
+use edgefleet_shared::clock::SharedClock;
 use edgefleet_shared::keys::{FileKey, Signer as _};
 
 use crate::Error;
@@ -16,8 +17,11 @@ use crate::db::Db;
 use crate::device_ca::DeviceCa;
 use crate::fleet::{Fleet, FleetSettings};
 use crate::keyring::KeyRing;
+use crate::publish::Publisher;
 use crate::registry::Registry;
+use crate::rollout::Rollouts;
 use crate::store::FsStore;
+use crate::telemetry::Telemetry;
 
 /// What `serve` tells its caller once it is listening.
 #[derive(Debug, Clone)]
@@ -84,6 +88,108 @@ pub fn trust_file(data: &DataDir) -> Result<Vec<u8>, Error> {
     Ok(open_existing(data)?.keys.trust_file())
 }
 
+/// The controller's services, wired together over an opened data directory; [`run`] adds the
+/// listener, the broker and the background loops.
+#[derive(Debug)]
+pub struct Services {
+    /// Enrollment, devices, documents.
+    pub fleet: Fleet,
+    /// Telemetry ingest, drift, retraining.
+    pub telemetry: Telemetry,
+    /// Models and versions.
+    pub registry: Registry,
+    /// Staged rollouts.
+    pub rollouts: Rollouts,
+    /// The TLS client configuration (webhooks, an external broker).
+    pub tls: Arc<edgefleet_service::tls::ClientConfig>,
+}
+
+/// Builds the services over `opened`, on `clock`'s time; pushes are validated by running
+/// `validator validate-model` (the controller binary itself).
+pub fn services(
+    config: &ControllerConfig,
+    data: &DataDir,
+    opened: &Opened,
+    broker_url: Option<String>,
+    clock: SharedClock,
+    validator: std::path::PathBuf,
+) -> Result<Services, Error> {
+    let fleet = Fleet::new(
+        opened.db.clone(),
+        opened.keys.clone(),
+        FleetSettings {
+            document_ttl_secs: config.fleet.document_ttl_secs,
+            online_window_secs: config.fleet.online_window_secs,
+            mqtt_url: broker_url,
+            topic_prefix: config.mqtt.topic_prefix.clone(),
+        },
+    );
+    let tls = edgefleet_service::tls::client_config(config.tls.ca_file.as_deref())
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let webhooks = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Error::Startup(format!("cannot build the webhook client: {e}")))?;
+    let telemetry = Telemetry::new(
+        opened.db.clone(),
+        config.telemetry.clone(),
+        config.retrain.clone(),
+        data.snapshots(),
+        webhooks,
+        clock.clone(),
+    );
+    let registry = Registry::new(
+        opened.db.clone(),
+        opened.store.clone(),
+        opened.keys.clone(),
+        data.scratch(),
+        ProfileOptions {
+            bins: config.registry.baseline_bins,
+            sample_rows: config.registry.baseline_sample_rows,
+            ..ProfileOptions::default()
+        },
+        crate::validate::sandbox::Validator {
+            exe: validator,
+            memory_bytes: config.registry.validation_memory_mb << 20,
+            timeout: Duration::from_secs(config.registry.validation_timeout_secs),
+            budget: crate::validate::Budget { max_tensor_bytes: config.registry.validation_max_tensor_bytes },
+        },
+    );
+    let rollouts = Rollouts::new(opened.db.clone(), fleet.clone(), clock);
+    Ok(Services { fleet, telemetry, registry, rollouts, tls })
+}
+
+/// A controller in this process without network: no listener, no broker, no background
+/// loops. Tests drive its API with `router(state).oneshot(...)`, step its rollouts and judge
+/// its telemetry by hand, and move `clock` instead of waiting. Returns the API state and the
+/// bootstrap admin token (first start).
+pub fn in_process(
+    config: &ControllerConfig,
+    data: &DataDir,
+    admin_preset: Option<String>,
+    clock: SharedClock,
+    validator: std::path::PathBuf,
+) -> Result<(AppState, Option<String>), Error> {
+    config.validate()?;
+    let opened = open(data)?;
+    let admin = opened.db.call_blocking(|conn| auth::bootstrap_admin(conn, admin_preset))?;
+    let Services { fleet, telemetry, registry, rollouts, .. } =
+        services(config, data, &opened, None, clock, validator)?;
+    let state = AppState {
+        db: opened.db,
+        publisher: Publisher::new(fleet.clone(), None),
+        registry,
+        fleet,
+        rollouts,
+        telemetry,
+        ca: opened.ca,
+        prometheus: crate::observability::prometheus(),
+    };
+    Ok((state, admin))
+}
+
 /// Serves until `shutdown` resolves; `on_started` runs once the socket is bound.
 pub async fn run(
     config: ControllerConfig,
@@ -99,7 +205,8 @@ pub async fn run(
         }
         None => None,
     };
-    let Opened { db, store, keys, ca } = open(&data)?;
+    let opened = open(&data)?;
+    let (db, keys) = (opened.db.clone(), opened.keys.clone());
     let admin_token = db.call_blocking(|conn| auth::bootstrap_admin(conn, admin_preset))?;
     tracing::info!(key_id = %keys.key_id(), trust_version = keys.version(), data_dir = %data.root.display(),
         "Controller data opened.");
@@ -119,31 +226,10 @@ pub async fn run(
         }
         (true, None, None) => (None, None),
     };
-    let fleet = Fleet::new(
-        db.clone(),
-        keys.clone(),
-        FleetSettings {
-            document_ttl_secs: config.fleet.document_ttl_secs,
-            online_window_secs: config.fleet.online_window_secs,
-            mqtt_url: advertised,
-            topic_prefix: config.mqtt.topic_prefix.clone(),
-        },
-    );
-    let tls = edgefleet_service::tls::client_config(config.tls.ca_file.as_deref())
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let webhooks = reqwest::Client::builder()
-        .use_preconfigured_tls((*tls).clone())
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| Error::Startup(format!("cannot build the webhook client: {e}")))?;
-    let telemetry = crate::telemetry::Telemetry::new(
-        db.clone(),
-        config.telemetry.clone(),
-        config.retrain.clone(),
-        data.snapshots(),
-        webhooks,
-    );
+    let clock = edgefleet_shared::clock::system();
+    let exe = std::env::current_exe().map_err(|e| Error::Startup(format!("cannot find this binary: {e}")))?;
+    let Services { fleet, telemetry, registry, rollouts, tls } =
+        services(&config, &data, &opened, advertised, clock.clone(), exe)?;
     if let Some(started) = embedded {
         started.open_gate(fleet.clone(), &config.mqtt.topic_prefix)?;
     }
@@ -159,34 +245,25 @@ pub async fn run(
         )?),
         None => None,
     };
-    let registry = Registry::new(
-        db.clone(),
-        store,
-        keys.clone(),
-        data.scratch(),
-        ProfileOptions {
-            bins: config.registry.baseline_bins,
-            sample_rows: config.registry.baseline_sample_rows,
-            ..ProfileOptions::default()
-        },
-        crate::validate::sandbox::Validator {
-            exe: std::env::current_exe().map_err(|e| Error::Startup(format!("cannot find this binary: {e}")))?,
-            memory_bytes: config.registry.validation_memory_mb << 20,
-            timeout: Duration::from_secs(config.registry.validation_timeout_secs),
-            budget: crate::validate::Budget { max_tensor_bytes: config.registry.validation_max_tensor_bytes },
-        },
-    );
+    let publisher = Publisher::new(fleet.clone(), mqtt);
     let refresher = tokio::spawn(refresh_documents(
         fleet.clone(),
         db.clone(),
-        mqtt.clone(),
+        publisher.clone(),
         Duration::from_secs(config.fleet.refresh_interval_secs),
     ));
-    let rollouts = crate::rollout::Rollouts::new(db.clone(), fleet.clone());
-    let engine = tokio::spawn(drive_rollouts(rollouts.clone(), fleet.clone(), mqtt.clone()));
+    let engine = tokio::spawn(drive_rollouts(rollouts.clone(), publisher.clone()));
     let judge = tokio::spawn(judge_telemetry(telemetry.clone()));
-    let state =
-        AppState { db, registry, fleet, rollouts, telemetry, mqtt, ca, prometheus: crate::observability::prometheus() };
+    let state = AppState {
+        db,
+        registry,
+        fleet,
+        rollouts,
+        telemetry,
+        publisher,
+        ca: opened.ca.clone(),
+        prometheus: crate::observability::prometheus(),
+    };
     let addr = config.server.listen;
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -234,7 +311,7 @@ const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Re-signs documents past half their lifetime or signed by a key the device should no longer
 /// get, forever, and publishes the new ones; picks up key rotations and publishes the trust
 /// chain.
-async fn refresh_documents(fleet: Fleet, db: Db, mqtt: Option<crate::mqtt::Mqtt>, every: Duration) {
+async fn refresh_documents(fleet: Fleet, db: Db, publisher: Publisher, every: Duration) {
     let mut keys = tokio::time::interval(KEY_CHECK_INTERVAL);
     keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_refresh: Option<std::time::Instant> = None;
@@ -247,8 +324,8 @@ async fn refresh_documents(fleet: Fleet, db: Db, mqtt: Option<crate::mqtt::Mqtt>
                 false
             }
         };
-        if rotated && let Some(mqtt) = &mqtt {
-            mqtt.publish_trust(&fleet.keys().chain()).await;
+        if rotated {
+            publisher.trust(&fleet.keys().chain()).await;
         }
         let overlap_ending = fleet.keys().overlap_ended(crate::db::now() as u64);
         if !rotated && !overlap_ending && last_refresh.is_some_and(|t| t.elapsed() < every) {
@@ -259,7 +336,7 @@ async fn refresh_documents(fleet: Fleet, db: Db, mqtt: Option<crate::mqtt::Mqtt>
             Ok(devices) if devices.is_empty() => {}
             Ok(devices) => {
                 tracing::info!(documents = devices.len(), "Deployment documents refreshed before expiry.");
-                publish(&fleet, mqtt.as_ref(), &devices).await;
+                publisher.documents(&devices).await;
             }
             Err(e) => tracing::error!(error = %e, "Refreshing deployment documents failed."),
         }
@@ -267,13 +344,13 @@ async fn refresh_documents(fleet: Fleet, db: Db, mqtt: Option<crate::mqtt::Mqtt>
 }
 
 /// Steps every running rollout once a second and publishes the documents it issues.
-async fn drive_rollouts(rollouts: crate::rollout::Rollouts, fleet: Fleet, mqtt: Option<crate::mqtt::Mqtt>) {
+async fn drive_rollouts(rollouts: crate::rollout::Rollouts, publisher: Publisher) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         match rollouts.tick().await {
-            Ok(devices) => publish(&fleet, mqtt.as_ref(), &devices).await,
+            Ok(devices) => publisher.documents(&devices).await,
             Err(e) => tracing::error!(error = %e, "Rollout step failed."),
         }
     }
@@ -298,18 +375,6 @@ async fn judge_telemetry(telemetry: crate::telemetry::Telemetry) {
                 Ok(n) => tracing::info!(rows = n, "Telemetry past its retention deleted."),
                 Err(e) => tracing::error!(error = %e, "Pruning telemetry failed."),
             }
-        }
-    }
-}
-
-/// Publishes the current documents of `devices` (retained), when there is a broker.
-pub async fn publish(fleet: &Fleet, mqtt: Option<&crate::mqtt::Mqtt>, devices: &[String]) {
-    let Some(mqtt) = mqtt else { return };
-    for device in devices {
-        match fleet.desired(device.clone()).await {
-            Ok(Some(env)) => mqtt.publish_desired(device, &env).await,
-            Ok(None) => {}
-            Err(e) => tracing::error!(%device, error = %e, "Cannot read a document to publish."),
         }
     }
 }

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::inference::{Datatype, TensorMetadata};
+use crate::names::{ModelName, check_file_name};
 use crate::profile::BaselineProfile;
-use crate::verify::{VerifyError, check_name};
+use crate::verify::VerifyError;
 
 /// `kind` of a bundle manifest.
 pub const BUNDLE_KIND: &str = "edgefleet.bundle/v1";
@@ -118,8 +119,9 @@ impl BundleManifest {
         if m.kind != BUNDLE_KIND {
             return Err(VerifyError::Malformed(format!("bundle kind {:?} is not {BUNDLE_KIND}", m.kind)));
         }
+        ModelName::new(m.name.as_str())?;
         for a in &m.artifacts {
-            check_name(&a.name)?;
+            check_file_name(&a.name)?;
         }
         Ok(m)
     }

@@ -13,10 +13,13 @@
 //! - [`fleet`]: enrollment, device-signed requests, status reports, MQTT topics.
 //! - [`telemetry`]: signed, compressed telemetry batches (sketches, samples, feedback).
 //! - [`signature`]: detached signatures and the signed envelope.
+//! - [`names`]: model and file names that are safe as path segments.
+//! - [`refusal`]: why a document or trust step was refused (attack classes).
 //! - [`keys`]: Ed25519 keys, key ids, the `Signer` trait, 0600 key files.
 //! - [`trust`]: the trust store and key rotation.
 //! - [`verify`]: the verifier (attack classes) and streaming artifact checks.
 //! - [`compress`]: zstd and the capped decoder.
+//! - [`clock`]: Unix time in one place, and the test clock services can be driven by.
 //! - [`api`]: the controller's typed HTTP API, shared by the server and the `edgefleet` CLI.
 //!
 //! It has no async runtime and no inference engine: the engines are `edgefleet-engine`
@@ -25,12 +28,15 @@
 
 pub mod api;
 pub mod bundle;
+pub mod clock;
 pub mod compress;
 pub mod deployment;
 pub mod fleet;
 pub mod inference;
 pub mod keys;
+pub mod names;
 pub mod profile;
+pub mod refusal;
 pub mod signature;
 pub mod telemetry;
 pub mod trust;

@@ -12,8 +12,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::keys::{PublicKey, Signer};
+use crate::refusal::VerifyError;
 use crate::signature::DocumentSignature;
-use crate::verify::VerifyError;
 
 /// `kind` of a trust file.
 pub const TRUST_FILE_KIND: &str = "edgefleet.trust/v1";

@@ -3,8 +3,9 @@
 //!
 //! Order matters. The signature is checked over the exact bytes **before** anything is parsed,
 //! so a forged document never reaches the JSON parser; then, in order: the key id the document
-//! claims, the device, the sequence (replay and rollback), the expiry (freeze), and the
-//! artifact names (path traversal). Each refusal is a [`VerifyError`] naming its attack class.
+//! claims, the device, the sequence (replay and rollback), the expiry (freeze), and the model
+//! and artifact names (path traversal). Each refusal is a [`VerifyError`] naming its attack
+//! class.
 
 use std::io::{Read, Write};
 
@@ -12,83 +13,10 @@ use sha2::{Digest, Sha256};
 
 use crate::compress::{DecompressError, decompress_capped};
 use crate::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument};
+use crate::names::{ModelName, check_file_name};
+pub use crate::refusal::VerifyError;
 use crate::signature::DocumentSignature;
 use crate::trust::TrustStore;
-
-/// Why a document was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    /// The signature does not match the bytes under the named key (tampering, or a key that
-    /// merely claims a trusted id).
-    #[error("bad signature: the document was not signed by trusted key {key_id} (tampered or forged)")]
-    BadSignature {
-        /// The key id the signature named.
-        key_id: String,
-    },
-    /// The signature names a key the device does not trust.
-    #[error("unknown key {key_id}: not in the trust store")]
-    UnknownKey {
-        /// The key id the signature named.
-        key_id: String,
-    },
-    /// The document is for other devices.
-    #[error("wrong device: the document is for {devices:?}, this device is {device_id:?}")]
-    WrongDevice {
-        /// This device.
-        device_id: String,
-        /// Devices the document names.
-        devices: Vec<String>,
-    },
-    /// The same sequence was already accepted (a replay).
-    #[error("replayed document: sequence {sequence} was already accepted")]
-    Replayed {
-        /// The document's sequence.
-        sequence: u64,
-    },
-    /// The sequence is older than the last accepted one (a rollback attack).
-    #[error("older sequence: {sequence} is below the last accepted {last} (rollback attempt)")]
-    OlderSequence {
-        /// The document's sequence.
-        sequence: u64,
-        /// Last accepted sequence.
-        last: u64,
-    },
-    /// The document expired (a freeze attack, or a controller that stopped refreshing).
-    #[error("expired document: expired at {expires_at}, now {now} (unix seconds)")]
-    Expired {
-        /// Expiry.
-        expires_at: u64,
-        /// Device time.
-        now: u64,
-    },
-    /// An artifact name could escape the download directory.
-    #[error("unsafe artifact name {name:?}: {reason}")]
-    UnsafeName {
-        /// The name.
-        name: String,
-        /// Why it is refused.
-        reason: &'static str,
-    },
-    /// The bytes are signed but are not a valid document.
-    #[error("malformed document: {0}")]
-    Malformed(String),
-}
-
-impl VerifyError {
-    /// A short stable name of the attack class, for logs, metrics and status reports.
-    pub fn class(&self) -> &'static str {
-        match self {
-            VerifyError::BadSignature { .. } => "bad_signature",
-            VerifyError::UnknownKey { .. } => "unknown_key",
-            VerifyError::WrongDevice { .. } => "wrong_device",
-            VerifyError::Replayed { .. } => "replayed",
-            VerifyError::OlderSequence { .. } => "older_sequence",
-            VerifyError::Expired { .. } => "expired",
-            VerifyError::UnsafeName { .. } => "unsafe_name",
-            VerifyError::Malformed(_) => "malformed",
-        }
-    }
-}
 
 /// Verifies a deployment document for this device.
 ///
@@ -128,11 +56,12 @@ pub fn verify_deployment(
     if now >= doc.expires_at {
         return Err(VerifyError::Expired { expires_at: doc.expires_at, now });
     }
+    ModelName::new(doc.model.name.as_str())?;
     if doc.artifacts.is_empty() {
         return Err(VerifyError::Malformed("no artifacts".into()));
     }
     for a in &doc.artifacts {
-        check_name(&a.name)?;
+        check_file_name(&a.name)?;
         for (what, hex) in [("sha256", &a.sha256), ("compressed_sha256", &a.compressed_sha256)] {
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(VerifyError::Malformed(format!("artifact {}: {what} is not 64 hex digits", a.name)));
@@ -145,31 +74,6 @@ pub fn verify_deployment(
         return Err(VerifyError::Malformed("an artifact name appears twice".into()));
     }
     Ok(doc)
-}
-
-/// Refuses names that could leave the directory they are joined to: empty, `.`/`..`, path
-/// separators, NUL, drive prefixes, or anything but plain printable ASCII.
-pub fn check_name(name: &str) -> Result<(), VerifyError> {
-    let refuse = |reason| Err(VerifyError::UnsafeName { name: name.into(), reason });
-    if name.is_empty() || name.len() > 255 {
-        return refuse("must be 1 to 255 characters");
-    }
-    if name == "." || name == ".." {
-        return refuse("is a directory reference");
-    }
-    if name.contains('/') || name.contains('\\') {
-        return refuse("contains a path separator");
-    }
-    if name.contains(':') {
-        return refuse("contains ':' (drive or stream prefix)");
-    }
-    if !name.bytes().all(|b| b.is_ascii_graphic()) {
-        return refuse("must be printable ASCII without spaces");
-    }
-    if name.starts_with('.') {
-        return refuse("must not start with '.'");
-    }
-    Ok(())
 }
 
 /// Why an artifact was refused.

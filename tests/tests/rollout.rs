@@ -265,7 +265,7 @@ async fn waves_gates_abort_and_a_controller_kill() {
         "--bake",
         "1s",
         "--gate",
-        "p99_ms<5",
+        "p99_ms<1",
         "--gate",
         "psi<0.2",
         "--min-requests",
@@ -277,7 +277,7 @@ async fn waves_gates_abort_and_a_controller_kill() {
     })
     .await;
     let aborted = c.cli_json(&["rollout", "status", &id]);
-    assert!(aborted["reason"].as_str().unwrap_or_default().contains("p99_ms<5"), "{aborted}");
+    assert!(aborted["reason"].as_str().unwrap_or_default().contains("p99_ms<1"), "{aborted}");
     // Its predictions are distributed unlike the logistic regression's, too.
     // (The default activation gate comes first: it is kept beside the operator's gates.)
     assert_eq!(aborted["gates"][0]["gate"], "activation_failure_rate<0.1", "{aborted}");

@@ -19,8 +19,9 @@ use tokio::sync::oneshot;
 use super::link::{Link, LinkError};
 use super::state::Slot;
 use crate::config::FleetConfig;
+use crate::config::ModelSource;
 use crate::engine::BackendConfig;
-use crate::repository::{ModelSource, ServedModel, prepare};
+use crate::repository::{ServedModel, prepare};
 use crate::telemetry::Hub;
 use crate::worker::{Job, PoolConfig};
 

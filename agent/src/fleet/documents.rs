@@ -8,7 +8,8 @@ use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::trust::TrustChain;
 use edgefleet_shared::verify::{sha256_hex, verify_deployment};
 
-use super::{Agent, Purpose, now, trust};
+use super::next::{Doing, Next, next};
+use super::{Agent, Purpose, trust};
 
 /// Identifies an envelope by everything in it: document and signature.
 fn envelope_digest(envelope: &SignedEnvelope) -> String {
@@ -47,7 +48,7 @@ impl Agent {
             self.trust.store(),
             &device,
             self.state.last_sequence,
-            now(),
+            self.clock.now(),
         );
         let doc = match verified {
             Ok(doc) => doc,
@@ -65,40 +66,46 @@ impl Agent {
         self.state.last_sequence = Some(doc.sequence);
         self.state.last_document_sha256 = Some(digest);
         self.stop_shadow(&doc.model.name);
-        if let Some(spec) = doc.shadow {
-            self.state.pending = None;
-            self.save();
-            self.begin(doc, Purpose::Shadow(spec.share));
-            return true;
-        }
-        if let Some(w) = self.watching.as_mut().filter(|w| w.doc.model == doc.model) {
-            // A re-issue of the version being watched: its window goes on under the new number.
-            w.doc = doc;
-            return true;
-        }
-        if let Some(job) = self.job.as_mut().filter(|j| j.doc.model == doc.model && j.doc.shadow == doc.shadow) {
-            // A re-issue of the version being prepared: the preparation goes on.
-            job.doc = doc.clone();
-            self.state.pending = doc.shadow.is_none().then_some(doc);
-            self.save();
-            return true;
-        }
-        if self.state.active.as_ref().is_some_and(|a| a.model == doc.model) && self.watching.is_none() {
-            // A refresh or a re-issue of what already serves: nothing to activate.
-            if let Some(job) = self.job.take() {
-                tracing::info!(model = %job.doc.model.name, version = job.doc.model.version, "Activation cancelled: the active version is wanted again.");
-                job.handle.abort();
+        let doing = Doing {
+            watching: self.watching.as_ref().map(|w| &w.doc.model),
+            preparing: self.job.as_ref().filter(|j| j.doc.shadow.is_none()).map(|j| &j.doc.model),
+            active: self.state.active.as_ref().map(|a| &a.model),
+        };
+        match next(&doc, &doing) {
+            Next::Shadow(share) => {
+                self.state.pending = None;
+                self.save();
+                self.begin(doc, Purpose::Shadow(share));
             }
-            if let Some(active) = &mut self.state.active {
-                active.sequence = doc.sequence;
+            Next::KeepWatching => {
+                if let Some(w) = self.watching.as_mut() {
+                    w.doc = doc;
+                }
             }
-            self.state.pending = None;
-            self.save();
-            return true;
+            Next::KeepPreparing => {
+                if let Some(job) = self.job.as_mut() {
+                    job.doc = doc.clone();
+                }
+                self.state.pending = Some(doc);
+                self.save();
+            }
+            Next::KeepActive => {
+                if let Some(job) = self.job.take() {
+                    tracing::info!(model = %job.doc.model.name, version = job.doc.model.version, "Activation cancelled: the active version is wanted again.");
+                    job.handle.abort();
+                }
+                if let Some(active) = &mut self.state.active {
+                    active.sequence = doc.sequence;
+                }
+                self.state.pending = None;
+                self.save();
+            }
+            Next::Activate => {
+                self.state.pending = Some(doc.clone());
+                self.save();
+                self.begin(doc, Purpose::Activate);
+            }
         }
-        self.state.pending = Some(doc.clone());
-        self.save();
-        self.begin(doc, Purpose::Activate);
         true
     }
 
@@ -107,7 +114,7 @@ impl Agent {
         if !same {
             tracing::warn!(class, %message, "Deployment document refused.");
         }
-        self.state.last_refusal = Some(Refusal { class: class.into(), message, sequence, at: now() });
+        self.state.last_refusal = Some(Refusal { class: class.into(), message, sequence, at: self.clock.now() });
         self.save();
     }
 
@@ -133,7 +140,7 @@ impl Agent {
                     class: format!("trust_{class}"),
                     message: e.to_string(),
                     sequence: None,
-                    at: now(),
+                    at: self.clock.now(),
                 });
                 tracing::warn!(error = %e, "Trust rotation refused.");
                 self.save();

@@ -10,7 +10,7 @@ use edgefleet_shared::fleet::{ActivationReport, Refusal};
 use super::activate::{self, ActivationError};
 use super::state::Slot;
 use super::watch::{self, Verdict, WatchPolicy};
-use super::{Agent, Job, Purpose, Watching, now};
+use super::{Agent, Job, Purpose, Watching};
 use crate::repository::ServedModel;
 
 impl Agent {
@@ -138,15 +138,19 @@ impl Agent {
             sequence: doc.sequence,
             ok,
             error,
-            at: now(),
+            at: self.clock.now(),
             duration_ms: started.elapsed().as_millis() as u64,
         });
     }
 
     pub(super) fn record_failure(&mut self, doc: &DeploymentDocument, started: Instant, e: &ActivationError) {
         if let Some(class) = e.refusal_class() {
-            self.state.last_refusal =
-                Some(Refusal { class: class.into(), message: e.to_string(), sequence: Some(doc.sequence), at: now() });
+            self.state.last_refusal = Some(Refusal {
+                class: class.into(),
+                message: e.to_string(),
+                sequence: Some(doc.sequence),
+                at: self.clock.now(),
+            });
         }
         metrics::counter!("edgefleet_agent_rollbacks_total").increment(1);
         tracing::error!(model = %doc.model.name, version = doc.model.version, error = %e, "Activation failed; the previous version keeps serving.");

@@ -22,6 +22,15 @@ use edgefleet_shared::trust::{MAX_TRUST_CHAIN_BYTES, TrustChain};
 use edgefleet_shared::verify::ArtifactError;
 use tokio::io::AsyncWriteExt as _;
 
+/// What the link tasks deliver to the control loop.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A signed desired-state envelope (MQTT or HTTP).
+    Desired(SignedEnvelope),
+    /// The fleet's trust rotations.
+    Trust(TrustChain),
+}
+
 /// Link failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -106,10 +115,6 @@ pub struct Desired {
 /// Largest error or enrollment answer read.
 const MAX_SMALL_ANSWER_BYTES: usize = 64 * 1024;
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Reads an answer's body up to `limit` bytes; more is refused, not buffered.
 async fn read_capped(mut resp: reqwest::Response, what: &'static str, limit: usize) -> Result<Vec<u8>, LinkError> {
     if resp.content_length().is_some_and(|n| n > limit as u64) {
@@ -191,7 +196,7 @@ impl Link {
     }
 
     fn signed(&self, method: reqwest::Method, path: &str, body: &[u8]) -> reqwest::RequestBuilder {
-        let at = now();
+        let at = edgefleet_shared::clock::unix_secs();
         let sig = fleet::sign_request(self.key.as_ref(), method.as_str(), path, at, body);
         self.http
             .request(method, format!("{}{path}", self.base))

@@ -11,11 +11,13 @@
 //! progress and ends a watch window at once; SIGTERM is handled within the grace period
 //! whatever the controller does.
 
+pub mod acks;
 pub mod activate;
 mod documents;
 mod lifecycle;
 pub mod link;
 pub mod mqtt;
+mod next;
 mod shadowing;
 pub mod state;
 mod tasks;
@@ -28,23 +30,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edgefleet_shared::clock::SharedClock;
 use edgefleet_shared::deployment::DeploymentDocument;
 use edgefleet_shared::fleet::DeviceStatus;
 use edgefleet_shared::keys::FileKey;
 use edgefleet_shared::signature::SignedEnvelope;
-use edgefleet_shared::trust::TrustChain;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use self::acks::Tracker;
 use self::activate::{ActivationError, Layout};
-use self::link::{Link, Timeouts};
+use self::link::{Incoming, Link, Timeouts};
 use self::state::{DeviceState, StateFile};
 use self::trust::Trust;
 use crate::config::AgentConfig;
 use crate::repository::{Repository, ServedModel};
 use crate::serve::{HttpServer, ServeError};
+use crate::shadow::Shadows;
 use crate::telemetry::Hub;
-use crate::telemetry::publish::{self, Tracker};
+use crate::telemetry::publish;
 use crate::telemetry::spool::Spool;
 
 /// Fleet-mode start-up failures.
@@ -56,19 +60,6 @@ pub enum FleetError {
     /// The HTTP server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
-}
-
-/// What the link tasks deliver to the control loop.
-#[derive(Debug)]
-pub enum Incoming {
-    /// A signed desired-state envelope (MQTT or HTTP).
-    Desired(SignedEnvelope),
-    /// The fleet's trust rotations.
-    Trust(TrustChain),
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// What an activation task does with the version it prepared.
@@ -106,6 +97,7 @@ struct Agent {
     trust: Trust,
     link: Link,
     http: Arc<Repository>,
+    shadows: Arc<Shadows>,
     started: Instant,
     /// Digest of the last envelope that verified (document and signature): it is not handled
     /// again. Only verified envelopes are remembered, so a corrupted copy cannot shadow the
@@ -119,6 +111,8 @@ struct Agent {
     watching: Option<Watching>,
     status: tokio::sync::watch::Sender<Option<DeviceStatus>>,
     trust_version: Arc<std::sync::atomic::AtomicU64>,
+    /// Unix time for document expiry and reports.
+    clock: SharedClock,
 }
 
 /// Runs fleet mode until `shutdown` resolves.
@@ -234,6 +228,7 @@ pub async fn run(
         trust,
         link,
         http: http.repository.clone(),
+        shadows: http.shadows.clone(),
         started: Instant::now(),
         last_verified: None,
         waiting_for_trust: None,
@@ -242,6 +237,7 @@ pub async fn run(
         watching: None,
         status: status_tx,
         trust_version,
+        clock: edgefleet_shared::clock::system(),
     };
     agent.restore().await;
     agent.restore_shadow().await;
@@ -409,7 +405,7 @@ impl Agent {
             latency_p99_ms: latency.map(|l| l.1),
             active_requests: active.0,
             active_errors: active.1,
-            shadow: self.state.shadow.as_ref().and_then(|s| self.http.shadow(&s.slot.model.name)).map(|s| s.report()),
+            shadow: self.state.shadow.as_ref().and_then(|s| self.shadows.get(&s.slot.model.name)).map(|s| s.report()),
             output_classes: classes,
             trust_version: Some(self.trust.version()),
         }

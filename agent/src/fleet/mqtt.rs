@@ -22,8 +22,8 @@ use edgefleet_shared::trust::TrustChain;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
-use super::Incoming;
-use crate::telemetry::publish::Tracker;
+use super::acks::Tracker;
+use super::link::Incoming;
 
 /// A running MQTT link.
 #[derive(Debug, Clone)]
@@ -35,13 +35,9 @@ pub struct MqttLink {
     telemetry_topic: String,
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Fresh credentials and last will for the next connection attempt.
 fn prepare_connect(options: &mut MqttOptions, device: &str, key: &FileKey, prefix: &str) {
-    let login = fleet::device_login(key, device, prefix, now());
+    let login = fleet::device_login(key, device, prefix, edgefleet_shared::clock::unix_secs());
     options.set_credentials(login.username, login.password);
     options.set_last_will(LastWill::new(login.will_topic, login.will_payload, QoS::AtLeastOnce, false));
 }

@@ -26,7 +26,7 @@ impl Agent {
         match result {
             Ok(model) => {
                 let shadow = Arc::new(Shadow::new(model, doc.model.clone(), share));
-                self.http.set_shadow(&doc.model.name, Some(shadow));
+                self.shadows.set(&doc.model.name, Some(shadow));
                 let slot = Slot { model: doc.model.clone(), sequence: doc.sequence, artifacts: doc.artifacts.clone() };
                 self.state.shadow = Some(ShadowSlot { slot, share });
                 tracing::info!(model = %doc.model.name, version = doc.model.version, share, "Shadow running.");
@@ -43,7 +43,7 @@ impl Agent {
     /// Ends the shadow of `name`, if one runs.
     pub(super) fn stop_shadow(&mut self, name: &str) {
         if self.state.shadow.as_ref().is_some_and(|s| s.slot.model.name == name) {
-            self.http.set_shadow(name, None);
+            self.shadows.set(name, None);
             self.state.shadow = None;
             self.save();
             tracing::info!(model = name, "Shadow stopped.");
@@ -60,8 +60,8 @@ impl Agent {
         };
         match loaded {
             Some(model) => {
-                self.http
-                    .set_shadow(&slot.model.name, Some(Arc::new(Shadow::new(model, slot.model.clone(), shadow.share))));
+                self.shadows
+                    .set(&slot.model.name, Some(Arc::new(Shadow::new(model, slot.model.clone(), shadow.share))));
             }
             None => {
                 tracing::warn!(model = %slot.model.name, version = slot.model.version, "Cannot restore the shadow.");

@@ -12,8 +12,7 @@ use edgefleet_shared::fleet::{DeviceStatus, MqttCertificate};
 use edgefleet_shared::keys::FileKey;
 use tokio::sync::{mpsc, watch};
 
-use super::Incoming;
-use super::link::{Link, LinkError};
+use super::link::{Incoming, Link, LinkError};
 use super::mqtt::MqttLink;
 
 /// While MQTT is up, the HTTP poll runs only every this many intervals, as a safety net.
@@ -104,7 +103,7 @@ pub(super) async fn broker_tls(
     }
     let path = super::broker_certificate_path(data_dir);
     let kept: Option<MqttCertificate> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let fresh = kept.filter(|c| c.expires_at > super::now() + RENEW_BEFORE_SECS);
+    let fresh = kept.filter(|c| c.expires_at > edgefleet_shared::clock::unix_secs() + RENEW_BEFORE_SECS);
     let certificate = match fresh {
         Some(c) => Some(c),
         None => match link.mqtt_certificate().await {

@@ -59,7 +59,7 @@ async fn run(
         }
     };
 
-    let shadow = state.repository.shadow(&name).filter(|s| s.sample());
+    let shadow = state.shadows.get(&name).filter(|s| s.sample());
     let recorder = model.telemetry.get();
     let rolled = recorder.is_some_and(|r| r.roll());
     let sampling = recorder.is_some_and(|r| r.keep_inputs(&inputs, rolled));

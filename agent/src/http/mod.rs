@@ -27,6 +27,8 @@ pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository"];
 pub struct AppState {
     /// Served models.
     pub repository: Arc<Repository>,
+    /// Shadow versions beside them, fed mirrored requests.
+    pub shadows: Arc<crate::shadow::Shadows>,
     /// Renders `/metrics`.
     pub prometheus: PrometheusHandle,
     /// Largest accepted request body.

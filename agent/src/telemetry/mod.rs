@@ -17,68 +17,9 @@ pub mod spool;
 use std::sync::{Arc, Mutex};
 
 use edgefleet_shared::telemetry::{ModelTelemetry, TELEMETRY_KIND, TelemetryBatch};
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::TelemetryConfig;
 pub use recorder::Recorder;
-
-/// `[telemetry]` in the agent configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    /// Send telemetry at all.
-    pub enabled: bool,
-    /// How often a batch is cut.
-    pub flush_interval_secs: u64,
-    /// Share of rows sampled in full.
-    pub sample_rate: f64,
-    /// Sampled rows per minute at most.
-    pub samples_per_minute: u32,
-    /// Sampled rows per hour at most.
-    pub samples_per_hour: u32,
-    /// Top-class probability under which a row is always sampled (0: off).
-    pub low_confidence: f64,
-    /// Requests with more input values are never sampled.
-    pub max_sample_values: usize,
-    /// Spool bound in bytes.
-    pub spool_max_bytes: u64,
-    /// Request ids remembered for matching feedback.
-    pub recent_predictions: usize,
-    /// Feedback labels kept per batch.
-    pub max_feedback: usize,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            enabled: true,
-            flush_interval_secs: 60,
-            sample_rate: 0.01,
-            samples_per_minute: 60,
-            samples_per_hour: 1000,
-            low_confidence: 0.5,
-            max_sample_values: 4096,
-            spool_max_bytes: 64 * 1024 * 1024,
-            recent_predictions: 10_000,
-            max_feedback: 10_000,
-        }
-    }
-}
-
-impl TelemetryConfig {
-    /// Checks ranges.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.flush_interval_secs == 0 {
-            return Err("telemetry.flush_interval_secs must be above 0".into());
-        }
-        if !(0.0..=1.0).contains(&self.sample_rate) || !(0.0..=1.0).contains(&self.low_confidence) {
-            return Err("telemetry.sample_rate and telemetry.low_confidence must be between 0 and 1".into());
-        }
-        if self.spool_max_bytes < 4096 {
-            return Err("telemetry.spool_max_bytes must be at least 4096".into());
-        }
-        Ok(())
-    }
-}
 
 /// Every recorder of this process, so a flush drains versions that stopped serving too.
 #[derive(Debug)]

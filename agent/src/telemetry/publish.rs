@@ -1,100 +1,23 @@
 //! Cutting batches into the spool and sending them until the broker acknowledges them.
 //!
-//! rumqttc does not say which publish a PUBACK is for, only its packet id. The agent sends
-//! status at QoS 0, so every QoS 1 publish on its connection is a telemetry batch, and rumqttc
-//! assigns packet ids in the order publishes are queued: [`Tracker`] pairs each outgoing packet
-//! id with the oldest batch queued and not yet paired, and each PUBACK with its batch. A
-//! retransmission after a reconnect keeps its packet id (and pairing). A batch that stays
-//! unacknowledged for [`RESEND_AFTER`] is queued again; the controller de-duplicates.
+//! The MQTT link's [`Tracker`] pairs each batch with its PUBACK; a batch that stays
+//! unacknowledged for [`RESEND_AFTER`](crate::fleet::acks::RESEND_AFTER) is queued again, and the controller de-duplicates.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgefleet_shared::keys::FileKey;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Hub;
 use super::spool::Spool;
+use crate::fleet::acks::Tracker;
 use crate::fleet::mqtt::MqttLink;
 
 /// Batches in flight (queued, not acknowledged) at most.
 const MAX_IN_FLIGHT: usize = 16;
-/// An unacknowledged batch is queued again after this long.
-pub const RESEND_AFTER: Duration = Duration::from_secs(120);
 /// How often spooled batches are offered to the broker link.
 const PUMP_INTERVAL: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Default)]
-struct TrackerState {
-    /// Batches handed to rumqttc, waiting for their packet id.
-    awaiting: VecDeque<u64>,
-    /// Packet id → batch, until acknowledged.
-    by_pkid: HashMap<u16, u64>,
-    /// Batches in flight and when they were queued.
-    sent: HashMap<u64, Instant>,
-}
-
-/// Pairs QoS 1 packet ids with telemetry batches.
-#[derive(Debug)]
-pub struct Tracker {
-    state: Mutex<TrackerState>,
-    acked: mpsc::UnboundedSender<u64>,
-}
-
-impl Tracker {
-    /// A tracker and the stream of acknowledged batch numbers.
-    pub fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<u64>) {
-        let (acked, rx) = mpsc::unbounded_channel();
-        (Arc::new(Tracker { state: Mutex::new(TrackerState::default()), acked }), rx)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues `sequence` with `send`, which must queue exactly one QoS 1 publish (or fail).
-    pub fn send(&self, sequence: u64, send: impl FnOnce() -> bool) -> bool {
-        let mut s = self.lock();
-        s.awaiting.push_back(sequence);
-        if send() {
-            s.sent.insert(sequence, Instant::now());
-            true
-        } else {
-            s.awaiting.pop_back();
-            false
-        }
-    }
-
-    /// rumqttc put a QoS 1 publish on the wire with `pkid`.
-    pub fn on_outgoing(&self, pkid: u16) {
-        let mut s = self.lock();
-        if s.by_pkid.contains_key(&pkid) {
-            return; // a retransmission
-        }
-        if let Some(seq) = s.awaiting.pop_front() {
-            s.by_pkid.insert(pkid, seq);
-        }
-    }
-
-    /// The broker acknowledged `pkid`.
-    pub fn on_puback(&self, pkid: u16) {
-        let mut s = self.lock();
-        if let Some(seq) = s.by_pkid.remove(&pkid) {
-            s.sent.remove(&seq);
-            let _ = self.acked.send(seq);
-        }
-    }
-
-    /// Whether `sequence` is in flight and not yet due for a resend.
-    fn in_flight(&self, sequence: u64) -> bool {
-        self.lock().sent.get(&sequence).is_some_and(|at| at.elapsed() < RESEND_AFTER)
-    }
-
-    fn in_flight_count(&self) -> usize {
-        self.lock().sent.values().filter(|at| at.elapsed() < RESEND_AFTER).count()
-    }
-}
 
 /// Asks the telemetry task to cut a batch now (at shutdown).
 #[derive(Debug, Clone)]
@@ -131,10 +54,6 @@ pub struct Task {
     pub interval: Duration,
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 impl Task {
     /// Runs the task in the background.
     pub fn spawn(self) -> Flusher {
@@ -148,7 +67,7 @@ impl Task {
         let spool = Arc::new(Mutex::new(spool));
         let mut cut = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut pump = tokio::time::interval(PUMP_INTERVAL);
-        let mut start = now();
+        let mut start = edgefleet_shared::clock::unix_secs();
         loop {
             tokio::select! {
                 _ = cut.tick() => start = cut_batch(&hub, &spool, &device, &key, start).await,
@@ -180,7 +99,7 @@ fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
 
 /// Drains the recorders into a numbered, signed batch in the spool; returns the next start.
 async fn cut_batch(hub: &Arc<Hub>, spool: &Arc<Mutex<Spool>>, device: &str, key: &Arc<FileKey>, start: u64) -> u64 {
-    let end = now();
+    let end = edgefleet_shared::clock::unix_secs();
     let Some(mut batch) = hub.drain(device, start, end) else { return end };
     let (spool, key) = (spool.clone(), key.clone());
     let result = tokio::task::spawn_blocking(move || {

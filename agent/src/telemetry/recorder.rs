@@ -12,7 +12,7 @@ use edgefleet_shared::profile::{BaselineProfile, bin_index};
 use edgefleet_shared::telemetry::{FeatureCounts, Feedback, ModelTelemetry, Sample};
 
 use super::TelemetryConfig;
-use crate::repository::{OUTPUT_CLASSES, for_each_prediction};
+use crate::predictions::{OUTPUT_CLASSES, for_each_prediction};
 use crate::tensor::{Tensor, TensorData};
 
 /// Device-wide sampling caps (all versions together).
@@ -107,10 +107,6 @@ pub struct Recorder {
     recent: Mutex<Recent>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Recorder {
     /// A recorder binning over `baseline`'s feature edges.
     pub fn new(
@@ -128,7 +124,7 @@ impl Recorder {
             offsets.push(total);
             total += e.len() + 1;
         }
-        let seed = now_ms() ^ (u64::from(std::process::id()) << 32) ^ version;
+        let seed = edgefleet_shared::clock::unix_ms() ^ (u64::from(std::process::id()) << 32) ^ version;
         Recorder {
             model: model.into(),
             version,
@@ -229,14 +225,14 @@ impl Recorder {
         let Some(inputs) = inputs else { return };
         for (row, prediction) in row_classes.iter().enumerate().take(batch as usize) {
             let low = prediction.and_then(|p| p.1).is_some_and(|top| top < self.low_confidence);
-            if !(rolled || low) || !self.caps.allow(now_ms() / 1000) {
+            if !(rolled || low) || !self.caps.allow(edgefleet_shared::clock::unix_ms() / 1000) {
                 continue;
             }
             let sample = Sample {
                 request_id: request_id.map(str::to_owned),
-                at_ms: now_ms(),
+                at_ms: edgefleet_shared::clock::unix_ms(),
                 inputs: inputs.iter().flat_map(|t| row_values(t, row)).collect(),
-                outputs: crate::repository::class_scores(outputs)
+                outputs: crate::predictions::class_scores(outputs)
                     .or(outputs.first())
                     .map(|t| row_values(t, row))
                     .unwrap_or_default(),
@@ -275,7 +271,7 @@ impl Recorder {
         }
         let mut feedback = self.feedback.lock().unwrap_or_else(|p| p.into_inner());
         if feedback.len() < self.max_feedback {
-            feedback.push(Feedback { request_id: request_id.into(), label, at_ms: now_ms() });
+            feedback.push(Feedback { request_id: request_id.into(), label, at_ms: edgefleet_shared::clock::unix_ms() });
         } else {
             metrics::counter!("edgefleet_agent_telemetry_feedback_dropped_total").increment(1);
         }

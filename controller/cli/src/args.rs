@@ -1,13 +1,12 @@
 //! The command line: every command, argument and flag of `edgefleet`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edgefleet_shared::api::rollouts::{OnFail, OnTimeout, Strategy};
 use edgefleet_shared::api::tokens::Role;
 use serde::de::DeserializeOwned;
-
-use crate::{demo, sim};
 
 /// The edgefleet operator CLI.
 #[derive(Debug, Parser)]
@@ -77,9 +76,9 @@ pub enum Command {
     /// The whole loop on embedded defaults: controller, agents, rollout, traffic, drift,
     /// retrain request, retraining, canary (needs edgefleet-controller and edgefleet-agent
     /// beside this binary).
-    Demo(demo::DemoArgs),
+    Demo(DemoArgs),
     /// Simulated devices (real enrollment, MQTT, status and telemetry; no models) for load tests.
-    Sim(sim::SimArgs),
+    Sim(SimArgs),
     /// The audit log, newest first.
     Audit {
         /// How many records.
@@ -352,4 +351,47 @@ pub(crate) fn split_ref(reference: &str) -> (&str, Option<&str>) {
 /// reads it.
 fn wire<T: DeserializeOwned>(s: &str) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| e.to_string())
+}
+
+/// `edgefleet demo` arguments.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How many agents to run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub agents: u16,
+    /// Work in this directory (kept) instead of a temporary one.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Leave everything running at the end, until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// `edgefleet sim` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Simulated devices.
+    #[arg(long, default_value_t = 100)]
+    pub devices: u32,
+    /// Labels of the simulated devices (`k=v`, repeatable) [default: sim=true].
+    #[arg(long = "label", value_parser = parse_kv)]
+    pub labels: Vec<(String, String)>,
+    /// Status report interval per device.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub status_interval: Duration,
+    /// Telemetry batch interval per device.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub telemetry_interval: Duration,
+    /// Sampled rows per telemetry batch.
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
+    /// How long to run once every device is connected (0: until Ctrl-C).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Enrollments and connections in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Broker URL overriding the one the controller hands out.
+    #[arg(long)]
+    pub mqtt: Option<String>,
 }

@@ -1,18 +1,17 @@
 //! What each command does: parsed arguments → typed API calls → output.
 
-use std::collections::BTreeMap;
-
 use edgefleet_shared::api::fleet::{CreateEnrollmentToken, DeployRequest};
-use edgefleet_shared::api::models::{AliasTarget, PushMetadata};
+use edgefleet_shared::api::models::AliasTarget;
 use edgefleet_shared::api::rollouts::RolloutRequest;
 use edgefleet_shared::api::telemetry::{DriftQuery, ListQuery};
 use edgefleet_shared::api::tokens::{AuditQuery, CreateToken};
 
 use crate::args::{
-    Cli, Command, DeviceCommand, DeviceTokenCommand, DriftCommand, ModelCommand, PolicyArgs, PushArgs, RetrainCommand,
+    Cli, Command, DeviceCommand, DeviceTokenCommand, DriftCommand, ModelCommand, PolicyArgs, RetrainCommand,
     RolloutArgs, RolloutCommand, TokenCommand, split_ref,
 };
-use crate::client::{CliError, Client, RolloutAction, Upload};
+use crate::client::{CliError, Client, RolloutAction};
+use crate::push::push_request;
 use crate::{demo, output, sim};
 
 /// Runs a parsed command, writing results to stdout.
@@ -104,36 +103,6 @@ fn name_version(reference: &str) -> Result<(&str, &str), CliError> {
         (name, Some(v)) if !name.is_empty() && !v.is_empty() => Ok((name, v)),
         _ => Err(CliError::Usage(format!("expected NAME:VERSION, got {reference:?}"))),
     }
-}
-
-/// Reads the files of a push and its lineage flags.
-pub(crate) async fn push_request(args: &PushArgs) -> Result<(Upload, PushMetadata), CliError> {
-    let read = async |path: &std::path::Path| {
-        tokio::fs::read(path).await.map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
-    };
-    let file_name = |path: &std::path::Path, default: &str| {
-        path.file_name().map_or(default.to_owned(), |n| n.to_string_lossy().into_owned())
-    };
-    let model = read(&args.path).await?;
-    let baseline = match &args.baseline {
-        Some(p) => Some((read(p).await?, file_name(p, "baseline.csv"))),
-        None => None,
-    };
-    let mut metrics = BTreeMap::new();
-    for (k, v) in &args.metrics {
-        let n: f64 = v.parse().map_err(|_| CliError::Usage(format!("metric {k}={v:?} is not a number")))?;
-        metrics.insert(k.clone(), n);
-    }
-    let metadata = PushMetadata {
-        metrics,
-        params: args.params.iter().cloned().collect(),
-        dataset_sha256: args.dataset_hash.clone(),
-        code_commit: args.code_commit.clone(),
-        parent_version: args.parent,
-        version: args.version,
-        preprocessing: None,
-    };
-    Ok((Upload { model, model_file: file_name(&args.path, "model.onnx"), baseline }, metadata))
 }
 
 fn rollout_request(args: RolloutArgs) -> Result<RolloutRequest, CliError> {

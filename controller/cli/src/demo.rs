@@ -24,28 +24,14 @@ use edgefleet_shared::api::tokens::new_token;
 use edgefleet_shared::inference::{InferRequest, InferResponse, ModelMetadata, RequestInput};
 use serde_json::json;
 
-use crate::args::{Output, PushArgs};
+use crate::args::{DemoArgs, Output, PushArgs};
 use crate::client::{CliError, Client};
-use crate::commands::push_request;
 use crate::output;
+use crate::push::push_request;
 use crate::trainer::{Labelled, fit, to_onnx};
 
 const MODEL: &[u8] = include_bytes!("../../../tests/testdata/iris_logreg.onnx");
 const BASELINE: &str = include_str!("../../../tests/testdata/iris_baseline.csv");
-
-/// `edgefleet demo` arguments.
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {
-    /// How many agents to run.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
-    pub agents: u16,
-    /// Work in this directory (kept) instead of a temporary one.
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
-    /// Leave everything running at the end, until Ctrl-C.
-    #[arg(long)]
-    pub keep: bool,
-}
 
 /// A child process, killed when dropped, logging to a file.
 struct Proc {
@@ -359,7 +345,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     output::drift(Output::Table, &client.drift("iris", Some("1"), &last_windows).await?);
 
     step(started, 6, "The sensors are recalibrated: every input now reads longer. Waiting for the drift policy.");
-    let shift_ms = now_ms();
+    let shift_ms = edgefleet_shared::clock::unix_ms() as i64;
     let iris_requests = ListQuery { model: Some("iris".into()) };
     let fired = with_traffic(&traffic, true, Duration::from_secs(60), async || {
         Ok(!client.retrain_requests(&iris_requests).await?.is_empty())
@@ -506,8 +492,4 @@ async fn poll<F: AsyncFnMut() -> Result<bool, CliError>>(limit: Duration, mut ch
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(false)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

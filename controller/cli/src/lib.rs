@@ -11,7 +11,7 @@
 //! # Layout
 //! - [`args`]: the command line (clap).
 //! - [`commands`]: each command as typed API calls.
-//! - [`client`]: the typed HTTP client, one method per route.
+//! - [`client`]: the typed HTTP client, one method per route; [`push`] reads a push's files.
 //! - `output`: tables and JSON on stdout.
 //! - [`demo`], [`sim`]: the demo and the device simulator.
 //! - [`trainer`]: the bundled retraining step (logistic regression → ONNX, via `onnx`).
@@ -22,6 +22,7 @@ pub mod commands;
 pub mod demo;
 mod onnx;
 mod output;
+pub mod push;
 pub mod sim;
 pub mod trainer;
 

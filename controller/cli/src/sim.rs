@@ -21,37 +21,8 @@ use edgefleet_shared::telemetry::{FeatureCounts, ModelTelemetry, Sample, TELEMET
 use futures::StreamExt as _;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
-use crate::args::parse_kv;
+use crate::args::SimArgs;
 use crate::client::{CliError, Client};
-
-/// `edgefleet sim` arguments.
-#[derive(Debug, clap::Args)]
-pub struct SimArgs {
-    /// Simulated devices.
-    #[arg(long, default_value_t = 100)]
-    pub devices: u32,
-    /// Labels of the simulated devices (`k=v`, repeatable) [default: sim=true].
-    #[arg(long = "label", value_parser = parse_kv)]
-    pub labels: Vec<(String, String)>,
-    /// Status report interval per device.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub status_interval: Duration,
-    /// Telemetry batch interval per device.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub telemetry_interval: Duration,
-    /// Sampled rows per telemetry batch.
-    #[arg(long, default_value_t = 10)]
-    pub samples: usize,
-    /// How long to run once every device is connected (0: until Ctrl-C).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    /// Enrollments and connections in flight at once.
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    /// Broker URL overriding the one the controller hands out.
-    #[arg(long)]
-    pub mqtt: Option<String>,
-}
 
 #[derive(Debug, Default)]
 struct Stats {
@@ -62,10 +33,6 @@ struct Stats {
     batches: AtomicU64,
     acked: AtomicU64,
     documents: AtomicU64,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// One simulated device's state.
@@ -89,7 +56,7 @@ impl Device {
                 sequence: d.sequence,
                 ok: true,
                 error: None,
-                at: now(),
+                at: edgefleet_shared::clock::unix_secs(),
                 duration_ms: 0,
             }),
             ..DeviceStatus::default()
@@ -98,7 +65,7 @@ impl Device {
 
     fn batch(&mut self, samples: usize, interval: u64) -> TelemetryBatch {
         self.sequence += 1;
-        let end = now();
+        let end = edgefleet_shared::clock::unix_secs();
         let model = self.active.as_ref().map_or(("sim".to_owned(), 0), |d| (d.model.name.clone(), d.model.version));
         let sample = |i: usize| Sample {
             request_id: Some(format!("{}-{}-{i}", &self.id[..8.min(self.id.len())], self.sequence)),
@@ -315,7 +282,7 @@ async fn simulate(
 
 /// A device's broker login and signed will, fresh for each connection attempt (as the agent's).
 fn login(options: &mut MqttOptions, device: &Device, prefix: &str) {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = edgefleet_shared::clock::unix_secs();
     let login = edgefleet_shared::fleet::device_login(&device.key, &device.id, prefix, now);
     options.set_credentials(login.username, login.password);
     options.set_last_will(LastWill::new(login.will_topic, login.will_payload, QoS::AtLeastOnce, false));

@@ -389,7 +389,7 @@ pub fn add_counts(into: &mut Vec<u64>, counts: &[u64]) {
         into.resize(counts.len(), 0);
     }
     for (a, b) in into.iter_mut().zip(counts) {
-        *a += b;
+        *a = a.saturating_add(*b);
     }
 }
 

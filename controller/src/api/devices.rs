@@ -223,7 +223,7 @@ pub(super) async fn deploy(
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let issued = state.fleet.deploy(req, caller.actor()).await?;
     let devices: Vec<String> = issued.iter().map(|i| i.device_id.clone()).collect();
-    crate::serve::publish(&state.fleet, state.mqtt.as_ref(), &devices).await;
+    state.publisher.documents(&devices).await;
     metrics::counter!("edgefleet_controller_documents_issued_total").increment(issued.len() as u64);
     Ok((StatusCode::CREATED, Json(issued)))
 }

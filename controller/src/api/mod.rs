@@ -1,6 +1,7 @@
 //! The operator REST API under `/api/v1` (JSON; bearer tokens with roles).
 
 mod artifacts;
+mod caller;
 mod devices;
 mod error;
 mod models;
@@ -35,8 +36,8 @@ pub struct AppState {
     pub rollouts: crate::rollout::Rollouts,
     /// Telemetry, drift and retraining.
     pub telemetry: crate::telemetry::Telemetry,
-    /// MQTT client, when the controller has a broker.
-    pub mqtt: Option<crate::mqtt::Mqtt>,
+    /// Sends changed documents to the devices (MQTT, when the controller has a broker).
+    pub publisher: crate::publish::Publisher,
     /// The device CA (broker client certificates).
     pub ca: std::sync::Arc<crate::device_ca::DeviceCa>,
     /// Renders `/metrics`.

@@ -22,7 +22,7 @@ pub(super) async fn create(
     let created = state.rollouts.create(req, caller.actor()).await?;
     // The first wave goes out now rather than on the next tick.
     let issued = state.rollouts.tick().await?;
-    crate::serve::publish(&state.fleet, state.mqtt.as_ref(), &issued).await;
+    state.publisher.documents(&issued).await;
     let shown = state.rollouts.show(created.id).await?;
     Ok((StatusCode::CREATED, Json(shown)))
 }
@@ -60,6 +60,6 @@ pub(super) async fn act(
         other => return Err(ApiError::not_found(format!("unknown rollout action {other:?}: pause, resume or abort"))),
     };
     let (info, changed) = state.rollouts.act(id, action, caller.actor()).await?;
-    crate::serve::publish(&state.fleet, state.mqtt.as_ref(), &changed).await;
+    state.publisher.documents(&changed).await;
     Ok(Json(info))
 }

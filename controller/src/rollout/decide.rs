@@ -3,14 +3,28 @@
 //! [`super::engine`] issues the documents and writes the decision; nothing here touches the
 //! database or the clock.
 
-use edgefleet_shared::api::rollouts::{GateResult, Measurements, OnFail, OnTimeout, RolloutState, Strategy};
+use edgefleet_shared::api::rollouts::{GateResult, Measurements, OnFail, OnTimeout, Plan, RolloutState, Strategy};
 use edgefleet_shared::api::three_digits;
 use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::DeviceStatus;
 
 use super::gates::{Gate, metric_value};
-use super::records::Row;
 use crate::analytics::drift::{add_counts, psi};
+
+/// A stored rollout: what the decisions read.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Row {
+    pub(super) id: i64,
+    pub(super) model: ModelRef,
+    pub(super) plan: Plan,
+    pub(super) state: RolloutState,
+    pub(super) wave: usize,
+    pub(super) wave_started_at: u64,
+    pub(super) reason: Option<String>,
+    pub(super) gates: Vec<GateResult>,
+    pub(super) created_at: u64,
+    pub(super) updated_at: u64,
+}
 
 /// A device in a rollout and what it reports.
 #[derive(Debug, Clone, Default)]
@@ -273,6 +287,40 @@ pub(super) fn decide(row: &Row, members: &[Member], issued: usize, now: u64) -> 
     verdict(decision, m, results)
 }
 
+/// An operator action on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Running → paused.
+    Pause,
+    /// Paused → running (the current wave bakes again).
+    Resume,
+    /// Running, promoting or paused → aborted, devices sent back.
+    Abort,
+}
+
+impl Action {
+    /// Lowercase name, as routes and audit records write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Abort => "abort",
+        }
+    }
+}
+
+/// The state `action` takes a rollout in `state` to, or none when it does not apply there.
+pub(super) fn transition(state: RolloutState, action: Action) -> Option<RolloutState> {
+    match (action, state) {
+        (Action::Pause, RolloutState::Running) => Some(RolloutState::Paused),
+        (Action::Resume, RolloutState::Paused) => Some(RolloutState::Running),
+        (Action::Abort, RolloutState::Running | RolloutState::Paused | RolloutState::Promoting) => {
+            Some(RolloutState::Aborted)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -454,6 +502,18 @@ mod tests {
         assert!(matches!(v.decision, Decision::Fail { action: OnFail::Abort, .. }), "{:?}", v.decision);
         let v = decide(&r, &[device("a", Some(1), 0, 0)], 0, T0 + 600);
         assert!(matches!(v.decision, Decision::Fail { .. }), "silent past the deadline: {:?}", v.decision);
+    }
+
+    #[test]
+    fn operator_actions_apply_only_where_they_mean_something() {
+        use RolloutState::*;
+        let all = [Running, Paused, Promoting, Completed, Aborted];
+        for state in all {
+            assert_eq!(transition(state, Action::Pause), (state == Running).then_some(Paused), "pause {state:?}");
+            assert_eq!(transition(state, Action::Resume), (state == Paused).then_some(Running), "resume {state:?}");
+            let abortable = matches!(state, Running | Paused | Promoting);
+            assert_eq!(transition(state, Action::Abort), abortable.then_some(Aborted), "abort {state:?}");
+        }
     }
 
     #[test]

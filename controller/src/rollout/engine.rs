@@ -8,16 +8,16 @@ use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::{DeviceStatus, rollout_bucket};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::decide::{Decision, Outcome, Verdict, decide, outcome};
-use super::records::{Row, load, members};
-use crate::db::{self, now};
+use super::decide::{Decision, Outcome, Row, Verdict, decide, outcome};
+use super::records::{load, members};
+use crate::db;
 use crate::fleet::{Fleet, FleetError, matching_devices, version_artifacts};
 
 /// One step of rollout `id` at `now`: issue the current wave to devices not yet in it, judge
 /// ([`decide`]), and write what was decided. Returns the devices that got new documents.
 pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64, now: u64) -> Result<Vec<String>, FleetError> {
     let row = load(tx, id)?;
-    let mut changed = if row.state == RolloutState::Running { join_wave(fleet, tx, &row)? } else { Vec::new() };
+    let mut changed = if row.state == RolloutState::Running { join_wave(fleet, tx, &row, now)? } else { Vec::new() };
     let all = members(tx, id)?;
     let Verdict { decision, measurements: m, gates } = decide(&row, &all, changed.len(), now);
     if !gates.is_empty() {
@@ -37,7 +37,7 @@ pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64, now: u64) -> Result<
             let detail = serde_json::json!({"wave": next + 1, "percent": row.plan.waves[next], "measurements": m});
             db::audit(tx, "controller", "rollout.advance", &id.to_string(), detail)?;
             tracing::info!(rollout = id, wave = next + 1, percent = row.plan.waves[next], "Rollout advanced.");
-            changed.extend(join_wave(fleet, tx, &load(tx, id)?)?);
+            changed.extend(join_wave(fleet, tx, &load(tx, id)?, now)?);
         }
         Decision::Promote => {
             // Every shadow wave agreed: activate the candidate on all of them through the normal path.
@@ -65,7 +65,7 @@ pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64, now: u64) -> Result<
             metrics::counter!("edgefleet_controller_rollout_gate_failures_total").increment(1);
             let verb = match action {
                 OnFail::Abort => {
-                    changed.extend(roll_back(fleet, tx, &row, &reason)?);
+                    changed.extend(roll_back(fleet, tx, &row, &reason, now)?);
                     "rollout.abort"
                 }
                 OnFail::Pause => {
@@ -107,7 +107,7 @@ fn pause(tx: &Connection, id: i64, reason: &str, now: u64) -> Result<(), FleetEr
 
 /// Issues the candidate to matching devices in the current wave that are not in the rollout yet
 /// (including devices that enrolled since), remembering what each ran before.
-fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, FleetError> {
+fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row, now: u64) -> Result<Vec<String>, FleetError> {
     let percent = row.plan.waves[row.wave];
     // Read once per step rather than queried per matching device.
     let members: HashSet<String> = tx
@@ -145,7 +145,7 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, F
                 previous.as_ref().map(|p| p.0.clone()),
                 previous.as_ref().map(|p| p.1),
                 baseline,
-                now(),
+                now as i64,
                 classes
             ],
         )?;
@@ -164,7 +164,13 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, F
 
 /// Sends every device the rollout changed, and still on the candidate, back to what it ran
 /// before, and marks the rollout aborted.
-pub(super) fn roll_back(fleet: &Fleet, tx: &Connection, row: &Row, reason: &str) -> Result<Vec<String>, FleetError> {
+pub(super) fn roll_back(
+    fleet: &Fleet,
+    tx: &Connection,
+    row: &Row,
+    reason: &str,
+    now: u64,
+) -> Result<Vec<String>, FleetError> {
     let targets: Vec<(String, Option<String>, Option<i64>)> = tx
         .prepare(
             "SELECT rd.device_id, rd.prev_model, rd.prev_version FROM rollout_devices rd
@@ -191,7 +197,7 @@ pub(super) fn roll_back(fleet: &Fleet, tx: &Connection, row: &Row, reason: &str)
     }
     tx.execute(
         "UPDATE rollouts SET state = 'aborted', reason = ?1, updated_at = ?2 WHERE id = ?3",
-        params![reason, now(), row.id],
+        params![reason, now as i64, row.id],
     )?;
     metrics::counter!("edgefleet_controller_rollout_rollbacks_total").increment(changed.len() as u64);
     Ok(changed)

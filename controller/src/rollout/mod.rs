@@ -15,42 +15,36 @@ mod plan;
 mod records;
 
 use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutRequest, RolloutState};
+use edgefleet_shared::clock::SharedClock;
 use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 
-use crate::db::{self, Db, now};
+use crate::db::{self, Db};
 use crate::fleet::{Fleet, FleetError, matching_devices, version_artifacts};
 use crate::registry::resolve_version;
+pub use decide::Action;
+use decide::transition;
 use engine::{roll_back, step};
 use plan::plan;
 use records::{info, load};
-
-/// An operator action on a rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Running → paused.
-    Pause,
-    /// Paused → running (the current wave bakes again).
-    Resume,
-    /// Running, promoting or paused → aborted, devices sent back.
-    Abort,
-}
 
 /// The rollout service.
 #[derive(Debug, Clone)]
 pub struct Rollouts {
     db: Db,
     fleet: Fleet,
+    clock: SharedClock,
 }
 
 impl Rollouts {
-    /// A service over the controller's database and fleet.
-    pub fn new(db: Db, fleet: Fleet) -> Self {
-        Rollouts { db, fleet }
+    /// A service over the controller's database and fleet, stepping on `clock`'s time.
+    pub fn new(db: Db, fleet: Fleet, clock: SharedClock) -> Self {
+        Rollouts { db, fleet, clock }
     }
 
     /// Validates and stores a new rollout; its first wave goes out on the next tick.
     pub async fn create(&self, req: RolloutRequest, actor: String) -> Result<RolloutInfo, FleetError> {
         let plan = plan(&req)?;
+        let at = self.clock.now() as i64;
         let id = self
             .db
             .call(move |conn| -> Result<i64, FleetError> {
@@ -77,7 +71,6 @@ impl Rollouts {
                         req.model
                     )));
                 }
-                let at = now();
                 tx.execute(
                     "INSERT INTO rollouts (model, version, plan, state, wave, wave_started_at, created_at, updated_at, created_by)
                      VALUES (?1, ?2, ?3, 'running', 0, ?4, ?4, ?4, ?5)",
@@ -112,36 +105,28 @@ impl Rollouts {
 
     /// Pauses, resumes or aborts; returns the devices that got new documents.
     pub async fn act(&self, id: i64, action: Action, actor: String) -> Result<(RolloutInfo, Vec<String>), FleetError> {
-        let fleet = self.fleet.clone();
+        let (fleet, now) = (self.fleet.clone(), self.clock.now());
         let changed = self
             .db
             .call(move |conn| -> Result<Vec<String>, FleetError> {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let row = load(&tx, id)?;
-                let (from, to) = match (action, row.state) {
-                    (Action::Pause, RolloutState::Running) => ("running", RolloutState::Paused),
-                    (Action::Resume, RolloutState::Paused) => ("paused", RolloutState::Running),
-                    (Action::Abort, RolloutState::Running | RolloutState::Paused | RolloutState::Promoting) => {
-                        ("active", RolloutState::Aborted)
-                    }
-                    (_, state) => {
-                        return Err(FleetError::Conflict(format!(
-                            "rollout {id} is {}: cannot {action:?} it",
-                            state.as_str()
-                        )));
-                    }
-                };
+                let from = row.state;
+                let to = transition(from, action).ok_or_else(|| {
+                    FleetError::Conflict(format!("rollout {id} is {}: cannot {} it", from.as_str(), action.as_str()))
+                })?;
                 let changed = if to == RolloutState::Aborted {
-                    roll_back(&fleet, &tx, &row, &format!("aborted by {actor}"))?
+                    roll_back(&fleet, &tx, &row, &format!("aborted by {actor}"), now)?
                 } else {
                     tx.execute(
                         "UPDATE rollouts SET state = ?1, wave_started_at = ?2, updated_at = ?2, reason = ?3 WHERE id = ?4",
-                        params![to.as_str(), now(), format!("{} by {actor}", to.as_str()), id],
+                        params![to.as_str(), now as i64, format!("{} by {actor}", to.as_str()), id],
                     )?;
                     Vec::new()
                 };
-                let verb = format!("rollout.{}", format!("{action:?}").to_lowercase());
-                db::audit(&tx, &actor, &verb, &id.to_string(), serde_json::json!({"from": from, "devices": changed}))?;
+                let verb = format!("rollout.{}", action.as_str());
+                let detail = serde_json::json!({"from": from.as_str(), "devices": changed});
+                db::audit(&tx, &actor, &verb, &id.to_string(), detail)?;
                 tx.commit()?;
                 Ok(changed)
             })
@@ -153,7 +138,7 @@ impl Rollouts {
     /// it, then, after the bake time, judge the gates and advance, finish, pause or abort.
     /// Returns the devices that got new documents (to publish).
     pub async fn tick(&self) -> Result<Vec<String>, FleetError> {
-        let fleet = self.fleet.clone();
+        let (fleet, now) = (self.fleet.clone(), self.clock.now());
         self.db
             .call(move |conn| -> Result<Vec<String>, FleetError> {
                 let running: Vec<i64> = conn
@@ -163,7 +148,7 @@ impl Rollouts {
                 let mut changed = Vec::new();
                 for id in running {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    changed.extend(step(&fleet, &tx, id, now() as u64)?);
+                    changed.extend(step(&fleet, &tx, id, now)?);
                     tx.commit()?;
                 }
                 Ok(changed)

@@ -1,25 +1,11 @@
 //! Reading rollouts and their devices back from SQLite.
 
-use edgefleet_shared::api::rollouts::{GateResult, Plan, RolloutInfo, RolloutState, WaveInfo};
+use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutState, WaveInfo};
 use edgefleet_shared::deployment::ModelRef;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::decide::{Member, Outcome, measure, outcome};
+use super::decide::{Member, Outcome, Row, measure, outcome};
 use crate::fleet::FleetError;
-
-/// A stored rollout.
-pub(super) struct Row {
-    pub(super) id: i64,
-    pub(super) model: ModelRef,
-    pub(super) plan: Plan,
-    pub(super) state: RolloutState,
-    pub(super) wave: usize,
-    pub(super) wave_started_at: u64,
-    pub(super) reason: Option<String>,
-    pub(super) gates: Vec<GateResult>,
-    pub(super) created_at: u64,
-    pub(super) updated_at: u64,
-}
 
 pub(super) fn load(conn: &Connection, id: i64) -> Result<Row, FleetError> {
     conn.query_row(

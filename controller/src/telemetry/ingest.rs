@@ -7,13 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::analytics::drift::add_counts;
 use edgefleet_shared::keys::PublicKey;
 use edgefleet_shared::telemetry::{ModelTelemetry, TelemetryBatch};
 use rusqlite::{OptionalExtension as _, Transaction, params};
 
+use super::window::{WindowCounts, merge, window_start};
 use super::{Telemetry, TelemetryError};
-use crate::db::now;
 
 /// What became of an accepted message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +35,7 @@ impl Telemetry {
     pub async fn ingest(&self, device: String, frame: Vec<u8>) -> Result<Ingested, TelemetryError> {
         let (window, group_label) = (self.config.window_secs, self.config.group_label.clone());
         let retention = self.config.retention_days * 86_400;
+        let received = self.clock.now();
         let result = self
             .db
             .call(move |conn| -> Result<Ingested, TelemetryError> {
@@ -63,17 +63,12 @@ impl Telemetry {
                 let samples = batch.sample_count() as u64;
                 let inserted = tx.execute(
                     "INSERT OR IGNORE INTO telemetry_batches (device_id, sequence, received_at, samples) VALUES (?1, ?2, ?3, ?4)",
-                    params![device, seq, now(), samples as i64],
+                    params![device, seq, received as i64, samples as i64],
                 )?;
                 if inserted == 0 {
                     return Err(refused("duplicate", format!("batch {seq} of {device} was already stored")));
                 }
-                let received = now().max(0) as u64;
-                // The device clock decides the window (a batch delayed by an outage lands where its
-                // rows were served), clamped to the retained past: a wrong clock cannot write into
-                // the future or outside retention.
-                let at = batch.end.clamp(received.saturating_sub(retention), received);
-                let window_start = (at / window * window) as i64;
+                let window_start = window_start(batch.end, received, retention, window) as i64;
                 let mut rows = 0;
                 for m in &batch.models {
                     merge_window(&tx, m, &group, window_start)?;
@@ -103,7 +98,7 @@ impl Telemetry {
     /// Deletes what is older than the retention, keeping each device's highest deleted batch
     /// number as its replay floor, and trims sampled rows to the per-version cap.
     pub async fn prune(&self) -> Result<u64, TelemetryError> {
-        let cutoff = now() - (self.config.retention_days * 86_400) as i64;
+        let cutoff = self.clock.now().saturating_sub(self.config.retention_days * 86_400) as i64;
         let cap = self.config.max_samples_per_version as i64;
         self.db
             .call(move |conn| -> Result<u64, TelemetryError> {
@@ -132,7 +127,7 @@ impl Telemetry {
     }
 }
 
-/// Adds a batch's histograms into its window row.
+/// Adds a batch's histograms into its window row ([`merge`]).
 fn merge_window(
     tx: &Transaction<'_>,
     m: &ModelTelemetry,
@@ -148,29 +143,18 @@ fn merge_window(
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
-    let (mut rows, mut features, mut classes, mut labeled, mut correct) = match existing {
-        Some((rows, f, c, l, k)) => (
-            rows as u64,
-            serde_json::from_str::<Vec<Vec<u64>>>(&f).unwrap_or_default(),
-            serde_json::from_str::<Vec<u64>>(&c).unwrap_or_default(),
-            l as u64,
-            k as u64,
-        ),
-        None => (0, Vec::new(), Vec::new(), 0, 0),
+    let mut counts = match existing {
+        Some((rows, features, classes, labeled, correct)) => WindowCounts {
+            rows: rows as u64,
+            features: serde_json::from_str(&features).unwrap_or_default(),
+            classes: serde_json::from_str(&classes).unwrap_or_default(),
+            labeled: labeled as u64,
+            correct: correct as u64,
+        },
+        None => WindowCounts::default(),
     };
-    rows += m.rows;
-    labeled += m.labeled;
-    correct += m.correct;
-    if features.len() < m.features.len() {
-        features.resize(m.features.len(), Vec::new());
-    }
-    for (into, f) in features.iter_mut().zip(&m.features) {
-        // Bins, then the missing count last.
-        let mut counts = f.counts.clone();
-        counts.push(f.missing);
-        add_counts(into, &counts);
-    }
-    add_counts(&mut classes, &m.output_classes);
+    merge(&mut counts, m);
+    let stored = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     tx.execute(
         "INSERT INTO telemetry_windows (model, version, device_group, window_start, rows, features, output_classes, labeled, correct)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -182,11 +166,11 @@ fn merge_window(
             version,
             group,
             window_start,
-            rows as i64,
-            serde_json::to_string(&features).unwrap_or_default(),
-            serde_json::to_string(&classes).unwrap_or_default(),
-            labeled as i64,
-            correct as i64
+            stored(counts.rows),
+            serde_json::to_string(&counts.features).unwrap_or_default(),
+            serde_json::to_string(&counts.classes).unwrap_or_default(),
+            stored(counts.labeled),
+            stored(counts.correct)
         ],
     )?;
     Ok(())

@@ -4,14 +4,19 @@
 //!   histograms per (model version, device group, window), stores sampled rows and labels.
 //! - [`report`]: drift per feature and for the output, over a time range, with the handbook's
 //!   definitions (`crate::analytics::drift`).
-//! - [`retrain`]: per-model policies, judged after every window; a trigger writes a dataset
-//!   snapshot and delivers it by webhook and/or command.
+//! - [`retrain`]: per-model policies, judged after every window ([`judge`]); a trigger writes
+//!   a dataset snapshot and delivers it by webhook and/or command.
+//! - [`window`], [`judge`]: the pure cores: window assignment and merging, the retrain verdict.
 
 pub mod ingest;
+pub mod judge;
 pub mod report;
 pub mod retrain;
+pub mod window;
 
 use std::path::PathBuf;
+
+use edgefleet_shared::clock::SharedClock;
 
 use crate::config::{RetrainConfig, TelemetryConfig};
 use crate::db::{Db, DbError};
@@ -55,18 +60,21 @@ pub struct Telemetry {
     retrain: RetrainConfig,
     snapshots: PathBuf,
     http: reqwest::Client,
+    clock: SharedClock,
 }
 
 impl Telemetry {
     /// A service over `db`, writing snapshots under `snapshots`; webhooks go out with `http`.
+    /// Windows are assigned and judged on `clock`'s time.
     pub fn new(
         db: Db,
         config: TelemetryConfig,
         retrain: RetrainConfig,
         snapshots: PathBuf,
         http: reqwest::Client,
+        clock: SharedClock,
     ) -> Self {
-        Telemetry { db, config, retrain, snapshots, http }
+        Telemetry { db, config, retrain, snapshots, http, clock }
     }
 
     /// The window length.

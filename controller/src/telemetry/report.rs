@@ -260,11 +260,11 @@ impl Telemetry {
                 "the report window must be 1 to {MAX_REPORT_SPAN_SECS} seconds (a year)"
             )));
         }
-        let span = span as i64;
+        let (span, now) = (span as i64, self.clock.now() as i64);
         self.db
             .call(move |conn| -> Result<DriftReport, TelemetryError> {
                 let version = resolve(conn, &model, version.as_deref())?;
-                let (from, to) = report_range(crate::db::now(), span, window);
+                let (from, to) = report_range(now, span, window);
                 let baseline = baseline(conn, &model, version)?;
                 let merged = merged(conn, &model, version, group.as_deref(), from, to)?;
                 let rows = sample_rows(conn, &model, version, group.as_deref(), from, to)?;

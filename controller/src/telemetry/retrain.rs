@@ -12,9 +12,9 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
+use super::judge::{Evidence, Labels, Window, judge, last_settled};
 use super::report::{self, Merged};
 use super::{Telemetry, TelemetryError};
-use crate::db::now;
 
 /// `kind` of a snapshot manifest.
 pub const SNAPSHOT_KIND: &str = "edgefleet.snapshot/v1";
@@ -96,12 +96,13 @@ impl Telemetry {
     pub async fn evaluate(&self) -> Result<Vec<RetrainRequest>, TelemetryError> {
         let (default, window, dir) =
             (self.retrain.policy.clone(), self.config.window_secs as i64, self.snapshots.clone());
-        let settle = self.config.settle_secs as i64;
+        let (now, current) = {
+            let now = self.clock.now();
+            (now as i64, last_settled(now, self.config.settle_secs, self.config.window_secs) as i64)
+        };
         let created = self
             .db
             .call(move |conn| -> Result<Vec<RetrainRequest>, TelemetryError> {
-                // The end of the last window that closed and settled.
-                let current = (now() - settle) / window * window;
                 let candidates: Vec<(String, i64)> = conn
                     .prepare(
                         "SELECT DISTINCT w.model, w.version FROM telemetry_windows w
@@ -116,14 +117,14 @@ impl Telemetry {
                     if !policy.enabled {
                         continue;
                     }
-                    let verdict = match judge(conn, &model, version as u64, &policy, current, window) {
+                    let evidence = match evidence(conn, &model, version as u64, &policy, current, window) {
                         // Telemetry of a version the registry does not know (a device that
                         // serves something else): nothing to judge it against.
                         Err(TelemetryError::NotFound(_)) => continue,
                         other => other?,
                     };
-                    if let Some(reason) = verdict {
-                        let request = create(conn, &dir, &model, version as u64, &reason, current)?;
+                    if let Some(reason) = judge(&policy, &evidence, window as u64) {
+                        let request = create(conn, &dir, &model, version as u64, &reason, current, now)?;
                         tracing::warn!(model, version, id = request.id, rows = request.rows, %reason, "Retraining triggered.");
                         created.push(request);
                     }
@@ -253,60 +254,32 @@ fn policy_of(conn: &Connection, model: &str, default: &Policy) -> Result<Policy,
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| default.clone()))
 }
 
-/// Why `model:version` is due, if it is: drift in the last `policy.windows` closed windows, or
-/// an accuracy drop in the last closed window with enough labels.
-fn judge(
+/// What the judge needs about `model:version`: its baseline's size, the last `policy.windows`
+/// closed windows before `current` (newest first), and its labels in the last window and before.
+fn evidence(
     conn: &Connection,
     model: &str,
     version: u64,
     policy: &Policy,
     current: i64,
     window: i64,
-) -> Result<Option<String>, TelemetryError> {
+) -> Result<Evidence, TelemetryError> {
     let baseline = report::baseline(conn, model, version)?;
+    let mut recent = Vec::new();
     if let Some(baseline) = baseline.as_ref().filter(|b| !b.features.is_empty()) {
-        let mut drifting = 0;
-        let mut worst = 0usize;
         for k in 1..=i64::from(policy.windows) {
             let start = current - k * window;
             let merged = report::merged(conn, model, version, None, start, start + window)?;
-            if merged.rows < policy.min_rows {
-                break;
-            }
-            let drifted =
-                report::feature_psi(baseline, &merged).iter().filter(|p| p.is_some_and(|p| p >= policy.psi)).count();
-            if (drifted as f64) < policy.feature_share * baseline.features.len() as f64 || drifted == 0 {
-                break;
-            }
-            worst = worst.max(drifted);
-            drifting += 1;
-        }
-        if drifting == policy.windows {
-            return Ok(Some(format!(
-                "PSI >= {} on at least {:.0}% of the features (up to {worst} of {}) in {} consecutive windows of {window} s",
-                policy.psi,
-                policy.feature_share * 100.0,
-                baseline.features.len(),
-                policy.windows
-            )));
+            recent.push(Window { rows: merged.rows, psi: report::feature_psi(baseline, &merged) });
         }
     }
-    let last = report::merged(conn, model, version, None, current - window, current)?;
-    let before = report::merged(conn, model, version, None, 0, current - window)?;
-    let accuracy = |m: &Merged| m.correct as f64 / m.labeled as f64;
-    if last.labeled >= policy.min_labels && before.labeled >= policy.min_labels {
-        let drop = accuracy(&before) - accuracy(&last);
-        if drop >= policy.accuracy_drop {
-            return Ok(Some(format!(
-                "accuracy fell {:.1} points ({:.3} -> {:.3}; {} labels in the last window)",
-                drop * 100.0,
-                accuracy(&before),
-                accuracy(&last),
-                last.labeled
-            )));
-        }
-    }
-    Ok(None)
+    let labels = |m: Merged| Labels { labeled: m.labeled, correct: m.correct };
+    Ok(Evidence {
+        features: baseline.map_or(0, |b| b.features.len()),
+        recent,
+        last: labels(report::merged(conn, model, version, None, current - window, current)?),
+        before: labels(report::merged(conn, model, version, None, 0, current - window)?),
+    })
 }
 
 /// Writes the snapshot of `model:version`'s sampled rows from before `until` (Unix seconds: the
@@ -318,6 +291,7 @@ fn create(
     version: u64,
     reason: &str,
     until: i64,
+    now: i64,
 ) -> Result<RetrainRequest, TelemetryError> {
     let io = |e: std::io::Error| TelemetryError::Io(format!("cannot write the dataset snapshot: {e}"));
     let id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM retrain_requests", [], |r| r.get(0))?;
@@ -366,7 +340,7 @@ fn create(
         "model": model,
         "version": version,
         "reason": reason,
-        "created_at": now(),
+        "created_at": now,
         "rows": rows.len(),
         "columns": header,
         "time_range": {"from_ms": rows.first().map(|r| r.5), "to_ms": rows.last().map(|r| r.5), "until_ms": until * 1000},
@@ -384,7 +358,7 @@ fn create(
             model,
             version as i64,
             reason,
-            now(),
+            now,
             snapshot.display().to_string(),
             sha,
             rows.len() as i64,

@@ -1,0 +1,44 @@
+//! Delivery over MQTT of what changed: after a deploy, a rollout step or abort, or a refresh,
+//! each changed device's *current* document is published, retained, on its desired-state topic;
+//! after a key rotation, the trust chain. Without a broker, devices poll and nothing is sent.
+//!
+//! The current document is read back rather than handed over by whoever issued it, so two
+//! issuances racing to publish for one device can never leave the older one retained.
+
+use edgefleet_shared::trust::TrustChain;
+
+use crate::fleet::Fleet;
+use crate::mqtt::Mqtt;
+
+/// Publishes documents and trust to the fleet, when there is a broker.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    fleet: Fleet,
+    mqtt: Option<Mqtt>,
+}
+
+impl Publisher {
+    /// A publisher over `mqtt` (none: devices poll over HTTP).
+    pub fn new(fleet: Fleet, mqtt: Option<Mqtt>) -> Self {
+        Publisher { fleet, mqtt }
+    }
+
+    /// Publishes the current documents of `devices` (retained).
+    pub async fn documents(&self, devices: &[String]) {
+        let Some(mqtt) = &self.mqtt else { return };
+        for device in devices {
+            match self.fleet.desired(device.clone()).await {
+                Ok(Some(env)) => mqtt.publish_desired(device, &env).await,
+                Ok(None) => {}
+                Err(e) => tracing::error!(%device, error = %e, "Cannot read a document to publish."),
+            }
+        }
+    }
+
+    /// Publishes the trust chain (retained) after a rotation.
+    pub async fn trust(&self, chain: &TrustChain) {
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.publish_trust(chain).await;
+        }
+    }
+}
