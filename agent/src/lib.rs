@@ -12,6 +12,7 @@
 //! - [`fleet`]: fleet mode: enrollment, desired state, verified download, activation, status.
 //! - [`http`]: the KServe v2 routes, request decoding and response encoding.
 //! - [`inspect`]: offline verification of deployment documents (`verify`).
+//! - [`metric`]: every metric name the agent emits, described once.
 //! - [`observability`]: logging set-up and the Prometheus recorder.
 //! - [`predictions`]: a model's predicted classes and scores, read from its outputs.
 //! - [`repository`]: the served models and their load/ready state.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod fleet;
 pub mod http;
 pub mod inspect;
+pub mod metric;
 pub mod observability;
 pub mod predictions;
 pub mod repository;

@@ -68,20 +68,20 @@ pub struct ModelMetrics {
 impl ModelMetrics {
     fn new(name: &str, version: &str) -> Self {
         let labels = [("model", name.to_owned()), ("version", version.to_owned())];
-        let error = |reason: &'static str| counter!("edgefleet_agent_inference_errors_total", "model" => name.to_owned(), "version" => version.to_owned(), "reason" => reason);
+        let error = |reason: &'static str| counter!(crate::metric::INFERENCE_ERRORS, "model" => name.to_owned(), "version" => version.to_owned(), "reason" => reason);
         ModelMetrics {
-            requests: counter!("edgefleet_agent_inference_requests_total", &labels),
+            requests: counter!(crate::metric::INFERENCE_REQUESTS, &labels),
             engine_errors: error("engine"),
             queue_full: error("queue_full"),
             bad_request: error("bad_request"),
             timeouts: error("timeout"),
             no_workers: error("no_workers"),
-            engine_panics: counter!("edgefleet_agent_engine_panics_total", &labels),
-            queue_seconds: histogram!("edgefleet_agent_inference_queue_seconds", &labels),
-            compute_seconds: histogram!("edgefleet_agent_inference_compute_seconds", &labels),
-            request_seconds: histogram!("edgefleet_agent_inference_request_seconds", &labels),
-            batch_rows: histogram!("edgefleet_agent_inference_batch_rows", &labels),
-            in_flight: gauge!("edgefleet_agent_inference_in_flight_requests", &labels),
+            engine_panics: counter!(crate::metric::ENGINE_PANICS, &labels),
+            queue_seconds: histogram!(crate::metric::INFERENCE_QUEUE_SECONDS, &labels),
+            compute_seconds: histogram!(crate::metric::INFERENCE_COMPUTE_SECONDS, &labels),
+            request_seconds: histogram!(crate::metric::INFERENCE_REQUEST_SECONDS, &labels),
+            batch_rows: histogram!(crate::metric::INFERENCE_BATCH_ROWS, &labels),
+            in_flight: gauge!(crate::metric::INFERENCE_IN_FLIGHT, &labels),
         }
     }
 }
@@ -111,12 +111,12 @@ pub async fn prepare(source: ModelSource, backend: &BackendConfig) -> Result<Arc
     .unwrap_or_else(|e| Err(EngineError::Panicked(format!("while loading the model: {e}"))));
     match &loaded {
         Ok(model) => {
-            counter!("edgefleet_agent_model_loads_total", "result" => "ok").increment(1);
+            counter!(crate::metric::MODEL_LOADS, "result" => "ok").increment(1);
             tracing::info!(model = %source.name, version = %source.version, platform = model.engine.platform(),
                 millis = started.elapsed().as_millis() as u64, "Model loaded and warmed up.");
         }
         Err(e) => {
-            counter!("edgefleet_agent_model_loads_total", "result" => "error").increment(1);
+            counter!(crate::metric::MODEL_LOADS, "result" => "error").increment(1);
             tracing::error!(model = %source.name, path = %source.path.display(), error = %e, "Model failed to load.");
         }
     }
@@ -304,7 +304,7 @@ impl Repository {
     /// Sets `edgefleet_agent_models_ready` to the number of models serving now.
     pub fn update_ready_gauge(&self) {
         let ready = self.read().values().filter(|s| s.is_serving()).count();
-        gauge!("edgefleet_agent_models_ready").set(ready as f64);
+        gauge!(crate::metric::MODELS_READY).set(ready as f64);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelState>> {

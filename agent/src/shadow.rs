@@ -71,7 +71,7 @@ impl Shadow {
         let (reply, result) = oneshot::channel();
         if self.model.pool.try_submit(Job { inputs, enqueued: Instant::now(), reply }).is_err() {
             self.skipped.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("edgefleet_agent_shadow_skipped_total").increment(1);
+            metrics::counter!(crate::metric::SHADOW_SKIPPED).increment(1);
             return;
         }
         let this = self.clone();
@@ -95,7 +95,7 @@ impl Shadow {
         sums.latency_delta_s += latency_delta_s;
         drop(sums);
         self.compared.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("edgefleet_agent_shadow_compared_total").increment(1);
+        metrics::counter!(crate::metric::SHADOW_COMPARED).increment(1);
     }
 
     /// The comparison so far, for status reports.
@@ -174,7 +174,7 @@ impl Shadows {
             Some(s) => shadows.insert(name.to_owned(), s),
             None => shadows.remove(name),
         };
-        metrics::gauge!("edgefleet_agent_shadow_models").set(shadows.len() as f64);
+        metrics::gauge!(crate::metric::SHADOW_MODELS).set(shadows.len() as f64);
         old
     }
 }

@@ -18,6 +18,7 @@
 //! - [`keyring`]: signing keys and trust sets; key rotation and revocation.
 //! - [`mqtt`]: the embedded broker behind its authorizing gate, the Mosquitto set-up, and the
 //!   client publishing desired state and trust, taking status and telemetry.
+//! - [`metric`]: every metric name the controller emits, described once.
 //! - [`observability`]: logging and the Prometheus recorder.
 //! - [`publish`]: delivery of changed documents and trust chains over MQTT.
 //! - [`registry`]: the push pipeline, versions, aliases, lineage queries.
@@ -35,6 +36,7 @@ pub mod db;
 pub mod device_ca;
 pub mod fleet;
 pub mod keyring;
+pub mod metric;
 pub mod mqtt;
 pub mod observability;
 pub mod publish;

@@ -53,7 +53,7 @@ impl Agent {
         let doc = match verified {
             Ok(doc) => doc,
             Err(e) => {
-                metrics::counter!("edgefleet_agent_verifications_total", "result" => e.class()).increment(1);
+                metrics::counter!(crate::metric::VERIFICATIONS, "result" => e.class()).increment(1);
                 if e.class() == "unknown_key" {
                     self.waiting_for_trust = Some(envelope.clone());
                 }
@@ -62,7 +62,7 @@ impl Agent {
                 return false;
             }
         };
-        metrics::counter!("edgefleet_agent_verifications_total", "result" => "ok").increment(1);
+        metrics::counter!(crate::metric::VERIFICATIONS, "result" => "ok").increment(1);
         self.state.last_sequence = Some(doc.sequence);
         self.state.last_document_sha256 = Some(digest);
         self.stop_shadow(&doc.model.name);
@@ -123,7 +123,7 @@ impl Agent {
         match self.trust.apply(chain) {
             Ok(0) => {}
             Ok(applied) => {
-                metrics::counter!("edgefleet_agent_trust_rotations_total", "result" => "ok").increment(applied as u64);
+                metrics::counter!(crate::metric::TRUST_ROTATIONS, "result" => "ok").increment(applied as u64);
                 self.trust_version.store(self.trust.version(), std::sync::atomic::Ordering::Relaxed);
                 if let Some(env) = self.waiting_for_trust.take() {
                     self.on_envelope(env);
@@ -131,7 +131,7 @@ impl Agent {
                 self.report();
             }
             Err(e) => {
-                metrics::counter!("edgefleet_agent_trust_rotations_total", "result" => "refused").increment(1);
+                metrics::counter!(crate::metric::TRUST_ROTATIONS, "result" => "refused").increment(1);
                 let class = match &e {
                     trust::ApplyError::Refused(v) => v.class(),
                     trust::ApplyError::Persist(_) => "storage",

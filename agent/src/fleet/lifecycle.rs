@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use edgefleet_shared::deployment::DeploymentDocument;
 use edgefleet_shared::fleet::{ActivationReport, Refusal};
+use tracing::Instrument as _;
 
 use super::activate::{self, ActivationError};
 use super::state::Slot;
@@ -34,7 +35,9 @@ impl Agent {
             telemetry: self.telemetry.clone(),
         };
         let (task_doc, shadow) = (doc.clone(), matches!(purpose, Purpose::Shadow(_)));
-        let handle = tokio::spawn(async move { ctx.prepare(&task_doc, shadow).await });
+        let span = tracing::info_span!("activation", model = %doc.model.name, version = doc.model.version,
+            sequence = doc.sequence, shadow);
+        let handle = tokio::spawn(async move { ctx.prepare(&task_doc, shadow).await }.instrument(span));
         self.job = Some(Job { doc, purpose, started: Instant::now(), handle });
     }
 
@@ -131,8 +134,7 @@ impl Agent {
 
     pub(super) fn record(&mut self, doc: &DeploymentDocument, started: Instant, error: Option<String>) {
         let ok = error.is_none();
-        metrics::counter!("edgefleet_agent_activations_total", "result" => if ok { "ok" } else { "failed" })
-            .increment(1);
+        metrics::counter!(crate::metric::ACTIVATIONS, "result" => if ok { "ok" } else { "failed" }).increment(1);
         self.state.last_activation = Some(ActivationReport {
             model: doc.model.clone(),
             sequence: doc.sequence,
@@ -152,7 +154,7 @@ impl Agent {
                 at: self.clock.now(),
             });
         }
-        metrics::counter!("edgefleet_agent_rollbacks_total").increment(1);
+        metrics::counter!(crate::metric::ROLLBACKS).increment(1);
         tracing::error!(model = %doc.model.name, version = doc.model.version, error = %e, "Activation failed; the previous version keeps serving.");
         self.record(doc, started, Some(e.to_string()));
     }

@@ -280,7 +280,7 @@ impl Link {
             .await
             .map_err(file_err)?;
         let mut total = if append { have } else { 0 };
-        metrics::counter!("edgefleet_agent_download_resumes_total").increment(u64::from(append));
+        metrics::counter!(crate::metric::DOWNLOAD_RESUMES).increment(u64::from(append));
         while let Some(chunk) = resp.chunk().await? {
             total += chunk.len() as u64;
             if total > artifact.compressed_size {
@@ -291,7 +291,7 @@ impl Link {
                 );
             }
             file.write_all(&chunk).await.map_err(file_err)?;
-            metrics::counter!("edgefleet_agent_download_bytes_total").increment(chunk.len() as u64);
+            metrics::counter!(crate::metric::DOWNLOAD_BYTES).increment(chunk.len() as u64);
         }
         file.sync_all().await.map_err(file_err)?;
         Ok(())

@@ -79,7 +79,7 @@ impl MqttLink {
                         backoff = Duration::from_millis(100);
                         failures = 0;
                         flag.store(true, Ordering::Relaxed);
-                        metrics::gauge!("edgefleet_agent_mqtt_connected").set(1.0);
+                        metrics::gauge!(crate::metric::MQTT_CONNECTED).set(1.0);
                         tracing::info!("MQTT connected.");
                         for topic in [&desired_topic, &trust_topic] {
                             if let Err(e) = c.subscribe(topic, QoS::AtLeastOnce).await {
@@ -108,14 +108,14 @@ impl MqttLink {
                     Ok(Event::Incoming(Packet::PubAck(ack))) => tracker.on_puback(ack.pkid),
                     Ok(_) => {}
                     Err(e) => {
-                        metrics::gauge!("edgefleet_agent_mqtt_connected").set(0.0);
+                        metrics::gauge!(crate::metric::MQTT_CONNECTED).set(0.0);
                         if flag.swap(false, Ordering::Relaxed) {
                             tracing::warn!(error = %e, "MQTT connection lost; falling back to HTTP polling.");
                         } else if failures.is_power_of_two() || failures == 0 {
                             tracing::warn!(error = %e, attempts = failures + 1, "Cannot connect to the MQTT broker; polling over HTTP meanwhile.");
                         }
                         failures += 1;
-                        metrics::counter!("edgefleet_agent_mqtt_reconnects_total").increment(1);
+                        metrics::counter!(crate::metric::MQTT_RECONNECTS).increment(1);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                         // The password is only valid for a few minutes: sign a new one.

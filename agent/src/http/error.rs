@@ -79,8 +79,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(status = self.status.as_u16(), error = %self.message, "Request refused.");
         }
-        metrics::counter!("edgefleet_agent_http_rejections_total", "status" => self.status.as_str().to_owned())
-            .increment(1);
+        metrics::counter!(crate::metric::HTTP_REJECTIONS, "status" => self.status.as_str().to_owned()).increment(1);
         (self.status, Json(ErrorBody { error: self.message })).into_response()
     }
 }

@@ -74,6 +74,6 @@ pub(super) async fn feedback(
         })
         .collect::<Result<_, _>>()?;
     let matched = parsed.iter().filter(|(id, label)| recorder.feedback(id, *label)).count();
-    metrics::counter!("edgefleet_agent_feedback_labels_total").increment(parsed.len() as u64);
+    metrics::counter!(crate::metric::FEEDBACK_LABELS).increment(parsed.len() as u64);
     Ok(Json(json!({ "accepted": parsed.len(), "matched": matched })))
 }

@@ -52,10 +52,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/versions/{version}/infer", post(infer::infer_version))
         .route("/v2/models/{model}/feedback", post(feedback::feedback))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn(span))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// A `debug`-level span per request (`RUST_LOG=edgefleet_agent=debug` shows them), so logs of
+/// one request line up; disabled spans cost next to nothing on the inference path.
+async fn span(
+    matched: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument as _;
+    let span = tracing::debug_span!("http", method = %request.method(), route = matched.as_str());
+    next.run(request).instrument(span).await
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -177,8 +190,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
     for (name, s) in state.repository.list() {
         if let ModelState::Ready(m) = s {
             let labels = [("model", name), ("version", m.version.clone())];
-            metrics::gauge!("edgefleet_agent_queue_depth_requests", &labels).set(m.pool.queue_len() as f64);
-            metrics::gauge!("edgefleet_agent_inference_workers", &labels).set(m.pool.workers_alive() as f64);
+            metrics::gauge!(crate::metric::QUEUE_DEPTH, &labels).set(m.pool.queue_len() as f64);
+            metrics::gauge!(crate::metric::INFERENCE_WORKERS, &labels).set(m.pool.workers_alive() as f64);
         }
     }
     state.repository.update_ready_gauge();

@@ -81,7 +81,7 @@ impl Task {
                     if let Ok(Err(e)) = result {
                         tracing::error!(error = %e, "Cannot delete an acknowledged telemetry batch.");
                     }
-                    metrics::counter!("edgefleet_agent_telemetry_batches_total", "result" => "acknowledged").increment(1);
+                    metrics::counter!(crate::metric::TELEMETRY_BATCHES, "result" => "acknowledged").increment(1);
                 }
                 _ = pump.tick() => {
                     if let Some(link) = &link {
@@ -116,8 +116,8 @@ async fn cut_batch(hub: &Arc<Hub>, spool: &Arc<Mutex<Spool>>, device: &str, key:
     .await;
     match result {
         Ok(Ok((sequence, bytes, rows))) => {
-            metrics::counter!("edgefleet_agent_telemetry_batches_total", "result" => "spooled").increment(1);
-            metrics::counter!("edgefleet_agent_telemetry_bytes_total").increment(bytes as u64);
+            metrics::counter!(crate::metric::TELEMETRY_BATCHES, "result" => "spooled").increment(1);
+            metrics::counter!(crate::metric::TELEMETRY_BYTES).increment(bytes as u64);
             tracing::debug!(sequence, bytes, rows, "Telemetry batch spooled.");
         }
         Ok(Err(e)) => tracing::error!(error = %e, "Cannot spool a telemetry batch; it is lost."),

@@ -240,7 +240,7 @@ impl Recorder {
                 low_confidence: low,
             };
             self.samples.lock().unwrap_or_else(|p| p.into_inner()).push(sample);
-            metrics::counter!("edgefleet_agent_telemetry_samples_total", "reason" => if low { "low_confidence" } else { "rate" })
+            metrics::counter!(crate::metric::TELEMETRY_SAMPLES, "reason" => if low { "low_confidence" } else { "rate" })
                 .increment(1);
         }
     }
@@ -273,7 +273,7 @@ impl Recorder {
         if feedback.len() < self.max_feedback {
             feedback.push(Feedback { request_id: request_id.into(), label, at_ms: edgefleet_shared::clock::unix_ms() });
         } else {
-            metrics::counter!("edgefleet_agent_telemetry_feedback_dropped_total").increment(1);
+            metrics::counter!(crate::metric::TELEMETRY_FEEDBACK_DROPPED).increment(1);
         }
         predicted.is_some()
     }

@@ -84,8 +84,8 @@ impl Spool {
         while self.bytes > self.max_bytes && self.entries.len() > 1 {
             let Some((&old, &entry)) = self.entries.iter().next() else { break };
             self.remove(old, entry)?;
-            metrics::counter!("edgefleet_agent_telemetry_dropped_batches_total").increment(1);
-            metrics::counter!("edgefleet_agent_telemetry_dropped_samples_total").increment(entry.samples);
+            metrics::counter!(crate::metric::TELEMETRY_DROPPED_BATCHES).increment(1);
+            metrics::counter!(crate::metric::TELEMETRY_DROPPED_SAMPLES).increment(entry.samples);
             tracing::warn!(sequence = old, samples = entry.samples, "Telemetry spool full; dropped the oldest batch.");
         }
         self.update_gauges();
@@ -131,8 +131,8 @@ impl Spool {
     }
 
     fn update_gauges(&self) {
-        metrics::gauge!("edgefleet_agent_telemetry_spool_batches").set(self.entries.len() as f64);
-        metrics::gauge!("edgefleet_agent_telemetry_spool_bytes").set(self.bytes as f64);
+        metrics::gauge!(crate::metric::TELEMETRY_SPOOL_BATCHES).set(self.entries.len() as f64);
+        metrics::gauge!(crate::metric::TELEMETRY_SPOOL_BYTES).set(self.bytes as f64);
     }
 }
 

@@ -71,7 +71,7 @@ pub(super) async fn serve_artifact(state: &AppState, sha256: &str, headers: &Hea
     };
     file.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::internal(e.to_string()))?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
-    metrics::counter!("edgefleet_controller_artifact_bytes_served_total").increment(count);
+    metrics::counter!(crate::metric::ARTIFACT_BYTES_SERVED).increment(count);
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zstd"));

@@ -224,6 +224,6 @@ pub(super) async fn deploy(
     let issued = state.fleet.deploy(req, caller.actor()).await?;
     let devices: Vec<String> = issued.iter().map(|i| i.device_id.clone()).collect();
     state.publisher.documents(&devices).await;
-    metrics::counter!("edgefleet_controller_documents_issued_total").increment(issued.len() as u64);
+    metrics::counter!(crate::metric::DOCUMENTS_ISSUED).increment(issued.len() as u64);
     Ok((StatusCode::CREATED, Json(issued)))
 }

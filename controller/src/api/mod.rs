@@ -5,6 +5,7 @@ mod caller;
 mod devices;
 mod error;
 mod models;
+mod observe;
 mod rollouts;
 mod telemetry;
 mod tokens;
@@ -154,9 +155,11 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .nest("/api/v1", api)
         .route("/healthz", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn(observe::tag_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }
 

@@ -83,8 +83,8 @@ pub(super) async fn push(
     let started = std::time::Instant::now();
     let result = state.registry.push(req, caller.actor()).await;
     let outcome = if result.is_ok() { "ok" } else { "refused" };
-    metrics::counter!("edgefleet_controller_pushes_total", "result" => outcome).increment(1);
-    metrics::histogram!("edgefleet_controller_push_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!(crate::metric::PUSHES, "result" => outcome).increment(1);
+    metrics::histogram!(crate::metric::PUSH_SECONDS).record(started.elapsed().as_secs_f64());
     Ok((StatusCode::CREATED, Json(result?)))
 }
 

@@ -110,7 +110,7 @@ impl Gate {
             Err((code, why)) => {
                 let will = connect.last_will.as_ref().map(|w| w.topic.as_str());
                 tracing::info!(client_id = %connect.client_id, reason = why, will, "Broker gate refused a connection.");
-                metrics::counter!("edgefleet_controller_broker_denied_total", "reason" => why).increment(1);
+                metrics::counter!(crate::metric::BROKER_DENIED, "reason" => why).increment(1);
                 let mut out = BytesMut::new();
                 let _ = ConnAck::new(code, false).write(&mut out);
                 let _ = to_client.write_all(&out).await;
@@ -130,7 +130,7 @@ impl Gate {
             loop {
                 let Some(packet) = next_packet(&mut from_client, &mut buf).await? else { return Ok(()) };
                 if let Err(why) = acl.allows(&packet) {
-                    metrics::counter!("edgefleet_controller_broker_denied_total", "reason" => why.0).increment(1);
+                    metrics::counter!(crate::metric::BROKER_DENIED, "reason" => why.0).increment(1);
                     return Err(Closed::Denied(format!("device {device}: {}", why.1)));
                 }
                 out.clear();

@@ -128,8 +128,7 @@ impl Mqtt {
                 if let Err(e) = worker.client.ack(&p).await {
                     tracing::warn!(error = %e, "Cannot acknowledge an MQTT message.");
                 }
-                metrics::gauge!("edgefleet_controller_mqtt_backlog_messages")
-                    .set(depth.fetch_sub(1, Ordering::Relaxed) as f64 - 1.0);
+                metrics::gauge!(crate::metric::MQTT_BACKLOG).set(depth.fetch_sub(1, Ordering::Relaxed) as f64 - 1.0);
             }
         });
         tokio::spawn(async move {
@@ -152,7 +151,7 @@ impl Mqtt {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         // Heartbeats (QoS 0) are shed under overload; QoS 1 waits its turn.
                         if p.qos == QoS::AtMostOnce && backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
-                            metrics::counter!("edgefleet_controller_status_shed_total").increment(1);
+                            metrics::counter!(crate::metric::STATUS_SHED).increment(1);
                             continue;
                         }
                         backlog.fetch_add(1, Ordering::Relaxed);
@@ -228,15 +227,14 @@ impl Mqtt {
         };
         let Ok(envelope) = serde_json::from_slice::<SignedEnvelope>(payload) else {
             // Also an unsigned "offline": only the device's own signed notice marks it offline.
-            metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "malformed").increment(1);
+            metrics::counter!(crate::metric::STATUS_REJECTED, "reason" => "malformed").increment(1);
             return;
         };
         match fleet.verify_device_envelope(device.to_owned(), envelope).await {
             Ok(bytes) => {
                 if let Ok(notice) = serde_json::from_slice::<OfflineNotice>(&bytes) {
                     if notice.kind != OFFLINE_KIND || notice.device != device {
-                        metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "malformed")
-                            .increment(1);
+                        metrics::counter!(crate::metric::STATUS_REJECTED, "reason" => "malformed").increment(1);
                         return;
                     }
                     // The broker published the device's last will.
@@ -247,15 +245,14 @@ impl Mqtt {
                 }
                 match serde_json::from_slice::<DeviceStatus>(&bytes) {
                     Ok(status) => match fleet.record_status(device.to_owned(), status).await {
-                        Ok(()) => metrics::counter!("edgefleet_controller_status_reports_total").increment(1),
+                        Ok(()) => metrics::counter!(crate::metric::STATUS_REPORTS).increment(1),
                         Err(e) => tracing::warn!(%device, error = %e, "Cannot record status."),
                     },
-                    Err(_) => metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "malformed")
-                        .increment(1),
+                    Err(_) => metrics::counter!(crate::metric::STATUS_REJECTED, "reason" => "malformed").increment(1),
                 }
             }
             Err(e) => {
-                metrics::counter!("edgefleet_controller_status_rejected_total", "reason" => "signature").increment(1);
+                metrics::counter!(crate::metric::STATUS_REJECTED, "reason" => "signature").increment(1);
                 tracing::warn!(%device, error = %e, "Status refused.");
             }
         }

@@ -62,7 +62,7 @@ pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64, now: u64) -> Result<
             tracing::info!(rollout = id, devices = m.devices, "Rollout completed.");
         }
         Decision::Fail { reason, action } => {
-            metrics::counter!("edgefleet_controller_rollout_gate_failures_total").increment(1);
+            metrics::counter!(crate::metric::ROLLOUT_GATE_FAILURES).increment(1);
             let verb = match action {
                 OnFail::Abort => {
                     changed.extend(roll_back(fleet, tx, &row, &reason, now)?);
@@ -156,7 +156,7 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row, now: u64) -> Result<Vec<
         joined.push(device);
     }
     if !joined.is_empty() {
-        metrics::counter!("edgefleet_controller_documents_issued_total").increment(joined.len() as u64);
+        metrics::counter!(crate::metric::DOCUMENTS_ISSUED).increment(joined.len() as u64);
         tracing::info!(rollout = row.id, wave = row.wave + 1, devices = joined.len(), "Rollout wave issued.");
     }
     Ok(joined)
@@ -199,6 +199,6 @@ pub(super) fn roll_back(
         "UPDATE rollouts SET state = 'aborted', reason = ?1, updated_at = ?2 WHERE id = ?3",
         params![reason, now as i64, row.id],
     )?;
-    metrics::counter!("edgefleet_controller_rollout_rollbacks_total").increment(changed.len() as u64);
+    metrics::counter!(crate::metric::ROLLOUT_ROLLBACKS).increment(changed.len() as u64);
     Ok(changed)
 }

@@ -81,16 +81,14 @@ impl Telemetry {
             .await;
         match &result {
             Ok(i) => {
-                metrics::counter!("edgefleet_controller_telemetry_batches_total", "result" => "accepted").increment(1);
-                metrics::counter!("edgefleet_controller_telemetry_samples_total").increment(i.samples);
-                metrics::counter!("edgefleet_controller_telemetry_rows_total").increment(i.rows);
+                metrics::counter!(crate::metric::TELEMETRY_BATCHES, "result" => "accepted").increment(1);
+                metrics::counter!(crate::metric::TELEMETRY_SAMPLES).increment(i.samples);
+                metrics::counter!(crate::metric::TELEMETRY_ROWS).increment(i.rows);
             }
             Err(TelemetryError::Refused { class, .. }) => {
-                metrics::counter!("edgefleet_controller_telemetry_batches_total", "result" => *class).increment(1);
+                metrics::counter!(crate::metric::TELEMETRY_BATCHES, "result" => *class).increment(1);
             }
-            Err(_) => {
-                metrics::counter!("edgefleet_controller_telemetry_batches_total", "result" => "error").increment(1)
-            }
+            Err(_) => metrics::counter!(crate::metric::TELEMETRY_BATCHES, "result" => "error").increment(1),
         }
         result
     }

@@ -133,7 +133,7 @@ impl Telemetry {
             })
             .await?;
         for request in &created {
-            metrics::counter!("edgefleet_controller_retrain_requests_total").increment(1);
+            metrics::counter!(crate::metric::RETRAIN_REQUESTS).increment(1);
             tokio::spawn(self.clone().deliver(request.clone()));
         }
         Ok(created)
@@ -190,8 +190,7 @@ impl Telemetry {
                 .await;
             let retry = match sent {
                 Ok(r) if r.status().is_success() => {
-                    metrics::counter!("edgefleet_controller_webhook_deliveries_total", "result" => "delivered")
-                        .increment(1);
+                    metrics::counter!(crate::metric::WEBHOOK_DELIVERIES, "result" => "delivered").increment(1);
                     return json!({"state": "delivered", "attempts": attempt, "status": r.status().as_u16()});
                 }
                 Ok(r) => {
@@ -203,7 +202,7 @@ impl Telemetry {
                     true
                 }
             };
-            metrics::counter!("edgefleet_controller_webhook_deliveries_total", "result" => "retry").increment(1);
+            metrics::counter!(crate::metric::WEBHOOK_DELIVERIES, "result" => "retry").increment(1);
             tracing::warn!(id = request.id, attempt, error = %last, "Retrain webhook delivery failed.");
             if !retry || attempt == attempts {
                 break;
@@ -211,7 +210,7 @@ impl Telemetry {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(300));
         }
-        metrics::counter!("edgefleet_controller_webhook_deliveries_total", "result" => "failed").increment(1);
+        metrics::counter!(crate::metric::WEBHOOK_DELIVERIES, "result" => "failed").increment(1);
         json!({"state": "failed", "attempts": attempts, "error": last})
     }
 }

@@ -150,7 +150,7 @@ fn run_isolated(mut cmd: Command, memory_bytes: u64, timeout: Duration) -> Resul
     };
     let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
     let Some(status) = status else {
-        metrics::counter!("edgefleet_controller_validations_total", "result" => "timeout").increment(1);
+        metrics::counter!(crate::metric::VALIDATIONS, "result" => "timeout").increment(1);
         return Err(ValidationError::Budget(format!(
             "validation did not finish within {} s (registry.validation_timeout_secs)",
             timeout.as_secs()
@@ -158,15 +158,15 @@ fn run_isolated(mut cmd: Command, memory_bytes: u64, timeout: Duration) -> Resul
     };
     match serde_json::from_slice::<Answer>(&out) {
         Ok(Answer::Valid(v)) if status.success() => {
-            metrics::counter!("edgefleet_controller_validations_total", "result" => "ok").increment(1);
+            metrics::counter!(crate::metric::VALIDATIONS, "result" => "ok").increment(1);
             Ok(*v)
         }
         Ok(Answer::Refused(e)) => {
-            metrics::counter!("edgefleet_controller_validations_total", "result" => "refused").increment(1);
+            metrics::counter!(crate::metric::VALIDATIONS, "result" => "refused").increment(1);
             Err(e)
         }
         _ => {
-            metrics::counter!("edgefleet_controller_validations_total", "result" => "crashed").increment(1);
+            metrics::counter!(crate::metric::VALIDATIONS, "result" => "crashed").increment(1);
             let last =
                 String::from_utf8_lossy(&err).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
             tracing::warn!(%status, stderr = %last, "The model validator died.");

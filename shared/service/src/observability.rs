@@ -14,6 +14,131 @@ const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How a metric is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Set to the current value.
+    Gauge,
+    /// A distribution (Prometheus buckets).
+    Histogram,
+}
+
+/// One metric a binary emits. Each binary's catalog module lists every one it emits, and its
+/// emit sites name the catalog's constants.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// Full name, e.g. `edgefleet_agent_activations_total`.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// Unit, when it has one.
+    pub unit: Option<metrics::Unit>,
+    /// Label names it carries.
+    pub labels: &'static [&'static str],
+    /// What it counts, for `# HELP` and the README.
+    pub help: &'static str,
+}
+
+/// Describes every metric of `catalog`, and registers those without labels at zero, so a
+/// fresh process's `/metrics` already lists them.
+pub fn describe(catalog: &[Metric]) {
+    for m in catalog {
+        match (m.kind, m.unit) {
+            (Kind::Counter, Some(unit)) => metrics::describe_counter!(m.name, unit, m.help),
+            (Kind::Counter, None) => metrics::describe_counter!(m.name, m.help),
+            (Kind::Gauge, Some(unit)) => metrics::describe_gauge!(m.name, unit, m.help),
+            (Kind::Gauge, None) => metrics::describe_gauge!(m.name, m.help),
+            (Kind::Histogram, Some(unit)) => metrics::describe_histogram!(m.name, unit, m.help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(m.name, m.help),
+        }
+        if m.labels.is_empty() {
+            match m.kind {
+                Kind::Counter => metrics::counter!(m.name).absolute(0),
+                Kind::Gauge => metrics::gauge!(m.name).increment(0.0),
+                Kind::Histogram => {}
+            }
+        }
+    }
+}
+
+/// Checks a catalog's names: unique, under `prefix`, counters ending `_total`, units matching
+/// the `_seconds`/`_bytes` suffixes. For each binary's catalog test.
+pub fn check_catalog(prefix: &str, catalog: &[Metric]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for m in catalog {
+        if !seen.insert(m.name) {
+            return Err(format!("{} is listed twice", m.name));
+        }
+        if !m.name.starts_with(prefix) || !m.name[prefix.len()..].bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(format!("{} is not {prefix}<snake_case>", m.name));
+        }
+        if (m.kind == Kind::Counter) != m.name.ends_with("_total") {
+            return Err(format!("{}: counters, and only counters, end in _total", m.name));
+        }
+        let base = m.name.trim_end_matches("_total");
+        let unit = if base.ends_with("_seconds") {
+            Some(metrics::Unit::Seconds)
+        } else if base.ends_with("_bytes") {
+            Some(metrics::Unit::Bytes)
+        } else {
+            None
+        };
+        if unit.is_some() && m.unit != unit {
+            return Err(format!("{}: its unit is {:?}, its name says {unit:?}", m.name, m.unit));
+        }
+        if m.help.is_empty() || !m.help.ends_with('.') {
+            return Err(format!("{}: help must be a sentence", m.name));
+        }
+    }
+    Ok(())
+}
+
+/// The metric macro calls in the Rust sources under `src` that do not name one of `consts`
+/// (the catalog module's constants): a string literal, or an unknown constant. Each binary's
+/// catalog test asserts this is empty.
+pub fn uncatalogued_emits(src: &std::path::Path, module: &str, consts: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![src.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for (i, line) in text.lines().enumerate() {
+                for mac in ["counter!(", "gauge!(", "histogram!("] {
+                    let mut rest = line;
+                    while let Some(at) = rest.find(mac) {
+                        rest = &rest[at + mac.len()..];
+                        let arg = rest.trim_start();
+                        if arg.is_empty() || arg.starts_with("m.name") {
+                            continue;
+                        }
+                        let ident: String = arg
+                            .trim_start_matches(&format!("{module}::"))
+                            .trim_start_matches(&format!("crate::{module}::"))
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        if !consts.contains(&ident.as_str()) {
+                            out.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The process's Prometheus recorder, installed on first use; `describe` registers the
 /// binary's metric descriptions once. Histograms ending `_seconds` get latency buckets,
 /// those ending `_rows` count buckets.
