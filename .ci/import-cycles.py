@@ -36,7 +36,7 @@ def modules(root):
             if name.endswith(".rs"):
                 path = os.path.join(dirpath, name)
                 rel = os.path.relpath(path, root)[:-3]
-                mod = rel.replace("/mod", "").replace("/", "::")
+                mod = (rel[: -len("/mod")] if rel.endswith("/mod") else rel).replace("/", "::")
                 if mod in ("lib", "main"):
                     mod = "crate"
                 elif mod.startswith("bin::"):

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
 
 /// Database failures.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +239,29 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE telemetry_samples ADD COLUMN window_start INTEGER;
     CREATE INDEX telemetry_samples_window ON telemetry_samples(model, version, window_start);
     ",
+    // 8: a rollout's state is one the controller knows (and its wave an index): the table is
+    // rebuilt with CHECK constraints (SQLite cannot add them in place).
+    "
+    CREATE TABLE rollouts_checked (
+        id               INTEGER PRIMARY KEY,
+        model            TEXT NOT NULL,
+        version          INTEGER NOT NULL CHECK (version >= 1),
+        plan             TEXT NOT NULL,
+        state            TEXT NOT NULL CHECK (state IN ('running', 'paused', 'promoting', 'completed', 'aborted')),
+        wave             INTEGER NOT NULL CHECK (wave >= 0),
+        wave_started_at  INTEGER NOT NULL,
+        reason           TEXT,
+        gate_results     TEXT,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        created_by       TEXT NOT NULL
+    );
+    INSERT INTO rollouts_checked SELECT id, model, version, plan, state, wave, wave_started_at, reason,
+        gate_results, created_at, updated_at, created_by FROM rollouts;
+    DROP TABLE rollouts;
+    ALTER TABLE rollouts_checked RENAME TO rollouts;
+    CREATE INDEX rollouts_state ON rollouts(state);
+    ",
 ];
 
 /// A shared handle to the database.
@@ -270,14 +293,28 @@ impl Db {
         if current > supported {
             return Err(DbError::TooNew { found: current, supported });
         }
-        for (ix, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", ix as i64 + 1)?;
-            tx.commit()?;
-            tracing::info!(version = ix + 1, "Database migrated.");
-        }
-        Ok(())
+        // Foreign keys are off while a migration rebuilds a table (SQLite's documented procedure),
+        // and every reference is checked before it commits.
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        let migrated = (|| -> Result<(), DbError> {
+            for (ix, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+                let tx = conn.transaction()?;
+                tx.execute_batch(sql)?;
+                let broken: Option<String> = tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
+                if let Some(table) = broken {
+                    return Err(DbError::Sqlite(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                        Some(format!("migration {} leaves a broken reference in {table}", ix + 1)),
+                    )));
+                }
+                tx.pragma_update(None, "user_version", ix as i64 + 1)?;
+                tx.commit()?;
+                tracing::info!(version = ix + 1, "Database migrated.");
+            }
+            Ok(())
+        })();
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrated
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -352,5 +389,46 @@ mod tests {
         let path = dir.path().join("db.sqlite");
         Connection::open(&path).expect("create").pragma_update(None, "user_version", 99).expect("bump");
         assert!(matches!(Db::open(&path), Err(DbError::TooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn persisted_states_are_checked_and_old_rollouts_survive_the_rebuild() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        {
+            // A database as a controller before migration 8 left it, with a rollout and its device.
+            let mut conn = Connection::open(&path).expect("create");
+            let tx = conn.transaction().expect("tx");
+            for sql in &MIGRATIONS[..7] {
+                tx.execute_batch(sql).expect("old migration");
+            }
+            tx.execute_batch(
+                "INSERT INTO devices (id, public_key, labels, enrolled_at) VALUES ('dev-1', 'k', '{}', 1);
+                 INSERT INTO rollouts VALUES (1, 'm', 1, '{}', 'paused', 0, 1, NULL, NULL, 1, 1, 'op');
+                 INSERT INTO rollout_devices (rollout_id, device_id, wave, joined_at) VALUES (1, 'dev-1', 0, 1);
+                 PRAGMA user_version = 7;",
+            )
+            .expect("old rows");
+            tx.commit().expect("commit");
+        }
+        let db = Db::open(&path).expect("migrates");
+        db.call_blocking(|c| {
+            let state: String = c.query_row("SELECT state FROM rollouts WHERE id = 1", [], |r| r.get(0)).expect("kept");
+            assert_eq!(state, "paused");
+            let joined: i64 = c.query_row("SELECT COUNT(*) FROM rollout_devices", [], |r| r.get(0)).expect("count");
+            assert_eq!(joined, 1);
+            let bad = c.execute("UPDATE rollouts SET state = 'Running' WHERE id = 1", []);
+            assert!(bad.is_err(), "an unknown state is refused by the schema");
+            let bad = c.execute(
+                "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES ('x', 'root', 'h', 1, 'a')",
+                [],
+            );
+            assert!(bad.is_err(), "an unknown role is refused by the schema");
+            let orphan = c.execute(
+                "INSERT INTO rollout_devices (rollout_id, device_id, wave, joined_at) VALUES (9, 'dev-1', 0, 1)",
+                [],
+            );
+            assert!(orphan.is_err(), "foreign keys are on again after migrating");
+        });
     }
 }

@@ -427,6 +427,26 @@ pub fn resolve_version(conn: &Connection, name: &str, reference: &str) -> Result
     Ok((id, version))
 }
 
+/// The stored artifacts of `model:version`, by name.
+pub(crate) fn stored_artifacts(conn: &Connection, model: &str, version: u64) -> rusqlite::Result<Vec<ArtifactInfo>> {
+    conn.prepare_cached(
+        "SELECT va.name, a.sha256, a.size, a.compressed_sha256, a.compressed_size
+         FROM version_artifacts va JOIN artifacts a ON a.sha256 = va.sha256
+         JOIN models m ON m.id = va.model_id
+         WHERE m.name = ?1 AND va.version = ?2 ORDER BY va.name",
+    )?
+    .query_map(params![model, version as i64], |r| {
+        Ok(ArtifactInfo {
+            name: r.get(0)?,
+            sha256: r.get(1)?,
+            size: r.get::<_, i64>(2)? as u64,
+            compressed_sha256: r.get(3)?,
+            compressed_size: r.get::<_, i64>(4)? as u64,
+        })
+    })?
+    .collect()
+}
+
 fn version_info(conn: &Connection, name: &str, reference: &str) -> Result<VersionInfo, RegistryError> {
     let (id, version) = resolve_version(conn, name, reference)?;
     let (manifest, bundle_sha256, signature, created_at, created_by): (String, String, String, i64, String) = conn.query_row(
@@ -438,22 +458,7 @@ fn version_info(conn: &Connection, name: &str, reference: &str) -> Result<Versio
         .prepare("SELECT alias FROM aliases WHERE model_id = ?1 AND version = ?2 ORDER BY alias")?
         .query_map(params![id, version as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let artifacts = conn
-        .prepare(
-            "SELECT va.name, a.sha256, a.size, a.compressed_sha256, a.compressed_size
-             FROM version_artifacts va JOIN artifacts a ON a.sha256 = va.sha256
-             WHERE va.model_id = ?1 AND va.version = ?2 ORDER BY va.name",
-        )?
-        .query_map(params![id, version as i64], |r| {
-            Ok(ArtifactInfo {
-                name: r.get(0)?,
-                sha256: r.get(1)?,
-                size: r.get::<_, i64>(2)? as u64,
-                compressed_sha256: r.get(3)?,
-                compressed_size: r.get::<_, i64>(4)? as u64,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    let artifacts = stored_artifacts(conn, name, version)?;
     let manifest = BundleManifest::from_bytes(manifest.as_bytes())
         .map_err(|e| RegistryError::Db(DbError::Task(format!("stored manifest unreadable: {e}"))))?;
     let signature = serde_json::from_str(&signature)

@@ -212,26 +212,27 @@ pub async fn run(
         "Controller data opened.");
     // The broker: an external one by URL, else the embedded one (unless disabled). The
     // controller's own client reaches the embedded broker on its internal loopback listener.
-    let mut embedded = None;
-    let (broker, advertised) = match (config.mqtt.enabled, &config.mqtt.url, config.mqtt.listen) {
-        (false, ..) => (None, None),
-        (true, Some(url), _) => (Some(crate::mqtt::Broker::external(url, &config.mqtt)?), Some(url.clone())),
-        (true, None, Some(listen)) => {
-            let started = crate::mqtt::embedded::start(listen, server_tls.clone())?;
-            let scheme = if started.tls { "mqtts" } else { "mqtt" };
-            let public = format!("{scheme}://{}", started.public);
-            let broker = crate::mqtt::Broker::embedded(&started);
-            embedded = Some(started);
-            (Some(broker), Some(config.mqtt.advertise_url.clone().unwrap_or(public)))
-        }
-        (true, None, None) => (None, None),
+    let BrokerSetup { broker, advertised, embedded } = match (config.mqtt.enabled, &config.mqtt.url, config.mqtt.listen)
+    {
+        (false, ..) | (true, None, None) => BrokerSetup { broker: None, advertised: None, embedded: None },
+        (true, Some(url), _) => BrokerSetup {
+            broker: Some(crate::mqtt::Broker::external(url, &config.mqtt)?),
+            advertised: Some(url.clone()),
+            embedded: None,
+        },
+        (true, None, Some(listen)) => embedded_broker(&config, listen, server_tls.clone())?,
     };
     let clock = edgefleet_shared::clock::system();
     let exe = std::env::current_exe().map_err(|e| Error::Startup(format!("cannot find this binary: {e}")))?;
     let Services { fleet, telemetry, registry, rollouts, tls } =
         services(&config, &data, &opened, advertised, clock.clone(), exe)?;
+    #[cfg(feature = "embedded-broker")]
     if let Some(started) = embedded {
         started.open_gate(fleet.clone(), &config.mqtt.topic_prefix)?;
+    }
+    #[cfg(not(feature = "embedded-broker"))]
+    if let Some(never) = embedded {
+        match never {}
     }
     let mqtt = match broker {
         Some(broker) => Some(crate::mqtt::Mqtt::connect(
@@ -246,14 +247,18 @@ pub async fn run(
         None => None,
     };
     let publisher = Publisher::new(fleet.clone(), mqtt);
+    // The background loops finish the step they are in when told to stop (a rollout step's
+    // documents are published, a judged window's request recorded) and are then awaited.
+    let (stop_loops, stopping) = tokio::sync::watch::channel(false);
     let refresher = tokio::spawn(refresh_documents(
         fleet.clone(),
         db.clone(),
         publisher.clone(),
         Duration::from_secs(config.fleet.refresh_interval_secs),
+        stopping.clone(),
     ));
-    let engine = tokio::spawn(drive_rollouts(rollouts.clone(), publisher.clone()));
-    let judge = tokio::spawn(judge_telemetry(telemetry.clone()));
+    let engine = tokio::spawn(drive_rollouts(rollouts.clone(), publisher.clone(), stopping.clone()));
+    let judge = tokio::spawn(judge_telemetry(telemetry.clone(), stopping));
     let state = AppState {
         db,
         registry,
@@ -291,18 +296,77 @@ pub async fn run(
         }
     };
     shutdown.await;
-    refresher.abort();
-    engine.abort();
-    judge.abort();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
+    let _ = stop_loops.send(true);
     handle.graceful_shutdown(Some(grace));
-    match tokio::time::timeout(grace + Duration::from_secs(1), server).await {
-        Ok(Ok(Ok(()))) => tracing::info!("Controller stopped."),
-        Ok(Ok(Err(e))) => return Err(Error::Startup(format!("HTTP server failed: {e}"))),
-        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed."),
-        Err(_) => tracing::warn!("Requests still running after the grace period; stopping anyway."),
+    let served = match tokio::time::timeout_at(deadline, server).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(Error::Startup(format!("HTTP server failed: {e}"))),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "HTTP server task failed.");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("Requests still running after the grace period; stopping anyway.");
+            Ok(())
+        }
+    };
+    for (name, task) in [("document refresh", refresher), ("rollout engine", engine), ("retrain judge", judge)] {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            tracing::warn!(task = name, "Still busy after the grace period; stopped mid-step.");
+            abort.abort();
+        }
     }
-    Ok(())
+    if served.is_ok() {
+        tracing::info!("Controller stopped.");
+    }
+    served
+}
+
+#[cfg(feature = "embedded-broker")]
+type Embedded = crate::mqtt::embedded::EmbeddedBroker;
+#[cfg(not(feature = "embedded-broker"))]
+type Embedded = std::convert::Infallible;
+
+/// The broker the controller's client uses, the URL agents are given, and the embedded broker
+/// when it runs one.
+struct BrokerSetup {
+    broker: Option<crate::mqtt::Broker>,
+    advertised: Option<String>,
+    embedded: Option<Embedded>,
+}
+
+/// Starts the embedded broker on `listen`: the controller's broker, the URL agents are given,
+/// and the broker (its gate opens once the fleet exists).
+#[cfg(feature = "embedded-broker")]
+fn embedded_broker(
+    config: &ControllerConfig,
+    listen: SocketAddr,
+    tls: Option<Arc<edgefleet_service::tls::ServerConfig>>,
+) -> Result<BrokerSetup, Error> {
+    let started = crate::mqtt::embedded::start(listen, tls)?;
+    let scheme = if started.tls { "mqtts" } else { "mqtt" };
+    let public = format!("{scheme}://{}", started.public);
+    Ok(BrokerSetup {
+        broker: Some(crate::mqtt::Broker::embedded(&started)),
+        advertised: Some(config.mqtt.advertise_url.clone().unwrap_or(public)),
+        embedded: Some(started),
+    })
+}
+
+/// Without the `embedded-broker` feature there is no broker to start.
+#[cfg(not(feature = "embedded-broker"))]
+fn embedded_broker(
+    _config: &ControllerConfig,
+    listen: SocketAddr,
+    _tls: Option<Arc<edgefleet_service::tls::ServerConfig>>,
+) -> Result<BrokerSetup, Error> {
+    Err(Error::Config(format!(
+        "[mqtt] listen = {listen}: this controller is built without the embedded broker (cargo feature \
+         embedded-broker); set [mqtt] url to an external broker, or [mqtt] enabled = false"
+    )))
 }
 
 /// How often the controller looks for a key rotation recorded by `rotate-key`.
@@ -311,12 +375,20 @@ const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Re-signs documents past half their lifetime or signed by a key the device should no longer
 /// get, forever, and publishes the new ones; picks up key rotations and publishes the trust
 /// chain.
-async fn refresh_documents(fleet: Fleet, db: Db, publisher: Publisher, every: Duration) {
+async fn refresh_documents(
+    fleet: Fleet,
+    db: Db,
+    publisher: Publisher,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut keys = tokio::time::interval(KEY_CHECK_INTERVAL);
     keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_refresh: Option<std::time::Instant> = None;
     loop {
-        keys.tick().await;
+        if !next_tick(&mut keys, &mut stop).await {
+            return;
+        }
         let rotated = match fleet.keys().reload(&db).await {
             Ok(rotated) => rotated,
             Err(e) => {
@@ -344,11 +416,17 @@ async fn refresh_documents(fleet: Fleet, db: Db, publisher: Publisher, every: Du
 }
 
 /// Steps every running rollout once a second and publishes the documents it issues.
-async fn drive_rollouts(rollouts: crate::rollout::Rollouts, publisher: Publisher) {
+async fn drive_rollouts(
+    rollouts: crate::rollout::Rollouts,
+    publisher: Publisher,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        if !next_tick(&mut tick, &mut stop).await {
+            return;
+        }
         match rollouts.tick().await {
             Ok(devices) => publisher.documents(&devices).await,
             Err(e) => tracing::error!(error = %e, "Rollout step failed."),
@@ -358,13 +436,15 @@ async fn drive_rollouts(rollouts: crate::rollout::Rollouts, publisher: Publisher
 
 /// Judges retraining policies as windows close (every half window, at most a minute apart)
 /// and prunes telemetry past its retention every hour.
-async fn judge_telemetry(telemetry: crate::telemetry::Telemetry) {
+async fn judge_telemetry(telemetry: crate::telemetry::Telemetry, mut stop: tokio::sync::watch::Receiver<bool>) {
     let every = Duration::from_secs((telemetry.window_secs() / 2).clamp(1, 60));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<std::time::Instant> = None;
     loop {
-        tick.tick().await;
+        if !next_tick(&mut tick, &mut stop).await {
+            return;
+        }
         if let Err(e) = telemetry.evaluate().await {
             tracing::error!(error = %e, "Judging retraining policies failed.");
         }
@@ -376,5 +456,16 @@ async fn judge_telemetry(telemetry: crate::telemetry::Telemetry) {
                 Err(e) => tracing::error!(error = %e, "Pruning telemetry failed."),
             }
         }
+    }
+}
+
+/// Waits for the next tick; false once the controller is stopping.
+async fn next_tick(tick: &mut tokio::time::Interval, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tick.tick() => true,
+        _ = stop.changed() => false,
     }
 }

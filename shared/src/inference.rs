@@ -254,8 +254,9 @@ pub struct RepositoryEntry {
     pub state: String,
 }
 
-/// Body of every error response: `{"error": "..."}`.
+/// Body of every error response of the agent and the controller: `{"error": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// What was wrong, in words the caller can act on.
     pub error: String,

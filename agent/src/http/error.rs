@@ -54,22 +54,9 @@ impl ApiError {
     }
 }
 
-/// Makes every error answer `{"error": ...}` JSON: axum's own rejections (a model name that is
-/// not UTF-8, a body over a limit) are plain text and are rewritten here, keeping their status.
+/// Every error answers `{"error": ...}` JSON, axum's own plain-text rejections included.
 pub async fn json_errors(response: Response) -> Response {
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let text = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&text).trim().to_owned();
-    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
-    ApiError { status, message }.into_response()
+    edgefleet_service::http::json_errors(response, |status, message| ApiError { status, message }.into_response()).await
 }
 
 impl IntoResponse for ApiError {

@@ -1,4 +1,4 @@
-//! Drift statistics, with exactly the definitions of the handbook's BENCHMARKS.md §4: PSI and
+//! Drift statistics, defined as numpy/scipy (and Evidently, for Wasserstein) compute them: PSI and
 //! Jensen–Shannon distance on binned counts, Evidently's normalised Wasserstein distance and the
 //! two-sample Kolmogorov–Smirnov test on raw samples, Pearson's chi-squared test on class counts.
 //! `tests/fixtures/make_drift_reference.py` computes the same numbers with numpy/scipy into
@@ -126,7 +126,7 @@ pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Option<TestResult> {
 /// `P(D_n > x)` for the two-sided one-sample Kolmogorov statistic with `n` observations
 /// (`scipy.stats.kstwo.sf`): the exact Durbin matrix (Marsaglia–Tsang–Wang) for n ≤ 140, the
 /// Pelz–Good expansion above, and the exact Ruben–Gambino tails (Simard & L'Ecuyer's choices).
-/// Agrees with scipy within 1e-3 (the handbook's tolerance for KS p-values).
+/// Agrees with scipy within 1e-3 (the tolerance the drift tests hold KS p-values to).
 pub fn kolmogorov_sf(n: u64, x: f64) -> f64 {
     let nf = n as f64;
     if n == 0 || x.is_nan() {

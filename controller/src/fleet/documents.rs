@@ -182,23 +182,16 @@ pub(crate) fn version_artifacts(
     model: &str,
     version: u64,
 ) -> Result<Vec<DeployedArtifact>, FleetError> {
-    let rows: Vec<DeployedArtifact> = conn
-        .prepare(
-            "SELECT va.name, a.sha256, a.size, a.compressed_sha256, a.compressed_size
-             FROM version_artifacts va JOIN artifacts a ON a.sha256 = va.sha256
-             JOIN models m ON m.id = va.model_id
-             WHERE m.name = ?1 AND va.version = ?2 ORDER BY va.name",
-        )?
-        .query_map(params![model, version as i64], |r| {
-            Ok(DeployedArtifact {
-                name: r.get(0)?,
-                sha256: r.get(1)?,
-                size: r.get::<_, i64>(2)? as u64,
-                compressed_sha256: r.get(3)?,
-                compressed_size: r.get::<_, i64>(4)? as u64,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<DeployedArtifact> = crate::registry::stored_artifacts(conn, model, version)?
+        .into_iter()
+        .map(|a| DeployedArtifact {
+            name: a.name,
+            sha256: a.sha256,
+            size: a.size,
+            compressed_sha256: a.compressed_sha256,
+            compressed_size: a.compressed_size,
+        })
+        .collect();
     if !rows.iter().any(|a| a.name == MODEL_FILE) || !rows.iter().any(|a| a.name == BUNDLE_FILE) {
         return Err(FleetError::NotFound(format!("{model}:{version} has no stored artifacts")));
     }

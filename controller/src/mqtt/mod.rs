@@ -11,7 +11,9 @@
 //! the key of the device whose topic they came on. [`mosquitto`] writes the broker set-up that
 //! authenticates and authorizes every client on an external Mosquitto.
 
+#[cfg(feature = "embedded-broker")]
 pub mod embedded;
+#[cfg(feature = "embedded-broker")]
 pub mod gate;
 pub mod mosquitto;
 
@@ -33,7 +35,7 @@ use tokio::sync::mpsc;
 use crate::Error;
 use crate::config::MqttConfig;
 use crate::fleet::Fleet;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Refusal, Telemetry, TelemetryError};
 
 /// Messages waiting for the worker beyond which QoS 0 status reports are dropped (counted).
 const MAX_BACKLOG: usize = 50_000;
@@ -49,6 +51,7 @@ pub struct Broker {
 
 impl Broker {
     /// The embedded broker's loopback listener, with the login made at this start.
+    #[cfg(feature = "embedded-broker")]
     pub fn embedded(broker: &embedded::EmbeddedBroker) -> Self {
         Broker {
             url: format!("mqtt://{}", broker.internal),
@@ -213,7 +216,7 @@ impl Mqtt {
     async fn on_telemetry(&self, telemetry: &Telemetry, device: String, frame: Vec<u8>) {
         match telemetry.ingest(device.clone(), frame).await {
             Ok(i) => tracing::debug!(%device, sequence = i.sequence, samples = i.samples, "Telemetry stored."),
-            Err(crate::telemetry::TelemetryError::Refused { class: "duplicate", message }) => {
+            Err(TelemetryError::Refused { class: Refusal::Duplicate, message }) => {
                 tracing::debug!(%device, %message, "Duplicate telemetry batch ignored.");
             }
             Err(e) => tracing::warn!(%device, error = %e, "Telemetry batch not stored."),

@@ -12,7 +12,7 @@ use edgefleet_shared::telemetry::{ModelTelemetry, TelemetryBatch};
 use rusqlite::{OptionalExtension as _, Transaction, params};
 
 use super::window::{WindowCounts, merge, window_start};
-use super::{Telemetry, TelemetryError};
+use super::{Refusal, Telemetry, TelemetryError};
 
 /// What became of an accepted message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct Ingested {
     pub rows: u64,
 }
 
-fn refused(class: &'static str, message: impl Into<String>) -> TelemetryError {
+fn refused(class: Refusal, message: impl Into<String>) -> TelemetryError {
     TelemetryError::Refused { class, message: message.into() }
 }
 
@@ -44,11 +44,11 @@ impl Telemetry {
                         Ok((r.get(0)?, r.get(1)?))
                     })
                     .optional()?;
-                let (key, labels) = row.ok_or_else(|| refused("unknown_device", format!("unknown device {device:?}")))?;
-                let key = PublicKey::from_base64(&key).ok_or_else(|| refused("unknown_device", "unreadable device key"))?;
-                let batch = TelemetryBatch::decode(&frame, &device, &key).map_err(|e| refused(e.class(), e.to_string()))?;
+                let (key, labels) = row.ok_or_else(|| refused(Refusal::UnknownDevice, format!("unknown device {device:?}")))?;
+                let key = PublicKey::from_base64(&key).ok_or_else(|| refused(Refusal::UnknownDevice, "unreadable device key"))?;
+                let batch = TelemetryBatch::decode(&frame, &device, &key).map_err(|e| refused(Refusal::from(&e), e.to_string()))?;
                 if !stores_exactly(&batch) {
-                    return Err(refused("malformed", "a version, time, class or label above 2^63 - 1"));
+                    return Err(refused(Refusal::Malformed, "a version, time, class or label above 2^63 - 1"));
                 }
                 let labels: BTreeMap<String, String> = serde_json::from_str(&labels).unwrap_or_default();
                 let group = labels.get(&group_label).cloned().unwrap_or_else(|| "default".into());
@@ -56,9 +56,9 @@ impl Telemetry {
                 let floor: Option<i64> = tx
                     .query_row("SELECT sequence FROM telemetry_floor WHERE device_id = ?1", params![device], |r| r.get(0))
                     .optional()?;
-                let seq = i64::try_from(batch.sequence).map_err(|_| refused("malformed", "sequence out of range"))?;
+                let seq = i64::try_from(batch.sequence).map_err(|_| refused(Refusal::Malformed, "sequence out of range"))?;
                 if floor.is_some_and(|f| seq <= f) {
-                    return Err(refused("replay", format!("batch {seq} is older than the retained history")));
+                    return Err(refused(Refusal::Replay, format!("batch {seq} is older than the retained history")));
                 }
                 let samples = batch.sample_count() as u64;
                 let inserted = tx.execute(
@@ -66,7 +66,7 @@ impl Telemetry {
                     params![device, seq, received as i64, samples as i64],
                 )?;
                 if inserted == 0 {
-                    return Err(refused("duplicate", format!("batch {seq} of {device} was already stored")));
+                    return Err(refused(Refusal::Duplicate, format!("batch {seq} of {device} was already stored")));
                 }
                 let window_start = window_start(batch.end, received, retention, window) as i64;
                 let mut rows = 0;
@@ -86,7 +86,7 @@ impl Telemetry {
                 metrics::counter!(crate::metric::TELEMETRY_ROWS).increment(i.rows);
             }
             Err(TelemetryError::Refused { class, .. }) => {
-                metrics::counter!(crate::metric::TELEMETRY_BATCHES, "result" => *class).increment(1);
+                metrics::counter!(crate::metric::TELEMETRY_BATCHES, "result" => class.as_str()).increment(1);
             }
             Err(_) => metrics::counter!(crate::metric::TELEMETRY_BATCHES, "result" => "error").increment(1),
         }

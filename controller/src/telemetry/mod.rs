@@ -2,8 +2,8 @@
 //!
 //! - [`ingest`]: verifies each batch (device key, per-device sequence), de-duplicates, merges
 //!   histograms per (model version, device group, window), stores sampled rows and labels.
-//! - [`report`]: drift per feature and for the output, over a time range, with the handbook's
-//!   definitions (`crate::analytics::drift`).
+//! - [`report`]: drift per feature and for the output, over a time range, with the statistics of
+//!   `crate::analytics::drift`.
 //! - [`retrain`]: per-model policies, judged after every window ([`judge`]); a trigger writes
 //!   a dataset snapshot and delivers it by webhook and/or command.
 //! - [`window`], [`judge`]: the pure cores: window assignment and merging, the retrain verdict.
@@ -31,10 +31,10 @@ pub enum TelemetryError {
     #[error("{0}")]
     NotFound(String),
     /// A batch was refused (bad signature, unknown device, replay, malformed).
-    #[error("telemetry batch refused ({class}): {message}")]
+    #[error("telemetry batch refused ({}): {message}", class.as_str())]
     Refused {
-        /// Metric class.
-        class: &'static str,
+        /// The refusal's class (the metric label).
+        class: Refusal,
         /// Why.
         message: String,
     },
@@ -44,6 +44,48 @@ pub enum TelemetryError {
     /// Database failure.
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+/// Why a telemetry batch was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The sender is not an enrolled device (or its key is unreadable).
+    UnknownDevice,
+    /// Not a frame, not JSON, or numbers out of range.
+    Malformed,
+    /// The frame is not signed by the device's key.
+    Signature,
+    /// The frame names another device.
+    WrongDevice,
+    /// Older than the retained history.
+    Replay,
+    /// Stored already (a QoS 1 redelivery).
+    Duplicate,
+}
+
+impl Refusal {
+    /// The class as metrics and logs name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownDevice => "unknown_device",
+            Refusal::Malformed => "malformed",
+            Refusal::Signature => "signature",
+            Refusal::WrongDevice => "wrong_device",
+            Refusal::Replay => "replay",
+            Refusal::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl From<&edgefleet_shared::telemetry::FrameError> for Refusal {
+    fn from(e: &edgefleet_shared::telemetry::FrameError) -> Self {
+        use edgefleet_shared::telemetry::FrameError;
+        match e {
+            FrameError::Malformed(_) => Refusal::Malformed,
+            FrameError::Signature => Refusal::Signature,
+            FrameError::WrongDevice { .. } => Refusal::WrongDevice,
+        }
+    }
 }
 
 impl From<rusqlite::Error> for TelemetryError {

@@ -3,7 +3,7 @@
 //! Binned statistics (PSI, Jensen–Shannon) use every row the agents counted; sample statistics
 //! (normalised Wasserstein, KS) use the sampled rows against the baseline's reservoir sample;
 //! the output uses predicted-class counts (PSI, Jensen–Shannon, chi-squared). Definitions and
-//! thresholds are the handbook's (BENCHMARKS.md §4).
+//! thresholds: `crate::analytics::drift` and the README's drift section.
 
 use edgefleet_shared::api::telemetry::{Accuracy, DriftReport, FeatureDrift, OutputDrift};
 use edgefleet_shared::bundle::BundleManifest;

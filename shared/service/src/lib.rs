@@ -2,11 +2,15 @@
 //! recorder, shutdown signals, and TLS (rustls with the ring provider).
 //!
 //! # Layout
-//! - [`observability`]: `tracing` to stderr, panics logged, the Prometheus recorder.
+//! - [`http`] (feature `http`): the daemons' shared HTTP layer (JSON error bodies).
+//! - [`observability`]: `tracing` to stderr, panics logged, the Prometheus recorder, metric
+//!   catalogs.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 //! - [`tls`]: client and server configurations from PEM files; the plain-TCP-on-loopback rule.
 #![deny(missing_docs)]
 
+#[cfg(feature = "http")]
+pub mod http;
 pub mod observability;
 pub mod shutdown;
 pub mod tls;

@@ -41,6 +41,44 @@ pub struct Metric {
     pub help: &'static str,
 }
 
+/// Defines a binary's metric catalog: one `pub const NAME: &str` per metric (documented with its
+/// help), `ALL` (the [`Metric`]s, in order) and `CONSTANTS` (the constants' own names, for the
+/// catalog test).
+///
+/// ```
+/// edgefleet_service::metric_catalog! {
+///     REQUESTS = "edgefleet_example_requests_total", Counter, None, ["route"], "Requests answered, by route.";
+///     LATENCY = "edgefleet_example_request_seconds", Histogram, Seconds, [], "Time to answer.";
+/// }
+/// assert_eq!(ALL.len(), 2);
+/// assert_eq!(CONSTANTS, ["REQUESTS", "LATENCY"]);
+/// ```
+#[macro_export]
+macro_rules! metric_catalog {
+    ($($constant:ident = $name:literal, $kind:ident, $unit:ident, [$($label:literal),*], $help:literal;)*) => {
+        $(
+            #[doc = $help]
+            pub const $constant: &str = $name;
+        )*
+        /// The catalog, in the order the README lists it.
+        pub const ALL: &[$crate::observability::Metric] = &[$(
+            $crate::observability::Metric {
+                name: $constant,
+                kind: $crate::observability::Kind::$kind,
+                unit: $crate::metric_catalog!(@unit $unit),
+                labels: &[$($label),*],
+                help: $help,
+            },
+        )*];
+        /// The names of the constants above.
+        pub const CONSTANTS: &[&str] = &[$(stringify!($constant)),*];
+    };
+    (@unit None) => { None };
+    (@unit $unit:ident) => { Some($crate::observability::Unit::$unit) };
+}
+
+pub use metrics::Unit;
+
 /// Describes every metric of `catalog`, and registers those without labels at zero, so a
 /// fresh process's `/metrics` already lists them.
 pub fn describe(catalog: &[Metric]) {
@@ -91,6 +129,30 @@ pub fn check_catalog(prefix: &str, catalog: &[Metric]) -> Result<(), String> {
         if m.help.is_empty() || !m.help.ends_with('.') {
             return Err(format!("{}: help must be a sentence", m.name));
         }
+    }
+    Ok(())
+}
+
+/// Everything a binary's catalog test checks, given the catalog and its constants' names (both
+/// from [`metric_catalog!`](crate::metric_catalog)) and the crate's directory: the names are well
+/// formed ([`check_catalog`]), no metric macro in `src/` names anything but a constant of the
+/// `metric` module ([`uncatalogued_emits`]), and `readme` lists every name.
+pub fn check_catalog_module(
+    prefix: &str,
+    catalog: &[Metric],
+    constants: &[&str],
+    crate_dir: &std::path::Path,
+    readme: &std::path::Path,
+) -> Result<(), String> {
+    check_catalog(prefix, catalog)?;
+    let stray = uncatalogued_emits(&crate_dir.join("src"), "metric", constants);
+    if !stray.is_empty() {
+        return Err(format!("metrics emitted outside the catalog:\n{}", stray.join("\n")));
+    }
+    let readme = std::fs::read_to_string(readme).map_err(|e| format!("{}: {e}", readme.display()))?;
+    let missing: Vec<&str> = catalog.iter().map(|m| m.name).filter(|n| !readme.contains(&format!("`{n}`"))).collect();
+    if !missing.is_empty() {
+        return Err(format!("not in the README: {missing:?}"));
     }
     Ok(())
 }

@@ -10,15 +10,7 @@ pub mod rollouts;
 pub mod telemetry;
 pub mod tokens;
 
-use serde::{Deserialize, Serialize};
-
-/// The body of every error response: `{"error": "..."}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ErrorBody {
-    /// What went wrong, for a human.
-    pub error: String,
-}
+pub use crate::inference::ErrorBody;
 
 /// `v` with three significant digits, as measurements are shown (gate reasons, status tables).
 pub fn three_digits(v: f64) -> String {
