@@ -295,14 +295,25 @@ pub struct ShadowReport {
     pub latency_delta_ms: Option<f64>,
 }
 
-/// A device's rollout bucket, 0..100: a stable hash of its id. A rollout wave at P% holds the
-/// devices whose bucket is below P, so waves are cumulative and the same on every controller.
-pub fn rollout_bucket(device_id: &str) -> u8 {
+/// A device's place in rollout order: a stable hash of its id, the same on every controller.
+pub fn rollout_rank(device_id: &str) -> u64 {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(format!("edgefleet-rollout-bucket:{device_id}").as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    (u64::from_be_bytes(first) % 100) as u8
+    u64::from_be_bytes(first)
+}
+
+/// The devices a wave at `percent` holds among `devices` (those matching the rollout's
+/// selector): the first ⌈percent · N / 100⌉ in rollout order ([`rollout_rank`], then id). Waves
+/// are sized by count (50% of 2 devices is one), cumulative (a wave holds every device of the
+/// waves before it), and the same on every controller.
+pub fn wave_members(devices: &[String], percent: u8) -> Vec<String> {
+    let mut ordered: Vec<&String> = devices.iter().collect();
+    ordered.sort_by_key(|d| (rollout_rank(d), d.as_str()));
+    ordered.dedup();
+    let take = (ordered.len() * usize::from(percent.min(100))).div_ceil(100);
+    ordered.into_iter().take(take).cloned().collect()
 }
 
 /// A broker address: `mqtt://HOST[:PORT]` or `tcp://` (plain, port 1883 by default), or
@@ -427,14 +438,23 @@ mod tests {
     }
 
     #[test]
-    fn rollout_buckets_are_stable_and_spread() {
-        assert_eq!(rollout_bucket("dev-0123456789abcdef"), rollout_bucket("dev-0123456789abcdef"));
-        let mut counts = [0u32; 10];
-        for i in 0..10_000 {
-            counts[usize::from(rollout_bucket(&format!("dev-{i:016x}")) / 10)] += 1;
+    fn waves_are_sized_by_count_cumulative_and_stable() {
+        let devices: Vec<String> = (0..20).map(|i| format!("dev-{i:016x}")).collect();
+        let sizes: Vec<usize> = [1u8, 10, 34, 50, 99, 100].iter().map(|&p| wave_members(&devices, p).len()).collect();
+        assert_eq!(sizes, [1, 2, 7, 10, 20, 20], "⌈P·N/100⌉");
+        let two = &devices[..2];
+        assert_eq!(wave_members(two, 50).len(), 1, "50% of 2 devices is one, not both");
+        assert!(wave_members(two, 0).is_empty());
+        for (small, large) in [(1u8, 10u8), (10, 50), (50, 100)] {
+            let (a, b) = (wave_members(&devices, small), wave_members(&devices, large));
+            assert!(a.iter().all(|d| b.contains(d)), "{small}% within {large}%");
         }
-        // Each tenth of the range gets close to a tenth of the devices.
-        assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+        let mut shuffled = devices.clone();
+        shuffled.reverse();
+        assert_eq!(wave_members(&shuffled, 50), wave_members(&devices, 50), "order of the input does not matter");
+        // The order spreads devices: consecutive ids do not all land in the first half.
+        let first_half = wave_members(&devices, 50);
+        assert!(first_half.iter().any(|d| devices[10..].contains(d)), "{first_half:?}");
     }
 
     #[test]

@@ -127,9 +127,11 @@ async fn requests_stuck_behind_a_slow_one_get_504_within_the_deadline() {
         let (client, url) = (client.clone(), url.clone());
         async move { client.post(&url).json(&heavy).send().await.map(|r| r.status()) }
     });
+    // The worker records a run's rows as it starts it (warm-up is not counted), so a row sum of
+    // `rows` means the heavy request holds the worker, not merely that it is being uploaded.
     common::until("the heavy request to run", 30, async || {
         let text = client.get(agent.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-        metric(&text, "edgefleet_agent_inference_in_flight_requests{model=\"slow\"").unwrap_or(0.0) >= 1.0
+        metric(&text, "edgefleet_agent_inference_batch_rows_sum{model=\"slow\"").unwrap_or(0.0) >= rows as f64
     })
     .await;
     let started = Instant::now();

@@ -1,9 +1,9 @@
 //! Staged rollouts over 20 real agent processes on the real MQTT/HTTP paths, with traffic.
 //!
-//! 1. A healthy version goes out in waves 10, 50, 100 %: each wave holds exactly the devices whose
-//!    rollout bucket is below its percentage; the controller is killed with SIGKILL mid-rollout,
+//! 1. A healthy version goes out in waves 10, 50, 100 %: each wave holds exactly the first
+//!    ⌈P·N/100⌉ devices in rollout order; the controller is killed with SIGKILL mid-rollout,
 //!    restarted on the same data and ports, and the rollout runs to completion. No request fails.
-//! 2. A slow candidate fails its latency gate in the first wave that has devices: the rollout
+//! 2. A slow candidate fails its latency gate in the first wave (2 of 20 devices): the rollout
 //!    aborts, those devices go back to the previous version, the others never receive it.
 //! 3. A rollout at bake 0 is timed (printed with the controller's CPU time and RSS).
 //! 4. Shadow: a candidate that disagrees with the active version is stopped before promotion
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::controller::ControllerProcess;
 use common::{AgentProcess, strs, testdata, until};
-use edgefleet_shared::fleet::rollout_bucket;
+use edgefleet_shared::fleet::wave_members;
 use serde_json::{Value, json};
 
 const AGENTS: usize = 20;
@@ -126,15 +126,17 @@ fn wave_sets(rollout: &Value) -> Vec<BTreeSet<String>> {
         .collect()
 }
 
-/// The devices a cumulative wave plan puts in each wave, by bucket.
+/// The devices a cumulative wave plan puts in each wave: each wave's members not in the wave
+/// before it.
 fn expected_sets(devices: &[String], waves: &[u8]) -> Vec<BTreeSet<String>> {
-    let mut below = 0;
+    let mut before = BTreeSet::new();
     waves
         .iter()
         .map(|&p| {
-            let set = devices.iter().filter(|d| (below..p).contains(&rollout_bucket(d))).cloned().collect();
-            below = p;
-            set
+            let all: BTreeSet<String> = wave_members(devices, p).into_iter().collect();
+            let new = all.difference(&before).cloned().collect();
+            before = all;
+            new
         })
         .collect()
 }
@@ -285,10 +287,9 @@ async fn waves_gates_abort_and_a_controller_kill() {
     assert_eq!(psi["passed"].as_bool(), Some(false), "{aborted}");
     eprintln!("slow candidate: {aborted}");
     let reached: BTreeSet<String> = wave_sets(&aborted).into_iter().flatten().collect();
-    let first_wave =
-        [10u8, 50, 100].into_iter().find(|&p| devices.iter().any(|d| rollout_bucket(d) < p)).expect("a non-empty wave");
-    let expected: BTreeSet<String> = devices.iter().filter(|d| rollout_bucket(d) < first_wave).cloned().collect();
-    assert_eq!(reached, expected, "only the first non-empty wave received the candidate: {aborted}");
+    let expected: BTreeSet<String> = wave_members(&devices, 10).into_iter().collect();
+    assert_eq!(expected.len(), 2, "10% of 20 devices");
+    assert_eq!(reached, expected, "only the first wave received the candidate: {aborted}");
     all_on(&c, 2, 120).await;
     let after = c.cli_json(&["device", "list"]);
     for (device, sequence) in &before {

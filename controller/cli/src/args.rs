@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use edgefleet_shared::api::rollouts::{OnFail, OnTimeout, Strategy};
+use edgefleet_shared::api::rollouts::{OnFail, OnInsufficient, OnTimeout, Strategy};
 use edgefleet_shared::api::tokens::Role;
 use serde::de::DeserializeOwned;
 
@@ -198,7 +198,8 @@ pub struct RolloutArgs {
     /// given otherwise or --no-default-gate.
     #[arg(long = "gate")]
     pub gates: Vec<String>,
-    /// Requests the candidate must answer before request-based gates count.
+    /// Samples each side of a gate needs before it counts: requests the candidate answered, and
+    /// for psi predictions on both the candidate and the devices' previous version.
     #[arg(long, default_value_t = 100)]
     pub min_requests: u64,
     /// On a failed gate: pause or abort.
@@ -217,6 +218,10 @@ pub struct RolloutArgs {
     /// Devices silent at the wave deadline: count as failed activations (fail), or pause.
     #[arg(long, default_value = "fail", value_parser = wire::<OnTimeout>)]
     pub on_timeout: OnTimeout,
+    /// Gates still short of data (requests, predictions on either side) at the wave deadline:
+    /// pause, fail, or skip them.
+    #[arg(long, default_value = "pause", value_parser = wire::<OnInsufficient>)]
+    pub on_insufficient: OnInsufficient,
     /// Start even if no enrolled device matches the selector (devices join as they enroll).
     #[arg(long)]
     pub allow_empty: bool,

@@ -117,6 +117,7 @@ fn rollout_request(args: RolloutArgs) -> Result<RolloutRequest, CliError> {
         no_default_gate: args.no_default_gate,
         wave_timeout_secs: args.wave_timeout.as_secs(),
         on_timeout: args.on_timeout,
+        on_insufficient: args.on_insufficient,
         allow_empty: args.allow_empty,
         min_requests: args.min_requests,
         on_fail: args.on_fail,

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use edgefleet_shared::api::fleet::CreateEnrollmentToken;
-use edgefleet_shared::api::rollouts::{OnFail, OnTimeout, RolloutRequest, RolloutState, Strategy};
+use edgefleet_shared::api::rollouts::{OnFail, OnInsufficient, OnTimeout, RolloutRequest, RolloutState, Strategy};
 use edgefleet_shared::api::telemetry::{DriftQuery, ListQuery};
 use edgefleet_shared::api::tokens::new_token;
 use edgefleet_shared::inference::{InferRequest, InferResponse, ModelMetadata, RequestInput};
@@ -455,6 +455,7 @@ fn rollout_request(
         no_default_gate: false,
         wave_timeout_secs: 3600,
         on_timeout: OnTimeout::Fail,
+        on_insufficient: OnInsufficient::Pause,
         allow_empty: false,
         min_requests,
         on_fail: OnFail::Abort,

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use edgefleet_shared::api::fleet::CreateEnrollmentToken;
 use edgefleet_shared::deployment::DeploymentDocument;
-use edgefleet_shared::fleet::{ActivationReport, DeviceStatus, EnrollRequest, EnrollResponse, parse_mqtt_url, topics};
+use edgefleet_shared::fleet::{
+    ActivationReport, DeviceStatus, EnrollRequest, EnrollResponse, MAX_MQTT_PACKET_BYTES, parse_mqtt_url, topics,
+};
 use edgefleet_shared::keys::{FileKey, Signer as _};
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::telemetry::{FeatureCounts, ModelTelemetry, Sample, TELEMETRY_KIND, TelemetryBatch};
@@ -147,7 +149,7 @@ pub async fn run(client: &Client, args: SimArgs) -> Result<(), CliError> {
         let options = {
             let mut o = MqttOptions::new(answer.device_id.clone(), broker.host.clone(), broker.port);
             o.set_keep_alive(Duration::from_secs(60));
-            o.set_max_packet_size(256 * 1024, 256 * 1024);
+            o.set_max_packet_size(MAX_MQTT_PACKET_BYTES, MAX_MQTT_PACKET_BYTES);
             login(&mut o, &device, &answer.topic_prefix);
             o
         };

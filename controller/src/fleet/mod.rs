@@ -152,6 +152,11 @@ impl Fleet {
             .await
     }
 
+    /// How recently a device must have been seen to count as online.
+    pub fn online_window_secs(&self) -> u64 {
+        self.settings.online_window_secs
+    }
+
     /// All devices, or one.
     pub async fn devices(&self, only: Option<String>) -> Result<Vec<DeviceInfo>, FleetError> {
         let window = self.settings.online_window_secs as i64;

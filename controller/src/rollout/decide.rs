@@ -3,7 +3,9 @@
 //! [`super::engine`] issues the documents and writes the decision; nothing here touches the
 //! database or the clock.
 
-use edgefleet_shared::api::rollouts::{GateResult, Measurements, OnFail, OnTimeout, Plan, RolloutState, Strategy};
+use edgefleet_shared::api::rollouts::{
+    DeviceOutcome, GateResult, Measurements, OnFail, OnInsufficient, OnTimeout, Plan, RolloutState, Strategy,
+};
 use edgefleet_shared::api::three_digits;
 use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::DeviceStatus;
@@ -37,57 +39,46 @@ pub(super) struct Member {
     pub(super) baseline_classes: Vec<u64>,
     /// What it was told to run before the rollout reached it.
     pub(super) previous: Option<ModelRef>,
-}
-
-/// Where one device is with the candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Outcome {
-    /// Serves it (in shadow: runs it in shadow).
-    Serving,
-    /// Its activation failed (or it refused the document).
-    Failed,
-    /// It ran the candidate already when the rollout reached it: nothing to judge.
-    Already,
-    /// Neither yet.
-    Unsettled,
+    /// Unix seconds of its last authenticated contact.
+    pub(super) last_seen: Option<u64>,
 }
 
 /// A device's outcome. A failed download is not a verdict: the agent retries it.
-pub(super) fn outcome(m: &Member, candidate: &ModelRef, shadow: bool) -> Outcome {
+pub(super) fn outcome(m: &Member, candidate: &ModelRef, shadow: bool) -> DeviceOutcome {
     let Some(status) = m.status.as_ref() else {
-        return if m.previous.as_ref() == Some(candidate) { Outcome::Already } else { Outcome::Unsettled };
+        return if m.previous.as_ref() == Some(candidate) { DeviceOutcome::Already } else { DeviceOutcome::Unsettled };
     };
     let serving = status.active.as_ref() == Some(candidate);
     if m.previous.as_ref() == Some(candidate) && serving {
-        return Outcome::Already;
+        return DeviceOutcome::Already;
     }
     let running = if shadow { status.shadow.as_ref().map(|s| &s.model) == Some(candidate) } else { serving };
     if running {
-        return Outcome::Serving;
+        return DeviceOutcome::Serving;
     }
     let failed = status.last_activation.as_ref().is_some_and(|a| {
         &a.model == candidate && !a.ok && !a.error.as_deref().is_some_and(|e| e.starts_with("download:"))
     });
-    if failed { Outcome::Failed } else { Outcome::Unsettled }
+    if failed { DeviceOutcome::Failed } else { DeviceOutcome::Unsettled }
 }
 
 /// Folds the members' reports into the gate metrics. With `overdue`, devices still unsettled
 /// count as failed (the wave deadline passed under `on_timeout = fail`).
 pub(super) fn measure(all: &[Member], candidate: &ModelRef, shadow: bool, overdue: bool) -> Measurements {
     let mut m = Measurements { devices: all.len() as u64, ..Measurements::default() };
-    let (mut p99, mut base, mut agreed) = (Vec::new(), Vec::new(), 0.0);
+    let (mut p99, mut paired, mut agreed) = (Vec::new(), Vec::new(), 0.0);
     let (mut before, mut after) = (Vec::new(), Vec::new());
     for member in all {
         let status = member.status.as_ref();
         match outcome(member, candidate, shadow) {
-            Outcome::Serving if shadow => {
+            DeviceOutcome::Serving if shadow => {
                 m.activated += 1;
                 if let Some(report) = status.and_then(|s| s.shadow.as_ref()) {
                     m.compared += report.compared;
                     agreed += report.agreement.unwrap_or(0.0) * report.compared as f64;
                 }
             }
-            Outcome::Serving => {
+            DeviceOutcome::Serving => {
                 m.activated += 1;
                 let Some(status) = status else { continue };
                 m.requests += status.active_requests;
@@ -99,24 +90,29 @@ pub(super) fn measure(all: &[Member], candidate: &ModelRef, shadow: bool, overdu
                 if let Some(p) = status.latency_p99_ms.filter(|_| status.active_requests > 0) {
                     p99.push(p);
                     if let Some(b) = member.baseline_p99_ms {
-                        base.push(b);
+                        paired.push((p, b));
                     }
                 }
             }
-            Outcome::Already => m.already += 1,
-            Outcome::Failed => m.failed += 1,
-            Outcome::Unsettled if overdue => {
+            DeviceOutcome::Already => m.already += 1,
+            DeviceOutcome::Failed => m.failed += 1,
+            DeviceOutcome::Unsettled if overdue => {
                 m.failed += 1;
                 m.timed_out += 1;
             }
-            Outcome::Unsettled => {}
+            DeviceOutcome::Unsettled => {}
         }
     }
     let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     m.p99_ms = mean(&p99);
-    m.baseline_p99_ms = if base.len() == p99.len() { mean(&base) } else { None };
+    // The ratio compares each device with itself: only devices with a p99 on both versions.
+    let (now, was): (Vec<f64>, Vec<f64>) = paired.into_iter().unzip();
+    m.p99_pairs = now.len() as u64;
+    m.baseline_p99_ms = mean(&was);
+    m.p99_ratio = mean(&now).zip(m.baseline_p99_ms).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
     m.agreement = (m.compared > 0).then(|| agreed / m.compared as f64);
     m.classified = after.iter().sum();
+    m.baseline_classified = before.iter().sum();
     let bins = before.len().max(after.len());
     before.resize(bins, 0);
     after.resize(bins, 0);
@@ -137,6 +133,19 @@ pub(super) enum Waiting {
     Unsettled(u64),
     /// These gates lack their samples.
     Samples(Vec<String>),
+}
+
+impl Waiting {
+    /// For `rollout status`: what the rollout waits for, at `now`.
+    pub(super) fn describe(&self, now: u64) -> String {
+        match self {
+            Waiting::Baking(until) => format!("the wave bakes for {} s more", until.saturating_sub(now)),
+            Waiting::JustIssued => "documents just went out; waiting for the devices".into(),
+            Waiting::NoDevices => "no enrolled device matches the selector yet".into(),
+            Waiting::Unsettled(n) => format!("{n} devices have neither activated nor failed"),
+            Waiting::Samples(gates) => format!("gates {} wait for data", gates.join(", ")),
+        }
+    }
 }
 
 /// What a step does.
@@ -242,14 +251,22 @@ pub(super) fn decide(row: &Row, members: &[Member], issued: usize, now: u64) -> 
         // Every device ran the candidate already: nothing to judge.
         return verdict(onward(), m, Vec::new());
     }
-    let results: Vec<GateResult> = row
+    let mut results: Vec<GateResult> = row
         .plan
         .gates
         .iter()
         .filter_map(|text| Gate::parse(text).ok().map(|g| (text, g)))
-        .map(|(text, gate)| {
-            let value = metric_value(&m, &gate.metric, row.plan.min_requests);
-            GateResult { gate: text.clone(), value, passed: value.map(|v| gate.passes(v)) }
+        .map(|(text, gate)| match metric_value(&m, &gate.metric, row.plan.min_requests) {
+            Ok(value) => GateResult {
+                gate: text.clone(),
+                value: Some(value),
+                passed: Some(gate.passes(value)),
+                waiting: None,
+                skipped: false,
+            },
+            Err(waiting) => {
+                GateResult { gate: text.clone(), value: None, passed: None, waiting: Some(waiting), skipped: false }
+            }
         })
         .collect();
     let failed: Vec<String> = results
@@ -269,17 +286,28 @@ pub(super) fn decide(row: &Row, members: &[Member], issued: usize, now: u64) -> 
         return verdict(Decision::Fail { reason, action: row.plan.on_fail }, m, results);
     }
     let pending: Vec<String> = results.iter().filter(|g| g.passed.is_none()).map(|g| g.gate.clone()).collect();
-    let decision = match (overdue, row.plan.on_timeout) {
-        (true, OnTimeout::Pause) if m.unsettled() > 0 => Decision::Pause {
+    let lacking = || {
+        let why: Vec<String> = results
+            .iter()
+            .filter(|g| g.passed.is_none())
+            .map(|g| format!("{}: {}", g.gate, g.waiting.as_deref().unwrap_or("no data")))
+            .collect();
+        format!("{wave}: at the wave deadline gates lack data ({})", why.join("; "))
+    };
+    let decision = match (overdue, row.plan.on_timeout, row.plan.on_insufficient) {
+        (true, OnTimeout::Pause, _) if m.unsettled() > 0 => Decision::Pause {
             reason: format!("{wave}: {} devices did not activate or fail by the wave deadline", m.unsettled()),
         },
-        (true, OnTimeout::Pause) if !pending.is_empty() => Decision::Pause {
-            reason: format!("{wave}: gates {} lack samples at the wave deadline", pending.join(", ")),
-        },
-        (true, OnTimeout::Fail) if !pending.is_empty() => Decision::Fail {
-            reason: format!("{wave}: gates {} lack samples at the wave deadline", pending.join(", ")),
-            action: row.plan.on_fail,
-        },
+        (true, _, OnInsufficient::Pause) if !pending.is_empty() => Decision::Pause { reason: lacking() },
+        (true, _, OnInsufficient::Fail) if !pending.is_empty() => {
+            Decision::Fail { reason: lacking(), action: row.plan.on_fail }
+        }
+        (true, _, OnInsufficient::Skip) if !pending.is_empty() => {
+            for g in results.iter_mut().filter(|g| g.passed.is_none()) {
+                g.skipped = true;
+            }
+            if m.unsettled() > 0 { Decision::Wait(Waiting::Unsettled(m.unsettled())) } else { onward() }
+        }
         _ if m.unsettled() > 0 => Decision::Wait(Waiting::Unsettled(m.unsettled())),
         _ if !pending.is_empty() => Decision::Wait(Waiting::Samples(pending)),
         _ => onward(),
@@ -352,6 +380,7 @@ mod tests {
                 wave_timeout_secs: 600,
                 on_timeout,
                 allow_empty: false,
+                on_insufficient: OnInsufficient::Pause,
             },
             state: RolloutState::Running,
             wave: 0,
@@ -462,10 +491,52 @@ mod tests {
         );
         let pause = row(Strategy::Canary, &[50, 100], GATES, OnTimeout::Pause);
         assert!(matches!(decide(&pause, &silent, 0, T0 + 600).decision, Decision::Pause { .. }));
-        // Gates still without samples at the deadline.
+        // Gates still without samples at the deadline: the rollout's on_insufficient decides.
         let quiet = [device("a", Some(2), 3, 0)];
-        assert!(matches!(decide(&pause, &quiet, 0, T0 + 600).decision, Decision::Pause { .. }));
-        assert!(matches!(decide(&fail, &quiet, 0, T0 + 600).decision, Decision::Fail { .. }));
+        let v = decide(&pause, &quiet, 0, T0 + 600);
+        let Decision::Pause { reason } = v.decision else { panic!("{:?}", v.decision) };
+        assert!(reason.contains("error_rate<0.05: the candidate answered 3 of 10 requests"), "{reason}");
+        let mut strict = fail.clone();
+        strict.plan.on_insufficient = OnInsufficient::Fail;
+        assert!(matches!(decide(&strict, &quiet, 0, T0 + 600).decision, Decision::Fail { .. }));
+        let mut lenient = fail.clone();
+        lenient.plan.on_insufficient = OnInsufficient::Skip;
+        let v = decide(&lenient, &quiet, 0, T0 + 600);
+        assert_eq!(v.decision, Decision::NextWave, "the measured gates passed, the other is skipped");
+        let skipped: Vec<_> = v.gates.iter().filter(|g| g.skipped).map(|g| g.gate.as_str()).collect();
+        assert_eq!(skipped, ["error_rate<0.05"]);
+        // Before the deadline a gate short of data waits, saying for what.
+        let v = decide(&fail, &quiet, 0, T0 + 60);
+        assert_eq!(v.decision, Decision::Wait(Waiting::Samples(vec!["error_rate<0.05".into()])));
+        assert_eq!(v.gates[1].waiting.as_deref(), Some("the candidate answered 3 of 10 requests"));
+    }
+
+    #[test]
+    fn a_sparse_before_side_does_not_fail_a_psi_gate() {
+        let r = row(Strategy::Canary, &[100], &["psi<0.2"], OnTimeout::Fail);
+        // The device served the previous version once (class 2) and the candidate 500 times.
+        let mut sparse = device("a", Some(2), 500, 0);
+        sparse.baseline_classes = vec![0, 0, 1];
+        if let Some(s) = sparse.status.as_mut() {
+            s.output_classes = vec![200, 200, 100];
+        }
+        let v = decide(&r, &[sparse.clone()], 0, T0 + 60);
+        assert_eq!(v.decision, Decision::Wait(Waiting::Samples(vec!["psi<0.2".into()])), "{v:?}");
+        assert!(v.gates[0].waiting.as_deref().is_some_and(|w| w.contains("classified 1 of 10")), "{v:?}");
+        // With enough predictions on both sides the same shift fails the gate.
+        sparse.baseline_classes = vec![0, 0, 100];
+        assert!(matches!(decide(&r, &[sparse], 0, T0 + 60).decision, Decision::Fail { .. }));
+    }
+
+    #[test]
+    fn p99_ratio_compares_each_device_with_itself() {
+        let r = row(Strategy::Canary, &[100], &["p99_ratio<1.5"], OnTimeout::Fail);
+        let paired = device("a", Some(2), 50, 0); // p99 5 ms now, 4 ms before
+        let mut unpaired = device("b", Some(2), 50, 0);
+        unpaired.baseline_p99_ms = None;
+        let v = decide(&r, &[paired, unpaired], 0, T0 + 60);
+        assert_eq!((v.measurements.p99_pairs, v.measurements.p99_ratio), (1, Some(1.25)));
+        assert_eq!(v.decision, Decision::Complete, "one device without a before p99 does not block the gate");
     }
 
     #[test]

@@ -3,12 +3,12 @@
 
 use std::collections::HashSet;
 
-use edgefleet_shared::api::rollouts::{OnFail, RolloutState};
+use edgefleet_shared::api::rollouts::{DeviceOutcome, OnFail, RolloutState};
 use edgefleet_shared::deployment::ModelRef;
-use edgefleet_shared::fleet::{DeviceStatus, rollout_bucket};
+use edgefleet_shared::fleet::{DeviceStatus, wave_members};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::decide::{Decision, Outcome, Row, Verdict, decide, outcome};
+use super::decide::{Decision, Row, Verdict, decide, outcome};
 use super::records::{load, members};
 use crate::db;
 use crate::fleet::{Fleet, FleetError, matching_devices, version_artifacts};
@@ -48,7 +48,7 @@ pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64, now: u64) -> Result<
             db::audit(tx, "controller", "rollout.promote", &id.to_string(), serde_json::json!({"measurements": m}))?;
             tracing::info!(rollout = id, devices = m.devices, "Shadow passed; promoting.");
             let artifacts = version_artifacts(tx, &row.model.name, row.model.version)?;
-            for member in all.iter().filter(|m| outcome(m, &row.model, true) != Outcome::Already) {
+            for member in all.iter().filter(|m| outcome(m, &row.model, true) != DeviceOutcome::Already) {
                 fleet.issue(tx, &member.device, &row.model, &artifacts, None)?;
                 changed.push(member.device.clone());
             }
@@ -114,9 +114,9 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row, now: u64) -> Result<Vec<
         .prepare("SELECT device_id FROM rollout_devices WHERE rollout_id = ?1")?
         .query_map(params![row.id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let newcomers: Vec<String> = matching_devices(tx, &row.plan.selector)?
+    let newcomers: Vec<String> = wave_members(&matching_devices(tx, &row.plan.selector)?, percent)
         .into_iter()
-        .filter(|d| rollout_bucket(d) < percent && !members.contains(d))
+        .filter(|d| !members.contains(d))
         .collect();
     if newcomers.is_empty() {
         return Ok(Vec::new());

@@ -46,20 +46,38 @@ pub fn measurable(metric: &str, strategy: Strategy) -> bool {
     }
 }
 
-/// The value of `metric` over `m`, or none while it lacks samples.
-pub fn metric_value(m: &Measurements, metric: &str, min_requests: u64) -> Option<f64> {
-    let enough = m.requests >= min_requests.max(1);
+/// The value of `metric` over `m`, or what it still waits for: each side of a comparison needs
+/// `min_requests` samples (requests, predictions or comparisons), so a verdict never rests on a
+/// handful.
+pub fn metric_value(m: &Measurements, metric: &str, min_requests: u64) -> Result<f64, String> {
+    let min = min_requests.max(1);
+    let requests = || {
+        if m.requests >= min { Ok(()) } else { Err(format!("the candidate answered {} of {min} requests", m.requests)) }
+    };
     match metric {
-        "activation_failure_rate" if m.unsettled() == 0 && m.devices > 0 => Some(m.failed as f64 / m.devices as f64),
-        "error_rate" if enough => Some(m.errors as f64 / m.requests as f64),
-        "p99_ms" if enough => m.p99_ms,
-        "agreement" if m.compared >= min_requests.max(1) => m.agreement,
-        "psi" if m.classified >= min_requests.max(1) => m.psi,
-        "p99_ratio" if enough => match (m.p99_ms, m.baseline_p99_ms) {
-            (Some(now), Some(before)) if before > 0.0 => Some(now / before),
-            _ => None,
-        },
-        _ => None,
+        "activation_failure_rate" if m.devices == 0 => Err("no device in the rollout yet".into()),
+        "activation_failure_rate" if m.unsettled() > 0 => {
+            Err(format!("{} of {} devices have neither activated nor failed", m.unsettled(), m.devices))
+        }
+        "activation_failure_rate" => Ok(m.failed as f64 / m.devices as f64),
+        "error_rate" => requests().map(|()| m.errors as f64 / m.requests as f64),
+        "p99_ms" => {
+            requests()?;
+            m.p99_ms.ok_or_else(|| "no device reports a p99 latency yet".into())
+        }
+        "p99_ratio" => {
+            requests()?;
+            m.p99_ratio.ok_or_else(|| "no device reports a p99 on both the candidate and its previous version".into())
+        }
+        "agreement" if m.compared < min => Err(format!("{} of {min} mirrored requests compared", m.compared)),
+        "agreement" => m.agreement.ok_or_else(|| "no agreement reported".into()),
+        "psi" if m.classified < min => Err(format!("the candidate classified {} of {min} predictions", m.classified)),
+        "psi" if m.baseline_classified < min => Err(format!(
+            "the devices' previous version classified {} of {min} predictions (the before side)",
+            m.baseline_classified
+        )),
+        "psi" => m.psi.ok_or_else(|| "no class counts to compare".into()),
+        other => Err(format!("unknown metric {other}")),
     }
 }
 
@@ -133,17 +151,29 @@ mod tests {
     }
 
     #[test]
-    fn metrics_wait_for_their_samples() {
+    fn metrics_wait_for_their_samples_and_say_so() {
         let mut m = Measurements { devices: 4, activated: 3, failed: 0, requests: 50, errors: 5, ..Default::default() };
-        assert_eq!(metric_value(&m, "activation_failure_rate", 100), None, "one device unsettled");
-        assert_eq!(metric_value(&m, "error_rate", 100), None, "50 of 100 requests");
-        m.activated = 3;
+        let waiting = |m: &Measurements, metric: &str| metric_value(m, metric, 100).expect_err("pending");
+        assert_eq!(waiting(&m, "activation_failure_rate"), "1 of 4 devices have neither activated nor failed");
+        assert_eq!(waiting(&m, "error_rate"), "the candidate answered 50 of 100 requests");
         m.failed = 1;
         m.requests = 100;
         m.p99_ms = Some(12.0);
-        m.baseline_p99_ms = Some(4.0);
-        assert_eq!(metric_value(&m, "activation_failure_rate", 100), Some(0.25));
-        assert_eq!(metric_value(&m, "error_rate", 100), Some(0.05));
-        assert_eq!(metric_value(&m, "p99_ratio", 100), Some(3.0));
+        assert!(waiting(&m, "p99_ratio").contains("both the candidate and its previous version"));
+        m.p99_ratio = Some(3.0);
+        assert_eq!(metric_value(&m, "activation_failure_rate", 100), Ok(0.25));
+        assert_eq!(metric_value(&m, "error_rate", 100), Ok(0.05));
+        assert_eq!(metric_value(&m, "p99_ratio", 100), Ok(3.0));
+        assert_eq!(waiting(&Measurements::default(), "activation_failure_rate"), "no device in the rollout yet");
+    }
+
+    #[test]
+    fn psi_needs_enough_predictions_on_both_sides() {
+        let mut m = Measurements { classified: 5000, baseline_classified: 1, psi: Some(5.83), ..Default::default() };
+        assert!(metric_value(&m, "psi", 100).expect_err("sparse before side").contains("classified 1 of 100"));
+        m.baseline_classified = 100;
+        assert_eq!(metric_value(&m, "psi", 100), Ok(5.83));
+        m.classified = 99;
+        assert!(metric_value(&m, "psi", 100).expect_err("sparse candidate side").contains("candidate classified 99"));
     }
 }

@@ -1,5 +1,6 @@
 //! Staged rollouts: a model version goes to the devices matching a selector in cumulative waves
-//! (a device is in the wave at P% when its [`rollout_bucket`] is below P), each wave baked for a
+//! (the wave at P% holds the first ⌈P·N/100⌉ of the N matching devices in their stable rollout
+//! order, [`wave_members`]), each wave baked for a
 //! while and judged by quality gates over the devices' status reports; a failed gate pauses the
 //! rollout or aborts it, and an abort returns every device the rollout changed to the version it
 //! ran before, by new documents.
@@ -16,6 +17,8 @@ mod records;
 
 use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutRequest, RolloutState};
 use edgefleet_shared::clock::SharedClock;
+#[cfg(doc)]
+use edgefleet_shared::fleet::wave_members;
 use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 
 use crate::db::{self, Db};
@@ -87,20 +90,22 @@ impl Rollouts {
 
     /// Every rollout, newest first.
     pub async fn list(&self) -> Result<Vec<RolloutInfo>, FleetError> {
+        let (now, window) = (self.clock.now(), self.fleet.online_window_secs());
         self.db
-            .call(|conn| -> Result<Vec<RolloutInfo>, FleetError> {
+            .call(move |conn| -> Result<Vec<RolloutInfo>, FleetError> {
                 let ids: Vec<i64> = conn
                     .prepare("SELECT id FROM rollouts ORDER BY id DESC")?
                     .query_map([], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
-                ids.into_iter().map(|id| info(conn, id)).collect()
+                ids.into_iter().map(|id| info(conn, id, now, window)).collect()
             })
             .await
     }
 
     /// One rollout with its waves and gate values.
     pub async fn show(&self, id: i64) -> Result<RolloutInfo, FleetError> {
-        self.db.call(move |conn| info(conn, id)).await
+        let (now, window) = (self.clock.now(), self.fleet.online_window_secs());
+        self.db.call(move |conn| info(conn, id, now, window)).await
     }
 
     /// Pauses, resumes or aborts; returns the devices that got new documents.

@@ -77,6 +77,7 @@ pub(super) fn plan(req: &RolloutRequest) -> Result<Plan, FleetError> {
         wave_timeout_secs: req.wave_timeout_secs,
         on_timeout: req.on_timeout,
         allow_empty: req.allow_empty,
+        on_insufficient: req.on_insufficient,
     })
 }
 
@@ -85,7 +86,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use edgefleet_shared::api::rollouts::{OnFail, OnTimeout};
+    use edgefleet_shared::api::rollouts::{OnFail, OnInsufficient, OnTimeout};
 
     fn request(strategy: Strategy, gates: &[&str]) -> RolloutRequest {
         RolloutRequest {
@@ -100,6 +101,7 @@ mod tests {
             on_timeout: OnTimeout::Fail,
             allow_empty: false,
             min_requests: 10,
+            on_insufficient: OnInsufficient::Pause,
             on_fail: OnFail::Abort,
             strategy,
             shadow_share: 0.25,

@@ -1,10 +1,10 @@
 //! Reading rollouts and their devices back from SQLite.
 
-use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutState, WaveInfo};
+use edgefleet_shared::api::rollouts::{DeviceOutcome, RolloutDevice, RolloutInfo, RolloutState, WaveInfo};
 use edgefleet_shared::deployment::ModelRef;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::decide::{Member, Outcome, Row, measure, outcome};
+use super::decide::{Decision, Member, Row, decide, measure, outcome};
 use crate::fleet::FleetError;
 
 pub(super) fn load(conn: &Connection, id: i64) -> Result<Row, FleetError> {
@@ -45,7 +45,8 @@ pub(super) fn load(conn: &Connection, id: i64) -> Result<Row, FleetError> {
 pub(super) fn members(conn: &Connection, id: i64) -> Result<Vec<Member>, FleetError> {
     let rows = conn
         .prepare(
-            "SELECT rd.device_id, rd.wave, d.status, rd.baseline_p99_ms, rd.baseline_classes, rd.prev_model, rd.prev_version
+            "SELECT rd.device_id, rd.wave, d.status, rd.baseline_p99_ms, rd.baseline_classes, rd.prev_model, rd.prev_version,
+                    d.last_seen
              FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id WHERE rd.rollout_id = ?1 ORDER BY rd.device_id",
         )?
         .query_map(params![id], |r| {
@@ -60,17 +61,20 @@ pub(super) fn members(conn: &Connection, id: i64) -> Result<Vec<Member>, FleetEr
                     .and_then(|c| serde_json::from_str(&c).ok())
                     .unwrap_or_default(),
                 previous: prev_model.zip(prev_version).map(|(name, v)| ModelRef { name, version: v as u64 }),
+                last_seen: r.get::<_, Option<i64>>(7)?.map(|t| t.max(0) as u64),
             })
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
 
-pub(super) fn info(conn: &Connection, id: i64) -> Result<RolloutInfo, FleetError> {
+/// A rollout as the API shows it, at `now`: a device is online when seen within
+/// `online_window_secs`.
+pub(super) fn info(conn: &Connection, id: i64, now: u64, online_window_secs: u64) -> Result<RolloutInfo, FleetError> {
     let row = load(conn, id)?;
     let all = members(conn, id)?;
     let shadow = row.in_shadow();
-    let count = |in_wave: &[&Member], wanted: &[Outcome]| {
+    let count = |in_wave: &[&Member], wanted: &[DeviceOutcome]| {
         in_wave.iter().filter(|m| wanted.contains(&outcome(m, &row.model, shadow))).count() as u64
     };
     let waves = row.plan.waves[..=row.wave.min(row.plan.waves.len() - 1)]
@@ -82,14 +86,46 @@ pub(super) fn info(conn: &Connection, id: i64) -> Result<RolloutInfo, FleetError
                 wave: i + 1,
                 percent,
                 devices: in_wave.iter().map(|m| m.device.clone()).collect(),
-                activated: count(&in_wave, &[Outcome::Serving, Outcome::Already]),
-                failed: count(&in_wave, &[Outcome::Failed]),
+                activated: count(&in_wave, &[DeviceOutcome::Serving, DeviceOutcome::Already]),
+                failed: count(&in_wave, &[DeviceOutcome::Failed]),
             }
         })
         .collect();
+    let devices = all
+        .iter()
+        .map(|m| {
+            let outcome = outcome(m, &row.model, shadow);
+            let error = (outcome == DeviceOutcome::Failed)
+                .then(|| m.status.as_ref().and_then(|s| s.last_activation.as_ref()).and_then(|a| a.error.clone()))
+                .flatten();
+            RolloutDevice {
+                device: m.device.clone(),
+                wave: m.wave + 1,
+                outcome,
+                error,
+                online: m.last_seen.is_some_and(|t| now.saturating_sub(t) <= online_window_secs),
+                last_seen: m.last_seen,
+            }
+        })
+        .collect();
+    let active = matches!(row.state, RolloutState::Running | RolloutState::Promoting);
+    // What the next step would decide now, without taking it: the rollout's current wait.
+    let waiting_for = active.then(|| match decide(&row, &all, 0, now).decision {
+        Decision::Wait(w) => w.describe(now),
+        Decision::NextWave => "nothing: the next step starts the next wave".to_owned(),
+        Decision::Promote => "nothing: the next step promotes the candidate everywhere".to_owned(),
+        Decision::Complete => "nothing: the next step completes the rollout".to_owned(),
+        Decision::Fail { reason, .. } => format!("nothing: the next step fails it ({reason})"),
+        Decision::Pause { reason } => format!("nothing: the next step pauses it ({reason})"),
+    });
+    let in_waves = row.state == RolloutState::Running;
     Ok(RolloutInfo {
         id,
         measurements: measure(&all, &row.model, shadow, false),
+        waiting_for,
+        bake_until: in_waves.then(|| row.wave_started_at.saturating_add(row.plan.bake_secs)),
+        deadline: active.then(|| row.deadline()),
+        devices,
         model: row.model,
         plan: row.plan,
         state: row.state,

@@ -48,6 +48,30 @@ impl OnTimeout {
     }
 }
 
+/// What a gate still short of data at the wave deadline means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum OnInsufficient {
+    /// The rollout pauses, naming the gate and what it lacks; the operator decides.
+    Pause,
+    /// The gate fails (and `on_fail` applies).
+    Fail,
+    /// The gate is skipped for this wave (shown as skipped) and the others decide.
+    Skip,
+}
+
+impl OnInsufficient {
+    /// Lowercase name, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnInsufficient::Pause => "pause",
+            OnInsufficient::Fail => "fail",
+            OnInsufficient::Skip => "skip",
+        }
+    }
+}
+
 /// How devices take the candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -149,9 +173,13 @@ pub struct RolloutRequest {
     /// Start even when no device matches the selector yet (devices that enroll later join).
     #[serde(default)]
     pub allow_empty: bool,
-    /// Requests the candidate must have answered before request-based gates count (default 100).
+    /// Requests (or predictions, or comparisons) each side of a gate must have before it counts:
+    /// the candidate's, and for `psi` the devices' previous version's (default 100).
     #[serde(default = "default_min_requests")]
     pub min_requests: u64,
+    /// Gates still short of data at the wave deadline: pause (default), fail, or skip.
+    #[serde(default = "default_on_insufficient")]
+    pub on_insufficient: OnInsufficient,
     /// On a failed gate (default abort).
     #[serde(default = "default_on_fail")]
     pub on_fail: OnFail,
@@ -193,6 +221,9 @@ pub struct Plan {
     /// Whether the rollout may wait for matching devices.
     #[serde(default)]
     pub allow_empty: bool,
+    /// What a gate short of data at the wave deadline means.
+    #[serde(default = "default_on_insufficient")]
+    pub on_insufficient: OnInsufficient,
 }
 
 impl Plan {
@@ -247,6 +278,63 @@ pub struct RolloutInfo {
     pub created_at: u64,
     /// Unix seconds.
     pub updated_at: u64,
+    /// While running: what the rollout waits for now (bake, devices, gate data).
+    #[serde(default)]
+    pub waiting_for: Option<String>,
+    /// While running: Unix seconds the current wave's bake ends.
+    #[serde(default)]
+    pub bake_until: Option<u64>,
+    /// While running: Unix seconds by which the current wave's devices must have settled.
+    #[serde(default)]
+    pub deadline: Option<u64>,
+    /// Every device the rollout reached, with where it is.
+    #[serde(default)]
+    pub devices: Vec<RolloutDevice>,
+}
+
+/// Where one device of a rollout is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutDevice {
+    /// Device id.
+    pub device: String,
+    /// The wave it joined in, from 1.
+    pub wave: usize,
+    /// Serving (or shadowing) the candidate, failed, on it already, or neither yet.
+    pub outcome: DeviceOutcome,
+    /// Its activation error, when it failed.
+    pub error: Option<String>,
+    /// Whether it was seen within the controller's online window.
+    pub online: bool,
+    /// Unix seconds of its last authenticated contact.
+    pub last_seen: Option<u64>,
+}
+
+/// A rollout device's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceOutcome {
+    /// Serves the candidate (in shadow: runs it in shadow).
+    Serving,
+    /// Its activation of the candidate failed, or it refused the document.
+    Failed,
+    /// It ran the candidate already when the rollout reached it.
+    Already,
+    /// Neither activated nor failed yet.
+    Unsettled,
+}
+
+impl DeviceOutcome {
+    /// Lowercase name, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceOutcome::Serving => "serving",
+            DeviceOutcome::Failed => "failed",
+            DeviceOutcome::Already => "already",
+            DeviceOutcome::Unsettled => "unsettled",
+        }
+    }
 }
 
 /// What the wave's devices reported, folded into the gate metrics.
@@ -265,8 +353,15 @@ pub struct Measurements {
     pub errors: u64,
     /// Mean p99 latency (ms) of the candidate over devices that report one.
     pub p99_ms: Option<f64>,
-    /// Mean p99 latency (ms) of the same devices on their previous version.
+    /// Mean p99 latency (ms) of the devices that report one on both versions, on their previous
+    /// version.
     pub baseline_p99_ms: Option<f64>,
+    /// Candidate p99 over the same devices as `baseline_p99_ms` divided by it.
+    #[serde(default)]
+    pub p99_ratio: Option<f64>,
+    /// Devices with a p99 on both versions (what `p99_ratio` compares).
+    #[serde(default)]
+    pub p99_pairs: u64,
     /// Shadow: requests mirrored to the candidate and compared.
     #[serde(default)]
     pub compared: u64,
@@ -276,6 +371,9 @@ pub struct Measurements {
     /// Predictions of the candidate counted per class, over devices serving it.
     #[serde(default)]
     pub classified: u64,
+    /// Predictions the same devices' previous version made (the "before" side of `psi`).
+    #[serde(default)]
+    pub baseline_classified: u64,
     /// PSI of those class counts against the same devices' counts on their previous version.
     #[serde(default)]
     pub psi: Option<f64>,
@@ -302,8 +400,15 @@ pub struct GateResult {
     pub gate: String,
     /// Its measured value, when there were enough samples.
     pub value: Option<f64>,
-    /// Passed, failed, or none while pending.
+    /// Passed, failed, or none while pending (or skipped).
     pub passed: Option<bool>,
+    /// While pending: what it waits for (e.g. "the candidate answered 40 of 100 requests");
+    /// when skipped at the deadline, why.
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// Skipped at the wave deadline for lack of data (`on_insufficient = skip`).
+    #[serde(default)]
+    pub skipped: bool,
 }
 
 fn default_share() -> f64 {
@@ -324,6 +429,10 @@ fn default_on_timeout() -> OnTimeout {
 
 fn default_min_requests() -> u64 {
     100
+}
+
+fn default_on_insufficient() -> OnInsufficient {
+    OnInsufficient::Pause
 }
 
 fn default_on_fail() -> OnFail {
@@ -361,6 +470,9 @@ mod tests {
         for o in [OnTimeout::Fail, OnTimeout::Pause] {
             assert_eq!(o.as_str(), wire(o));
         }
+        for o in [OnInsufficient::Pause, OnInsufficient::Fail, OnInsufficient::Skip] {
+            assert_eq!(o.as_str(), wire(o));
+        }
     }
 
     #[test]
@@ -369,6 +481,7 @@ mod tests {
             serde_json::from_str(r#"{"model":"m","version":"1","selector":{"a":"b"}}"#).expect("parses");
         assert_eq!((req.bake_secs, req.wave_timeout_secs, req.min_requests), (600, 3600, 100));
         assert_eq!((req.on_fail, req.on_timeout, req.strategy), (OnFail::Abort, OnTimeout::Fail, Strategy::Canary));
+        assert_eq!(req.on_insufficient, OnInsufficient::Pause);
         assert_eq!(req.shadow_share, 0.25);
         assert!(serde_json::from_str::<RolloutRequest>(r#"{"model":"m","version":"1","selector":{},"x":1}"#).is_err());
     }
