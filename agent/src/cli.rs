@@ -24,7 +24,7 @@ pub enum Command {
     /// Serve local ONNX files over KServe v2 HTTP, without a controller.
     Serve(ServeArgs),
     /// Fleet mode: enroll with a controller and follow its signed desired state.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the default configuration file, with every option documented.
     PrintDefaultConfig,
     /// Check a signed deployment document offline, as a device would (exit 0 verified,
@@ -173,6 +173,9 @@ pub struct RunArgs {
     /// Label reported at enrollment, `k=v`; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// File of `k=v` lines with more labels for enrollment (used when present).
+    #[arg(long)]
+    pub labels_file: Option<PathBuf>,
     /// MQTT broker URL, overriding the controller's.
     #[arg(long)]
     pub mqtt: Option<String>,
@@ -196,7 +199,7 @@ pub struct RunArgs {
     pub sample_rate: Option<f64>,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("expected k=v, got {s:?}"))?;
     if k.is_empty() {
         return Err(format!("expected k=v, got {s:?}"));
@@ -224,6 +227,7 @@ impl RunArgs {
         f.insecure |= self.insecure;
         f.mqtt = self.mqtt.or(f.mqtt.take());
         f.labels.extend(self.labels);
+        f.labels_file = self.labels_file.or(f.labels_file.take());
         if let Some(secs) = self.telemetry_interval_secs {
             config.telemetry.flush_interval_secs = secs;
         }

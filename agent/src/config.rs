@@ -74,6 +74,9 @@ pub struct FleetConfig {
     pub data_dir: PathBuf,
     /// Labels reported at enrollment.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// File of `key=value` lines (`#` comments) with more labels for enrollment, over `labels`;
+    /// read only when present (the first-boot pickup writes it from the boot partition).
+    pub labels_file: Option<PathBuf>,
     /// MQTT broker URL overriding the one the controller hands out.
     pub mqtt: Option<String>,
     /// How often to ask the controller for the desired state over HTTP.
@@ -108,6 +111,7 @@ impl Default for FleetConfig {
             insecure: false,
             data_dir: PathBuf::from("/var/lib/edgefleet"),
             labels: Default::default(),
+            labels_file: None,
             mqtt: None,
             poll_interval_secs: 30,
             status_interval_secs: 30,

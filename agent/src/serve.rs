@@ -19,7 +19,7 @@ use crate::shadow::Shadows;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// Address.
         addr: SocketAddr,
@@ -27,7 +27,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// A configured model could not be loaded.
-    #[error("model {name:?}: {source}")]
+    #[error("model {name:?} failed to load")]
     Model {
         /// Model name.
         name: String,
@@ -42,15 +42,15 @@ pub enum ServeError {
 /// Serves the configured models until `shutdown` resolves, then stops accepting connections,
 /// lets in-flight requests finish (up to `server.shutdown_grace_secs`) and returns.
 ///
-/// `on_listening` is called with the bound address as soon as the socket is open, before the
-/// models finish loading (`/v2/health/live` answers from then on; `/ready` once a model is warm).
+/// The socket is open (and `/v2/health/live` answers) while the models load; `on_listening` is
+/// called with the bound address once every model loaded, so its line is printed only by an
+/// agent that keeps serving (a model that fails to load ends `run` with the error instead).
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     let http = HttpServer::start(&config).await?;
-    on_listening(http.addr);
     crate::systemd::spawn_watchdog();
     let repository = http.repository.clone();
     let loading = load_all(&repository, &config);
@@ -60,6 +60,7 @@ pub async fn run(
         () = &mut shutdown => Ok(()),
     };
     if load_result.is_ok() && !http.stopping() {
+        on_listening(http.addr);
         crate::systemd::ready(&format!("serving {} model(s) on {}", config.models.len(), http.addr));
         shutdown.await;
     }
@@ -153,9 +154,15 @@ async fn load_all(repository: &Arc<Repository>, config: &AgentConfig) -> Result<
     Ok(())
 }
 
+/// How long stopping waits for worker threads to finish a run in progress; a slower run is
+/// abandoned (the process is exiting). With `server.shutdown_grace_secs`, the telemetry flush
+/// (5 s) and the blocking grace (1 s) this bounds the whole stop, which the systemd unit's
+/// `TimeoutStopSec` must exceed.
+pub const WORKER_STOP_SECS: u64 = 5;
+
 async fn stop_models(repository: &Arc<Repository>) {
     let models = repository.clear();
-    let _ = tokio::task::spawn_blocking(move || {
+    let joined = tokio::task::spawn_blocking(move || {
         for model in models {
             // Only the last holder can join the workers; requests still holding the model
             // (past the grace period) let their threads exit once the queue closes.
@@ -163,6 +170,8 @@ async fn stop_models(repository: &Arc<Repository>) {
                 m.pool.shutdown();
             }
         }
-    })
-    .await;
+    });
+    if tokio::time::timeout(Duration::from_secs(WORKER_STOP_SECS), joined).await.is_err() {
+        tracing::warn!(secs = WORKER_STOP_SECS, "An inference was still running; stopping without it.");
+    }
 }

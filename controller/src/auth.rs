@@ -58,6 +58,31 @@ pub fn bootstrap_admin(conn: &mut Connection, preset: Option<String>) -> Result<
     Ok(Some(token))
 }
 
+/// Creates a new admin token for an operator who lost every admin token: only someone who can
+/// write the controller's data directory can run it (`edgefleet-controller recover-admin`).
+/// Returns the plaintext.
+pub fn recover_admin(conn: &mut Connection) -> Result<String, crate::Error> {
+    let token = new_token().map_err(|e| crate::Error::Config(format!("cannot generate a token: {e}")))?;
+    let tx = conn.transaction().map_err(db::DbError::from)?;
+    insert_token(&tx, "recovered-admin", Role::Admin, &token, "recover-admin").map_err(db::DbError::from)?;
+    tx.commit().map_err(db::DbError::from)?;
+    Ok(token)
+}
+
+/// Writes `token` to `path` readable by the owner only (0600), replacing any older file, so
+/// that it never passes through a log or the journal.
+pub fn write_token_file(path: &std::path::Path, token: &str) -> Result<(), crate::Error> {
+    use std::io::Write as _;
+    let fail = |e: std::io::Error| crate::Error::Startup(format!("cannot write {}: {e}", path.display()));
+    let _ = std::fs::remove_file(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(fail)?;
+    file.write_all(format!("{token}\n").as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)
+}
+
 /// Finds the live token with this plaintext.
 pub fn lookup(conn: &Connection, token: &str) -> rusqlite::Result<Option<Caller>> {
     conn.query_row(

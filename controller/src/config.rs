@@ -43,6 +43,11 @@ pub struct TelemetryConfig {
     /// A window is judged (and its rows go into a snapshot) this long after it closed, so that
     /// batches still in agents' spools or in flight arrive first.
     pub settle_secs: u64,
+    /// Values a feature needs in a drift report's range before its PSI counts in the verdict.
+    pub drift_min_rows: u64,
+    /// Sampled values a feature needs (in the range, and in the baseline's sample) before its
+    /// Wasserstein distance and KS test count in the verdict.
+    pub drift_min_samples: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -53,6 +58,8 @@ impl Default for TelemetryConfig {
             max_samples_per_version: 100_000,
             group_label: "group".into(),
             settle_secs: 120,
+            drift_min_rows: 100,
+            drift_min_samples: 50,
         }
     }
 }
@@ -315,6 +322,10 @@ pub struct DataDir {
 }
 
 impl DataDir {
+    /// Where a generated admin token is written (mode 0600) for the operator to read once.
+    pub fn admin_token(&self) -> PathBuf {
+        self.root.join("admin-token")
+    }
     /// SQLite database.
     pub fn database(&self) -> PathBuf {
         self.root.join("controller.db")

@@ -262,6 +262,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE rollouts_checked RENAME TO rollouts;
     CREATE INDEX rollouts_state ON rollouts(state);
     ",
+    // 9: the device lifecycle: a decommissioned device keeps its row (a tombstone, so its key
+    // can never enroll again), and enrollment tokens can be revoked.
+    "
+    ALTER TABLE devices ADD COLUMN decommissioned_at INTEGER;
+    ALTER TABLE devices ADD COLUMN decommission_reason TEXT;
+    ALTER TABLE enrollment_tokens ADD COLUMN revoked_at INTEGER;
+    ",
 ];
 
 /// A shared handle to the database.

@@ -46,6 +46,14 @@ enum Command {
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+    /// Create a new admin token when every admin token is lost, and write it to
+    /// `DATA_DIR/admin-token` (mode 0600). Needs write access to the data directory; works
+    /// while the controller runs.
+    RecoverAdmin {
+        /// Data directory of the controller.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Write the trust file agents are provisioned with (the current trust set).
     PublicKey {
         /// Data directory of the controller.
@@ -126,6 +134,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::PublicKey { data_dir, out } => public_key(DataDir { root: data_dir }, out),
+        Command::RecoverAdmin { data_dir } => recover_admin(DataDir { root: data_dir }),
         Command::ValidateModel { model, baseline, npy, bins, sample_rows, seed, max_tensor_bytes, memory_bytes } => {
             use edgefleet_controller::validate::{Budget, sandbox};
             let args = sandbox::ChildArgs {
@@ -176,6 +185,17 @@ fn public_key(data: DataDir, out: Option<PathBuf>) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+fn recover_admin(data: DataDir) -> Result<(), Error> {
+    let opened = serve::open_existing(&data)?;
+    let token = opened.db.call_blocking(edgefleet_controller::auth::recover_admin)?;
+    edgefleet_controller::auth::write_token_file(&data.admin_token(), &token)?;
+    println!(
+        "a new admin token is in {} (mode 0600): read it, store it, delete the file",
+        data.admin_token().display()
+    );
+    Ok(())
 }
 
 fn rotate_key(data: DataDir, overlap_secs: u64, revoke: bool) -> Result<(), Error> {
@@ -233,6 +253,8 @@ fn serve_cmd(data_dir: PathBuf, config: Option<PathBuf>, flags: Overrides) -> Re
         config.tls.key = Some(key);
     }
     let preset = std::env::var("EDGEFLEET_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let from_env = preset.is_some();
+    let token_file = DataDir { root: data_dir.clone() }.admin_token();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("edgefleet-controller")
         .enable_all()
@@ -244,9 +266,20 @@ fn serve_cmd(data_dir: PathBuf, config: Option<PathBuf>, flags: Overrides) -> Re
         preset,
         edgefleet_service::shutdown::signal(),
         |started| {
-            if let Some(token) = &started.admin_token {
-                // Printed once, on a line of its own, for the operator (or a script) to capture.
-                println!("admin token: {token}");
+            // The secret itself never reaches stdout (and so the journal): a generated token
+            // goes to a file only its owner can read.
+            match &started.admin_token {
+                Some(_) if from_env => println!("admin token: taken from EDGEFLEET_ADMIN_TOKEN"),
+                Some(token) => match edgefleet_controller::auth::write_token_file(&token_file, token) {
+                    Ok(()) => println!(
+                        "admin token: written to {} (mode 0600): read it, store it, delete the file",
+                        token_file.display()
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Cannot write the admin token; recover one with `edgefleet-controller recover-admin`.");
+                    }
+                },
+                None => {}
             }
             println!("edgefleet-controller listening on {}", started.url);
         },

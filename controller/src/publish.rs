@@ -35,6 +35,13 @@ impl Publisher {
         }
     }
 
+    /// Removes the retained documents of `device` (decommissioned).
+    pub async fn forget(&self, device: &str) {
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.clear_desired(device).await;
+        }
+    }
+
     /// Publishes the trust chain (retained) after a rotation.
     pub async fn trust(&self, chain: &TrustChain) {
         if let Some(mqtt) = &self.mqtt {

@@ -132,6 +132,16 @@ impl Registry {
             .map_err(|source| StoreError::Io { path: self.scratch.clone(), source })?;
         std::fs::write(tmp.path(), &req.model).map_err(|source| StoreError::Io { path: tmp.path().into(), source })?;
         let validated = self.validator.validate(tmp.path(), req.baseline.as_ref(), &self.profile, &self.scratch)?;
+        let mut warnings = Vec::new();
+        if let Some(how) = &validated.nondeterministic {
+            if !req.meta.allow_nondeterministic {
+                return Err(RegistryError::Invalid(ValidationError::Nondeterministic(format!(
+                    "{how}; devices could never pass its self-test \
+                     (allow_nondeterministic / --allow-nondeterministic skips this check, e.g. for randomness only the controller's engine shows)"
+                ))));
+            }
+            warnings.push(format!("the model is not deterministic (allowed): {how}"));
+        }
         let model = self.store.put(&req.model)?;
 
         self.db.call_blocking(|conn| -> Result<VersionInfo, RegistryError> {
@@ -163,6 +173,33 @@ impl Registry {
                 Some(v) => v,
                 None => latest + 1,
             };
+            if let Some(previous) = latest_manifest(&tx, model_id, latest)? {
+                let mut breaks = crate::validate::schema::incompatibilities(&previous.inputs, &validated.inputs, "input");
+                breaks.extend(crate::validate::schema::incompatibilities(&previous.outputs, &validated.outputs, "output"));
+                if !breaks.is_empty() {
+                    let list = breaks.join("; ");
+                    if !req.meta.allow_schema_change {
+                        return Err(RegistryError::Conflict(format!(
+                            "this version would break callers of {}:{latest}: {list}. Push with --allow-schema-change \
+                             (allow_schema_change) if the apps are updated too",
+                            req.name
+                        )));
+                    }
+                    warnings.push(format!("schema changed from version {latest} (allowed): {list}"));
+                }
+            }
+            let same: Vec<i64> = tx
+                .prepare("SELECT version FROM versions WHERE model_id = ?1 AND model_sha256 = ?2 ORDER BY version")?
+                .query_map(params![model_id, model.sha256], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if !same.is_empty() {
+                let list: Vec<String> = same.iter().map(ToString::to_string).collect();
+                warnings.push(format!(
+                    "the same model bytes are already version(s) {} of {:?}: a new version was made anyway",
+                    list.join(", "),
+                    req.name
+                ));
+            }
             if let Some(p) = req.meta.parent_version {
                 let exists: bool = tx.query_row(
                     "SELECT EXISTS (SELECT 1 FROM versions WHERE model_id = ?1 AND version = ?2)",
@@ -225,7 +262,7 @@ impl Registry {
                 actor,
                 "model.push",
                 &format!("{}:{version}", req.name),
-                serde_json::json!({"model_sha256": model.sha256, "bundle_sha256": bundle.sha256, "dataset_sha256": manifest.lineage.dataset_sha256}),
+                serde_json::json!({"model_sha256": model.sha256, "bundle_sha256": bundle.sha256, "dataset_sha256": manifest.lineage.dataset_sha256, "warnings": warnings}),
             )?;
             tx.commit()?;
             tracing::info!(model = %req.name, version, %actor, "Version registered.");
@@ -239,6 +276,7 @@ impl Registry {
                 artifacts: vec![artifact_info(MODEL_FILE, &model), artifact_info(BUNDLE_FILE, &bundle)],
                 manifest,
                 signature,
+                warnings,
             })
         })
     }
@@ -447,6 +485,21 @@ pub(crate) fn stored_artifacts(conn: &Connection, model: &str, version: u64) -> 
     .collect()
 }
 
+/// The manifest of `version` of a model (none for version 0: the model is new).
+fn latest_manifest(conn: &Connection, model_id: i64, version: u64) -> Result<Option<BundleManifest>, RegistryError> {
+    if version == 0 {
+        return Ok(None);
+    }
+    let text: String = conn.query_row(
+        "SELECT manifest FROM versions WHERE model_id = ?1 AND version = ?2",
+        params![model_id, version as i64],
+        |r| r.get(0),
+    )?;
+    BundleManifest::from_bytes(text.as_bytes())
+        .map(Some)
+        .map_err(|e| RegistryError::Db(DbError::Task(format!("stored manifest unreadable: {e}"))))
+}
+
 fn version_info(conn: &Connection, name: &str, reference: &str) -> Result<VersionInfo, RegistryError> {
     let (id, version) = resolve_version(conn, name, reference)?;
     let (manifest, bundle_sha256, signature, created_at, created_by): (String, String, String, i64, String) = conn.query_row(
@@ -473,5 +526,6 @@ fn version_info(conn: &Connection, name: &str, reference: &str) -> Result<Versio
         artifacts,
         manifest,
         signature,
+        warnings: Vec::new(),
     })
 }

@@ -50,10 +50,12 @@ debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror"
 step "agent, unit, user and network"
 install -D -m 0755 "$agent" "$rootfs/usr/bin/edgefleet-agent"
 install -D -m 0644 "$common/edgefleet-agent.service" "$rootfs/etc/systemd/system/edgefleet-agent.service"
+install -D -m 0644 "$common/edgefleet-firstboot.service" "$rootfs/etc/systemd/system/edgefleet-firstboot.service"
+install -D -m 0755 "$common/edgefleet-firstboot" "$rootfs/usr/libexec/edgefleet/firstboot"
 install -D -m 0644 "$common/edgefleet.sysusers.conf" "$rootfs/usr/lib/sysusers.d/edgefleet.conf"
 install -D -m 0644 "$common/80-dhcp.network" "$rootfs/etc/systemd/network/80-dhcp.network"
 chroot "$rootfs" systemd-sysusers
-chroot "$rootfs" systemctl enable edgefleet-agent.service systemd-networkd.service systemd-networkd-wait-online.service
+chroot "$rootfs" systemctl enable edgefleet-agent.service edgefleet-firstboot.service systemd-networkd.service systemd-networkd-wait-online.service
 echo "edgefleet-device" > "$rootfs/etc/hostname"
 echo "/dev/vda / ext4 rw,relatime 0 1" > "$rootfs/etc/fstab"
 

@@ -1,7 +1,8 @@
 //! systemd integration: the agent speaks the notify protocol a `Type=notify` unit expects
 //! (READY with a status line, watchdog pets at half of WATCHDOG_USEC, STOPPING on SIGTERM), and
-//! the shipped unit passes `systemd-analyze verify` (needs systemd-analyze; on Debian it is part
-//! of systemd).
+//! the shipped units pass `systemd-analyze verify` (needs systemd-analyze; on Debian it is part
+//! of systemd); the first-boot pickup moves a token and labels off the boot partition and the
+//! agent enrolls with them.
 
 mod common;
 
@@ -72,9 +73,17 @@ fn verify_root(dir: &Path) -> PathBuf {
         .expect("cp");
     assert!(copied.success(), "copying /usr/lib/systemd/system failed");
     std::fs::copy(binary("edgefleet-agent"), root.join("usr/bin/edgefleet-agent")).expect("copy agent");
-    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware-images/common/edgefleet-agent.service");
-    std::fs::copy(unit, root.join("etc/systemd/system/edgefleet-agent.service")).expect("copy unit");
+    for unit in ["edgefleet-agent.service", "edgefleet-firstboot.service"] {
+        std::fs::copy(common().join(unit), root.join("etc/systemd/system").join(unit)).expect("copy unit");
+    }
+    std::fs::create_dir_all(root.join("usr/libexec/edgefleet")).expect("mkdir");
+    std::fs::copy(common().join("edgefleet-firstboot"), root.join("usr/libexec/edgefleet/firstboot")).expect("copy");
     root
+}
+
+/// `firmware-images/common`.
+fn common() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware-images/common")
 }
 
 #[test]
@@ -85,9 +94,72 @@ fn shipped_unit_passes_systemd_analyze_verify() {
         .arg("verify")
         .arg(format!("--root={}", root.display()))
         .arg("/etc/systemd/system/edgefleet-agent.service")
+        .arg("/etc/systemd/system/edgefleet-firstboot.service")
         .output()
         .expect("systemd-analyze (part of systemd) must be installed");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stderr.trim().is_empty() && stdout.trim().is_empty(), "{stdout}{stderr}");
+}
+
+/// Mass flashing writes `edgefleet/enroll-token` and `edgefleet/labels` to the FAT boot
+/// partition; the first-boot script moves them into the state directory (0600, CRLF line ends
+/// undone) and off the partition, and the agent enrolls with the token and those labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_boot_moves_the_token_and_labels_off_the_boot_partition() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = common::controller::ControllerProcess::start(&dir.path().join("controller"));
+    let token = c.cli_json(&["device", "token", "create", "--label", "batch=2026-12"])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let boot = dir.path().join("boot/firmware/edgefleet");
+    std::fs::create_dir_all(&boot).expect("mkdir");
+    std::fs::write(boot.join("enroll-token"), format!("{token}\r\n")).expect("token");
+    std::fs::write(boot.join("labels"), "# written by the flashing station\r\nsite=plant-3\r\nhardware = rpi4\r\n")
+        .expect("labels");
+    let state = dir.path().join("state");
+    let user = String::from_utf8(Command::new("id").arg("-un").output().expect("id").stdout).expect("utf8");
+    let out = Command::new("sh")
+        .arg(common().join("edgefleet-firstboot"))
+        .env("EDGEFLEET_BOOT_DIRS", format!("{} {}", dir.path().join("nowhere").display(), boot.display()))
+        .env("EDGEFLEET_STATE_DIR", &state)
+        .env("EDGEFLEET_USER", user.trim())
+        .output()
+        .expect("firstboot");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!boot.join("enroll-token").exists() && !boot.join("labels").exists(), "the secret left the card");
+    for name in ["enroll-token", "labels"] {
+        let mode = std::fs::metadata(state.join(name)).expect("moved").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    assert_eq!(std::fs::read_to_string(state.join("enroll-token")).expect("read"), format!("{token}\n"));
+
+    let trust = c.trust_file(dir.path());
+    let mut args = c.agent_args(&trust, &state, 0);
+    args.extend(["--enroll-token-file", &state.join("enroll-token").display().to_string()].map(str::to_owned));
+    args.extend(["--labels-file", &state.join("labels").display().to_string()].map(str::to_owned));
+    let _agent = AgentProcess::run(&common::strs(&args));
+    common::until("the agent enrolled", 60, async || {
+        c.cli_json(&["device", "list"]).as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    let device = &c.cli_json(&["device", "list"])[0];
+    assert_eq!(
+        device["labels"],
+        serde_json::json!({"batch": "2026-12", "site": "plant-3", "hardware": "rpi4"}),
+        "the token's labels and the card's: {device}"
+    );
+    assert!(!state.join("enroll-token").exists(), "the used token is deleted");
+
+    // Nothing on the card: the script changes nothing and says so.
+    let out = Command::new("sh")
+        .arg(common().join("edgefleet-firstboot"))
+        .env("EDGEFLEET_BOOT_DIRS", boot.display().to_string())
+        .env("EDGEFLEET_STATE_DIR", &state)
+        .output()
+        .expect("firstboot");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no enrollment token"));
 }

@@ -34,7 +34,11 @@ fn stderr(o: &std::process::Output) -> String {
 async fn push_list_show_alias_download_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = ControllerProcess::start(dir.path());
-    assert_eq!(c.admin_token_line.as_deref(), Some(format!("admin token: {ADMIN}").as_str()));
+    assert_eq!(
+        c.admin_token_line.as_deref(),
+        Some("admin token: taken from EDGEFLEET_ADMIN_TOKEN"),
+        "the secret itself is never printed"
+    );
     let lineage =
         ["--metric", "accuracy=0.97", "--param", "lr=0.1", "--dataset-hash", DATASET, "--code-commit", "abc123"];
     let iris_csv = fixture("iris_baseline.csv");
@@ -111,6 +115,24 @@ async fn push_list_show_alias_download_and_survive_a_restart() {
     let audit = c.cli_json(&["audit"]);
     let actions: Vec<&str> = audit.as_array().expect("audit").iter().filter_map(|a| a["action"].as_str()).collect();
     assert!(actions.contains(&"model.push") && actions.contains(&"model.alias"), "{actions:?}");
+
+    // A lost admin token is recovered by whoever can write the data directory: a new one, in
+    // a file only its owner reads, that works at once against the running controller.
+    let recovered = Command::new(binary("edgefleet-controller"))
+        .args(["recover-admin", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("recover-admin");
+    assert!(recovered.status.success(), "{}", stderr(&recovered));
+    let file = dir.path().join("admin-token");
+    assert!(String::from_utf8_lossy(&recovered.stdout).contains(&file.display().to_string()));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).expect("token file").permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&file).expect("read").trim().to_owned();
+    assert!(!String::from_utf8_lossy(&recovered.stdout).contains(&token), "the secret is not printed");
+    let listed = c.cli(&token, &["--output", "json", "token", "list"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("recovered-admin"));
 
     c.stop();
     let c = ControllerProcess::start(dir.path());
@@ -221,6 +243,34 @@ fn refusals_are_clear_and_leave_no_partial_state() {
     let o = c.cli(ADMIN, &["model", "push", &fixture("iris_logreg.onnx"), "--name", "iris", "--version", "1"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("409") && stderr(&o).contains("already has version 1"), "{}", stderr(&o));
+    // Registry guards. A model whose outputs change from run to run is refused at push (no
+    // device could pass its self-test).
+    let o = c.cli(ADMIN, &["model", "push", &fixture("nondeterministic.onnx"), "--name", "noise"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("422") && stderr(&o).contains("not deterministic"), "{}", stderr(&o));
+    // The same bytes again: accepted as a new version, with a warning.
+    let again = c.cli(ADMIN, &["--output", "json", "model", "push", &fixture("iris_logreg.onnx"), "--name", "iris"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("warning: the same model bytes are already version(s) 1"), "{}", stderr(&again));
+    let answer: Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(answer["version"], 2);
+    assert_eq!(answer["warnings"].as_array().map(Vec::len), Some(1), "{answer}");
+    // A schema that breaks the latest version's callers: refused unless allowed.
+    let o = c.cli(ADMIN, &["model", "push", &fixture("mlp.onnx"), "--name", "iris"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("409") && err.contains("would break callers of iris:2") && err.contains("input \"X\" is gone"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-schema-change"), "{err}");
+    let allowed = push(&c, "mlp", "iris", &["--allow-schema-change"]);
+    assert_eq!(allowed["version"], 3);
+    assert!(
+        allowed["warnings"][0].as_str().is_some_and(|w| w.starts_with("schema changed from version 2 (allowed)")),
+        "{allowed}"
+    );
+    assert!(c.cli_json(&["model", "show", "iris:3"]).get("warnings").is_none(), "warnings belong to the push's answer");
     let o = c.cli(ADMIN, &["model", "show", "nope"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("404") && stderr(&o).contains("unknown model \"nope\""), "{}", stderr(&o));
@@ -238,7 +288,7 @@ fn refusals_are_clear_and_leave_no_partial_state() {
     assert!(stderr(&c.cli(viewer_token, &["model", "list"])).contains("401"), "revoked tokens stop working");
 
     let list = c.cli_json(&["model", "list"]);
-    assert_eq!(list[0]["versions"], serde_json::json!([1]), "only the accepted version exists");
+    assert_eq!(list[0]["versions"], serde_json::json!([1, 2, 3]), "only the accepted versions exist");
     let unreachable = Command::new(binary("edgefleet"))
         .args(["--controller", "http://127.0.0.1:9", "model", "list"])
         .output()
@@ -326,4 +376,52 @@ async fn signed_manifests_verify_against_the_public_key() {
     assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
     let body: Value = missing.json().await.expect("json");
     assert!(body["error"].as_str().expect("error").contains("Bearer"));
+}
+
+/// Without `EDGEFLEET_ADMIN_TOKEN` the first start generates the admin token and writes it to a
+/// 0600 file; stdout (the journal) gets its path, never the secret.
+#[tokio::test]
+async fn a_generated_admin_token_goes_to_a_private_file_not_the_journal() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(binary("edgefleet-controller"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--mqtt-listen", "127.0.0.1:0"])
+        .env_remove("EDGEFLEET_ADMIN_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    let url = loop {
+        let line = lines.next().expect("the controller stopped").expect("line");
+        if let Some(url) = line.strip_prefix("edgefleet-controller listening on ") {
+            break url.to_owned();
+        }
+        printed.push(line);
+    };
+    let file = dir.path().join("admin-token");
+    assert_eq!(
+        printed,
+        vec![format!("admin token: written to {} (mode 0600): read it, store it, delete the file", file.display())]
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).expect("token file").permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&file).expect("read").trim().to_owned();
+    let r = reqwest::Client::new().get(format!("{url}/api/v1/tokens")).bearer_auth(&token).send().await.expect("list");
+    assert_eq!(r.status(), StatusCode::OK, "the token in the file is the admin token");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    assert!(child.wait().expect("wait").success(), "a clean stop");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log).expect("stderr");
+    // A clean start and stop (embedded broker included) logs no error, in plain text (stderr
+    // is no terminal here, as under systemd).
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains(" ERROR ") && !log.contains(" WARN "), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes outside a terminal: {log}");
+    assert!(!log.contains(&token), "the token reached the log");
 }

@@ -154,6 +154,8 @@ async fn image_builds_boots_enrolls_and_serves() {
     for (path, mode) in [
         ("/usr/bin/edgefleet-agent", "0755"),
         ("/etc/systemd/system/edgefleet-agent.service", "0644"),
+        ("/etc/systemd/system/edgefleet-firstboot.service", "0644"),
+        ("/usr/libexec/edgefleet/firstboot", "0755"),
         ("/etc/edgefleet/agent.toml", "0644"),
         ("/etc/edgefleet/trust.json", "0644"),
         ("/etc/edgefleet/ca.crt", "0644"),
@@ -168,12 +170,14 @@ async fn image_builds_boots_enrolls_and_serves() {
     }
     let wants = debugfs(&raw, "ls /etc/systemd/system/multi-user.target.wants");
     assert!(wants.contains("edgefleet-agent.service"), "the unit is not enabled: {wants}");
+    assert!(wants.contains("edgefleet-firstboot.service"), "the first-boot unit is not enabled: {wants}");
     std::fs::remove_file(&raw).expect("rm raw");
     // The unit verifies against the image's own systemd.
     let verify = Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", image_dir.join("rootfs").display()))
         .arg("/etc/systemd/system/edgefleet-agent.service")
+        .arg("/etc/systemd/system/edgefleet-firstboot.service")
         .output()
         .expect("systemd-analyze");
     let complaints = String::from_utf8_lossy(&verify.stderr).into_owned();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::controller::ControllerProcess;
+use common::controller::{ADMIN, ControllerProcess};
 use common::mosquitto::MosquittoSetup;
 use common::{AgentProcess, served_version, strs, testdata, until};
 use edgefleet_shared::compress::compress;
@@ -162,16 +162,15 @@ async fn swap_under_load(f: &Fleet) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_failing_its_self_test_is_refused_and_the_active_one_keeps_serving() {
     let f = Fleet::start().await;
-    // v3 loads but fails its golden self-test (nondeterministic): v1 keeps serving.
-    f.c.cli_json(&[
-        "model",
-        "push",
-        &fixture("iris_noisy.onnx"),
-        "--name",
-        "iris",
-        "--baseline",
-        &fixture("iris_baseline.csv"),
-    ]);
+    // v3 loads but fails its golden self-test (nondeterministic): v1 keeps serving. The
+    // registry refuses such a model unless told to let the devices' self-test judge it.
+    let push =
+        ["model", "push", &fixture("iris_noisy.onnx"), "--name", "iris", "--baseline", &fixture("iris_baseline.csv")];
+    let refused = f.c.cli(ADMIN, &push);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not deterministic"), "{refused:?}");
+    let mut allowed = push.to_vec();
+    allowed.extend(["--allow-nondeterministic", "--allow-schema-change"]);
+    f.c.cli_json(&allowed);
     f.c.cli_json(&["deploy", "iris:3", "--device", &f.id]);
     until("v3 refused", 60, async || {
         let s = f.status();

@@ -199,3 +199,98 @@ async fn rollouts_that_could_not_finish_say_so() {
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("0.5") && !text.contains("0.5000"), "gate values are rounded: {text}");
 }
+
+/// Iris rows, one per class, so a device's predictions spread over all three classes.
+const ROWS: [[f32; 4]; 3] = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.7, 4.5, 1.5], [7.2, 3.2, 6.0, 2.0]];
+
+async fn infer(http: &reqwest::Client, agent: &AgentProcess, row: [f32; 4]) {
+    let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": row}]});
+    let r = http.post(agent.url("/v2/models/iris/infer")).json(&body).send().await.expect("infer");
+    assert_eq!(r.status(), 200);
+}
+
+/// The case that once aborted a rollout of a near-identical model ("psi measured 5.83"): each
+/// device's "before" class counts come from a single request, the candidate's from many. The
+/// PSI gate now waits for enough predictions on both sides; at the wave deadline the rollout
+/// pauses saying which side lacks data, and never aborts on a handful of samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_near_identical_model_with_a_sparse_before_side_is_not_aborted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = ControllerProcess::start(&dir.path().join("controller"));
+    for _ in 0..2 {
+        c.cli_json(&["model", "push", &testdata().join("iris_logreg.onnx").to_string_lossy(), "--name", "iris"]);
+    }
+    let trust = c.trust_file(dir.path());
+    let token = c.cli_json(&["device", "token", "create", "--uses", "2", "--label", "site=sparse"])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let agents: Vec<AgentProcess> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let mut args = c.agent_args(&trust, &dir.path().join(n), 0);
+            args.extend(["--enroll-token".to_owned(), token.clone()]);
+            AgentProcess::run(&strs(&args))
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    until("two devices", 60, async || c.cli_json(&["device", "list"]).as_array().is_some_and(|l| l.len() == 2)).await;
+    c.cli_json(&["deploy", "iris:1", "--selector", "site=sparse"]);
+    for agent in &agents {
+        until("v1", 60, async || served_version(&http, agent).await.as_deref() == Some("1")).await;
+    }
+    // The "before" side: v1 answered exactly the requests `served_version` sent, a handful.
+    until("v1 traffic in every status", 30, async || {
+        let list = c.cli_json(&["device", "list"]);
+        list.as_array().expect("list").iter().all(|d| d["status"]["active_requests"].as_u64() >= Some(1))
+    })
+    .await;
+
+    let id = create(
+        &c,
+        &[
+            "iris:2",
+            "--selector",
+            "site=sparse",
+            "--waves",
+            "100",
+            "--bake",
+            "2s",
+            "--wave-timeout",
+            "12s",
+            "--gate",
+            "psi<0.2",
+            "--min-requests",
+            "20",
+        ],
+    );
+    for agent in &agents {
+        until("v2", 60, async || served_version(&http, agent).await.as_deref() == Some("2")).await;
+    }
+    // The candidate's side: plenty, over all three classes.
+    for i in 0..90 {
+        for agent in &agents {
+            infer(&http, agent, ROWS[i % 3]).await;
+        }
+    }
+    let psi_of = |s: &Value| s["gates"].as_array().and_then(|g| g.iter().find(|g| g["gate"] == "psi<0.2").cloned());
+    until("the candidate's predictions counted and the gate evaluated", 30, async || {
+        let s = status(&c, &id);
+        s["state"] != "running" || (s["measurements"]["classified"].as_u64() >= Some(40) && psi_of(&s).is_some())
+    })
+    .await;
+    let pending = status(&c, &id);
+    if pending["state"] == "running" {
+        let psi = psi_of(&pending).expect("psi");
+        assert!(psi["passed"].is_null(), "psi judged on a sparse before side: {pending}");
+        assert!(psi["waiting"].as_str().is_some_and(|w| w.contains("before side")), "{pending}");
+        let table = String::from_utf8_lossy(&c.cli(ADMIN, &["rollout", "status", &id]).stdout).into_owned();
+        assert!(table.contains("WAITING FOR") && table.contains("before side"), "{table}");
+    }
+    let paused = state(&c, &id, "paused").await;
+    let reason = paused["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("lack data") && reason.contains("psi<0.2") && reason.contains("before side"), "{paused}");
+    for agent in &agents {
+        assert_eq!(served_version(&http, agent).await.as_deref(), Some("2"), "a paused rollout keeps the candidate");
+    }
+}

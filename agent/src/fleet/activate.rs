@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use edgefleet_engine::tensor::{Tensor, TensorData};
+use edgefleet_engine::tensor::Tensor;
 use edgefleet_shared::bundle::{BUNDLE_FILE, BundleManifest, GoldenTensor, MODEL_FILE};
 use edgefleet_shared::deployment::{DeployedArtifact, DeploymentDocument};
 use edgefleet_shared::verify::{ArtifactError, verify_artifact, verify_compressed_artifact};
@@ -266,7 +266,7 @@ pub async fn self_test(
         for (spec, got) in sig.outputs.iter().zip(&outputs) {
             let Some(want) = case.outputs.iter().find(|g| g.name == spec.name) else { continue };
             let want = golden_tensor(want).map_err(|e| ActivationError::SelfTest(format!("case {n}: {e}")))?;
-            compare(got, &want, bundle.self_test.tolerance)
+            got.matches_golden(&want, bundle.self_test.tolerance)
                 .map_err(|e| ActivationError::SelfTest(format!("case {n}, output {:?}: {e}", spec.name)))?;
         }
     }
@@ -276,21 +276,6 @@ pub async fn self_test(
 fn golden_tensor(g: &GoldenTensor) -> Result<Tensor, String> {
     Tensor::from_json(g.datatype, g.shape.clone(), &serde_json::Value::Array(g.data.clone()))
         .map_err(|e| format!("{}: {e}", g.name))
-}
-
-fn compare(got: &Tensor, want: &Tensor, tolerance: f64) -> Result<(), String> {
-    if got.shape != want.shape || got.datatype() != want.datatype() {
-        return Err(format!("got {} {:?}, expected {} {:?}", got.datatype(), got.shape, want.datatype(), want.shape));
-    }
-    if matches!(want.data, TensorData::I64(_) | TensorData::U64(_)) {
-        return if got.data == want.data { Ok(()) } else { Err("integer outputs differ".into()) };
-    }
-    for (i, (g, w)) in got.data.to_f64_vec().iter().zip(want.data.to_f64_vec()).enumerate() {
-        if (g - w).abs() > tolerance * (1.0 + w.abs()) || g.is_nan() != w.is_nan() {
-            return Err(format!("element {i} is {g}, expected {w} (tolerance {tolerance})"));
-        }
-    }
-    Ok(())
 }
 
 /// The slot a state entry points to, if it is complete on disk.

@@ -139,8 +139,31 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| LinkError::Malformed { what, message: e.to_string() })
 }
 
+/// How far this device's clock is ahead of the controller's (seconds; negative: behind), from
+/// the `Date` header of the controller's answer received at `local` (Unix seconds).
+pub fn clock_skew(local: u64, date_header: Option<&str>) -> Option<i64> {
+    let remote = httpdate::parse_http_date(date_header?).ok()?;
+    let remote = remote.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(local as i64 - remote as i64)
+}
+
+/// The refusal message, with the cause named when the device clock is too far off for signed
+/// requests (a board without a real-time clock before time sync).
+pub fn explain_refusal(message: String, status: reqwest::StatusCode, skew: Option<i64>) -> String {
+    let max = edgefleet_shared::fleet::MAX_CLOCK_SKEW_SECS as i64;
+    match skew {
+        Some(skew) if status == reqwest::StatusCode::UNAUTHORIZED && skew.abs() > max => format!(
+            "{message} (this device's clock is {skew:+} s off the controller's; signed requests allow ±{max} s: \
+             enable time sync, e.g. systemd-timesyncd with systemd-time-wait-sync.service, or set the clock)"
+        ),
+        _ => message,
+    }
+}
+
 async fn refused(resp: reqwest::Response) -> LinkError {
     let status = resp.status();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let skew = clock_skew(now, resp.headers().get(reqwest::header::DATE).and_then(|v| v.to_str().ok()));
     let text = match read_capped(resp, "an error", MAX_SMALL_ANSWER_BYTES).await {
         Ok(body) => String::from_utf8_lossy(&body).into_owned(),
         Err(e) => e.to_string(),
@@ -149,7 +172,7 @@ async fn refused(resp: reqwest::Response) -> LinkError {
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or(text);
-    LinkError::Refused { status, message }
+    LinkError::Refused { status, message: explain_refusal(message, status, skew) }
 }
 
 fn client(tls: &ClientConfig, timeouts: Timeouts) -> Result<reqwest::Client, LinkError> {
@@ -308,5 +331,25 @@ impl Link {
             .send()
             .await?;
         if resp.status().is_success() { Ok(()) } else { Err(refused(resp).await) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_far_off_the_controllers_is_named_as_the_cause() {
+        let date = "Tue, 01 Dec 2026 13:00:00 GMT";
+        let at = 1_796_130_000; // 2026-12-01T13:00:00Z
+        assert_eq!(clock_skew(at + 5, Some(date)), Some(5));
+        assert_eq!(clock_skew(at - 3_600, Some(date)), Some(-3_600));
+        assert_eq!(clock_skew(at, Some("yesterday")), None);
+        assert_eq!(clock_skew(at, None), None);
+        let unauthorized = reqwest::StatusCode::UNAUTHORIZED;
+        let told = explain_refusal("stale timestamp".into(), unauthorized, Some(-3_600));
+        assert!(told.contains("clock is -3600 s off") && told.contains("systemd-time-wait-sync"), "{told}");
+        assert_eq!(explain_refusal("stale timestamp".into(), unauthorized, Some(20)), "stale timestamp");
+        assert_eq!(explain_refusal("no".into(), reqwest::StatusCode::FORBIDDEN, Some(-3_600)), "no");
     }
 }

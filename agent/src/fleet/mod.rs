@@ -317,10 +317,11 @@ async fn enroll(
             .map_err(|e| FleetError::Setup(format!("cannot read enrollment token {}: {e}", path.display())))?,
         (None, None) => return Err(FleetError::Setup("not enrolled yet and no enrollment token given".into())),
     };
+    let labels = enrollment_labels(f)?;
     // The controller may still be starting (boot order): retry with backoff rather than fail.
     let mut delay = Duration::from_millis(250);
     let answer = loop {
-        match link::enroll(controller, tls, timeouts, key, &token, &f.labels).await {
+        match link::enroll(controller, tls, timeouts, key, &token, &labels).await {
             Ok(a) => break a,
             Err(link::LinkError::Refused { status, message }) => {
                 return Err(FleetError::Setup(format!("enrollment refused ({status}): {message}")));
@@ -344,6 +345,30 @@ async fn enroll(
     }
     tracing::info!(device = %answer.device_id, "Enrolled.");
     Ok(answer.device_id)
+}
+
+/// `fleet.labels`, with the labels file's lines over them when the file exists.
+fn enrollment_labels(f: &crate::config::FleetConfig) -> Result<std::collections::BTreeMap<String, String>, FleetError> {
+    let mut labels = f.labels.clone();
+    let Some(path) = &f.labels_file else { return Ok(labels) };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(path = %path.display(), "No labels file; enrolling with the configured labels.");
+            return Ok(labels);
+        }
+        Err(e) => return Err(FleetError::Setup(format!("cannot read labels file {}: {e}", path.display()))),
+    };
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = crate::cli::parse_label(line)
+            .map_err(|e| FleetError::Setup(format!("labels file {} line {}: {e}", path.display(), n + 1)))?;
+        labels.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(labels)
 }
 
 impl Agent {

@@ -157,10 +157,18 @@ pub enum RolloutCommand {
     Create(Box<RolloutArgs>),
     /// List rollouts, newest first.
     List,
-    /// Waves, devices, measurements and gate values of one rollout.
+    /// Waves, devices, measurements and gate values of one rollout: what it waits for, the
+    /// bake countdown, and which devices are offline, unsettled or failed.
     Status {
         /// Rollout id.
         id: i64,
+        /// Redraw until the rollout completes, aborts or pauses (on a terminal the screen is
+        /// redrawn; otherwise each status follows the last under a time stamp).
+        #[arg(long)]
+        watch: bool,
+        /// How often `--watch` asks (e.g. 2s, 1m).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, requires = "watch")]
+        interval: std::time::Duration,
     },
     /// Stop issuing waves (devices keep what they have).
     Pause {
@@ -280,6 +288,13 @@ pub struct PushArgs {
     /// Explicit version number (must be above the latest).
     #[arg(long)]
     pub version: Option<u64>,
+    /// Accept inputs or outputs that break callers of the latest version (refused otherwise).
+    #[arg(long)]
+    pub allow_schema_change: bool,
+    /// Accept a model whose outputs differ between two runs here (refused otherwise); devices
+    /// still run its self-test, so one that varies there too fails on every device.
+    #[arg(long)]
+    pub allow_nondeterministic: bool,
 }
 
 /// `edgefleet device ...`
@@ -288,13 +303,50 @@ pub enum DeviceCommand {
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(DeviceTokenCommand),
-    /// List devices.
-    List,
+    /// List devices (decommissioned ones only with `--state decommissioned`).
+    List(DeviceFilter),
     /// Show one device with its last status.
     Show {
         /// Device id.
         id: String,
     },
+    /// Set or remove labels (selectors see them from their next evaluation on).
+    Label {
+        /// Device id.
+        id: String,
+        /// Label to set, `k=v`; repeatable.
+        #[arg(value_parser = parse_kv)]
+        set: Vec<(String, String)>,
+        /// Label key to remove; repeatable.
+        #[arg(long)]
+        remove: Vec<String>,
+    },
+    /// Take a device out of service for good (a stolen or retired device): its key, broker
+    /// login and documents stop working at once, and its key can never enroll again.
+    Decommission {
+        /// Device id.
+        id: String,
+        /// Why, kept with the device and in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// `device list` filters; every one given must hold.
+#[derive(Debug, Args)]
+pub struct DeviceFilter {
+    /// Carries this label, `k=v`; repeatable.
+    #[arg(long = "label", value_parser = parse_kv)]
+    pub labels: Vec<(String, String)>,
+    /// online, offline or decommissioned.
+    #[arg(long, value_parser = wire::<edgefleet_shared::api::fleet::DeviceState>)]
+    pub state: Option<edgefleet_shared::api::fleet::DeviceState>,
+    /// Reports serving this model, `NAME` or `NAME:VERSION`.
+    #[arg(long)]
+    pub active: Option<String>,
+    /// Not seen for at least this long (e.g. 10m, 2d).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub offline_for: Option<Duration>,
 }
 
 /// `edgefleet device token ...`
@@ -311,6 +363,13 @@ pub enum DeviceTokenCommand {
         /// Label for the devices, `k=v`; repeatable.
         #[arg(long = "label", value_parser = parse_kv)]
         labels: Vec<(String, String)>,
+    },
+    /// List enrollment tokens (never the secrets), with the devices enrolled by each.
+    List,
+    /// Revoke an enrollment token: no device enrolls with it from now on.
+    Revoke {
+        /// Token id.
+        id: i64,
     },
 }
 

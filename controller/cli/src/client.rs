@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use edgefleet_shared::api::ErrorBody;
-use edgefleet_shared::api::fleet::{CreateEnrollmentToken, DeployRequest, DeviceInfo, EnrollmentToken, Issued};
+use edgefleet_shared::api::fleet::{
+    CreateEnrollmentToken, Decommission, DeployRequest, DeviceInfo, DeviceQuery, EnrollmentToken, EnrollmentTokenInfo,
+    Issued, Relabel,
+};
 use edgefleet_shared::api::models::{AliasTarget, ModelSummary, PushMetadata, VersionInfo};
 use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutRequest};
 use edgefleet_shared::api::telemetry::{DriftQuery, DriftReport, ListQuery, Policy, RetrainRequest};
@@ -251,8 +254,28 @@ impl Client {
     }
 
     /// `GET /devices`.
-    pub async fn devices(&self) -> Result<Vec<DeviceInfo>, CliError> {
-        self.get(&["devices"]).await
+    pub async fn devices(&self, query: &DeviceQuery) -> Result<Vec<DeviceInfo>, CliError> {
+        self.get_query(&["devices"], query).await
+    }
+
+    /// `POST /devices/{id}/labels`.
+    pub async fn relabel(&self, id: &str, change: &Relabel) -> Result<DeviceInfo, CliError> {
+        self.with_body(Method::POST, &["devices", id, "labels"], change).await
+    }
+
+    /// `POST /devices/{id}/decommission`.
+    pub async fn decommission(&self, id: &str, req: &Decommission) -> Result<DeviceInfo, CliError> {
+        self.with_body(Method::POST, &["devices", id, "decommission"], req).await
+    }
+
+    /// `GET /enrollment-tokens`.
+    pub async fn enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenInfo>, CliError> {
+        self.get(&["enrollment-tokens"]).await
+    }
+
+    /// `DELETE /enrollment-tokens/{id}`.
+    pub async fn revoke_enrollment_token(&self, id: i64) -> Result<(), CliError> {
+        self.send(self.request(Method::DELETE, &["enrollment-tokens", &id.to_string()])?).await.map(drop)
     }
 
     /// `GET /devices/{id}`.

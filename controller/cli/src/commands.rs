@@ -1,13 +1,15 @@
 //! What each command does: parsed arguments → typed API calls → output.
 
-use edgefleet_shared::api::fleet::{CreateEnrollmentToken, DeployRequest};
+use edgefleet_shared::api::fleet::{CreateEnrollmentToken, Decommission, DeployRequest, DeviceQuery, Relabel};
 use edgefleet_shared::api::models::AliasTarget;
-use edgefleet_shared::api::rollouts::RolloutRequest;
+use std::time::Duration;
+
+use edgefleet_shared::api::rollouts::{RolloutRequest, RolloutState};
 use edgefleet_shared::api::telemetry::{DriftQuery, ListQuery};
 use edgefleet_shared::api::tokens::{AuditQuery, CreateToken};
 
 use crate::args::{
-    Cli, Command, DeviceCommand, DeviceTokenCommand, DriftCommand, ModelCommand, PolicyArgs, RetrainCommand,
+    Cli, Command, DeviceCommand, DeviceTokenCommand, DriftCommand, ModelCommand, Output, PolicyArgs, RetrainCommand,
     RolloutArgs, RolloutCommand, TokenCommand, split_ref,
 };
 use crate::client::{CliError, Client, RolloutAction};
@@ -29,7 +31,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Model(ModelCommand::Push(args)) => {
             let (upload, metadata) = push_request(&args).await?;
-            output::version(out, &client.push(&args.name, upload, &metadata).await?);
+            let pushed = client.push(&args.name, upload, &metadata).await?;
+            for warning in &pushed.warnings {
+                eprintln!("edgefleet: warning: {warning}");
+            }
+            output::version(out, &pushed);
         }
         Command::Model(ModelCommand::List) => output::models(out, &client.models().await?),
         Command::Model(ModelCommand::Show { reference }) => match split_ref(&reference) {
@@ -53,7 +59,32 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let req = CreateEnrollmentToken { uses, ttl_secs: ttl.as_secs(), labels: labels.into_iter().collect() };
             output::enrollment_token(out, &client.create_enrollment_token(&req).await?);
         }
-        Command::Device(DeviceCommand::List) => output::devices(out, &client.devices().await?),
+        Command::Device(DeviceCommand::Token(DeviceTokenCommand::List)) => {
+            output::enrollment_tokens(out, &client.enrollment_tokens().await?);
+        }
+        Command::Device(DeviceCommand::Token(DeviceTokenCommand::Revoke { id })) => {
+            client.revoke_enrollment_token(id).await?;
+            output::done(out, &format!("enrollment token {id} revoked"));
+        }
+        Command::Device(DeviceCommand::List(f)) => {
+            let query = DeviceQuery {
+                label: (!f.labels.is_empty())
+                    .then(|| f.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")),
+                state: f.state,
+                active: f.active,
+                offline_for_secs: f.offline_for.map(|d| d.as_secs()),
+            };
+            output::devices(out, &client.devices(&query).await?);
+        }
+        Command::Device(DeviceCommand::Label { id, set, remove }) => {
+            if set.is_empty() && remove.is_empty() {
+                return Err(CliError::Usage("give labels to set (k=v) or --remove KEY".into()));
+            }
+            output::device(out, &client.relabel(&id, &Relabel { set: set.into_iter().collect(), remove }).await?);
+        }
+        Command::Device(DeviceCommand::Decommission { id, reason }) => {
+            output::device(out, &client.decommission(&id, &Decommission { reason }).await?);
+        }
         Command::Device(DeviceCommand::Show { id }) => output::device(out, &client.device(&id).await?),
         Command::Deploy { reference, device, selector } => {
             let (name, v) = name_version(&reference)?;
@@ -69,7 +100,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             output::rollout(out, &client.create_rollout(&rollout_request(*args)?).await?);
         }
         Command::Rollout(RolloutCommand::List) => output::rollouts(out, &client.rollouts().await?),
-        Command::Rollout(RolloutCommand::Status { id }) => output::rollout(out, &client.rollout(id).await?),
+        Command::Rollout(RolloutCommand::Status { id, watch: false, .. }) => {
+            output::rollout(out, &client.rollout(id).await?);
+        }
+        Command::Rollout(RolloutCommand::Status { id, watch: true, interval }) => {
+            watch_rollout(&client, out, id, interval).await?;
+        }
         Command::Rollout(RolloutCommand::Pause { id }) => {
             output::rollout(out, &client.rollout_action(id, RolloutAction::Pause).await?);
         }
@@ -95,6 +131,37 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit { limit } => output::audit(out, &client.audit(&AuditQuery { limit: Some(limit) }).await?),
     }
     Ok(())
+}
+
+/// `rollout status --watch`: asks every `interval` until the rollout stops changing by itself
+/// (completed, aborted or paused). JSON output writes one document per line.
+async fn watch_rollout(client: &Client, out: Output, id: i64, interval: Duration) -> Result<(), CliError> {
+    use std::io::{IsTerminal as _, Write as _};
+    let terminal = std::io::stdout().is_terminal();
+    let interval = interval.max(Duration::from_millis(200));
+    loop {
+        let r = client.rollout(id).await?;
+        let settled = matches!(r.state, RolloutState::Completed | RolloutState::Aborted | RolloutState::Paused);
+        let text = match out {
+            Output::Json => serde_json::to_string(&r).unwrap_or_default() + "\n",
+            Output::Table if terminal => format!("\x1b[H\x1b[2J{}", output::rollout_text(&r, output::now())),
+            Output::Table => format!(
+                "--- {}\n{}",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                output::rollout_text(&r, output::now())
+            ),
+        };
+        let mut stdout = std::io::stdout().lock();
+        if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+            // The reader went away (`| head`): nothing more to show.
+            return Ok(());
+        }
+        drop(stdout);
+        if settled {
+            return Ok(());
+        }
+        tokio::time::sleep(interval).await;
+    }
 }
 
 /// `NAME:VERSION`, both parts required.
@@ -127,7 +194,7 @@ fn rollout_request(args: RolloutArgs) -> Result<RolloutRequest, CliError> {
 }
 
 /// `retrain policy`: shows the policy, or changes the fields given and shows the result.
-async fn policy(client: &Client, out: crate::args::Output, args: PolicyArgs) -> Result<(), CliError> {
+async fn policy(client: &Client, out: Output, args: PolicyArgs) -> Result<(), CliError> {
     let mut policy = client.policy(&args.model).await?;
     policy.enabled = args.enabled.unwrap_or(policy.enabled);
     policy.psi = args.psi.unwrap_or(policy.psi);

@@ -7,7 +7,6 @@
 //! the inputs shift, drift is flagged and a retrain request with a dataset snapshot fires; the
 //! bundled trainer fits a new model on the snapshot (no Python), pushes it as v2 with lineage to
 //! the snapshot, and a canary rollout with gates promotes it.
-#![allow(clippy::print_stdout, reason = "the demo narrates on stdout")]
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -44,6 +43,21 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The demo controller's drift window (production default 3600 s).
+const DEMO_WINDOW_SECS: u64 = 4;
+
+/// A drift query over the whole telemetry windows that start at or after `since_ms` (the
+/// window holding `since_ms` itself is left out: it mixes traffic from before).
+fn since(since_ms: u64) -> DriftQuery {
+    let now = edgefleet_shared::clock::unix_ms() / 1000;
+    let first = (since_ms / 1000).div_ceil(DEMO_WINDOW_SECS) * DEMO_WINDOW_SECS;
+    DriftQuery { window: Some(format!("{}s", now.saturating_sub(first) + 1)), group: None }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    100.0 * part as f64 / whole.max(1) as f64
 }
 
 fn usage(m: impl Into<String>) -> CliError {
@@ -93,7 +107,7 @@ fn spawn(exe: &Path, args: &[String], envs: &[(&str, &str)], log: &Path, ready: 
 }
 
 fn step(started: Instant, n: u32, text: &str) {
-    println!("\n[{:>5.1}s] {n}. {text}", started.elapsed().as_secs_f64());
+    say!("\n[{:>5.1}s] {n}. {text}", started.elapsed().as_secs_f64());
 }
 
 fn iris() -> Vec<([f32; 4], u64)> {
@@ -225,12 +239,17 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         Ok(p)
     };
     let token = new_token().map_err(|e| usage(format!("no randomness: {e}")))?;
-    println!("edgefleet demo: a controller and {} agents in {}", args.agents, dir.display());
+    say!("edgefleet demo: a controller and {} agents in {}", args.agents, dir.display());
+    say!("Shortened so the loop runs in about a minute (production defaults in brackets):");
+    say!("  controller [telemetry] window_secs = {DEMO_WINDOW_SECS} (3600), settle_secs = 2 (120);");
+    say!("             [retrain.policy] windows = 2 (3), min_rows = 40 (100);");
+    say!("  agents     [telemetry] flush_interval_secs = 1 (60), sample_rate = 1.0 (0.01), higher sample caps.");
 
     step(started, 1, "Starting the controller: embedded MQTT broker, SQLite registry, filesystem artifacts.");
     let config = write(
         "controller.toml",
-        b"[telemetry]\nwindow_secs = 4\nsettle_secs = 2\n\n[retrain.policy]\nwindows = 2\nmin_rows = 40\n",
+        format!("[telemetry]\nwindow_secs = {DEMO_WINDOW_SECS}\nsettle_secs = 2\n\n[retrain.policy]\nwindows = 2\nmin_rows = 40\n")
+            .as_bytes(),
     )?;
     let data = dir.join("controller");
     let controller_args: Vec<String> =
@@ -247,7 +266,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         "edgefleet-controller listening on ",
     )?;
     let client = Client::new(&controller.url, Some(token.clone()), None)?;
-    println!("         API {}  (metrics at {}/metrics)", controller.url, controller.url);
+    say!("         API {}  (metrics at {}/metrics)", controller.url, controller.url);
     let trust = dir.join("trust.json");
     let status = Command::new(&controller_bin)
         .args(["public-key", "--data-dir"])
@@ -264,7 +283,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let model = write("iris_v1.onnx", MODEL)?;
     let baseline = write("iris_train.csv", BASELINE.as_bytes())?;
     let v1 = push(&client, &push_args(&model, Some(&baseline), None, None, vec![])).await?;
-    println!("         iris:{v1} registered, signed, profiled over {} rows", 150);
+    say!("         iris:{v1} registered, signed, profiled over {} rows", 150);
 
     step(
         started,
@@ -312,13 +331,15 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         agents.push(spawn(&agent_bin, &a, &[], &log, "edgefleet-agent listening on ")?);
     }
     let urls: Vec<String> = agents.iter().map(|a| a.url.clone()).collect();
-    let enrolled =
-        poll(Duration::from_secs(60), async || Ok(client.devices().await?.len() == usize::from(args.agents))).await?;
+    let enrolled = poll(Duration::from_secs(60), async || {
+        Ok(client.devices(&Default::default()).await?.len() == usize::from(args.agents))
+    })
+    .await?;
     if !enrolled {
         return Err(usage(format!("the agents did not enroll; see {}", logs.display())));
     }
     for (i, u) in urls.iter().enumerate() {
-        println!("         agent-{i}: KServe v2 API at {u}");
+        say!("         agent-{i}: KServe v2 API at {u}");
     }
 
     step(started, 4, "Rolling iris:1 out in waves (34% of the devices, then all).");
@@ -327,7 +348,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     if !poll(Duration::from_secs(60), async || Ok(serving(&http, &urls, "1").await)).await? {
         return Err(usage(format!("iris:1 did not reach every agent; see {}", logs.display())));
     }
-    println!("         rollout {} done: every agent serves iris:1", rollout.id);
+    say!("         rollout {} done: every agent serves iris:1", rollout.id);
 
     let traffic = Traffic {
         http: http.clone(),
@@ -337,12 +358,16 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         correct: Arc::default(),
     };
     step(started, 5, "Traffic like the training data, with ground-truth feedback, for three drift windows (12 s).");
+    let phase_ms = edgefleet_shared::clock::unix_ms();
     with_traffic(&traffic, false, Duration::from_secs(12), async || Ok(false)).await?;
     let (sent, failed, correct) = traffic.reset();
-    println!("         {sent} requests, {failed} failed, accuracy {:.2}", correct as f64 / sent.max(1) as f64);
+    say!(
+        "         {sent} requests, {failed} failed; {:.1}% answered right (counted here, on every request)",
+        percent(correct, sent)
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let last_windows = DriftQuery { window: Some("8s".into()), group: None };
-    output::drift(Output::Table, &client.drift("iris", Some("1"), &last_windows).await?);
+    say!("         The controller's drift report over the whole windows since the traffic began:");
+    output::drift(Output::Table, &client.drift("iris", Some("1"), &since(phase_ms)).await?);
 
     step(started, 6, "The sensors are recalibrated: every input now reads longer. Waiting for the drift policy.");
     let shift_ms = edgefleet_shared::clock::unix_ms() as i64;
@@ -355,16 +380,17 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     if !fired {
         return Err(usage("no retrain request after 60 s of drifted traffic"));
     }
-    println!(
-        "         {sent} requests, {failed} failed, accuracy of iris:1 on them {:.2}",
-        correct as f64 / sent.max(1) as f64
+    say!(
+        "         {sent} requests, {failed} failed; iris:1 answered {:.1}% of them right (counted here, on every request)",
+        percent(correct, sent)
     );
-    output::drift(Output::Table, &client.drift("iris", Some("1"), &last_windows).await?);
+    say!("         The drift report over the whole windows after the shift (the window holding it mixes both):");
+    output::drift(Output::Table, &client.drift("iris", Some("1"), &since(shift_ms as u64)).await?);
     let requests = client.retrain_requests(&iris_requests).await?;
     let request = requests.first().ok_or_else(|| usage("the retrain request disappeared"))?;
     let id = request.id;
-    println!("         retrain request {id}: {}", request.reason);
-    println!("         snapshot: {} rows, sha256 {}", request.rows, request.dataset_sha256);
+    say!("         retrain request {id}, from the policy's judgement of its last closed window: {}", request.reason);
+    say!("         snapshot: {} sampled rows of the judged windows, sha256 {}", request.rows, request.dataset_sha256);
 
     step(started, 7, "Retraining on the snapshot's drifted rows (logistic regression, fitted here, exported as ONNX).");
     let csv = client.retrain_file(id, "data.csv").await?;
@@ -380,10 +406,14 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     }
     baseline_csv.push('\n');
     let v2_baseline = write("iris_v2_train.csv", baseline_csv.as_bytes())?;
-    println!("         {} labelled rows, training accuracy {:.3}", rows.x.len(), fitted.train_accuracy);
+    say!(
+        "         {} of those rows have a label and come after the shift; training accuracy {:.1}%",
+        rows.x.len(),
+        fitted.train_accuracy * 100.0
+    );
     let metric = vec![("train_accuracy".to_owned(), format!("{:.4}", fitted.train_accuracy))];
     let v2 = push(&client, &push_args(&v2_model, Some(&v2_baseline), Some(sha.clone()), Some(1), metric)).await?;
-    println!("         iris:{v2} pushed with --dataset-hash {sha} (parent 1)");
+    say!("         iris:{v2} pushed with --dataset-hash {sha} (parent 1)");
 
     step(started, 8, "Canary rollout of iris:2, gated on error rate, under live traffic.");
     let gates = vec!["error_rate<0.01".to_owned(), "activation_failure_rate<0.1".to_owned()];
@@ -403,27 +433,25 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     with_traffic(&traffic, true, Duration::from_secs(4), async || Ok(false)).await?;
     let (sent, failed, correct) = traffic.reset();
     let lineage = client.retrain_request(id).await?;
-    println!(
-        "         rollout {r2_id} completed; on the drifted inputs iris:2 answers {sent} requests, {failed} failed,"
-    );
-    println!(
-        "         accuracy {:.2}; retrain request {id} lists trained versions {:?}",
-        correct as f64 / sent.max(1) as f64,
+    say!("         rollout {r2_id} completed; on the drifted inputs iris:2 answers {sent} requests, {failed} failed,");
+    say!(
+        "         {:.1}% answered right (counted here); retrain request {id} lists trained versions {:?}",
+        percent(correct, sent),
         lineage.trained_versions
     );
 
-    println!(
+    say!(
         "\nDone in {:.1}s. The whole loop ran: rollout, inference, drift, retrain request, retraining, canary.",
         started.elapsed().as_secs_f64()
     );
-    println!("Explore (with --keep, while it runs):");
-    println!("  export EDGEFLEET_CONTROLLER={} EDGEFLEET_TOKEN={token}", controller.url);
-    println!(
+    say!("Explore (with --keep, while it runs):");
+    say!("  export EDGEFLEET_CONTROLLER={} EDGEFLEET_TOKEN={token}", controller.url);
+    say!(
         "  edgefleet model show iris:2 | edgefleet drift report iris:1 | edgefleet retrain show {id} | edgefleet rollout list"
     );
-    println!("  curl {}/v2/models/iris        logs: {}", urls[0], logs.display());
+    say!("  curl {}/v2/models/iris        logs: {}", urls[0], logs.display());
     if args.keep {
-        println!("Leaving everything running; Ctrl-C stops it.");
+        say!("Leaving everything running; Ctrl-C stops it.");
         let _ = tokio::signal::ctrl_c().await;
     }
     drop(agents);
@@ -481,6 +509,8 @@ fn push_args(
         code_commit: None,
         parent,
         version: None,
+        allow_schema_change: false,
+        allow_nondeterministic: false,
     }
 }
 

@@ -16,6 +16,27 @@
 //! - [`demo`], [`sim`]: the demo and the device simulator.
 //! - [`trainer`]: the bundled retraining step (logistic regression → ONNX, via `onnx`).
 
+/// `println!` for the CLI's stdout: when the reader has gone (`edgefleet ... | head`) the
+/// process ends quietly with status 0 instead of panicking on the closed pipe.
+macro_rules! say {
+    () => { $crate::stdout_text("\n") };
+    ($($t:tt)*) => { $crate::stdout_text(&(format!($($t)*) + "\n")) };
+}
+
+/// Writes `text` to stdout; a closed pipe ends the process (status 0), any other write error
+/// too (status 74, EX_IOERR) after saying so on stderr.
+pub(crate) fn stdout_text(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("edgefleet: cannot write to stdout: {e}");
+        std::process::exit(74);
+    }
+}
+
 pub mod args;
 pub mod client;
 pub mod commands;

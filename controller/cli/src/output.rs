@@ -1,13 +1,12 @@
 //! Human (table) and script (JSON) renderings of API answers. `--output json` prints the API's
 //! own JSON: the typed answer serialized back, field for field.
-#![allow(clippy::print_stdout, reason = "this module is the CLI's stdout")]
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
-use edgefleet_shared::api::fleet::{DeviceInfo, EnrollmentToken, Issued};
+use edgefleet_shared::api::fleet::{DeviceInfo, EnrollmentToken, EnrollmentTokenInfo, Issued};
 use edgefleet_shared::api::models::{ModelSummary, VersionInfo};
-use edgefleet_shared::api::rollouts::{RolloutInfo, Strategy};
+use edgefleet_shared::api::rollouts::{DeviceOutcome, RolloutInfo, RolloutState, Strategy};
 use edgefleet_shared::api::telemetry::{DriftReport, Policy, RetrainRequest};
 use edgefleet_shared::api::three_digits;
 use edgefleet_shared::api::tokens::{AuditEntry, CreatedToken, TokenInfo};
@@ -17,7 +16,7 @@ use serde::Serialize;
 use crate::args::Output;
 
 fn json(v: &impl Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// An optional value, `-` when absent.
@@ -25,19 +24,25 @@ fn opt(v: Option<impl Display>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-/// Prints rows as aligned columns under a header.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+/// Rows as aligned columns under a header.
+fn table_text(header: &[&str], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
         .collect();
     let line = |cells: Vec<String>| {
         let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", padded.join("  ").trim_end());
+        padded.join("  ").trim_end().to_owned() + "\n"
     };
-    line(header.iter().map(|h| h.to_uppercase()).collect());
+    let mut text = line(header.iter().map(|h| h.to_uppercase()).collect());
     for r in rows {
-        line(r.clone());
+        text.push_str(&line(r.clone()));
     }
+    text
+}
+
+/// Prints rows as aligned columns under a header.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    crate::stdout_text(&table_text(header, rows));
 }
 
 /// Unix seconds as RFC 3339.
@@ -72,6 +77,30 @@ fn model_ref(m: Option<&ModelRef>) -> String {
     m.map_or_else(|| "-".into(), |m| format!("{}:{}", m.name, m.version))
 }
 
+/// A JSON value as readable `key value` fields (objects flattened with dotted keys, strings
+/// unquoted, fractions to three significant digits), for audit details and delivery records.
+fn fields(v: &serde_json::Value) -> String {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        let scalar = match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+                return;
+            }
+            serde_json::Value::Null => "-".to_owned(),
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) if n.is_f64() => n.as_f64().map_or_else(|| n.to_string(), three_digits),
+            other => other.to_string(),
+        };
+        out.push(if prefix.is_empty() { scalar } else { format!("{prefix} {scalar}") });
+    }
+    let mut out = Vec::new();
+    walk("", v, &mut out);
+    out.join(", ")
+}
+
 /// `model list`.
 pub(crate) fn models(out: Output, models: &[ModelSummary]) {
     list(out, models, &["name", "latest", "versions", "aliases"], |m| {
@@ -84,11 +113,11 @@ pub(crate) fn model(out: Output, m: &ModelSummary) {
     if out == Output::Json {
         return json(m);
     }
-    println!("model:    {}", m.name);
-    println!("created:  {}", time(m.created_at));
-    println!("versions: {}", joined(&m.versions, ", "));
+    say!("model:    {}", m.name);
+    say!("created:  {}", time(m.created_at));
+    say!("versions: {}", joined(&m.versions, ", "));
     for (alias, version) in &m.aliases {
-        println!("alias:    {alias} -> {version}");
+        say!("alias:    {alias} -> {version}");
     }
 }
 
@@ -99,36 +128,36 @@ pub(crate) fn version(out: Output, v: &VersionInfo) {
     }
     let m = &v.manifest;
     let l = &m.lineage;
-    println!("model:     {} version {}", v.name, v.version);
+    say!("model:     {} version {}", v.name, v.version);
     if !v.aliases.is_empty() {
-        println!("aliases:   {}", v.aliases.join(", "));
+        say!("aliases:   {}", v.aliases.join(", "));
     }
-    println!("created:   {} by {}", time(v.created_at), v.created_by);
-    println!(
+    say!("created:   {} by {}", time(v.created_at), v.created_by);
+    say!(
         "lineage:   parent {}, dataset {}, code {}",
         opt(l.parent_version),
         opt(l.dataset_sha256.as_ref()),
         opt(l.code_commit.as_ref())
     );
     if !l.params.is_empty() {
-        println!("params:    {}", labels(&l.params).replace(',', ", "));
+        say!("params:    {}", labels(&l.params).replace(',', ", "));
     }
     if !l.metrics.is_empty() {
-        println!("metrics:   {}", labels(&l.metrics).replace(',', ", "));
+        say!("metrics:   {}", labels(&l.metrics).replace(',', ", "));
     }
     for (label, tensors) in [("input", &m.inputs), ("output", &m.outputs)] {
         for t in tensors {
-            println!("{label:<10} {} {} {:?}", t.name, t.datatype, t.shape);
+            say!("{label:<10} {} {} {:?}", t.name, t.datatype, t.shape);
         }
     }
     let baseline =
         m.baseline.as_ref().map_or("none".into(), |b| format!("{} rows, {} features", b.rows, b.features.len()));
-    println!("baseline:  {baseline}");
-    println!("self-test: {} case(s), tolerance {}", m.self_test.cases.len(), m.self_test.tolerance);
+    say!("baseline:  {baseline}");
+    say!("self-test: {} case(s), tolerance {}", m.self_test.cases.len(), m.self_test.tolerance);
     for a in &v.artifacts {
-        println!("artifact:  {} {} bytes ({} compressed) sha256 {}", a.name, a.size, a.compressed_size, a.sha256);
+        say!("artifact:  {} {} bytes ({} compressed) sha256 {}", a.name, a.size, a.compressed_size, a.sha256);
     }
-    println!("signed by: {}", v.signature.key_id);
+    say!("signed by: {}", v.signature.key_id);
 }
 
 /// `token create`.
@@ -136,8 +165,8 @@ pub(crate) fn created_token(out: Output, t: &CreatedToken) {
     if out == Output::Json {
         return json(t);
     }
-    println!("token {} ({}, role {}): {}", t.id, t.name, t.role, t.token);
-    println!("Store it now: the controller keeps only its hash.");
+    say!("token {} ({}, role {}): {}", t.id, t.name, t.role, t.token);
+    say!("Store it now: the controller keeps only its hash.");
 }
 
 /// `token list`.
@@ -151,7 +180,7 @@ pub(crate) fn tokens(out: Output, tokens: &[TokenInfo]) {
 /// `audit`.
 pub(crate) fn audit(out: Output, entries: &[AuditEntry]) {
     list(out, entries, &["at", "actor", "action", "target", "detail"], |a| {
-        vec![time(a.at), a.actor.clone(), a.action.clone(), a.target.clone(), a.detail.to_string()]
+        vec![time(a.at), a.actor.clone(), a.action.clone(), a.target.clone(), fields(&a.detail)]
     });
 }
 
@@ -160,16 +189,37 @@ pub(crate) fn enrollment_token(out: Output, t: &EnrollmentToken) {
     if out == Output::Json {
         return json(t);
     }
-    println!("enrollment token {} ({} use(s), expires {}): {}", t.id, t.uses, time(t.expires_at), t.token);
+    say!("enrollment token {} ({} use(s), expires {}): {}", t.id, t.uses, time(t.expires_at), t.token);
 }
 
 fn online(d: &DeviceInfo) -> &'static str {
-    if d.online { "online" } else { "offline" }
+    d.state().as_str()
+}
+
+/// `device token list`.
+pub(crate) fn enrollment_tokens(out: Output, tokens: &[EnrollmentTokenInfo]) {
+    list(out, tokens, &["id", "uses left", "devices", "labels", "expires", "created by", "state"], |t| {
+        let state = match t.revoked_at {
+            Some(at) => format!("revoked {}", time(at)),
+            None if t.expires_at <= now() => "expired".into(),
+            None if t.uses_left == 0 => "used up".into(),
+            None => "active".into(),
+        };
+        vec![
+            t.id.to_string(),
+            t.uses_left.to_string(),
+            t.devices.to_string(),
+            labels(&t.labels),
+            time(t.expires_at),
+            t.created_by.clone(),
+            state,
+        ]
+    });
 }
 
 /// `device list`.
 pub(crate) fn devices(out: Output, devices: &[DeviceInfo]) {
-    list(out, devices, &["id", "state", "labels", "desired", "active", "last error"], |d| {
+    list(out, devices, &["id", "state", "labels", "desired", "active", "last seen", "last error"], |d| {
         let st = d.status.as_ref();
         let refusal = st.and_then(|s| s.last_refusal.as_ref()).map(|r| r.class.clone());
         let failed = st
@@ -182,6 +232,7 @@ pub(crate) fn devices(out: Output, devices: &[DeviceInfo]) {
             labels(&d.labels),
             model_ref(d.desired.as_ref()),
             model_ref(st.and_then(|s| s.active.as_ref())),
+            time_opt(d.last_seen),
             refusal.or(failed).unwrap_or_else(|| "-".into()),
         ]
     });
@@ -192,25 +243,28 @@ pub(crate) fn device(out: Output, d: &DeviceInfo) {
     if out == Output::Json {
         return json(d);
     }
-    println!("device:    {} ({})", d.id, online(d));
-    println!("labels:    {}", labels(&d.labels));
-    println!("enrolled:  {}", time(d.enrolled_at));
-    println!("last seen: {}", time_opt(d.last_seen));
-    println!("desired:   {} (sequence {})", model_ref(d.desired.as_ref()), opt(d.desired_sequence));
+    say!("device:    {} ({})", d.id, online(d));
+    if let Some(at) = d.decommissioned_at {
+        say!("decommissioned: {} ({})", time(at), opt(d.decommission_reason.as_ref()));
+    }
+    say!("labels:    {}", labels(&d.labels));
+    say!("enrolled:  {}", time(d.enrolled_at));
+    say!("last seen: {}", time_opt(d.last_seen));
+    say!("desired:   {} (sequence {})", model_ref(d.desired.as_ref()), opt(d.desired_sequence));
     let Some(st) = &d.status else {
-        println!("status:    none reported yet");
+        say!("status:    none reported yet");
         return;
     };
-    println!("active:    {} (previous {})", model_ref(st.active.as_ref()), model_ref(st.previous.as_ref()));
-    println!(
+    say!("active:    {} (previous {})", model_ref(st.active.as_ref()), model_ref(st.previous.as_ref()));
+    say!(
         "serving:   {} requests, error rate {}, latency p50 {} ms, p99 {} ms",
         st.requests,
-        st.error_rate,
-        opt(st.latency_p50_ms),
-        opt(st.latency_p99_ms)
+        three_digits(st.error_rate),
+        measured(st.latency_p50_ms),
+        measured(st.latency_p99_ms)
     );
     if let Some(a) = &st.last_activation {
-        println!(
+        say!(
             "activation: {} {} in {} ms {}",
             model_ref(Some(&a.model)),
             if a.ok { "ok" } else { "FAILED" },
@@ -219,7 +273,7 @@ pub(crate) fn device(out: Output, d: &DeviceInfo) {
         );
     }
     if let Some(r) = &st.last_refusal {
-        println!("refused:   [{}] {} at {}", r.class, r.message, time(r.at));
+        say!("refused:   [{}] {} at {}", r.class, r.message, time(r.at));
     }
 }
 
@@ -235,7 +289,7 @@ pub(crate) fn done(out: Output, message: &str) {
     if out == Output::Json {
         return json(&serde_json::json!({ "ok": true, "message": message }));
     }
-    println!("{message}");
+    say!("{message}");
 }
 
 fn measured(v: Option<f64>) -> String {
@@ -262,35 +316,97 @@ pub(crate) fn rollout(out: Output, r: &RolloutInfo) {
     if out == Output::Json {
         return json(r);
     }
+    crate::stdout_text(&rollout_text(r, now()));
+}
+
+/// Unix seconds now, for countdowns.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Seconds from `now` to `at` as `4m 10s` (`now` once passed).
+fn countdown(at: u64, now: u64) -> String {
+    match at.checked_sub(now).filter(|s| *s > 0) {
+        Some(secs) => humantime::format_duration(std::time::Duration::from_secs(secs)).to_string(),
+        None => "now".into(),
+    }
+}
+
+/// `rollout status` as text (a function of the answer and the time, so `--watch` redraws it).
+pub(crate) fn rollout_text(r: &RolloutInfo, now: u64) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
     let plan = &r.plan;
-    println!("rollout:  {} of {} ({}, {})", r.id, model_ref(Some(&r.model)), r.state.as_str(), plan.strategy.as_str());
-    println!("selector: {}", labels(&plan.selector));
-    println!(
-        "plan:     waves {:?} %, bake {} s, wave deadline {} s ({} then), on failure {}",
+    let _ = writeln!(
+        o,
+        "rollout:  {} of {} ({}, {})",
+        r.id,
+        model_ref(Some(&r.model)),
+        r.state.as_str(),
+        plan.strategy.as_str()
+    );
+    let _ = writeln!(o, "selector: {}", labels(&plan.selector));
+    let _ = writeln!(
+        o,
+        "plan:     waves {:?} %, bake {} s, wave deadline {} s ({} then), at least {} samples per side, not enough data by the deadline: {}, on failure {}",
         plan.waves,
         plan.bake_secs,
         plan.wave_timeout_secs,
         plan.on_timeout.as_str(),
+        plan.min_requests,
+        plan.on_insufficient.as_str(),
         plan.on_fail.as_str()
     );
     if let Some(reason) = &r.reason {
-        println!("reason:   {reason}");
+        let _ = writeln!(o, "reason:   {reason}");
+    }
+    if r.state == RolloutState::Running {
+        let wave = r.wave.max(1);
+        let mut timing = format!("wave {wave} of {}", plan.waves.len());
+        match r.bake_until {
+            Some(bake) if bake > now => {
+                let _ = write!(timing, ", bake ends in {}", countdown(bake, now));
+            }
+            Some(_) => timing.push_str(", baked"),
+            None => {}
+        }
+        if let Some(deadline) = r.deadline {
+            let _ = write!(timing, ", deadline in {}", countdown(deadline, now));
+        }
+        let _ = writeln!(o, "now:      {timing}");
+        if let Some(waiting) = &r.waiting_for {
+            let _ = writeln!(o, "waiting:  {waiting}");
+        }
     }
     let m = &r.measurements;
-    println!(
-        "devices:  {} in the rollout, {} serving it, {} failed, {} on it already; {} requests, {} errors, p99 {} ms (before {} ms)",
+    let _ = writeln!(
+        o,
+        "devices:  {} in the rollout, {} serving it, {} failed, {} on it already, {} unsettled",
         m.devices,
         m.activated,
         m.failed,
         m.already,
+        m.unsettled()
+    );
+    let _ = writeln!(
+        o,
+        "traffic:  {} requests, {} errors, p99 {} ms (before {} ms, ratio {} over {} device(s))",
         m.requests,
         m.errors,
         measured(m.p99_ms),
-        measured(m.baseline_p99_ms)
+        measured(m.baseline_p99_ms),
+        measured(m.p99_ratio),
+        m.p99_pairs
     );
-    println!("outputs:  {} predictions classified, PSI vs before {}", m.classified, measured(m.psi));
+    let _ = writeln!(
+        o,
+        "outputs:  {} predictions classified ({} before), PSI vs before {}",
+        m.classified,
+        m.baseline_classified,
+        measured(m.psi)
+    );
     if plan.strategy == Strategy::Shadow {
-        println!("shadow:   {} mirrored requests compared, agreement {}", m.compared, measured(m.agreement));
+        let _ = writeln!(o, "shadow:   {} mirrored requests compared, agreement {}", m.compared, measured(m.agreement));
     }
     let waves: Vec<Vec<String>> = r
         .waves
@@ -305,26 +421,48 @@ pub(crate) fn rollout(out: Output, r: &RolloutInfo) {
             ]
         })
         .collect();
-    table(&["wave", "percent", "targeted", "activated", "failed"], &waves);
+    o.push_str(&table_text(&["wave", "percent", "targeted", "activated", "failed"], &waves));
     let gates: Vec<Vec<String>> = r
         .gates
         .iter()
         .map(|g| {
-            let verdict = match g.passed {
-                Some(true) => "pass",
-                Some(false) => "FAIL",
-                None => "pending",
+            let verdict = match (g.passed, g.skipped) {
+                (_, true) => "skipped",
+                (Some(true), _) => "pass",
+                (Some(false), _) => "FAIL",
+                (None, _) => "pending",
             };
-            vec![g.gate.clone(), measured(g.value), verdict.into()]
+            vec![g.gate.clone(), measured(g.value), verdict.into(), opt(g.waiting.as_ref())]
         })
         .collect();
     if !gates.is_empty() {
-        table(&["gate", "value", "verdict"], &gates);
+        o.push_str(&table_text(&["gate", "value", "verdict", "waiting for"], &gates));
     }
-}
-
-fn num(v: Option<f64>, digits: usize) -> String {
-    v.map_or("-".into(), |x| format!("{x:.digits$}"))
+    let problems: Vec<Vec<String>> = r
+        .devices
+        .iter()
+        .filter(|d| !d.online || matches!(d.outcome, DeviceOutcome::Failed | DeviceOutcome::Unsettled))
+        .map(|d| {
+            let seen = d.last_seen.map_or_else(
+                || "never".to_owned(),
+                |t| {
+                    format!("{} ago", humantime::format_duration(std::time::Duration::from_secs(now.saturating_sub(t))))
+                },
+            );
+            vec![
+                d.device.clone(),
+                d.wave.to_string(),
+                d.outcome.as_str().into(),
+                if d.online { "online".into() } else { "OFFLINE".into() },
+                seen,
+                opt(d.error.as_ref()),
+            ]
+        })
+        .collect();
+    if !problems.is_empty() {
+        o.push_str(&table_text(&["device", "wave", "outcome", "link", "last seen", "error"], &problems));
+    }
+    o
 }
 
 /// `drift report`.
@@ -332,7 +470,7 @@ pub(crate) fn drift(out: Output, d: &DriftReport) {
     if out == Output::Json {
         return json(d);
     }
-    println!(
+    say!(
         "{}:{}  group {}  {} .. {}  rows {}  samples {}",
         d.model,
         d.version,
@@ -343,7 +481,7 @@ pub(crate) fn drift(out: Output, d: &DriftReport) {
         d.samples
     );
     if !d.has_baseline {
-        println!("This version has no baseline: push it with reference data to measure drift.");
+        say!("This version has no baseline: push it with reference data to measure drift.");
         return;
     }
     let rows: Vec<Vec<String>> = d
@@ -354,32 +492,39 @@ pub(crate) fn drift(out: Output, d: &DriftReport) {
                 f.name.clone(),
                 f.count.to_string(),
                 f.samples.to_string(),
-                num(f.psi, 3),
-                num(f.jensen_shannon, 3),
-                format!("{} {}", num(f.wasserstein, 3), if f.wasserstein_drift { "drift" } else { "ok" }),
-                format!("{} (p={})", num(f.ks_statistic, 3), num(f.ks_pvalue, 4)),
+                measured(f.psi),
+                measured(f.jensen_shannon),
+                measured(f.wasserstein),
+                format!("{} (p={})", measured(f.ks_statistic), measured(f.ks_pvalue)),
                 f.status.clone(),
+                f.reason.clone(),
             ]
         })
         .collect();
-    table(&["feature", "values", "samples", "psi", "js", "wasserstein", "ks", "status"], &rows);
+    table(&["feature", "values", "samples", "psi", "js", "wasserstein", "ks", "verdict", "why"], &rows);
     if let Some(o) = &d.output {
-        println!(
+        say!(
             "output {}: psi {}  js {}  chi2 {} (p={})  {}  classes {:?} vs baseline {:?}",
             o.name,
-            num(o.psi, 3),
-            num(o.jensen_shannon, 3),
-            num(o.chi2_statistic, 2),
-            num(o.chi2_pvalue, 4),
+            measured(o.psi),
+            measured(o.jensen_shannon),
+            measured(o.chi2_statistic),
+            measured(o.chi2_pvalue),
             o.status,
             o.current_counts,
             o.reference_counts
         );
     }
     if let Some(a) = &d.accuracy {
-        println!("accuracy {} ({} of {} labels)", num(Some(a.accuracy), 3), a.correct, a.labeled);
+        say!("accuracy {} ({} of {} labels)", three_digits(a.accuracy), a.correct, a.labeled);
     }
-    println!("{} of {} features drifted (PSI >= 0.2)", d.drifted_features, d.features.len());
+    say!(
+        "{} of {} features drifted (PSI >= 0.2 on at least {} values, or KS p <= 0.05 with Wasserstein >= 0.1 on at least {} samples)",
+        d.drifted_features,
+        d.features.len(),
+        d.min_rows,
+        d.min_samples
+    );
 }
 
 /// The delivery state (`pending`, `delivered`, `failed`, ...) of one retrain channel.
@@ -408,16 +553,16 @@ pub(crate) fn retrain_request(out: Output, r: &RetrainRequest) {
     if out == Output::Json {
         return json(r);
     }
-    println!("retrain request {} for {}:{}", r.id, r.model, r.version);
-    println!("  created         {}", time(r.created_at));
-    println!("  reason          {}", r.reason);
-    println!("  rows            {}", r.rows);
-    println!("  dataset sha256  {}", r.dataset_sha256);
-    println!("  snapshot        {}", r.snapshot_dir);
-    println!("  webhook         {}", r.delivery["webhook"]);
-    println!("  command         {}", r.delivery["command"]);
+    say!("retrain request {} for {}:{}", r.id, r.model, r.version);
+    say!("  created         {}", time(r.created_at));
+    say!("  reason          {}", r.reason);
+    say!("  rows            {}", r.rows);
+    say!("  dataset sha256  {}", r.dataset_sha256);
+    say!("  snapshot        {}", r.snapshot_dir);
+    say!("  webhook         {}", fields(&r.delivery["webhook"]));
+    say!("  command         {}", fields(&r.delivery["command"]));
     let trained = if r.trained_versions.is_empty() { "-".into() } else { joined(&r.trained_versions, ", ") };
-    println!("  trained         {trained}");
+    say!("  trained         {trained}");
 }
 
 /// `retrain policy`.
@@ -425,11 +570,11 @@ pub(crate) fn policy(out: Output, p: &Policy) {
     if out == Output::Json {
         return json(p);
     }
-    println!("{:<14} {}", "enabled", p.enabled);
-    println!("{:<14} {}", "psi", p.psi);
-    println!("{:<14} {}", "feature_share", p.feature_share);
-    println!("{:<14} {}", "windows", p.windows);
-    println!("{:<14} {}", "min_rows", p.min_rows);
-    println!("{:<14} {}", "accuracy_drop", p.accuracy_drop);
-    println!("{:<14} {}", "min_labels", p.min_labels);
+    say!("{:<14} {}", "enabled", p.enabled);
+    say!("{:<14} {}", "psi", p.psi);
+    say!("{:<14} {}", "feature_share", p.feature_share);
+    say!("{:<14} {}", "windows", p.windows);
+    say!("{:<14} {}", "min_rows", p.min_rows);
+    say!("{:<14} {}", "accuracy_drop", p.accuracy_drop);
+    say!("{:<14} {}", "min_labels", p.min_labels);
 }

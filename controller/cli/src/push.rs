@@ -33,6 +33,8 @@ pub async fn push_request(args: &PushArgs) -> Result<(Upload, PushMetadata), Cli
         parent_version: args.parent,
         version: args.version,
         preprocessing: None,
+        allow_schema_change: args.allow_schema_change,
+        allow_nondeterministic: args.allow_nondeterministic,
     };
     Ok((Upload { model, model_file: file_name(&args.path, "model.onnx"), baseline }, metadata))
 }

@@ -5,7 +5,6 @@
 //! desired-state subscription, device-signed status (QoS 0) and device-signed telemetry batches
 //! in the real frame format (QoS 1) with per-feature histograms and sampled rows. No model runs:
 //! a document is "activated" on arrival (reported in the next status, immediately).
-#![allow(clippy::print_stdout, reason = "the simulator reports on stdout")]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -115,7 +114,7 @@ pub async fn run(client: &Client, args: SimArgs) -> Result<(), CliError> {
     let token = client.create_enrollment_token(&request).await?.token;
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
-    println!("sim: enrolling {} devices at {} ({} at a time)", args.devices, client.base(), args.concurrency);
+    say!("sim: enrolling {} devices at {} ({} at a time)", args.devices, client.base(), args.concurrency);
     let enrolled: Vec<Result<(FileKey, EnrollResponse), CliError>> = futures::stream::iter(0..args.devices)
         .map(|_| {
             let (token, stats) = (token.clone(), stats.clone());
@@ -132,7 +131,7 @@ pub async fn run(client: &Client, args: SimArgs) -> Result<(), CliError> {
         .await;
     let devices: Vec<(FileKey, EnrollResponse)> = enrolled.into_iter().collect::<Result<_, _>>()?;
     let enroll_time = started.elapsed();
-    println!("sim: {} enrolled in {:.1}s", devices.len(), enroll_time.as_secs_f64());
+    say!("sim: {} enrolled in {:.1}s", devices.len(), enroll_time.as_secs_f64());
     let mqtt_url = args
         .mqtt
         .clone()
@@ -173,7 +172,7 @@ pub async fn run(client: &Client, args: SimArgs) -> Result<(), CliError> {
             )));
         }
     }
-    println!(
+    say!(
         "sim: {} connected over MQTT in {:.1}s (enrolled + connected: {:.1}s)",
         args.devices,
         connect_started.elapsed().as_secs_f64(),
@@ -193,7 +192,7 @@ pub async fn run(client: &Client, args: SimArgs) -> Result<(), CliError> {
         }
         let secs = run_started.elapsed().as_secs_f64();
         let (s, b, a) = snapshot(&stats);
-        println!(
+        say!(
             "sim: t={secs:.0}s status/s={:.0} telemetry batches/s={:.0} acked/s={:.0} documents={} disconnects={}",
             (s - s0) as f64 / secs,
             (b - b0) as f64 / secs,

@@ -3,10 +3,13 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use edgefleet_shared::api::fleet::{CreateEnrollmentToken, DeployRequest, DeviceInfo, EnrollmentToken, Issued};
+use edgefleet_shared::api::fleet::{
+    CreateEnrollmentToken, Decommission, DeployRequest, DeviceInfo, DeviceQuery, EnrollmentToken, EnrollmentTokenInfo,
+    Issued, Relabel,
+};
 use edgefleet_shared::api::tokens::Role;
 use edgefleet_shared::fleet::{
     DEVICE_HEADER, DeviceStatus, EnrollRequest, EnrollResponse, SIGNATURE_HEADER, TIMESTAMP_HEADER,
@@ -24,6 +27,7 @@ impl From<FleetError> for ApiError {
             FleetError::Unprocessable(m) => ApiError::unprocessable(m),
             FleetError::Unauthorized(m) => ApiError::unauthorized(m),
             FleetError::NotFound(m) => ApiError::not_found(m),
+            FleetError::Forbidden(m) => ApiError::forbidden(m),
             FleetError::Conflict(m) => ApiError::conflict(m),
             FleetError::Registry(r) => r.into(),
             FleetError::Db(d) => d.into(),
@@ -76,7 +80,7 @@ async fn claimed_device(state: &AppState, id: &str, headers: &HeaderMap) -> Resu
     }
     match state.fleet.device_key(id.to_owned()).await? {
         Some(_) => Ok(()),
-        None => Err(ApiError::unauthorized(format!("unknown device {id:?}"))),
+        None => Err(ApiError::unauthorized(format!("unknown or decommissioned device {id:?}"))),
     }
 }
 
@@ -193,11 +197,19 @@ pub(super) async fn status(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Lists devices.
-#[utoipa::path(get, path = "/api/v1/devices", responses((status = 200, body = Vec<DeviceInfo>)))]
-pub(super) async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
+/// Lists devices, filtered (decommissioned ones only when asked for by `state`).
+#[utoipa::path(get, path = "/api/v1/devices", params(DeviceQuery), responses((status = 200, body = Vec<DeviceInfo>)))]
+pub(super) async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(q): Query<DeviceQuery>,
+) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(state.fleet.devices(None).await?))
+    let labels = q.labels().map_err(ApiError::bad_request)?;
+    let now = crate::db::now() as u64;
+    let mut devices = state.fleet.devices(None).await?;
+    devices.retain(|d| q.matches(d, &labels, now));
+    Ok(Json(devices))
 }
 
 /// One device.
@@ -208,8 +220,57 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<DeviceInfo>, ApiError> {
     caller.require(Role::Viewer)?;
-    let mut all = state.fleet.devices(Some(id)).await?;
-    all.pop().map(Json).ok_or_else(|| ApiError::not_found("unknown device"))
+    Ok(Json(state.fleet.device(id).await?))
+}
+
+/// Sets and removes a device's labels.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/labels", request_body = Relabel, responses((status = 200, body = DeviceInfo), (status = 404, body = edgefleet_shared::api::ErrorBody), (status = 409, body = edgefleet_shared::api::ErrorBody)))]
+pub(super) async fn relabel(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<Relabel>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<DeviceInfo>, ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(change) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(state.fleet.relabel(id, change, caller.actor()).await?))
+}
+
+/// Decommissions a device: its key, broker login and documents stop working at once.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/decommission", request_body = Decommission, responses((status = 200, body = DeviceInfo), (status = 404, body = edgefleet_shared::api::ErrorBody), (status = 409, body = edgefleet_shared::api::ErrorBody)))]
+pub(super) async fn decommission(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<Decommission>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<DeviceInfo>, ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let device = state.fleet.decommission(id, req.reason, caller.actor()).await?;
+    state.publisher.forget(&device.id).await;
+    Ok(Json(device))
+}
+
+/// Enrollment tokens, newest first (never the tokens themselves).
+#[utoipa::path(get, path = "/api/v1/enrollment-tokens", responses((status = 200, body = Vec<EnrollmentTokenInfo>)))]
+pub(super) async fn enrollment_tokens(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<EnrollmentTokenInfo>>, ApiError> {
+    caller.require(Role::Operator)?;
+    Ok(Json(state.fleet.enrollment_tokens().await?))
+}
+
+/// Revokes an enrollment token.
+#[utoipa::path(delete, path = "/api/v1/enrollment-tokens/{id}", responses((status = 204), (status = 404, body = edgefleet_shared::api::ErrorBody), (status = 409, body = edgefleet_shared::api::ErrorBody)))]
+pub(super) async fn revoke_enrollment_token(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
+    state.fleet.revoke_enrollment_token(id, caller.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Signs and issues deployment documents.

@@ -75,6 +75,10 @@ pub struct AppState {
         devices::status,
         devices::list,
         devices::show,
+        devices::relabel,
+        devices::decommission,
+        devices::enrollment_tokens,
+        devices::revoke_enrollment_token,
         devices::deploy,
         rollouts::create,
         rollouts::list,
@@ -102,6 +106,10 @@ pub struct AppState {
         edgefleet_shared::api::fleet::CreateEnrollmentToken,
         edgefleet_shared::api::fleet::EnrollmentToken,
         edgefleet_shared::api::fleet::DeviceInfo,
+        edgefleet_shared::api::fleet::DeviceState,
+        edgefleet_shared::api::fleet::Relabel,
+        edgefleet_shared::api::fleet::Decommission,
+        edgefleet_shared::api::fleet::EnrollmentTokenInfo,
         edgefleet_shared::api::fleet::DeployRequest,
         edgefleet_shared::api::fleet::Issued,
         edgefleet_shared::api::rollouts::RolloutRequest,
@@ -131,10 +139,13 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/audit", get(tokens::audit))
-        .route("/enrollment-tokens", post(devices::create_enrollment_token))
+        .route("/enrollment-tokens", post(devices::create_enrollment_token).get(devices::enrollment_tokens))
+        .route("/enrollment-tokens/{id}", axum::routing::delete(devices::revoke_enrollment_token))
         .route("/enroll", post(devices::enroll))
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::show))
+        .route("/devices/{id}/labels", post(devices::relabel))
+        .route("/devices/{id}/decommission", post(devices::decommission))
         .route("/devices/{id}/desired", get(devices::desired))
         .route("/devices/{id}/trust", get(devices::trust))
         .route("/devices/{id}/mqtt-certificate", post(devices::mqtt_certificate))

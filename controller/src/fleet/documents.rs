@@ -53,12 +53,15 @@ impl Fleet {
                 let artifacts = version_artifacts(&tx, &req.model, version)?;
                 let targets: Vec<String> = match (&req.device, &req.selector) {
                     (Some(id), _) => {
-                        let exists: bool =
-                            tx.query_row("SELECT EXISTS (SELECT 1 FROM devices WHERE id = ?1)", params![id], |r| {
-                                r.get(0)
-                            })?;
-                        if !exists {
-                            return Err(FleetError::NotFound(format!("unknown device {id:?}")));
+                        let row: Option<Option<i64>> = tx
+                            .query_row("SELECT decommissioned_at FROM devices WHERE id = ?1", params![id], |r| r.get(0))
+                            .optional()?;
+                        match row {
+                            None => return Err(FleetError::NotFound(format!("unknown device {id:?}"))),
+                            Some(Some(_)) => {
+                                return Err(FleetError::Conflict(format!("device {id:?} is decommissioned")));
+                            }
+                            Some(None) => {}
                         }
                         vec![id.clone()]
                     }
@@ -203,7 +206,7 @@ pub(crate) fn matching_devices(
     selector: &BTreeMap<String, String>,
 ) -> Result<Vec<String>, FleetError> {
     let all: Vec<(String, String)> = conn
-        .prepare("SELECT id, labels FROM devices ORDER BY id")?
+        .prepare("SELECT id, labels FROM devices WHERE decommissioned_at IS NULL ORDER BY id")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(all

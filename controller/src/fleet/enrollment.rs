@@ -23,7 +23,11 @@ impl Fleet {
         self.db
             .call(move |conn| -> Result<Option<PublicKey>, FleetError> {
                 let key: Option<String> = conn
-                    .query_row("SELECT public_key FROM devices WHERE id = ?1", params![device_id], |r| r.get(0))
+                    .query_row(
+                        "SELECT public_key FROM devices WHERE id = ?1 AND decommissioned_at IS NULL",
+                        params![device_id],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 Ok(key.and_then(|k| PublicKey::from_base64(&k)))
             })
@@ -108,16 +112,19 @@ impl Fleet {
         self.db
             .call(move |conn| -> Result<EnrollResponse, FleetError> {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let row: Option<(i64, i64, i64, String)> = tx
+                let row: Option<(i64, i64, i64, String, Option<i64>)> = tx
                     .query_row(
-                        "SELECT id, uses_left, expires_at, labels FROM enrollment_tokens WHERE hash = ?1",
+                        "SELECT id, uses_left, expires_at, labels, revoked_at FROM enrollment_tokens WHERE hash = ?1",
                         params![hash_token(&req.token)],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                     )
                     .optional()?;
-                let Some((token_id, uses_left, expires_at, token_labels)) = row else {
+                let Some((token_id, uses_left, expires_at, token_labels, revoked_at)) = row else {
                     return Err(FleetError::Unauthorized("unknown enrollment token".into()));
                 };
+                if revoked_at.is_some() {
+                    return Err(FleetError::Unauthorized("enrollment token was revoked".into()));
+                }
                 if uses_left <= 0 {
                     return Err(FleetError::Unauthorized("enrollment token has no uses left".into()));
                 }
@@ -128,6 +135,15 @@ impl Fleet {
                 let token_labels: BTreeMap<String, String> = serde_json::from_str(&token_labels).unwrap_or_default();
                 labels.extend(token_labels);
                 let id = fleet::device_id(&key);
+                let decommissioned: Option<i64> = tx
+                    .query_row("SELECT decommissioned_at FROM devices WHERE id = ?1", params![id], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                if decommissioned.is_some() {
+                    return Err(FleetError::Forbidden(format!(
+                        "device {id:?} was decommissioned; its key cannot enroll again (a device given back to service needs a new key: remove the agent's state directory)"
+                    )));
+                }
                 tx.execute("UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = ?1", params![token_id])?;
                 tx.execute(
                     "INSERT INTO devices (id, public_key, labels, enrolled_at, enrollment_token) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -154,11 +170,18 @@ impl Fleet {
     ) -> Result<(), FleetError> {
         self.db
             .call(move |conn| -> Result<(), FleetError> {
-                let key: Option<String> = conn
-                    .query_row("SELECT public_key FROM devices WHERE id = ?1", params![device_id], |r| r.get(0))
+                let row: Option<(String, Option<i64>)> = conn
+                    .query_row(
+                        "SELECT public_key, decommissioned_at FROM devices WHERE id = ?1",
+                        params![device_id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
                     .optional()?;
-                let key = key
-                    .and_then(|k| PublicKey::from_base64(&k))
+                if row.as_ref().is_some_and(|(_, decommissioned)| decommissioned.is_some()) {
+                    return Err(FleetError::Unauthorized(format!("device {device_id:?} is decommissioned")));
+                }
+                let key = row
+                    .and_then(|(k, _)| PublicKey::from_base64(&k))
                     .ok_or_else(|| FleetError::Unauthorized(format!("unknown device {device_id:?}")))?;
                 fleet::verify_request(
                     &key,
@@ -177,7 +200,7 @@ impl Fleet {
     }
 }
 
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), FleetError> {
+pub(super) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), FleetError> {
     for (k, v) in labels {
         if k.is_empty()
             || k.len() > 63

@@ -3,6 +3,7 @@
 
 mod documents;
 mod enrollment;
+mod lifecycle;
 
 use std::sync::Arc;
 
@@ -34,6 +35,9 @@ pub enum FleetError {
     /// Unknown device, model or version (404).
     #[error("{0}")]
     NotFound(String),
+    /// Authenticated, but not allowed, e.g. a decommissioned device's key (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// Conflicts with the current state, e.g. a second rollout of one model (409).
     #[error("{0}")]
     Conflict(String),
@@ -73,12 +77,20 @@ pub struct Fleet {
     db: Db,
     keys: Arc<KeyRing>,
     settings: Arc<FleetSettings>,
+    /// Ids of devices decommissioned, for live connections to close at once.
+    decommissioned: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Fleet {
     /// A fleet service over `db`, signing documents with the ring's keys.
     pub fn new(db: Db, keys: Arc<KeyRing>, settings: FleetSettings) -> Self {
-        Fleet { db, keys, settings: Arc::new(settings) }
+        Fleet { db, keys, settings: Arc::new(settings), decommissioned: tokio::sync::broadcast::channel(64).0 }
+    }
+
+    /// Ids of devices as they are decommissioned (a lagging receiver must look devices up
+    /// again: it may have missed one).
+    pub fn decommissions(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.decommissioned.subscribe()
     }
 
     /// The signing keys and trust sets.
@@ -126,7 +138,11 @@ impl Fleet {
         self.db
             .call(move |conn| -> Result<Vec<u8>, FleetError> {
                 let key: Option<String> = conn
-                    .query_row("SELECT public_key FROM devices WHERE id = ?1", params![device], |r| r.get(0))
+                    .query_row(
+                        "SELECT public_key FROM devices WHERE id = ?1 AND decommissioned_at IS NULL",
+                        params![device],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 let key = key
                     .and_then(|k| PublicKey::from_base64(&k))
@@ -163,7 +179,8 @@ impl Fleet {
         self.db
             .call(move |conn| -> Result<Vec<DeviceInfo>, FleetError> {
                 let mut stmt = conn.prepare(
-                    "SELECT d.id, d.labels, d.enrolled_at, d.last_seen, d.status, s.model, s.version, s.sequence
+                    "SELECT d.id, d.labels, d.enrolled_at, d.last_seen, d.status, s.model, s.version, s.sequence,
+                            d.decommissioned_at, d.decommission_reason
                      FROM devices d LEFT JOIN desired s ON s.device_id = d.id
                      WHERE ?1 IS NULL OR d.id = ?1 ORDER BY d.id",
                 )?;
@@ -181,6 +198,8 @@ impl Fleet {
                             desired: model.zip(version).map(|(name, v)| ModelRef { name, version: v as u64 }),
                             desired_sequence: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
                             status: r.get::<_, Option<String>>(4)?.and_then(|s| serde_json::from_str(&s).ok()),
+                            decommissioned_at: r.get::<_, Option<i64>>(8)?.map(|t| t as u64),
+                            decommission_reason: r.get(9)?,
                         })
                     })?
                     .collect::<Result<Vec<_>, _>>()?;

@@ -97,12 +97,21 @@ pub fn start(listen: SocketAddr, tls: Option<Arc<ServerConfig>>) -> Result<Embed
         .map_err(|e| Error::Startup(format!("cannot start the MQTT broker thread: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let controller_login = Login::new(CONTROLLER_USER, controller_secret);
-    while !answers_connect(internal, &controller_login) {
+    let probe = loop {
+        if let Some(probe) = answers_connect(internal, &controller_login) {
+            break probe;
+        }
         if Instant::now() > deadline {
             return Err(Error::Startup(format!("the embedded MQTT broker did not start on {internal}")));
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    // rumqttd logs every client disconnect as an error; a clean start should log none, so the
+    // probe's connection stays open (pinged within its keep-alive) for the broker's lifetime.
+    std::thread::Builder::new()
+        .name("mqtt-probe".into())
+        .spawn(move || hold(probe))
+        .map_err(|e| Error::Startup(format!("cannot start the MQTT probe thread: {e}")))?;
     Ok(EmbeddedBroker {
         public,
         tls: tls.is_some(),
@@ -133,22 +142,37 @@ impl EmbeddedBroker {
     }
 }
 
-/// Whether rumqttd answers a real CONNECT on `addr` (a bare TCP probe would make it log an
-/// error for the connection that never sent one).
-fn answers_connect(addr: SocketAddr, login: &Login) -> bool {
+/// Keep-alive of the readiness probe's connection (rumqttd refuses 0).
+const PROBE_KEEP_ALIVE_SECS: u16 = 3600;
+
+/// Pings the probe connection within its keep-alive until it fails (the process exits).
+fn hold(mut stream: TcpStream) {
     use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    loop {
+        std::thread::sleep(Duration::from_secs(u64::from(PROBE_KEEP_ALIVE_SECS) / 2));
+        let mut pong = [0u8; 2];
+        // PINGREQ, then its PINGRESP.
+        if stream.write_all(&[0xC0, 0x00]).is_err() || stream.read_exact(&mut pong).is_err() {
+            return;
+        }
+    }
+}
+
+/// The connection when rumqttd answers a real CONNECT on `addr` (a bare TCP probe would make it
+/// log an error for the connection that never sent one). Keep-alive is off: the connection
+/// is asked for [`PROBE_KEEP_ALIVE_SECS`].
+fn answers_connect(addr: SocketAddr, login: &Login) -> Option<TcpStream> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut connect = Connect::new("edgefleet-probe");
+    connect.keep_alive = PROBE_KEEP_ALIVE_SECS;
     connect.login = Some(login.clone());
     let mut out = tokio_util::bytes::BytesMut::new();
     if Packet::Connect(connect).write(&mut out, 1024).is_err() || stream.write_all(&out).is_err() {
-        return false;
+        return None;
     }
     let mut ack = [0u8; 4];
-    let ok = stream.read_exact(&mut ack).is_ok() && ack[0] == 0x20 && ack[3] == 0;
-    out.clear();
-    let _ = Packet::Disconnect.write(&mut out, 16);
-    let _ = stream.write_all(&out);
-    ok
+    (stream.read_exact(&mut ack).is_ok() && ack[0] == 0x20 && ack[3] == 0).then_some(stream)
 }

@@ -97,6 +97,8 @@ impl Gate {
     }
 
     async fn relay<S: AsyncRead + AsyncWrite + Unpin + Send>(&self, client: S) -> Result<(), Closed> {
+        // Subscribed before the device is admitted, so a decommission racing the CONNECT is seen.
+        let mut decommissions = self.fleet.decommissions();
         let (mut from_client, mut to_client) = tokio::io::split(client);
         let mut buf = BytesMut::with_capacity(4096);
         let connect = match tokio::time::timeout(CONNECT_TIMEOUT, next_packet(&mut from_client, &mut buf)).await {
@@ -142,10 +144,29 @@ impl Gate {
             tokio::io::copy(&mut from_broker, &mut to_client).await?;
             Ok::<(), Closed>(())
         };
-        // Whichever side ends first ends the connection (the broker then fires the will).
+        let decommissioned = async {
+            loop {
+                match decommissions.recv().await {
+                    Ok(id) if id == device => break,
+                    Ok(_) => {}
+                    // Missed some: look the device up again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if matches!(self.fleet.device_key(device.clone()).await, Ok(None)) {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+            metrics::counter!(crate::metric::BROKER_DENIED, "reason" => "decommissioned").increment(1);
+            Err(Closed::Denied(format!("device {device} was decommissioned")))
+        };
+        // Whichever side ends first ends the connection (the broker then fires the will); a
+        // decommission ends it at once.
         tokio::select! {
             r = inbound => r,
             r = outbound => r,
+            r = decommissioned => r,
         }
     }
 

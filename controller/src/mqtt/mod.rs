@@ -186,6 +186,15 @@ impl Mqtt {
         }
     }
 
+    /// Deletes a device's retained document (an empty retained message), so that nothing is
+    /// delivered to it any more (a decommissioned device).
+    pub async fn clear_desired(&self, device: &str) {
+        let topic = topics::desired(&self.prefix, device);
+        if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, true, Vec::new()).await {
+            tracing::warn!(%device, error = %e, "Cannot clear the retained desired state.");
+        }
+    }
+
     /// Publishes the trust chain, retained, for every device (QoS 1: it is rare and it matters).
     pub async fn publish_trust(&self, chain: &TrustChain) {
         if chain.rotations.is_empty() {

@@ -47,7 +47,8 @@ pub(super) fn members(conn: &Connection, id: i64) -> Result<Vec<Member>, FleetEr
         .prepare(
             "SELECT rd.device_id, rd.wave, d.status, rd.baseline_p99_ms, rd.baseline_classes, rd.prev_model, rd.prev_version,
                     d.last_seen
-             FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id WHERE rd.rollout_id = ?1 ORDER BY rd.device_id",
+             FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
+             WHERE rd.rollout_id = ?1 AND d.decommissioned_at IS NULL ORDER BY rd.device_id",
         )?
         .query_map(params![id], |r| {
             let (prev_model, prev_version): (Option<String>, Option<i64>) = (r.get(5)?, r.get(6)?);

@@ -40,7 +40,7 @@ impl Telemetry {
             .db
             .call(move |conn| -> Result<Ingested, TelemetryError> {
                 let row: Option<(String, String)> = conn
-                    .query_row("SELECT public_key, labels FROM devices WHERE id = ?1", params![device], |r| {
+                    .query_row("SELECT public_key, labels FROM devices WHERE id = ?1 AND decommissioned_at IS NULL", params![device], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })
                     .optional()?;

@@ -6,6 +6,7 @@
 //! thresholds: `crate::analytics::drift` and the README's drift section.
 
 use edgefleet_shared::api::telemetry::{Accuracy, DriftReport, FeatureDrift, OutputDrift};
+use edgefleet_shared::api::three_digits;
 use edgefleet_shared::bundle::BundleManifest;
 use edgefleet_shared::profile::{BaselineProfile, OutputProfile};
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -54,6 +55,72 @@ fn status(psi: Option<f64>) -> String {
     .into()
 }
 
+/// How much data a statistic needs before it counts in a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Minimums {
+    /// Values counted (binned statistics).
+    pub rows: u64,
+    /// Sampled values, on each side (sample statistics).
+    pub samples: u64,
+}
+
+/// The statistics of one feature row, with the data each rests on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evidence {
+    /// PSI and the values it was computed from.
+    pub psi: Option<f64>,
+    /// Values counted in the range.
+    pub count: u64,
+    /// Normalised Wasserstein distance.
+    pub wasserstein: Option<f64>,
+    /// KS p-value.
+    pub ks_pvalue: Option<f64>,
+    /// Sampled values in the range.
+    pub samples: u64,
+    /// Values in the baseline's sample.
+    pub reference: u64,
+}
+
+/// A feature row's verdict (`drift`, `warn`, `ok`, `insufficient`), why, and whether each
+/// sample statistic flags drift. Statistics without enough data say nothing; drift from the
+/// samples needs both the KS test (a difference) and Wasserstein (one large enough to matter).
+pub fn verdict(e: &Evidence, min: Minimums) -> (&'static str, String, bool, bool) {
+    let psi = e.psi.filter(|_| e.count >= min.rows.max(1));
+    let sampled = e.samples >= min.samples.max(1) && e.reference >= min.samples.max(1);
+    let wasserstein = e.wasserstein.filter(|_| sampled);
+    let ks = e.ks_pvalue.filter(|_| sampled);
+    let w_drift = wasserstein.is_some_and(|w| w >= WASSERSTEIN_DRIFT);
+    let ks_drift = ks.is_some_and(|p| p <= KS_P_DRIFT);
+    let mut why = Vec::new();
+    if let Some(p) = psi {
+        why.push(format!("psi {}", three_digits(p)));
+    } else {
+        why.push(format!("psi needs {} values, has {}", min.rows.max(1), e.count));
+    }
+    match (wasserstein, ks) {
+        (Some(w), Some(p)) => why.push(format!("wasserstein {}, ks p {}", three_digits(w), three_digits(p))),
+        _ if !sampled => why.push(format!(
+            "sample statistics need {} samples on each side, have {} (baseline {})",
+            min.samples.max(1),
+            e.samples,
+            e.reference
+        )),
+        _ => {}
+    }
+    let psi_drift = psi.is_some_and(|p| p >= PSI_DRIFT);
+    let psi_warn = psi.is_some_and(|p| p >= PSI_WARN);
+    let verdict = if psi_drift || (w_drift && ks_drift) {
+        "drift"
+    } else if psi_warn || w_drift || ks_drift {
+        "warn"
+    } else if psi.is_some() || (wasserstein.is_some() && ks.is_some()) {
+        "ok"
+    } else {
+        "insufficient"
+    };
+    (verdict, why.join("; "), w_drift, ks_drift)
+}
+
 /// PSI per feature of `merged` against `baseline` (None where either side is empty).
 pub fn feature_psi(baseline: &BaselineProfile, merged: &Merged) -> Vec<Option<f64>> {
     baseline
@@ -91,6 +158,7 @@ pub fn compute(
     baseline: &BaselineProfile,
     merged: &Merged,
     samples: &[Vec<f64>],
+    min: Minimums,
 ) -> (Vec<FeatureDrift>, Option<OutputDrift>) {
     let psis = feature_psi(baseline, merged);
     let features = baseline
@@ -104,9 +172,19 @@ pub fn compute(
             let current = samples.get(j).map(Vec::as_slice).unwrap_or(&[]);
             let ks = drift::ks_2samp(&reference, current);
             let wasserstein = finite(drift::wasserstein_normed(&reference, current));
+            let count = bins.iter().sum();
+            let evidence = Evidence {
+                psi: finite(psis[j]),
+                count,
+                wasserstein,
+                ks_pvalue: ks.map(|k| k.pvalue),
+                samples: current.len() as u64,
+                reference: reference.len() as u64,
+            };
+            let (status, reason, wasserstein_drift, ks_drift) = verdict(&evidence, min);
             FeatureDrift {
                 name: f.name.clone(),
-                count: bins.iter().sum(),
+                count,
                 missing: counts.get(f.counts.len()).copied().unwrap_or(0),
                 samples: current.len() as u64,
                 psi: finite(psis[j]),
@@ -114,9 +192,10 @@ pub fn compute(
                 wasserstein,
                 ks_statistic: ks.map(|k| k.statistic),
                 ks_pvalue: ks.map(|k| k.pvalue),
-                status: status(psis[j]),
-                wasserstein_drift: wasserstein.is_some_and(|w| w >= WASSERSTEIN_DRIFT),
-                ks_drift: ks.is_some_and(|k| k.pvalue <= KS_P_DRIFT),
+                status: status.into(),
+                reason,
+                wasserstein_drift,
+                ks_drift,
             }
         })
         .collect();
@@ -133,7 +212,7 @@ pub fn compute(
             jensen_shannon: finite(drift::jensen_shannon(&reference, &current)),
             chi2_statistic: finite(chi.map(|c| c.statistic)),
             chi2_pvalue: chi.map(|c| c.pvalue),
-            status: status(psi),
+            status: if current.iter().sum::<u64>() < min.rows.max(1) { "insufficient".into() } else { status(psi) },
             reference_counts: reference,
             current_counts: current,
         }
@@ -261,6 +340,7 @@ impl Telemetry {
             )));
         }
         let (span, now) = (span as i64, self.clock.now() as i64);
+        let min = Minimums { rows: self.config.drift_min_rows, samples: self.config.drift_min_samples };
         self.db
             .call(move |conn| -> Result<DriftReport, TelemetryError> {
                 let version = resolve(conn, &model, version.as_deref())?;
@@ -269,7 +349,7 @@ impl Telemetry {
                 let merged = merged(conn, &model, version, group.as_deref(), from, to)?;
                 let rows = sample_rows(conn, &model, version, group.as_deref(), from, to)?;
                 let (features, output) = match &baseline {
-                    Some(b) => compute(b, &merged, &columns(&rows, b.features.len())),
+                    Some(b) => compute(b, &merged, &columns(&rows, b.features.len()), min),
                     None => (Vec::new(), None),
                 };
                 let drifted = features.iter().filter(|f| f.status == "drift").count();
@@ -291,6 +371,8 @@ impl Telemetry {
                         accuracy: merged.correct as f64 / merged.labeled as f64,
                     }),
                     has_baseline: baseline.is_some(),
+                    min_rows: min.rows,
+                    min_samples: min.samples,
                 })
             })
             .await
@@ -368,5 +450,59 @@ mod tests {
             // A range of only the first window has its rows and exactly its samples.
             assert_eq!((merged(conn, "m", 1, None, 100, 110).expect("m").rows, sample_rows(conn, "m", 1, None, 100, 110).expect("s").len()), (5, 2));
         });
+    }
+
+    const MIN: Minimums = Minimums { rows: 100, samples: 50 };
+
+    fn evidence(psi: f64, count: u64, wasserstein: f64, ks_pvalue: f64, samples: u64) -> Evidence {
+        Evidence {
+            psi: Some(psi),
+            count,
+            wasserstein: Some(wasserstein),
+            ks_pvalue: Some(ks_pvalue),
+            samples,
+            reference: 500,
+        }
+    }
+
+    #[test]
+    fn sample_statistics_on_a_handful_of_samples_say_nothing() {
+        // 17 samples: a large distance and a small p-value by chance flag nothing.
+        let (v, why, w, ks) = verdict(&evidence(0.01, 500, 0.3, 0.01, 17), MIN);
+        assert_eq!((v, w, ks), ("ok", false, false));
+        assert!(why.contains("need 50 samples on each side, have 17"), "{why}");
+        // The baseline side counts too.
+        let small_reference = Evidence { reference: 20, ..evidence(0.01, 500, 0.3, 0.01, 400) };
+        assert_eq!(verdict(&small_reference, MIN).0, "ok");
+    }
+
+    #[test]
+    fn psi_on_too_few_values_says_nothing() {
+        let (v, why, ..) = verdict(&evidence(5.8, 17, 0.0, 1.0, 17), MIN);
+        assert_eq!(v, "insufficient");
+        assert!(why.contains("psi needs 100 values, has 17"), "{why}");
+        assert_eq!(
+            verdict(&Evidence { psi: None, wasserstein: None, ks_pvalue: None, ..evidence(0.0, 0, 0.0, 0.0, 0) }, MIN)
+                .0,
+            "insufficient"
+        );
+    }
+
+    #[test]
+    fn one_verdict_from_every_statistic_with_enough_data() {
+        assert_eq!(verdict(&evidence(0.25, 500, 0.0, 0.9, 400), MIN).0, "drift", "psi alone");
+        assert_eq!(verdict(&evidence(0.01, 500, 0.2, 0.001, 400), MIN).0, "drift", "ks and wasserstein together");
+        assert_eq!(verdict(&evidence(0.01, 500, 0.2, 0.5, 400), MIN).0, "warn", "wasserstein alone");
+        assert_eq!(
+            verdict(&evidence(0.01, 500, 0.01, 0.001, 400), MIN).0,
+            "warn",
+            "ks alone (a tiny shift on many samples)"
+        );
+        assert_eq!(verdict(&evidence(0.15, 500, 0.01, 0.5, 400), MIN).0, "warn", "psi warn");
+        let (v, why, w, ks) = verdict(&evidence(0.01, 500, 0.01, 0.5, 400), MIN);
+        assert_eq!((v, w, ks), ("ok", false, false));
+        assert_eq!(why, "psi 0.01; wasserstein 0.01, ks p 0.5");
+        // Enough samples but too few counted values (a short range): the samples decide.
+        assert_eq!(verdict(&evidence(3.0, 60, 0.3, 0.0001, 60), MIN).0, "drift");
     }
 }

@@ -10,6 +10,7 @@
 //! push.
 
 pub mod sandbox;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +33,9 @@ pub enum ValidationError {
     /// The file is not a model tract can load and run.
     #[error("not a valid ONNX model: {0}")]
     Model(String),
+    /// The model runs, but its outputs differ between two runs on the same input.
+    #[error("the model is not deterministic: {0}")]
+    Nondeterministic(String),
     /// The reference data cannot be read or does not fit the model.
     #[error("invalid baseline: {0}")]
     Baseline(String),
@@ -64,6 +68,10 @@ pub struct Validated {
     pub self_test: SelfTest,
     /// Baseline profile with output profiles, if data was given.
     pub baseline: Option<BaselineProfile>,
+    /// How the model's outputs varied between two fresh sessions on the golden inputs, if they
+    /// did (the registry refuses such a push unless told otherwise).
+    #[serde(default)]
+    pub nondeterministic: Option<String>,
 }
 
 /// Golden cases stored per version.
@@ -135,6 +143,18 @@ pub fn validate(
         e @ edgefleet_engine::EngineError::Panicked(_) => panicked(&format!("running it on {source}"), e),
         e => ValidationError::Model(format!("the model loads but does not run on {source}: {e}")),
     })?;
+    // A device runs the golden cases on its own fresh session: so does a second run here, and a
+    // model whose outputs change between runs (random ops, uninitialised state) is refused now
+    // rather than failing its self-test on every device.
+    let mut fresh = engine.clone().session().map_err(|e| ValidationError::Model(e.to_string()))?;
+    let again = engine::isolate(|| fresh.run(golden_inputs.clone()))
+        .map_err(|e| panicked(&format!("running it a second time on {source}"), e))?;
+    let nondeterministic = outputs.iter().zip(&again).zip(&sig.outputs).find_map(|((first, second), spec)| {
+        first
+            .matches_golden(second, GOLDEN_TOLERANCE)
+            .err()
+            .map(|why| format!("output {:?} differs between two runs on the same input ({why})", spec.name))
+    });
     let self_test = SelfTest {
         tolerance: GOLDEN_TOLERANCE,
         cases: vec![SelfTestCase {
@@ -158,6 +178,7 @@ pub fn validate(
         outputs: sig.outputs.iter().map(TensorSpec::metadata).collect(),
         self_test,
         baseline,
+        nondeterministic,
     })
 }
 

@@ -197,6 +197,31 @@ pub fn element_count(shape: &[usize]) -> Option<usize> {
 }
 
 impl Tensor {
+    /// Whether this tensor matches a golden one: same shape and datatype, 64-bit integers
+    /// exactly, other elements within `tolerance` relative and absolute
+    /// (`|got - want| <= tolerance * (1 + |want|)`, NaN only where NaN is expected). The rule
+    /// the agent's self-test applies, and the controller's determinism check at push.
+    pub fn matches_golden(&self, want: &Tensor, tolerance: f64) -> Result<(), String> {
+        if self.shape != want.shape || self.datatype() != want.datatype() {
+            return Err(format!(
+                "got {} {:?}, expected {} {:?}",
+                self.datatype(),
+                self.shape,
+                want.datatype(),
+                want.shape
+            ));
+        }
+        if matches!(want.data, TensorData::I64(_) | TensorData::U64(_)) {
+            return if self.data == want.data { Ok(()) } else { Err("integer outputs differ".into()) };
+        }
+        for (i, (g, w)) in self.data.to_f64_vec().iter().zip(want.data.to_f64_vec()).enumerate() {
+            if (g - w).abs() > tolerance * (1.0 + w.abs()) || g.is_nan() != w.is_nan() {
+                return Err(format!("element {i} is {g}, expected {w} (tolerance {tolerance})"));
+            }
+        }
+        Ok(())
+    }
+
     /// Builds a tensor, checking that `data` fits `shape`.
     pub fn new(shape: Vec<usize>, data: TensorData) -> Result<Self, TensorError> {
         let expected = element_count(&shape).unwrap_or(usize::MAX);

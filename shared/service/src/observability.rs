@@ -226,13 +226,16 @@ pub fn prometheus(describe: fn()) -> PrometheusHandle {
         .clone()
 }
 
-/// Sets up `tracing` to stderr; `RUST_LOG` overrides `default_filter`. Panics are logged
+/// Sets up `tracing` to stderr (coloured only on a terminal, and not with `NO_COLOR`);
+/// `RUST_LOG` overrides `default_filter`. Panics are logged
 /// through it too (one line with the thread and location), whether or not something catches
 /// them: a caught engine panic is still a bug worth seeing.
 pub fn init_logging(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colour only for a person at a terminal: journald, files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let message = edgefleet_shared::panic_message(info.payload());

@@ -26,6 +26,11 @@ pub struct PushMetadata {
     pub version: Option<u64>,
     /// Preprocessing notes for app developers.
     pub preprocessing: Option<String>,
+    /// Accept inputs or outputs that break callers of the latest version (else 409).
+    pub allow_schema_change: bool,
+    /// Accept a model whose outputs differ between two runs on the controller (else 422); the
+    /// devices' self-test still runs.
+    pub allow_nondeterministic: bool,
 }
 
 /// A version as the API shows it.
@@ -52,6 +57,10 @@ pub struct VersionInfo {
     /// Controller signature over the exact `bundle.json` bytes.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub signature: DocumentSignature,
+    /// What the push accepted but the operator should know (the same bytes as another version,
+    /// a schema change allowed by `allow_schema_change`); only in the push's answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl VersionInfo {

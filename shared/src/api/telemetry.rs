@@ -28,12 +28,19 @@ pub struct DriftReport {
     pub output: Option<OutputDrift>,
     /// From feedback, when labels exist.
     pub accuracy: Option<Accuracy>,
-    /// Features with PSI ≥ 0.2.
+    /// Features whose verdict is `drift`.
     pub drifted_features: usize,
     /// Their share of all features.
     pub drifted_share: f64,
     /// Whether the version has a baseline at all.
     pub has_baseline: bool,
+    /// Values a feature needs in the range before its binned statistics (PSI) count.
+    #[serde(default)]
+    pub min_rows: u64,
+    /// Sampled values a feature needs, here and in the baseline's sample, before its sample
+    /// statistics (Wasserstein, KS) count.
+    #[serde(default)]
+    pub min_samples: u64,
 }
 
 /// Drift of one input feature.
@@ -58,11 +65,16 @@ pub struct FeatureDrift {
     pub ks_statistic: Option<f64>,
     /// KS p-value (asymptotic).
     pub ks_pvalue: Option<f64>,
-    /// `ok`, `warn` (PSI ≥ 0.1) or `drift` (PSI ≥ 0.2).
+    /// The one verdict of the row, from every statistic with enough data: `drift` (PSI ≥ 0.2,
+    /// or KS p ≤ 0.05 together with Wasserstein ≥ 0.1), `warn` (PSI ≥ 0.1, or one of the two
+    /// sample statistics), `ok`, or `insufficient` (no statistic has enough data).
     pub status: String,
-    /// Wasserstein ≥ 0.1.
+    /// Why: the statistics behind the verdict, or what is missing.
+    #[serde(default)]
+    pub reason: String,
+    /// Wasserstein ≥ 0.1 on at least `min_samples` samples.
     pub wasserstein_drift: bool,
-    /// KS p ≤ 0.05.
+    /// KS p ≤ 0.05 on at least `min_samples` samples.
     pub ks_drift: bool,
 }
 
