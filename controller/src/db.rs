@@ -263,8 +263,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX rollouts_state ON rollouts(state);
     ",
     // 9: the device lifecycle: a decommissioned device keeps its row (a tombstone, so its key
-    // can never enroll again), and enrollment tokens can be revoked.
+    // can never enroll again), enrollment tokens can be revoked, and a device's last will marks
+    // it offline without forgetting when it was last seen.
     "
+    ALTER TABLE devices ADD COLUMN offline_at INTEGER;
     ALTER TABLE devices ADD COLUMN decommissioned_at INTEGER;
     ALTER TABLE devices ADD COLUMN decommission_reason TEXT;
     ALTER TABLE enrollment_tokens ADD COLUMN revoked_at INTEGER;

@@ -158,6 +158,11 @@ async fn watch_rollout(client: &Client, out: Output, id: i64, interval: Duration
         }
         drop(stdout);
         if settled {
+            if out == Output::Table && r.state == RolloutState::Paused {
+                say!(
+                    "(paused: `edgefleet rollout resume {id}` bakes the wave again, `edgefleet rollout abort {id}` rolls back)"
+                );
+            }
             return Ok(());
         }
         tokio::time::sleep(interval).await;

@@ -193,7 +193,10 @@ impl Fleet {
                     now() as u64,
                 )
                 .map_err(|e: RequestAuthError| FleetError::Unauthorized(e.to_string()))?;
-                conn.execute("UPDATE devices SET last_seen = ?1 WHERE id = ?2", params![now(), device_id])?;
+                conn.execute(
+                    "UPDATE devices SET last_seen = ?1, offline_at = NULL WHERE id = ?2",
+                    params![now(), device_id],
+                )?;
                 Ok(())
             })
             .await

@@ -86,7 +86,7 @@ impl Fleet {
                     Some(None) => {}
                 }
                 tx.execute(
-                    "UPDATE devices SET decommissioned_at = ?1, decommission_reason = ?2, last_seen = NULL WHERE id = ?3",
+                    "UPDATE devices SET decommissioned_at = ?1, decommission_reason = ?2 WHERE id = ?3",
                     params![now(), reason, target],
                 )?;
                 tx.execute("DELETE FROM desired WHERE device_id = ?1", params![target])?;

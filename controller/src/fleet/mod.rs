@@ -103,7 +103,7 @@ impl Fleet {
         self.db
             .call(move |conn| -> Result<(), FleetError> {
                 conn.execute(
-                    "UPDATE devices SET status = ?1, last_seen = ?2, trust_version = COALESCE(?3, trust_version)
+                    "UPDATE devices SET status = ?1, last_seen = ?2, offline_at = NULL, trust_version = COALESCE(?3, trust_version)
                      WHERE id = ?4",
                     params![
                         serde_json::to_string(&status).unwrap_or_default(),
@@ -158,11 +158,12 @@ impl Fleet {
             .await
     }
 
-    /// Records that a device dropped off (its MQTT last will).
+    /// Records that a device dropped off (its MQTT last will): offline until its next contact,
+    /// its last contact kept.
     pub async fn mark_offline(&self, device: String) -> Result<(), FleetError> {
         self.db
             .call(move |conn| -> Result<(), FleetError> {
-                conn.execute("UPDATE devices SET last_seen = NULL WHERE id = ?1", params![device])?;
+                conn.execute("UPDATE devices SET offline_at = ?1 WHERE id = ?2", params![now(), device])?;
                 Ok(())
             })
             .await
@@ -180,7 +181,7 @@ impl Fleet {
             .call(move |conn| -> Result<Vec<DeviceInfo>, FleetError> {
                 let mut stmt = conn.prepare(
                     "SELECT d.id, d.labels, d.enrolled_at, d.last_seen, d.status, s.model, s.version, s.sequence,
-                            d.decommissioned_at, d.decommission_reason
+                            d.decommissioned_at, d.decommission_reason, d.offline_at
                      FROM devices d LEFT JOIN desired s ON s.device_id = d.id
                      WHERE ?1 IS NULL OR d.id = ?1 ORDER BY d.id",
                 )?;
@@ -194,7 +195,8 @@ impl Fleet {
                             labels: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or_default(),
                             enrolled_at: r.get::<_, i64>(2)? as u64,
                             last_seen: last_seen.map(|t| t as u64),
-                            online: last_seen.is_some_and(|t| now() - t <= window),
+                            online: r.get::<_, Option<i64>>(10)?.is_none()
+                                && last_seen.is_some_and(|t| now() - t <= window),
                             desired: model.zip(version).map(|(name, v)| ModelRef { name, version: v as u64 }),
                             desired_sequence: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
                             status: r.get::<_, Option<String>>(4)?.and_then(|s| serde_json::from_str(&s).ok()),

@@ -41,6 +41,8 @@ pub(super) struct Member {
     pub(super) previous: Option<ModelRef>,
     /// Unix seconds of its last authenticated contact.
     pub(super) last_seen: Option<u64>,
+    /// Its last will said it went offline, and it has not been heard from since.
+    pub(super) went_offline: bool,
 }
 
 /// A device's outcome. A failed download is not a verdict: the agent retries it.
@@ -142,6 +144,7 @@ impl Waiting {
             Waiting::Baking(until) => format!("the wave bakes for {} s more", until.saturating_sub(now)),
             Waiting::JustIssued => "documents just went out; waiting for the devices".into(),
             Waiting::NoDevices => "no enrolled device matches the selector yet".into(),
+            Waiting::Unsettled(1) => "1 device has neither activated nor failed".to_owned(),
             Waiting::Unsettled(n) => format!("{n} devices have neither activated nor failed"),
             Waiting::Samples(gates) => format!("gates {} wait for data", gates.join(", ")),
         }

@@ -46,7 +46,7 @@ pub(super) fn members(conn: &Connection, id: i64) -> Result<Vec<Member>, FleetEr
     let rows = conn
         .prepare(
             "SELECT rd.device_id, rd.wave, d.status, rd.baseline_p99_ms, rd.baseline_classes, rd.prev_model, rd.prev_version,
-                    d.last_seen
+                    d.last_seen, d.offline_at IS NOT NULL
              FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
              WHERE rd.rollout_id = ?1 AND d.decommissioned_at IS NULL ORDER BY rd.device_id",
         )?
@@ -63,6 +63,7 @@ pub(super) fn members(conn: &Connection, id: i64) -> Result<Vec<Member>, FleetEr
                     .unwrap_or_default(),
                 previous: prev_model.zip(prev_version).map(|(name, v)| ModelRef { name, version: v as u64 }),
                 last_seen: r.get::<_, Option<i64>>(7)?.map(|t| t.max(0) as u64),
+                went_offline: r.get(8)?,
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -104,7 +105,7 @@ pub(super) fn info(conn: &Connection, id: i64, now: u64, online_window_secs: u64
                 wave: m.wave + 1,
                 outcome,
                 error,
-                online: m.last_seen.is_some_and(|t| now.saturating_sub(t) <= online_window_secs),
+                online: !m.went_offline && m.last_seen.is_some_and(|t| now.saturating_sub(t) <= online_window_secs),
                 last_seen: m.last_seen,
             }
         })
