@@ -55,6 +55,11 @@ fn ids(list: &serde_json::Value) -> Vec<String> {
     ids
 }
 
+/// Whether the audit log has `action` on `target`.
+fn audited(c: &ControllerProcess, action: &str, target: &str) -> bool {
+    c.cli_json(&["audit"]).as_array().expect("audit").iter().any(|e| e["action"] == action && e["target"] == target)
+}
+
 fn enroll_body(token: &str, device: &TestDevice) -> serde_json::Value {
     serde_json::json!({"token": token, "public_key": device.key.public_key().to_base64()})
 }
@@ -119,14 +124,7 @@ async fn a_decommissioned_device_loses_documents_broker_and_enrollment_at_once()
     // Listed only when asked for; audited; a second decommission is a conflict.
     assert_eq!(ids(&c.cli_json(&["device", "list"])), vec![kept.id.clone()]);
     assert_eq!(ids(&c.cli_json(&["device", "list", "--state", "decommissioned"])), vec![stolen.id.clone()]);
-    let audit = c.cli_json(&["audit"]);
-    assert!(
-        audit
-            .as_array()
-            .expect("audit")
-            .iter()
-            .any(|a| a["action"] == "device.decommission" && a["target"] == stolen.id.as_str())
-    );
+    assert!(audited(&c, "device.decommission", &stolen.id));
     let out = c.cli(ADMIN, &["device", "decommission", &stolen.id]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already decommissioned"));
@@ -179,14 +177,7 @@ async fn a_relabelled_device_moves_between_selectors() {
     // Filters by state and by time offline: neither device has reported yet.
     assert!(ids(&c.cli_json(&["device", "list", "--state", "online"])).is_empty());
     assert_eq!(ids(&c.cli_json(&["device", "list", "--state", "offline", "--offline-for", "1m"])).len(), 2);
-    let audit = c.cli_json(&["audit"]);
-    assert!(
-        audit
-            .as_array()
-            .expect("audit")
-            .iter()
-            .any(|e| e["action"] == "device.relabel" && e["target"] == b.id.as_str())
-    );
+    assert!(audited(&c, "device.relabel", &b.id));
 
     // Refusals are clear.
     let bad = c.cli(ADMIN, &["device", "label", &b.id, "bad key=1"]);

@@ -36,32 +36,40 @@ async fn state(c: &ControllerProcess, id: &str, want: &str) -> Value {
     status(c, id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rollouts_that_could_not_finish_say_so() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = ControllerProcess::start(&dir.path().join("controller"));
+/// A controller with iris v1 and v2 (the same logistic regression) and two agents labelled
+/// `label`, both serving v1.
+async fn two_agents_on_v1(dir: &std::path::Path, label: &str) -> (ControllerProcess, Vec<AgentProcess>) {
+    let c = ControllerProcess::start(&dir.join("controller"));
     for _ in 0..2 {
         c.cli_json(&["model", "push", &testdata().join("iris_logreg.onnx").to_string_lossy(), "--name", "iris"]);
     }
-    let trust = c.trust_file(dir.path());
-    let token = c.cli_json(&["device", "token", "create", "--uses", "2", "--label", "site=x"])["token"]
+    let trust = c.trust_file(dir);
+    let token = c.cli_json(&["device", "token", "create", "--uses", "2", "--label", label])["token"]
         .as_str()
         .expect("token")
         .to_owned();
     let agents: Vec<AgentProcess> = ["a", "b"]
         .iter()
         .map(|n| {
-            let mut args = c.agent_args(&trust, &dir.path().join(n), 0);
+            let mut args = c.agent_args(&trust, &dir.join(n), 0);
             args.extend(["--enroll-token".to_owned(), token.clone()]);
             AgentProcess::run(&strs(&args))
         })
         .collect();
     let http = reqwest::Client::new();
     until("two devices", 60, async || c.cli_json(&["device", "list"]).as_array().is_some_and(|l| l.len() == 2)).await;
-    c.cli_json(&["deploy", "iris:1", "--selector", "site=x"]);
+    c.cli_json(&["deploy", "iris:1", "--selector", label]);
     for agent in &agents {
         until("v1", 60, async || served_version(&http, agent).await.as_deref() == Some("1")).await;
     }
+    (c, agents)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollouts_that_could_not_finish_say_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, agents) = two_agents_on_v1(dir.path(), "site=x").await;
+    let http = reqwest::Client::new();
 
     // Refused at create: gates the strategy cannot measure, and a selector that matches nothing.
     let err = refused(&c, &["iris:2", "--selector", "site=x", "--strategy", "shadow", "--gate", "psi<0.2"]);
@@ -216,29 +224,8 @@ async fn infer(http: &reqwest::Client, agent: &AgentProcess, row: [f32; 4]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_near_identical_model_with_a_sparse_before_side_is_not_aborted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = ControllerProcess::start(&dir.path().join("controller"));
-    for _ in 0..2 {
-        c.cli_json(&["model", "push", &testdata().join("iris_logreg.onnx").to_string_lossy(), "--name", "iris"]);
-    }
-    let trust = c.trust_file(dir.path());
-    let token = c.cli_json(&["device", "token", "create", "--uses", "2", "--label", "site=sparse"])["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    let agents: Vec<AgentProcess> = ["a", "b"]
-        .iter()
-        .map(|n| {
-            let mut args = c.agent_args(&trust, &dir.path().join(n), 0);
-            args.extend(["--enroll-token".to_owned(), token.clone()]);
-            AgentProcess::run(&strs(&args))
-        })
-        .collect();
+    let (c, agents) = two_agents_on_v1(dir.path(), "site=sparse").await;
     let http = reqwest::Client::new();
-    until("two devices", 60, async || c.cli_json(&["device", "list"]).as_array().is_some_and(|l| l.len() == 2)).await;
-    c.cli_json(&["deploy", "iris:1", "--selector", "site=sparse"]);
-    for agent in &agents {
-        until("v1", 60, async || served_version(&http, agent).await.as_deref() == Some("1")).await;
-    }
     // The "before" side: v1 answered exactly the requests `served_version` sent, a handful.
     until("v1 traffic in every status", 30, async || {
         let list = c.cli_json(&["device", "list"]);

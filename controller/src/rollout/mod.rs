@@ -14,6 +14,7 @@ mod engine;
 pub mod gates;
 mod plan;
 mod records;
+mod waiting;
 
 use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutRequest, RolloutState};
 use edgefleet_shared::clock::SharedClock;
