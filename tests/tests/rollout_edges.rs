@@ -62,6 +62,13 @@ async fn two_agents_on_v1(dir: &std::path::Path, label: &str) -> (ControllerProc
     for agent in &agents {
         until("v1", 60, async || served_version(&http, agent).await.as_deref() == Some("1")).await;
     }
+    // And the controller knows it (a rollout started before the status reports arrive would not
+    // count the devices as on v1 already).
+    until("v1 in every status", 30, async || {
+        let list = c.cli_json(&["device", "list"]);
+        list.as_array().expect("list").iter().all(|d| d["status"]["active"]["version"] == 1)
+    })
+    .await;
     (c, agents)
 }
 
