@@ -114,11 +114,12 @@ fn a_model_that_fails_to_load_stops_standalone_serving() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot load model"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("edgefleet-agent: model \"junk\" failed to load: cannot load model"), "{stderr}");
+    assert_eq!(last.matches("cannot load model").count(), 1, "the cause once, not twice: {last}");
+    // No "listening" line: scripts waiting for it must not think the agent serves.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
