@@ -104,6 +104,20 @@ fn bad_configuration_exits_64_with_a_message() {
 }
 
 #[test]
+fn an_operator_tract_lacks_is_named_with_the_way_out() {
+    let out = Command::new(binary("edgefleet-agent"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--backend", "tract", "--model", &model_arg("det")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tract does not implement the ONNX operator Det") && stderr.contains("ONNX Runtime"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_model_that_fails_to_load_stops_standalone_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
     let junk = dir.path().join("junk.onnx");
@@ -184,6 +198,26 @@ mod ort_backend {
             log.push_str(&agent.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `det.onnx` uses `Det`, which tract does not implement: `auto` serves it on ONNX Runtime
+    /// (and says so in the model's metadata) instead of failing.
+    #[tokio::test]
+    async fn auto_falls_back_to_onnx_runtime_for_a_model_tract_cannot_run() {
+        let lib = ort_library();
+        let agent = AgentProcess::serve(&["--model", &model_arg("det")], &[("ORT_DYLIB_PATH", lib.as_path())]);
+        let client = reqwest::Client::new();
+        agent.wait_ready(&client).await;
+        let meta: Value =
+            client.get(agent.url("/v2/models/det")).send().await.expect("GET").json().await.expect("json");
+        assert_eq!(meta["platform"], "onnxruntime_onnx");
+        let body = json!({"inputs": [{"name": "x", "shape": [2, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 2, 0, 0, 3]}]});
+        let r = client.post(agent.url("/v2/models/det/infer")).json(&body).send().await.expect("POST");
+        assert_eq!(r.status(), StatusCode::OK);
+        let answer: Value = r.json().await.expect("json");
+        let got: Vec<f64> =
+            answer["outputs"][0]["data"].as_array().expect("data").iter().filter_map(Value::as_f64).collect();
+        assert!(got.len() == 2 && (got[0] + 2.0).abs() < 1e-5 && (got[1] - 6.0).abs() < 1e-5, "{answer}");
     }
 
     #[tokio::test]

@@ -243,6 +243,12 @@ fn refusals_are_clear_and_leave_no_partial_state() {
     let o = c.cli(ADMIN, &["model", "push", &fixture("iris_logreg.onnx"), "--name", "iris", "--version", "1"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("409") && stderr(&o).contains("already has version 1"), "{}", stderr(&o));
+    // A valid model tract cannot run is refused in words that say so and name the operator.
+    let o = c.cli(ADMIN, &["model", "push", &fixture("det.onnx"), "--name", "det"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("422") && err.contains("tract does not implement the ONNX operator Det"), "{err}");
+    assert!(!err.contains("not a valid ONNX model"), "{err}");
     // Registry guards. A model whose outputs change from run to run is refused at push (no
     // device could pass its self-test).
     let o = c.cli(ADMIN, &["model", "push", &fixture("nondeterministic.onnx"), "--name", "noise"]);

@@ -33,6 +33,12 @@ pub enum ValidationError {
     /// The file is not a model tract can load and run.
     #[error("not a valid ONNX model: {0}")]
     Model(String),
+    /// A valid model the controller's engine (tract) cannot run: an operator or tensor type it
+    /// lacks.
+    #[error(
+        "the controller validates models with tract, which cannot run this one: {0}; registering a model only ONNX Runtime runs is not supported yet"
+    )]
+    Unsupported(String),
     /// The model runs, but its outputs differ between two runs on the same input.
     #[error("the model is not deterministic: {0}")]
     Nondeterministic(String),
@@ -112,6 +118,11 @@ pub fn validate(
     let engine = match loaded {
         Ok(engine) => engine,
         Err(e @ edgefleet_engine::EngineError::Panicked(_)) => return Err(panicked("loading it", e)),
+        Err(edgefleet_engine::EngineError::Load { message, .. })
+            if edgefleet_engine::unsupported_hint(&message).is_some() =>
+        {
+            return Err(ValidationError::Unsupported(strip_path(&message, model_path)));
+        }
         Err(e) => return Err(ValidationError::Model(strip_path(&e.to_string(), model_path))),
     };
     let sig = engine.signature().clone();

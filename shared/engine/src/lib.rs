@@ -232,11 +232,64 @@ impl Default for OrtConfig {
 /// can use CUDA, because on CPU tract needs no shared library and starts faster.
 pub fn load(path: &Path, config: &BackendConfig) -> Result<Arc<dyn Engine>, EngineError> {
     match config.kind {
-        BackendKind::Tract => load_tract(path),
+        BackendKind::Tract => load_tract(path).map_err(explain_unsupported),
         BackendKind::Ort => load_ort(path, &config.ort),
         BackendKind::Auto if !cfg!(feature = "tract") || auto_prefers_ort(&config.ort) => load_ort(path, &config.ort),
-        BackendKind::Auto => load_tract(path),
+        BackendKind::Auto => match load_tract(path) {
+            Ok(engine) => Ok(engine),
+            // What tract cannot load, ONNX Runtime may: `auto` tries it before giving up.
+            Err(tract @ EngineError::Load { .. }) if cfg!(feature = "ort") => match load_ort(path, &config.ort) {
+                Ok(engine) => {
+                    tracing::info!(model = %path.display(), tract = %tract, "tract cannot run this model; ONNX Runtime serves it.");
+                    Ok(engine)
+                }
+                Err(ort) => {
+                    let tract = explain_unsupported(tract);
+                    Err(EngineError::Load {
+                        path: path.to_owned(),
+                        message: format!("{tract}; ONNX Runtime could not either: {ort}"),
+                    })
+                }
+            },
+            Err(e) => Err(explain_unsupported(e)),
+        },
     }
+}
+
+/// A tract load error that names an operator tract does not implement, or a tensor type it
+/// cannot carry, rewritten to say so and what to do; other errors unchanged.
+fn explain_unsupported(e: EngineError) -> EngineError {
+    let EngineError::Load { path, message } = e else { return e };
+    match unsupported_hint(&message) {
+        Some(hint) => EngineError::Load { path, message: format!("{hint} (tract: {message})") },
+        None => EngineError::Load { path, message },
+    }
+}
+
+/// What to tell the operator about a tract error, when it is one of the known limits.
+pub fn unsupported_hint(message: &str) -> Option<String> {
+    if let Some(start) = message.find("Unimplemented(") {
+        let rest = &message[start + "Unimplemented(".len()..];
+        let op = rest.split(')').next().unwrap_or_default();
+        let way_out = match op {
+            "ZipMap" => {
+                "export without it (skl2onnx: `to_onnx(model, X, options={id(model): {'zipmap': False}})` gives \
+                 plain probability tensors) or serve the model with ONNX Runtime"
+            }
+            _ => {
+                "serve the model with ONNX Runtime (`--backend ort`, or `auto` with the library installed) or export it without that operator"
+            }
+        };
+        return Some(format!("tract does not implement the ONNX operator {op}: {way_out}"));
+    }
+    if message.contains("String doesn't implement") {
+        return Some(
+            "the model has string tensors (e.g. scikit-learn class labels), which tract cannot run: export with \
+             integer labels (fit on label indices) or serve the model with ONNX Runtime"
+                .into(),
+        );
+    }
+    None
 }
 
 #[cfg(feature = "tract")]
@@ -267,4 +320,27 @@ fn auto_prefers_ort(config: &OrtConfig) -> bool {
 #[cfg(not(feature = "ort"))]
 fn auto_prefers_ort(_config: &OrtConfig) -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tract_limits_are_named_with_the_way_out() {
+        let zipmap =
+            unsupported_hint("Translating node #3 \"ZipMap\" Unimplemented(ZipMap) ToTypedTranslator").expect("hint");
+        assert!(zipmap.starts_with("tract does not implement the ONNX operator ZipMap"), "{zipmap}");
+        assert!(zipmap.contains("'zipmap': False") && zipmap.contains("ONNX Runtime"), "{zipmap}");
+        let det = unsupported_hint("Translating node #1 \"d\" Unimplemented(Det) ToTypedTranslator").expect("hint");
+        assert!(det.contains("operator Det") && det.contains("--backend ort"), "{det}");
+        let strings = unsupported_hint("LinearClassifier ToTypedTranslator: String doesn't implement num_traits::Zero");
+        assert!(strings.is_some_and(|h| h.contains("string tensors")));
+        assert_eq!(unsupported_hint("failed to decode Protobuf message"), None);
+        let e = explain_unsupported(EngineError::Load { path: "m.onnx".into(), message: "Unimplemented(Det)".into() });
+        assert!(
+            e.to_string().starts_with("cannot load model m.onnx: tract does not implement the ONNX operator Det"),
+            "{e}"
+        );
+    }
 }
