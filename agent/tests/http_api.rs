@@ -265,6 +265,45 @@ async fn binary_extension_round_trips_fp32() {
     agent.stop().await;
 }
 
+/// FP16 in both encodings: JSON numbers (rounded to half precision on the way in) and 2-byte
+/// little-endian halves in the binary extension, with the same answers.
+#[tokio::test]
+async fn fp16_round_trips_through_json_and_binary() {
+    let agent = Agent::start(&["fp16"], |_| {}).await;
+    let values = [0.5, 1.0, -3.0, 1000.0, 0.1, 2.0];
+    let (status, answer) = agent
+        .infer("fp16", &json!({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP16", "data": values}]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let out = &answer["outputs"][0];
+    assert_eq!(out["datatype"], "FP16");
+    // 0.1 is 0.0999755859375 in half precision; doubled, it is written as the shortest decimal
+    // that reads back as the same half (0.19995117).
+    assert_eq!(out["data"], json!([1.0, 2.0, -6.0, 2000.0, 0.19995117, 4.0]), "{answer}");
+
+    let input = Tensor::from_json(Datatype::Fp16, vec![2, 3], &json!(values)).expect("fp16");
+    let mut bin = Vec::new();
+    assert_eq!(input.write_binary(&mut bin), 12, "two bytes an element");
+    let header = json!({
+        "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP16", "parameters": {"binary_data_size": 12}}],
+        "parameters": {"binary_data_output": true}
+    });
+    let mut body = serde_json::to_vec(&header).expect("json");
+    let json_len = body.len();
+    body.extend_from_slice(&bin);
+    let r = agent.infer_raw("fp16", body, &[(INFERENCE_HEADER_CONTENT_LENGTH, json_len.to_string())]).await;
+    let (head, out_bin) = split_binary_response(r).await;
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], json!(12));
+    let got = Tensor::from_binary(Datatype::Fp16, vec![2, 3], &out_bin).expect("decode");
+    assert_close("binary vs json", &got, &tensor_from_json(out), 0.0);
+    // Beyond half precision's range is refused, not turned into infinity.
+    let (status, body) = agent
+        .infer("fp16", &json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP16", "data": [1, 2, 70000]}]}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    agent.stop().await;
+}
+
 #[tokio::test]
 async fn binary_extension_round_trips_int64_and_mixes_with_json() {
     let agent = Agent::start(&["dtypes"], |_| {}).await;

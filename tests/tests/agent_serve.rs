@@ -220,6 +220,24 @@ mod ort_backend {
         assert!(got.len() == 2 && (got[0] + 2.0).abs() < 1e-5 && (got[1] - 6.0).abs() < 1e-5, "{answer}");
     }
 
+    /// FP16 in and out on ONNX Runtime too (tract's answer is in agent/tests/http_api.rs).
+    #[tokio::test]
+    async fn onnx_runtime_serves_fp16() {
+        let lib = ort_library();
+        let agent = AgentProcess::serve(
+            &["--backend", "ort", "--ort-library", lib.to_str().expect("utf-8"), "--model", &model_arg("fp16")],
+            &[],
+        );
+        let client = reqwest::Client::new();
+        agent.wait_ready(&client).await;
+        let body = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP16", "data": [0.5, -3, 1000]}]});
+        let r = client.post(agent.url("/v2/models/fp16/infer")).json(&body).send().await.expect("POST");
+        assert_eq!(r.status(), StatusCode::OK);
+        let answer: Value = r.json().await.expect("json");
+        assert_eq!(answer["outputs"][0]["datatype"], "FP16");
+        assert_eq!(answer["outputs"][0]["data"], json!([1.0, -6.0, 2000.0]), "{answer}");
+    }
+
     #[tokio::test]
     async fn auto_uses_tract_when_onnx_runtime_has_no_cuda() {
         let lib = ort_library();

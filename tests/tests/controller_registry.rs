@@ -249,6 +249,10 @@ fn refusals_are_clear_and_leave_no_partial_state() {
     let err = stderr(&o);
     assert!(err.contains("422") && err.contains("tract does not implement the ONNX operator Det"), "{err}");
     assert!(!err.contains("not a valid ONNX model"), "{err}");
+    // Half floats register (validated on synthetic FP16 inputs), schema and golden outputs included.
+    let half = push(&c, "fp16", "half", &[]);
+    assert_eq!(half["manifest"]["inputs"][0]["datatype"], "FP16", "{half}");
+    assert_eq!(half["manifest"]["self_test"]["cases"][0]["outputs"][0]["datatype"], "FP16", "{half}");
     // Registry guards. A model whose outputs change from run to run is refused at push (no
     // device could pass its self-test).
     let o = c.cli(ADMIN, &["model", "push", &fixture("nondeterministic.onnx"), "--name", "noise"]);
@@ -294,7 +298,8 @@ fn refusals_are_clear_and_leave_no_partial_state() {
     assert!(stderr(&c.cli(viewer_token, &["model", "list"])).contains("401"), "revoked tokens stop working");
 
     let list = c.cli_json(&["model", "list"]);
-    assert_eq!(list[0]["versions"], serde_json::json!([1, 2, 3]), "only the accepted versions exist");
+    let iris = list.as_array().expect("list").iter().find(|m| m["name"] == "iris").expect("iris");
+    assert_eq!(iris["versions"], serde_json::json!([1, 2, 3]), "only the accepted versions exist");
     let unreachable = Command::new(binary("edgefleet"))
         .args(["--controller", "http://127.0.0.1:9", "model", "list"])
         .output()

@@ -163,6 +163,9 @@ impl Recorder {
                 v.chunks_exact(features).for_each(|row| self.count_row(row.iter().map(|x| f64::from(*x))))
             }
             TensorData::F64(v) => v.chunks_exact(features).for_each(|row| self.count_row(row.iter().copied())),
+            TensorData::F16(v) => {
+                v.chunks_exact(features).for_each(|row| self.count_row(row.iter().map(|x| x.to_f64())))
+            }
             _ => {}
         }
     }

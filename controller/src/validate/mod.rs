@@ -17,7 +17,7 @@ use std::path::Path;
 
 use crate::analytics::dataset::Dataset;
 use crate::analytics::profile::ProfileOptions;
-use edgefleet_engine::tensor::{Tensor, TensorData};
+use edgefleet_engine::tensor::{Tensor, TensorData, f16};
 use edgefleet_engine::{self as engine, BackendConfig, BackendKind, Session, Signature, TensorSpec};
 use edgefleet_shared::bundle::{GoldenTensor, SelfTest, SelfTestCase};
 use edgefleet_shared::inference::{Datatype, TensorMetadata};
@@ -261,6 +261,7 @@ fn synthetic_inputs(sig: &Signature, budget: &Budget) -> Result<Vec<Tensor>, Val
                 )));
             };
             let data = match spec.datatype {
+                Datatype::Fp16 => TensorData::F16((0..n).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect()),
                 Datatype::Fp32 => TensorData::F32((0..n).map(|_| rng.random_range(-1.0..1.0)).collect()),
                 Datatype::Fp64 => TensorData::F64((0..n).map(|_| rng.random_range(-1.0..1.0)).collect()),
                 Datatype::Int8 => TensorData::I8((0..n).map(|_| rng.random_range(0..10)).collect()),

@@ -2,9 +2,12 @@
 //!
 //! Both backends take and return [`Tensor`]s, so the HTTP layer decodes a request once and
 //! never knows which engine runs it. Element types are the KServe datatypes an ONNX model can
-//! use for numbers and booleans; `FP16` and `BYTES` are refused with a clear error.
+//! use for numbers and booleans, half floats (`FP16`: JSON numbers, 2-byte little-endian
+//! binary) included; `BYTES` is refused with a clear error.
 
 use edgefleet_shared::inference::Datatype;
+/// The element type of `FP16` tensors.
+pub use half::f16;
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::Value;
 
@@ -64,6 +67,7 @@ pub enum TensorData {
     I16(Vec<i16>),
     I32(Vec<i32>),
     I64(Vec<i64>),
+    F16(Vec<half::f16>),
     F32(Vec<f32>),
     F64(Vec<f64>),
 }
@@ -80,6 +84,7 @@ macro_rules! for_each_element {
         $m!(I16, i16, Int16);
         $m!(I32, i32, Int32);
         $m!(I64, i64, Int64);
+        $m!(F16, half::f16, Fp16);
         $m!(F32, f32, Fp32);
         $m!(F64, f64, Fp64);
     };
@@ -99,6 +104,7 @@ macro_rules! with_data {
             TensorData::I16($v) => $body,
             TensorData::I32($v) => $body,
             TensorData::I64($v) => $body,
+            TensorData::F16($v) => $body,
             TensorData::F32($v) => $body,
             TensorData::F64($v) => $body,
         }
@@ -338,6 +344,15 @@ pub struct JsonData<'a>(&'a TensorData);
 
 impl Serialize for JsonData<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let TensorData::F16(v) = self.0 {
+            // As numbers: half's own serde form (which `with_data!` below needs to type-check,
+            // and never reaches) is the raw bits.
+            let mut seq = serializer.serialize_seq(Some(v.len()))?;
+            for x in v {
+                seq.serialize_element(&x.to_f32())?;
+            }
+            return seq.end();
+        }
         with_data!(self.0, v => {
             let mut seq = serializer.serialize_seq(Some(v.len()))?;
             for x in v {
@@ -425,6 +440,20 @@ impl JsonElement for f32 {
     }
 }
 
+impl JsonElement for half::f16 {
+    fn from_json(v: &Value) -> Option<Self> {
+        // As for FP32: rounding to half precision is the point; beyond ±65504 is refused.
+        let x = half::f16::from_f64(v.as_f64()?);
+        x.is_finite().then_some(x)
+    }
+}
+
+impl ToF64 for half::f16 {
+    fn to_f64(&self) -> f64 {
+        half::f16::to_f64(*self)
+    }
+}
+
 /// Widening to `f64` for statistics and comparisons.
 trait ToF64 {
     fn to_f64(&self) -> f64;
@@ -488,7 +517,7 @@ macro_rules! binary_num {
         }
     )*};
 }
-binary_num!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
+binary_num!(u8, u16, u32, u64, i8, i16, i32, i64, half::f16, f32, f64);
 
 #[cfg(test)]
 mod tests {
@@ -513,7 +542,13 @@ mod tests {
         assert!(matches!(err, TensorError::Element { .. }));
         let err = Tensor::from_json(Datatype::Fp32, vec![3], &json!([1, 2])).expect_err("length");
         assert_eq!(err, TensorError::Length { shape: vec![3], expected: 3, got: 2 });
-        assert!(Tensor::from_json(Datatype::Fp16, vec![1], &json!([1])).is_err());
+        let half = Tensor::from_json(Datatype::Fp16, vec![3], &json!([1, 0.5, -2.25])).expect("fp16");
+        assert_eq!(half.datatype(), Datatype::Fp16);
+        assert_eq!(serde_json::to_value(half.json_data()).expect("json"), json!([1.0, 0.5, -2.25]));
+        let mut bytes = Vec::new();
+        assert_eq!(half.write_binary(&mut bytes), 6);
+        assert_eq!(&bytes[..2], &[0x00, 0x3c], "1.0 in IEEE half, little-endian");
+        assert!(Tensor::from_json(Datatype::Fp16, vec![1], &json!([70000])).is_err(), "beyond half's range");
     }
 
     #[test]
