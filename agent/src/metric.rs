@@ -21,6 +21,8 @@ edgefleet_service::metric_catalog! {
         "Requests waiting for a worker (sampled at scrape).";
     INFERENCE_WORKERS = "edgefleet_agent_inference_workers", Gauge, None, ["model", "version"],
         "Inference worker threads running (sampled at scrape).";
+    MODEL_ENGINE = "edgefleet_agent_model_engine", Gauge, None, ["model", "version", "engine"],
+        "1 for the engine serving a model version (tract_onnx, onnxruntime_onnx; sampled at scrape).";
     MODELS_READY = "edgefleet_agent_models_ready", Gauge, None, [],
         "Models loaded, warmed up and with a worker running.";
     ENGINE_PANICS = "edgefleet_agent_engine_panics_total", Counter, None, ["model", "version"],

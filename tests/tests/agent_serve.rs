@@ -211,6 +211,11 @@ mod ort_backend {
         let meta: Value =
             client.get(agent.url("/v2/models/det")).send().await.expect("GET").json().await.expect("json");
         assert_eq!(meta["platform"], "onnxruntime_onnx");
+        let text = client.get(agent.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        assert!(
+            text.contains("edgefleet_agent_model_engine{model=\"det\",version=\"1\",engine=\"onnxruntime_onnx\"} 1"),
+            "{text}"
+        );
         let body = json!({"inputs": [{"name": "x", "shape": [2, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 2, 0, 0, 3]}]});
         let r = client.post(agent.url("/v2/models/det/infer")).json(&body).send().await.expect("POST");
         assert_eq!(r.status(), StatusCode::OK);

@@ -192,6 +192,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
             let labels = [("model", name), ("version", m.version.clone())];
             metrics::gauge!(crate::metric::QUEUE_DEPTH, &labels).set(m.pool.queue_len() as f64);
             metrics::gauge!(crate::metric::INFERENCE_WORKERS, &labels).set(m.pool.workers_alive() as f64);
+            let [model, version] = labels;
+            let engine = [model, version, ("engine", m.engine.platform().to_owned())];
+            metrics::gauge!(crate::metric::MODEL_ENGINE, &engine).set(1.0);
         }
     }
     state.repository.update_ready_gauge();
