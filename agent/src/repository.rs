@@ -136,6 +136,40 @@ pub struct Outcomes {
     pub failed: AtomicU64,
     recent_us: std::sync::Mutex<std::collections::VecDeque<u32>>,
     classes: [AtomicU64; OUTPUT_CLASSES],
+    /// Cumulative times since load, for Triton's statistics extension.
+    pub timings: Timings,
+}
+
+/// Cumulative nanoseconds per stage (Triton's `inference_stats`), and when the last request
+/// was answered.
+#[derive(Debug, Default)]
+pub struct Timings {
+    /// Whole requests answered, decode to encode.
+    pub success_ns: AtomicU64,
+    /// Requests that failed after decoding (engine error, deadline).
+    pub fail_ns: AtomicU64,
+    /// Waiting for a worker.
+    pub queue_ns: AtomicU64,
+    /// Engine runs.
+    pub compute_ns: AtomicU64,
+    /// Unix milliseconds of the last answered request (0: none yet).
+    pub last_ms: AtomicU64,
+}
+
+impl Timings {
+    /// Adds one answered request.
+    pub fn success(&self, total: std::time::Duration, queued: std::time::Duration, compute: std::time::Duration) {
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.success_ns.fetch_add(ns(total), Ordering::Relaxed);
+        self.queue_ns.fetch_add(ns(queued), Ordering::Relaxed);
+        self.compute_ns.fetch_add(ns(compute), Ordering::Relaxed);
+        self.last_ms.store(edgefleet_shared::clock::unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Adds one failed request.
+    pub fn failure(&self, total: std::time::Duration) {
+        self.fail_ns.fetch_add(u64::try_from(total.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
 }
 
 impl Outcomes {

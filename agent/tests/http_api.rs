@@ -542,3 +542,45 @@ async fn dynamic_batching_merges_requests_and_splits_results_correctly() {
     );
     batched.stop().await;
 }
+
+/// Triton's model configuration and statistics extensions, shaped as tritonclient reads them.
+#[tokio::test]
+async fn model_config_and_statistics_answer_as_triton_does() {
+    let agent = Agent::start(&["mlp"], |_| {}).await;
+    let (status, server) = agent.get("/v2").await;
+    assert_eq!(status, StatusCode::OK);
+    for ext in ["model_configuration", "statistics"] {
+        assert!(server["extensions"].as_array().expect("extensions").contains(&json!(ext)), "{server}");
+    }
+    let (status, config) = agent.get("/v2/models/mlp/config").await;
+    assert_eq!(status, StatusCode::OK, "{config}");
+    assert_eq!(config["name"], "mlp");
+    assert_eq!(config["platform"], "tract_onnx");
+    assert_eq!(config["input"][0], json!({"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 16]}), "{config}");
+    assert_eq!(config["output"][0]["data_type"], "TYPE_FP32");
+    assert_eq!(agent.get("/v2/models/mlp/versions/1/config").await.1, config);
+
+    let (_, before) = agent.get("/v2/models/mlp/stats").await;
+    assert_eq!(before["model_stats"][0]["inference_count"], 0, "{before}");
+    for rows in [1, 2, 3] {
+        let (status, _) = agent.infer("mlp", &mlp_request(rows)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, after) = agent.get("/v2/models/mlp/versions/1/stats").await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    let s = &after["model_stats"][0];
+    assert_eq!(
+        (s["name"].clone(), s["version"].clone(), s["inference_count"].clone()),
+        (json!("mlp"), json!("1"), json!(3))
+    );
+    let success = &s["inference_stats"]["success"];
+    assert_eq!(success["count"], 3);
+    assert!(success["ns"].as_u64() > Some(0) && s["inference_stats"]["compute_infer"]["ns"].as_u64() > Some(0), "{s}");
+    assert!(s["last_inference"].as_u64() > Some(1_700_000_000_000), "Unix milliseconds: {s}");
+    let (_, all) = agent.get("/v2/models/stats").await;
+    assert_eq!(all["model_stats"].as_array().map(Vec::len), Some(1));
+    let (status, missing) = agent.get("/v2/models/nope/config").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(missing["error"].is_string());
+    agent.stop().await;
+}

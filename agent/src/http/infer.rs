@@ -98,6 +98,7 @@ async fn run(
         Err(_) => {
             model.metrics.timeouts.increment(1);
             model.outcomes.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            model.outcomes.timings.failure(started.elapsed());
             return Err(ApiError::timeout(format!(
                 "model {name:?} did not answer within {} ms (server.request_timeout_ms); the request was dropped",
                 state.request_timeout.as_millis()
@@ -109,6 +110,7 @@ async fn run(
     let tensors = result.outputs.map_err(|e| {
         model.metrics.engine_errors.increment(1);
         model.outcomes.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        model.outcomes.timings.failure(started.elapsed());
         ApiError::internal(e.to_string())
     })?;
     model.outcomes.record_classes(&tensors);
@@ -121,8 +123,10 @@ async fn run(
     let response = encode(&model, &request, &outputs, &tensors)?;
     model.metrics.requests.increment(1);
     model.outcomes.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    model.metrics.request_seconds.record(started.elapsed().as_secs_f64());
-    model.outcomes.record_latency(started.elapsed());
+    let elapsed = started.elapsed();
+    model.metrics.request_seconds.record(elapsed.as_secs_f64());
+    model.outcomes.record_latency(elapsed);
+    model.outcomes.timings.success(elapsed, result.queued, result.compute);
     Ok(response)
 }
 

@@ -3,6 +3,7 @@
 mod error;
 mod feedback;
 mod infer;
+mod triton;
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ pub use error::{ApiError, json_errors};
 use crate::repository::{ModelState, Repository, ServedModel};
 
 /// Extensions advertised in `GET /v2`.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository"];
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "model_configuration", "statistics"];
 
 /// Shared state of the HTTP handlers.
 #[derive(Debug, Clone)]
@@ -51,6 +52,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/infer", post(infer::infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer::infer_version))
         .route("/v2/models/{model}/feedback", post(feedback::feedback))
+        .route("/v2/models/{model}/config", get(triton::model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(triton::model_config_version))
+        .route("/v2/models/stats", get(triton::all_stats))
+        .route("/v2/models/{model}/stats", get(triton::model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(triton::model_stats_version))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn(span))
         .fallback(not_found)

@@ -1,0 +1,128 @@
+//! Triton's model configuration and statistics extensions, as tritonclient's
+//! `get_model_config` and `get_inference_statistics` call them over HTTP:
+//! `GET /v2/models/{m}[/versions/{v}]/config` and `GET /v2/models[/{m}[/versions/{v}]]/stats`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use edgefleet_shared::inference::Datatype;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, resolve};
+use crate::repository::{ModelState, ServedModel};
+
+/// Triton's `TYPE_*` name of a datatype.
+fn triton_type(d: Datatype) -> &'static str {
+    match d {
+        Datatype::Bool => "TYPE_BOOL",
+        Datatype::Uint8 => "TYPE_UINT8",
+        Datatype::Uint16 => "TYPE_UINT16",
+        Datatype::Uint32 => "TYPE_UINT32",
+        Datatype::Uint64 => "TYPE_UINT64",
+        Datatype::Int8 => "TYPE_INT8",
+        Datatype::Int16 => "TYPE_INT16",
+        Datatype::Int32 => "TYPE_INT32",
+        Datatype::Int64 => "TYPE_INT64",
+        Datatype::Fp16 => "TYPE_FP16",
+        Datatype::Fp32 => "TYPE_FP32",
+        Datatype::Fp64 => "TYPE_FP64",
+        Datatype::Bytes => "TYPE_STRING",
+    }
+}
+
+/// The model's configuration as Triton writes it. Shapes are full shapes (`max_batch_size` 0:
+/// the batch dimension, when there is one, is part of `dims`, -1 where dynamic).
+fn config(model: &ServedModel) -> Value {
+    let sig = model.engine.signature();
+    let tensors = |specs: &[edgefleet_engine::TensorSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(|t| {
+                let m = t.metadata();
+                json!({"name": m.name, "data_type": triton_type(m.datatype), "dims": m.shape})
+            })
+            .collect()
+    };
+    let platform = model.engine.platform();
+    json!({
+        "name": model.name,
+        "platform": platform,
+        "backend": platform.trim_end_matches("_onnx"),
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": 0,
+        "input": tensors(&sig.inputs),
+        "output": tensors(&sig.outputs),
+    })
+}
+
+pub(super) async fn model_config(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(config(&*resolve(&state, &model, None)?)))
+}
+
+pub(super) async fn model_config_version(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(config(&*resolve(&state, &model, Some(&version))?)))
+}
+
+/// One model version's statistics since it was loaded.
+fn stats(model: &ServedModel) -> Value {
+    let (ok, failed) = model.outcomes.snapshot();
+    let t = &model.outcomes.timings;
+    let ns = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let stage = |count: u64, total: u64| json!({"count": count, "ns": total});
+    json!({
+        "name": model.name,
+        "version": model.version,
+        "last_inference": ns(&t.last_ms),
+        "inference_count": ok,
+        "execution_count": ok,
+        "inference_stats": {
+            "success": stage(ok, ns(&t.success_ns)),
+            "fail": stage(failed, ns(&t.fail_ns)),
+            "queue": stage(ok, ns(&t.queue_ns)),
+            "compute_input": stage(ok, 0),
+            "compute_infer": stage(ok, ns(&t.compute_ns)),
+            "compute_output": stage(ok, 0),
+            "cache_hit": stage(0, 0),
+            "cache_miss": stage(0, 0),
+        },
+        "batch_stats": [],
+    })
+}
+
+fn ready(state: &AppState) -> Vec<Arc<ServedModel>> {
+    state
+        .repository
+        .list()
+        .into_iter()
+        .filter_map(|(_, s)| match s {
+            ModelState::Ready(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(super) async fn all_stats(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"model_stats": ready(&state).iter().map(|m| stats(m)).collect::<Vec<_>>()}))
+}
+
+pub(super) async fn model_stats(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"model_stats": [stats(&*resolve(&state, &model, None)?)]})))
+}
+
+pub(super) async fn model_stats_version(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"model_stats": [stats(&*resolve(&state, &model, Some(&version))?)]})))
+}
