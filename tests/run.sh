@@ -6,7 +6,8 @@
 #   ./tests/run.sh -E 'binary(fleet)'   # extra arguments go to cargo nextest run
 #
 # Installs (each only when missing): Debian packages — mosquitto (the external-broker tests
-# start their own), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
+# start their own), python3-venv (a virtual environment with tests/clients/requirements.txt,
+# tritonclient, in target/test-venv), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
 # qemu-system-x86 for the device-image test; cargo-nextest; libonnxruntime.so from the PyPI
 # onnxruntime wheel (agent/scripts/fetch-onnxruntime.sh) for the ONNX Runtime suite. It builds
 # the agent's release-edge profile too (the profile devices ship), for the engine fault test.
@@ -23,6 +24,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
 need=()
 have mosquitto || need+=(mosquitto)
 have python3 || need+=(python3 python3-pip)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 qemu=0
 if [[ "${EDGEFLEET_IMAGE_TEST:-}" == 1 ]]; then
   have debootstrap || need+=(debootstrap)
@@ -47,6 +49,15 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 agent/scripts/fetch-onnxruntime.sh >/dev/null
+
+# Python clients the tests drive (tritonclient), in a virtual environment of their own.
+venv="${CARGO_TARGET_DIR:-$PWD/target}/test-venv"
+if ! "$venv/bin/python" -c 'import tritonclient.http' >/dev/null 2>&1; then
+  echo "tests/run.sh: installing tests/clients/requirements.txt into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r tests/clients/requirements.txt
+fi
+export EDGEFLEET_TEST_PYTHON="$venv/bin/python"
 
 # The shipped device profile, for tests/tests/engine_faults.rs.
 cargo build -p edgefleet-agent --profile release-edge
