@@ -130,9 +130,15 @@ impl Registry {
             .suffix(".onnx")
             .tempfile_in(&self.scratch)
             .map_err(|source| StoreError::Io { path: self.scratch.clone(), source })?;
-        std::fs::write(tmp.path(), &req.model).map_err(|source| StoreError::Io { path: tmp.path().into(), source })?;
+        // skl2onnx's default ZipMap output becomes a plain probabilities tensor (validate::zipmap).
+        let (model_bytes, mut warnings) = match crate::validate::zipmap::strip(&req.model) {
+            Ok(Some(rewritten)) => (std::borrow::Cow::Owned(rewritten.bytes), rewritten.notes),
+            Ok(None) => (std::borrow::Cow::Borrowed(&req.model[..]), Vec::new()),
+            Err(e) => return Err(ValidationError::Model(e).into()),
+        };
+        std::fs::write(tmp.path(), &model_bytes)
+            .map_err(|source| StoreError::Io { path: tmp.path().into(), source })?;
         let validated = self.validator.validate(tmp.path(), req.baseline.as_ref(), &self.profile, &self.scratch)?;
-        let mut warnings = Vec::new();
         if let Some(how) = &validated.nondeterministic {
             if !req.meta.allow_nondeterministic {
                 return Err(RegistryError::Invalid(ValidationError::Nondeterministic(format!(
@@ -142,7 +148,7 @@ impl Registry {
             }
             warnings.push(format!("the model is not deterministic (allowed): {how}"));
         }
-        let model = self.store.put(&req.model)?;
+        let model = self.store.put(&model_bytes)?;
 
         self.db.call_blocking(|conn| -> Result<VersionInfo, RegistryError> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -11,6 +11,7 @@
 
 pub mod sandbox;
 pub mod schema;
+pub mod zipmap;
 
 use std::collections::BTreeMap;
 use std::path::Path;

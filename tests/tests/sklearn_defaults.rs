@@ -1,0 +1,70 @@
+//! A scikit-learn classifier exported with skl2onnx's defaults (a ZipMap of {class: probability}
+//! per row) is pushed, deployed to an agent and answers with scikit-learn's own labels and
+//! probabilities (`tests/testdata/iris_zipmap.expected.json`, written and checked against
+//! onnxruntime by `tests/fixtures/make_fixtures.py`).
+
+mod common;
+
+use common::controller::ControllerProcess;
+use common::{AgentProcess, strs, testdata, until};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_zipmap_classifier_is_pushed_deployed_and_answers_like_scikit_learn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = ControllerProcess::start(&dir.path().join("controller"));
+    let pushed = c.cli(
+        common::controller::ADMIN,
+        &["--output", "json", "model", "push", &testdata().join("iris_zipmap.onnx").to_string_lossy(), "--name", "sk"],
+    );
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    assert!(String::from_utf8_lossy(&pushed.stderr).contains("was a ZipMap"), "the rewrite is reported");
+    let version: Value = serde_json::from_slice(&pushed.stdout).expect("json");
+    let outputs = &version["manifest"]["outputs"];
+    assert_eq!(outputs[1], json!({"name": "output_probability", "datatype": "FP32", "shape": [-1, 3]}), "{version}");
+
+    let token = c.cli_json(&["device", "token", "create"])["token"].as_str().expect("token").to_owned();
+    let trust = c.trust_file(dir.path());
+    let mut args = c.agent_args(&trust, &dir.path().join("agent"), 0);
+    args.extend(["--enroll-token".to_owned(), token]);
+    let agent = AgentProcess::run(&strs(&args));
+    until("the device enrolled", 60, async || c.cli_json(&["device", "list"]).as_array().is_some_and(|l| l.len() == 1))
+        .await;
+    let id = c.cli_json(&["device", "list"])[0]["id"].as_str().expect("id").to_owned();
+    c.cli_json(&["deploy", "sk:1", "--device", &id]);
+    let http = reqwest::Client::new();
+    until("sk:1 ready", 60, async || {
+        http.get(agent.url("/v2/models/sk/ready")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(testdata().join("iris_zipmap.expected.json")).expect("read"))
+            .expect("json");
+    let rows = expected["inputs"].as_array().expect("inputs");
+    let data: Vec<f64> =
+        rows.iter().flat_map(|r| r.as_array().expect("row").iter().filter_map(Value::as_f64)).collect();
+    let body = json!({"inputs": [{"name": "X", "shape": [rows.len(), 4], "datatype": "FP32", "data": data}]});
+    let r = http.post(agent.url("/v2/models/sk/infer")).json(&body).send().await.expect("infer");
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.expect("json");
+    let output =
+        |name: &str| answer["outputs"].as_array().expect("outputs").iter().find(|o| o["name"] == name).cloned();
+    assert_eq!(output("output_label").expect("labels")["data"], expected["labels"], "{answer}");
+    let got: Vec<f64> = output("output_probability").expect("probabilities")["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    let want: Vec<f64> = expected["probabilities"]
+        .as_array()
+        .expect("probabilities")
+        .iter()
+        .flat_map(|r| r.as_array().expect("row").iter().filter_map(Value::as_f64))
+        .collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "probability {g} vs scikit-learn's {w}");
+    }
+}
