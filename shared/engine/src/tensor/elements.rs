@@ -1,0 +1,189 @@
+//! How one element of each type converts: from and to JSON, to `f64`, and to and from its
+//! little-endian binary form.
+
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+use serde_json::Value;
+
+use super::{TensorData, TensorError};
+use edgefleet_shared::inference::Datatype;
+
+/// Flat JSON array view of a tensor's elements.
+#[derive(Debug)]
+pub struct JsonData<'a>(pub(super) &'a TensorData);
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let TensorData::F16(v) = self.0 {
+            // As numbers: half's own serde form (which `with_data!` below needs to type-check,
+            // and never reaches) is the raw bits.
+            let mut seq = serializer.serialize_seq(Some(v.len()))?;
+            for x in v {
+                seq.serialize_element(&x.to_f32())?;
+            }
+            return seq.end();
+        }
+        with_data!(self.0, v => {
+            let mut seq = serializer.serialize_seq(Some(v.len()))?;
+            for x in v {
+                seq.serialize_element(x)?;
+            }
+            seq.end()
+        })
+    }
+}
+
+pub(super) fn collect_json<T>(
+    value: &Value,
+    datatype: Datatype,
+    out: &mut Vec<T>,
+    convert: &impl Fn(&Value) -> Option<T>,
+) -> Result<(), TensorError> {
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                if let Value::Array(_) = item {
+                    collect_json(item, datatype, out, convert)?;
+                } else {
+                    push_element(item, datatype, out, convert)?;
+                }
+            }
+            Ok(())
+        }
+        Value::Number(_) | Value::Bool(_) => push_element(value, datatype, out, convert),
+        _ => Err(TensorError::NotArray(datatype)),
+    }
+}
+
+pub(super) fn push_element<T>(
+    item: &Value,
+    datatype: Datatype,
+    out: &mut Vec<T>,
+    convert: &impl Fn(&Value) -> Option<T>,
+) -> Result<(), TensorError> {
+    match convert(item) {
+        Some(x) => {
+            out.push(x);
+            Ok(())
+        }
+        None => Err(TensorError::Element { index: out.len(), value: item.to_string(), datatype }),
+    }
+}
+
+/// Conversion of one JSON element, refusing values outside the type's range.
+pub(super) trait JsonElement: Sized {
+    fn from_json(v: &Value) -> Option<Self>;
+}
+
+impl JsonElement for bool {
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_bool()
+    }
+}
+
+macro_rules! json_int {
+    ($($t:ty),*) => {$(
+        impl JsonElement for $t {
+            fn from_json(v: &Value) -> Option<Self> {
+                if let Some(i) = v.as_i64() {
+                    <$t>::try_from(i).ok()
+                } else {
+                    v.as_u64().and_then(|u| <$t>::try_from(u).ok())
+                }
+            }
+        }
+    )*};
+}
+json_int!(u8, u16, u32, u64, i8, i16, i32, i64);
+
+impl JsonElement for f64 {
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_f64()
+    }
+}
+
+impl JsonElement for f32 {
+    fn from_json(v: &Value) -> Option<Self> {
+        // Narrowing is the point of FP32; only values beyond f32's range are refused.
+        let x = v.as_f64()? as f32;
+        x.is_finite().then_some(x)
+    }
+}
+
+impl JsonElement for half::f16 {
+    fn from_json(v: &Value) -> Option<Self> {
+        // As for FP32: rounding to half precision is the point; beyond ±65504 is refused.
+        let x = half::f16::from_f64(v.as_f64()?);
+        x.is_finite().then_some(x)
+    }
+}
+
+impl ToF64 for half::f16 {
+    fn to_f64(&self) -> f64 {
+        half::f16::to_f64(*self)
+    }
+}
+
+/// Widening to `f64` for statistics and comparisons.
+pub(super) trait ToF64 {
+    fn to_f64(&self) -> f64;
+}
+
+impl ToF64 for bool {
+    fn to_f64(&self) -> f64 {
+        f64::from(u8::from(*self))
+    }
+}
+
+macro_rules! to_f64_lossless {
+    ($($t:ty),*) => {$(
+        impl ToF64 for $t {
+            fn to_f64(&self) -> f64 {
+                f64::from(*self)
+            }
+        }
+    )*};
+}
+to_f64_lossless!(u8, u16, u32, i8, i16, i32, f32, f64);
+
+macro_rules! to_f64_rounding {
+    ($($t:ty),*) => {$(
+        impl ToF64 for $t {
+            fn to_f64(&self) -> f64 {
+                // Beyond 2^53 the nearest f64 is the best a statistic can use.
+                *self as f64
+            }
+        }
+    )*};
+}
+to_f64_rounding!(u64, i64);
+
+/// Little-endian encoding of one element.
+pub(super) trait BinaryElement: Sized {
+    fn from_le(bytes: &[u8]) -> Self;
+    fn write_le(&self, out: &mut Vec<u8>);
+}
+
+impl BinaryElement for bool {
+    fn from_le(bytes: &[u8]) -> Self {
+        bytes[0] != 0
+    }
+    fn write_le(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(*self));
+    }
+}
+
+macro_rules! binary_num {
+    ($($t:ty),*) => {$(
+        impl BinaryElement for $t {
+            fn from_le(bytes: &[u8]) -> Self {
+                let mut buf = [0u8; std::mem::size_of::<$t>()];
+                buf.copy_from_slice(bytes);
+                <$t>::from_le_bytes(buf)
+            }
+            fn write_le(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+binary_num!(u8, u16, u32, u64, i8, i16, i32, i64, half::f16, f32, f64);
