@@ -1,6 +1,6 @@
 """Drives an agent with NVIDIA's tritonclient over HTTP, as a Triton user would: liveness,
 metadata, model configuration, inference in JSON and binary encodings (FP32 against the
-onnxruntime reference outputs, FP16 both ways) and statistics. Run by tests/tests/triton_client.rs:
+onnxruntime reference outputs, FP16 and BYTES both ways) and statistics. Run by tests/tests/triton_client.rs:
 
     python triton_http.py HOST:PORT TESTDATA_DIR
 
@@ -42,10 +42,20 @@ def main() -> None:
         got = client.infer("fp16", inputs, outputs=outputs).as_numpy("y")
         assert got.dtype == np.float16 and np.array_equal(got, half * np.float16(2)), (binary, got)
 
+    words = np.array(["héllo".encode(), b"", b"text"], dtype=np.object_)
+    numbers = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    for binary in (False, True):
+        inputs = [http.InferInput("text", [3], "BYTES"), http.InferInput("x", [3], "FP32")]
+        inputs[0].set_data_from_numpy(words, binary_data=binary)
+        inputs[1].set_data_from_numpy(numbers, binary_data=binary)
+        outputs = [http.InferRequestedOutput("echo", binary_data=binary)]
+        got = client.infer("bytes", inputs, outputs=outputs).as_numpy("echo")
+        assert [bytes(w) if isinstance(w, bytes) else w.encode() for w in got] == list(words), (binary, got)
+
     stats = client.get_inference_statistics("mlp")["model_stats"][0]
     assert stats["name"] == "mlp" and int(stats["inference_count"]) == 2, stats
     assert int(stats["inference_stats"]["success"]["count"]) == 2, stats
-    assert len(client.get_inference_statistics()["model_stats"]) == 2
+    assert len(client.get_inference_statistics()["model_stats"]) == 3
     print("tritonclient over HTTP: ok")
 
 

@@ -243,6 +243,27 @@ mod ort_backend {
         assert_eq!(answer["outputs"][0]["data"], json!([1.0, -6.0, 2000.0]), "{answer}");
     }
 
+    /// BYTES in and out on ONNX Runtime (strings), beside an FP32 input.
+    #[tokio::test]
+    async fn onnx_runtime_serves_bytes() {
+        let lib = ort_library();
+        let agent = AgentProcess::serve(
+            &["--backend", "ort", "--ort-library", lib.to_str().expect("utf-8"), "--model", &model_arg("bytes")],
+            &[],
+        );
+        let client = reqwest::Client::new();
+        agent.wait_ready(&client).await;
+        let body = json!({"inputs": [
+            {"name": "text", "shape": [2], "datatype": "BYTES", "data": ["héllo", "world"]},
+            {"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}
+        ]});
+        let r = client.post(agent.url("/v2/models/bytes/infer")).json(&body).send().await.expect("POST");
+        assert_eq!(r.status(), StatusCode::OK);
+        let answer: Value = r.json().await.expect("json");
+        let echo = answer["outputs"].as_array().expect("outputs").iter().find(|o| o["name"] == "echo").cloned();
+        assert_eq!(echo.expect("echo")["data"], json!(["héllo", "world"]), "{answer}");
+    }
+
     #[tokio::test]
     async fn auto_uses_tract_when_onnx_runtime_has_no_cuda() {
         let lib = ort_library();

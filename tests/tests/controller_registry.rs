@@ -249,6 +249,10 @@ fn refusals_are_clear_and_leave_no_partial_state() {
     let err = stderr(&o);
     assert!(err.contains("422") && err.contains("tract does not implement the ONNX operator Det"), "{err}");
     assert!(!err.contains("not a valid ONNX model"), "{err}");
+    // Byte strings too (validated on synthetic words).
+    let text = push(&c, "bytes", "text", &[]);
+    assert_eq!(text["manifest"]["inputs"][0]["datatype"], "BYTES", "{text}");
+    assert!(text["manifest"]["self_test"]["cases"][0]["outputs"][0]["data"][0].is_string(), "{text}");
     // Half floats register (validated on synthetic FP16 inputs), schema and golden outputs included.
     let half = push(&c, "fp16", "half", &[]);
     assert_eq!(half["manifest"]["inputs"][0]["datatype"], "FP16", "{half}");

@@ -1,5 +1,5 @@
 //! NVIDIA's tritonclient (Python, HTTP) against a real agent: metadata, model configuration,
-//! inference in both encodings with FP32 and FP16, statistics (`tests/clients/triton_http.py`).
+//! inference in both encodings with FP32, FP16 and BYTES, statistics (`tests/clients/triton_http.py`).
 //! Needs the client's virtual environment, which `tests/run.sh` creates and names in
 //! `EDGEFLEET_TEST_PYTHON`; without it the test says so and passes.
 
@@ -16,7 +16,11 @@ async fn tritonclient_over_http_sees_a_triton_compatible_server() {
         return;
     };
     let model = |name: &str| format!("{name}={}", testdata().join(format!("{name}.onnx")).display());
-    let agent = AgentProcess::serve(&["--backend", "tract", "--model", &model("mlp"), "--model", &model("fp16")], &[]);
+    let models = [model("mlp"), model("fp16"), model("bytes")];
+    let agent = AgentProcess::serve(
+        &["--backend", "tract", "--model", &models[0], "--model", &models[1], "--model", &models[2]],
+        &[],
+    );
     agent.wait_ready(&reqwest::Client::new()).await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/triton_http.py");
     let host = agent.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod server;
+
 use edgefleet_agent::engine::BackendConfig;
 #[cfg(feature = "ort")]
 use edgefleet_agent::engine::{BackendKind, ExecutionProvider};

@@ -274,11 +274,8 @@ fn synthetic_inputs(sig: &Signature, budget: &Budget) -> Result<Vec<Tensor>, Val
                 Datatype::Uint32 => TensorData::U32((0..n).map(|_| rng.random_range(0..10)).collect()),
                 Datatype::Uint64 => TensorData::U64((0..n).map(|_| rng.random_range(0..10)).collect()),
                 Datatype::Bool => TensorData::Bool((0..n).map(|_| rng.random_bool(0.5)).collect()),
-                other => {
-                    return Err(ValidationError::Model(format!(
-                        "input {:?} has datatype {other}, which edgefleet cannot serve",
-                        spec.name
-                    )));
+                Datatype::Bytes => {
+                    TensorData::Bytes((0..n).map(|_| format!("w{}", rng.random_range(0..100)).into_bytes()).collect())
                 }
             };
             Tensor::new(shape, data).map_err(|e| ValidationError::Model(e.to_string()))

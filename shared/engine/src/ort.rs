@@ -161,6 +161,14 @@ impl Session for OrtWorkerSession {
 
 fn to_ort(t: Tensor) -> ort::Result<DynValue> {
     let Tensor { shape, data } = t;
+    let data = match data {
+        // ONNX Runtime's strings are text: invalid UTF-8 is replaced.
+        TensorData::Bytes(v) => {
+            let text: Vec<String> = v.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+            return Ok(OrtTensor::from_string_array((shape, text.as_slice()))?.into_dyn());
+        }
+        numeric => numeric,
+    };
     macro_rules! arm {
         ($variant:ident, $rt:ty, $dt:ident) => {
             if let TensorData::$variant(v) = data {
@@ -184,6 +192,11 @@ fn from_ort(value: &DynValue, spec: &TensorSpec) -> Result<Tensor, EngineError> 
         };
     }
     for_each_element!(arm);
+    if spec.datatype == Datatype::Bytes {
+        let (shape, text) = value.try_extract_strings().map_err(run_err)?;
+        let shape = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+        return Ok(Tensor::new(shape, TensorData::Bytes(text.into_iter().map(String::into_bytes).collect()))?);
+    }
     Err(EngineError::UnsupportedType { name: spec.name.clone(), found: spec.datatype.to_string() })
 }
 

@@ -145,7 +145,10 @@ fn datum_type(datatype: Datatype) -> Result<DatumType, EngineError> {
         };
     }
     for_each_element!(arm);
-    Err(EngineError::Tensor(crate::tensor::TensorError::Unsupported(datatype)))
+    match datatype {
+        Datatype::Bytes => Ok(String::datum_type()),
+        other => Err(EngineError::Tensor(crate::tensor::TensorError::Unsupported(other))),
+    }
 }
 
 fn datatype_of(name: &str, dt: DatumType) -> Result<Datatype, EngineError> {
@@ -168,6 +171,24 @@ fn datatype_of(name: &str, dt: DatumType) -> Result<Datatype, EngineError> {
 
 fn to_tract(t: AgentTensor) -> Result<TValue, EngineError> {
     let AgentTensor { shape, data } = t;
+    // tract's strings are text: BYTES elements must be UTF-8 for it.
+    let data = match data {
+        TensorData::Bytes(v) => {
+            let text = v
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    String::from_utf8(b).map_err(|_| {
+                        EngineError::Run(format!("BYTES element {i} is not UTF-8 text, which tract needs"))
+                    })
+                })
+                .collect::<Result<Vec<String>, _>>()?;
+            let array =
+                tract_ndarray::ArrayD::from_shape_vec(shape, text).map_err(|e| EngineError::Run(e.to_string()))?;
+            return Ok(Tensor::from(array).into_tvalue());
+        }
+        numeric => numeric,
+    };
     macro_rules! arm {
         ($variant:ident, $rt:ty, $dt:ident) => {
             if let TensorData::$variant(v) = data {
@@ -198,6 +219,13 @@ fn from_tract(value: &TValue, spec: &TensorSpec) -> Result<AgentTensor, EngineEr
         };
     }
     for_each_element!(arm);
+    if tensor.datum_type() == DatumType::String {
+        let view = tensor.to_plain_array_view::<String>().map_err(run_err)?;
+        return Ok(AgentTensor {
+            shape,
+            data: TensorData::Bytes(view.iter().map(|s| s.as_bytes().to_vec()).collect()),
+        });
+    }
     Err(EngineError::UnsupportedType { name: spec.name.clone(), found: format!("{:?}", tensor.datum_type()) })
 }
 

@@ -13,6 +13,14 @@ pub struct JsonData<'a>(pub(super) &'a TensorData);
 
 impl Serialize for JsonData<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let TensorData::Bytes(v) = self.0 {
+            // As strings, the protocol's JSON form of BYTES (invalid UTF-8 replaced).
+            let mut seq = serializer.serialize_seq(Some(v.len()))?;
+            for x in v {
+                seq.serialize_element(&String::from_utf8_lossy(x))?;
+            }
+            return seq.end();
+        }
         if let TensorData::F16(v) = self.0 {
             // As numbers: half's own serde form (which `with_data!` below needs to type-check,
             // and never reaches) is the raw bits.
@@ -187,3 +195,29 @@ macro_rules! binary_num {
     )*};
 }
 binary_num!(u8, u16, u32, u64, i8, i16, i32, i64, half::f16, f32, f64);
+
+impl BinaryElement for Vec<u8> {
+    fn from_le(bytes: &[u8]) -> Self {
+        bytes.to_vec()
+    }
+    fn write_le(&self, out: &mut Vec<u8>) {
+        // Triton's BYTES element: a 4-byte little-endian length, then the bytes.
+        out.extend_from_slice(&u32::try_from(self.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(self);
+    }
+}
+
+/// `count` length-prefixed byte strings that fill `bytes` exactly, or `None`.
+pub(super) fn split_bytes(mut bytes: &[u8], count: usize) -> Option<Vec<Vec<u8>>> {
+    let mut out = Vec::with_capacity(count.min(1 << 20));
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+        if rest.len() < len || out.len() == count {
+            return None;
+        }
+        out.push(rest[..len].to_vec());
+        bytes = &rest[len..];
+    }
+    (out.len() == count).then_some(out)
+}

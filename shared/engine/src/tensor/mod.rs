@@ -2,8 +2,9 @@
 //!
 //! Both backends take and return [`Tensor`]s, so the HTTP layer decodes a request once and
 //! never knows which engine runs it. Element types are the KServe datatypes an ONNX model can
-//! use for numbers and booleans, half floats (`FP16`: JSON numbers, 2-byte little-endian
-//! binary) included; `BYTES` is refused with a clear error.
+//! use: numbers and booleans, half floats (`FP16`: JSON numbers, 2-byte little-endian binary),
+//! and byte strings (`BYTES`: JSON strings; in binary a 4-byte little-endian length, then the
+//! bytes, per element).
 
 use edgefleet_shared::inference::Datatype;
 /// The element type of `FP16` tensors.
@@ -14,7 +15,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TensorError {
     /// The datatype exists in the protocol but the agent cannot carry it.
-    #[error("datatype {0} is not supported (supported: BOOL, UINT8..UINT64, INT8..INT64, FP32, FP64)")]
+    #[error("datatype {0} is not supported (supported: BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES)")]
     Unsupported(Datatype),
     /// `data` holds a different number of elements than `shape` asks for.
     #[error("shape {shape:?} needs {expected} elements but data has {got}")]
@@ -40,6 +41,13 @@ pub enum TensorError {
     #[error("data must be a (possibly nested) JSON array of {0} values")]
     NotArray(Datatype),
     /// The binary part holds a different number of bytes than the shape needs.
+    #[error("binary BYTES data of {got} bytes is not {} length-prefixed elements (4-byte little-endian length, then the bytes) for shape {shape:?}", element_count(shape).unwrap_or(usize::MAX))]
+    BytesEncoding {
+        /// Requested shape.
+        shape: Vec<usize>,
+        /// Bytes present.
+        got: usize,
+    },
     #[error("binary data has {got} bytes but shape {shape:?} of {datatype} needs {expected}")]
     BinaryLength {
         /// Shape given.
@@ -69,9 +77,12 @@ pub enum TensorData {
     F16(Vec<half::f16>),
     F32(Vec<f32>),
     F64(Vec<f64>),
+    /// `BYTES`: one byte string per element (text for most models).
+    Bytes(Vec<Vec<u8>>),
 }
 
-/// Calls `$m!(Variant, rust_type, Datatype)` once per supported element type.
+/// Calls `$m!(Variant, rust_type, Datatype)` once per numeric (and boolean) element type; `BYTES`
+/// is handled beside it wherever it differs.
 macro_rules! for_each_element {
     ($m:ident) => {
         $m!(Bool, bool, Bool);
@@ -106,6 +117,7 @@ macro_rules! with_data {
             TensorData::F16($v) => $body,
             TensorData::F32($v) => $body,
             TensorData::F64($v) => $body,
+            TensorData::Bytes($v) => $body,
         }
     };
 }
@@ -127,7 +139,7 @@ impl TensorData {
             };
         }
         for_each_element!(arm);
-        unreachable!("every variant is listed in for_each_element")
+        Datatype::Bytes
     }
 
     /// Number of elements.
@@ -140,7 +152,8 @@ impl TensorData {
         self.len() == 0
     }
 
-    /// The elements as `f64` (booleans as 0/1; 64-bit integers beyond 2^53 round).
+    /// The elements as `f64` (booleans as 0/1; 64-bit integers beyond 2^53 round; byte strings,
+    /// which have no number, as NaN).
     pub fn to_f64_vec(&self) -> Vec<f64> {
         macro_rules! arm {
             ($variant:ident, $t:ty, $dt:ident) => {
@@ -150,7 +163,7 @@ impl TensorData {
             };
         }
         for_each_element!(arm);
-        unreachable!("every variant is listed in for_each_element")
+        vec![f64::NAN; self.len()]
     }
 
     /// All-zero (all-false) storage of `len` elements.
@@ -163,7 +176,10 @@ impl TensorData {
             };
         }
         for_each_element!(arm);
-        Err(TensorError::Unsupported(datatype))
+        match datatype {
+            Datatype::Bytes => Ok(TensorData::Bytes(vec![Vec::new(); len])),
+            other => Err(TensorError::Unsupported(other)),
+        }
     }
 
     fn empty_like(&self, capacity: usize) -> Self {
@@ -175,7 +191,7 @@ impl TensorData {
             };
         }
         for_each_element!(arm);
-        unreachable!("every variant is listed in for_each_element")
+        TensorData::Bytes(Vec::with_capacity(capacity))
     }
 
     /// Appends `other[range]`; `other` must have the same element type.
@@ -189,6 +205,10 @@ impl TensorData {
             };
         }
         for_each_element!(arm);
+        if let (TensorData::Bytes(dst), TensorData::Bytes(src)) = (self, other) {
+            dst.extend_from_slice(&src[range]);
+            return true;
+        }
         false
     }
 }
@@ -222,8 +242,8 @@ impl Tensor {
                 want.shape
             ));
         }
-        if matches!(want.data, TensorData::I64(_) | TensorData::U64(_)) {
-            return if self.data == want.data { Ok(()) } else { Err("integer outputs differ".into()) };
+        if matches!(want.data, TensorData::I64(_) | TensorData::U64(_) | TensorData::Bytes(_)) {
+            return if self.data == want.data { Ok(()) } else { Err("integer or byte-string outputs differ".into()) };
         }
         for (i, (g, w)) in self.data.to_f64_vec().iter().zip(want.data.to_f64_vec()).enumerate() {
             if (g - w).abs() > tolerance * (1.0 + w.abs()) || g.is_nan() != w.is_nan() {
@@ -266,11 +286,23 @@ impl Tensor {
             };
         }
         for_each_element!(arm);
+        if datatype == Datatype::Bytes {
+            let mut out: Vec<Vec<u8>> = Vec::with_capacity(expected.min(1 << 20));
+            collect_json(data, datatype, &mut out, &|v: &Value| v.as_str().map(|s| s.as_bytes().to_vec()))?;
+            return Tensor::new(shape, TensorData::Bytes(out));
+        }
         Err(TensorError::Unsupported(datatype))
     }
 
-    /// Decodes little-endian binary data (Triton's binary tensor extension).
+    /// Decodes little-endian binary data (Triton's binary tensor extension; `BYTES` elements are
+    /// each a 4-byte little-endian length and that many bytes).
     pub fn from_binary(datatype: Datatype, shape: Vec<usize>, bytes: &[u8]) -> Result<Self, TensorError> {
+        if datatype == Datatype::Bytes {
+            let count = element_count(&shape).unwrap_or(usize::MAX);
+            let data = elements::split_bytes(bytes, count)
+                .ok_or(TensorError::BytesEncoding { shape: shape.clone(), got: bytes.len() })?;
+            return Ok(Tensor { shape, data: TensorData::Bytes(data) });
+        }
         let size = datatype.element_size().ok_or(TensorError::Unsupported(datatype))?;
         let count = element_count(&shape).unwrap_or(usize::MAX);
         let expected = count.saturating_mul(size);
@@ -373,6 +405,16 @@ mod tests {
         assert_eq!(half.write_binary(&mut bytes), 6);
         assert_eq!(&bytes[..2], &[0x00, 0x3c], "1.0 in IEEE half, little-endian");
         assert!(Tensor::from_json(Datatype::Fp16, vec![1], &json!([70000])).is_err(), "beyond half's range");
+        let text = Tensor::from_json(Datatype::Bytes, vec![2], &json!(["ab", ""])).expect("bytes");
+        assert_eq!(serde_json::to_value(text.json_data()).expect("json"), json!(["ab", ""]));
+        let mut bytes = Vec::new();
+        assert_eq!(text.write_binary(&mut bytes), 10);
+        assert_eq!(bytes, [2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]);
+        assert_eq!(Tensor::from_binary(Datatype::Bytes, vec![2], &bytes).expect("decode"), text);
+        assert!(Tensor::from_binary(Datatype::Bytes, vec![3], &bytes).is_err(), "too few elements");
+        assert!(Tensor::from_binary(Datatype::Bytes, vec![1], &bytes).is_err(), "bytes left over");
+        assert!(Tensor::from_binary(Datatype::Bytes, vec![1], &[5, 0, 0, 0, 1]).is_err(), "length past the end");
+        assert!(Tensor::from_json(Datatype::Bytes, vec![1], &json!([3])).is_err(), "BYTES are strings in JSON");
     }
 
     #[test]
