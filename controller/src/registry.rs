@@ -234,6 +234,7 @@ impl Registry {
                 artifacts: vec![ArtifactEntry { name: MODEL_FILE.into(), sha256: model.sha256.clone(), size: model.size }],
                 baseline: validated.baseline.clone(),
                 self_test: validated.self_test.clone(),
+                engines: validated.engines.clone(),
             };
             let bundle_bytes = manifest.to_bytes();
             let bundle = self.store.put(&bundle_bytes)?;

@@ -109,6 +109,10 @@ pub struct BundleManifest {
     pub baseline: Option<BaselineProfile>,
     /// Golden self-test.
     pub self_test: SelfTest,
+    /// The engines (platform names, e.g. `onnxruntime_onnx`) the registry validated it on, when
+    /// not the default tract: a device must run one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<String>,
 }
 
 impl BundleManifest {

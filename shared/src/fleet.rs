@@ -276,6 +276,9 @@ pub struct DeviceStatus {
     /// Version of the trust set the device verifies documents with (after any rotations).
     #[serde(default)]
     pub trust_version: Option<u64>,
+    /// Engines this agent can run models on (platform names: `tract_onnx`, `onnxruntime_onnx`).
+    #[serde(default)]
+    pub engines: Vec<String>,
 }
 
 /// How a shadow version compares with the active one on mirrored live requests.

@@ -113,6 +113,8 @@ struct Agent {
     trust_version: Arc<std::sync::atomic::AtomicU64>,
     /// Unix time for document expiry and reports.
     clock: SharedClock,
+    /// Engines this agent can run models on, reported so the controller deploys only what runs.
+    engines: Vec<String>,
 }
 
 /// Runs fleet mode until `shutdown` resolves.
@@ -238,6 +240,7 @@ pub async fn run(
         status: status_tx,
         trust_version,
         clock: edgefleet_shared::clock::system(),
+        engines: edgefleet_engine::engines_available(&config.backend).into_iter().map(str::to_owned).collect(),
     };
     agent.restore().await;
     agent.restore_shadow().await;
@@ -433,6 +436,7 @@ impl Agent {
             shadow: self.state.shadow.as_ref().and_then(|s| self.shadows.get(&s.slot.model.name)).map(|s| s.report()),
             output_classes: classes,
             trust_version: Some(self.trust.version()),
+            engines: self.engines.clone(),
         }
     }
 

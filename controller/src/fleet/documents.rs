@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 
 use edgefleet_shared::api::fleet::{DeployRequest, Issued};
-use edgefleet_shared::bundle::{BUNDLE_FILE, MODEL_FILE};
+use edgefleet_shared::bundle::{BUNDLE_FILE, BundleManifest, MODEL_FILE};
 use edgefleet_shared::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, ModelRef, ShadowSpec};
+use edgefleet_shared::fleet::DeviceStatus;
 use edgefleet_shared::keys::Signer as _;
 use edgefleet_shared::signature::SignedEnvelope;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -68,6 +69,22 @@ impl Fleet {
                     (None, Some(selector)) => matching_devices(&tx, selector)?,
                     (None, None) => Vec::new(),
                 };
+                // Only to devices whose engines can run it (a version only ONNX Runtime runs).
+                let required = required_engines(&tx, &req.model, version)?;
+                let (targets, unable): (Vec<String>, Vec<String>) =
+                    targets.into_iter().partition(|d| can_run(&tx, d, &required).unwrap_or(true));
+                if !unable.is_empty() && (req.device.is_some() || targets.is_empty()) {
+                    return Err(FleetError::Conflict(format!(
+                        "{}:{version} runs only on {}, which {} do(es) not report (an agent built with --features ort \
+                         and the ONNX Runtime library)",
+                        req.model,
+                        required.join(", "),
+                        unable.join(", ")
+                    )));
+                }
+                if !unable.is_empty() {
+                    tracing::warn!(model = %req.model, version, devices = ?unable, "Left out devices that cannot run this version.");
+                }
                 let model = ModelRef { name: req.model.clone(), version };
                 let mut issued = Vec::with_capacity(targets.len());
                 for device in &targets {
@@ -199,6 +216,29 @@ pub(crate) fn version_artifacts(
         return Err(FleetError::NotFound(format!("{model}:{version} has no stored artifacts")));
     }
     Ok(rows)
+}
+
+/// The engines a version needs, one of which a device must run (empty: any engine).
+fn required_engines(conn: &Connection, model: &str, version: u64) -> Result<Vec<String>, FleetError> {
+    let manifest: String = conn.query_row(
+        "SELECT v.manifest FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?1 AND v.version = ?2",
+        params![model, version as i64],
+        |r| r.get(0),
+    )?;
+    Ok(BundleManifest::from_bytes(manifest.as_bytes()).map(|m| m.engines).unwrap_or_default())
+}
+
+/// Whether `device` reports an engine in `required` (a device that has not reported its
+/// engines yet may: its activation says otherwise).
+fn can_run(conn: &Connection, device: &str, required: &[String]) -> Result<bool, FleetError> {
+    if required.is_empty() {
+        return Ok(true);
+    }
+    let status: Option<String> =
+        conn.query_row("SELECT status FROM devices WHERE id = ?1", params![device], |r| r.get(0)).optional()?.flatten();
+    let engines =
+        status.and_then(|s| serde_json::from_str::<DeviceStatus>(&s).ok()).map(|s| s.engines).unwrap_or_default();
+    Ok(engines.is_empty() || engines.iter().any(|e| required.contains(e)))
 }
 
 pub(crate) fn matching_devices(

@@ -37,7 +37,7 @@ pub enum ValidationError {
     /// A valid model the controller's engine (tract) cannot run: an operator or tensor type it
     /// lacks.
     #[error(
-        "the controller validates models with tract, which cannot run this one: {0}; registering a model only ONNX Runtime runs is not supported yet"
+        "the controller validates models with tract, which cannot run this one: {0}; a model only ONNX Runtime runs is registered when the controller is built with its `ort` feature and finds the library (ORT_DYLIB_PATH)"
     )]
     Unsupported(String),
     /// The model runs, but its outputs differ between two runs on the same input.
@@ -79,6 +79,21 @@ pub struct Validated {
     /// did (the registry refuses such a push unless told otherwise).
     #[serde(default)]
     pub nondeterministic: Option<String>,
+    /// The engines it was validated on when not tract (see `BundleManifest::engines`).
+    #[serde(default)]
+    pub engines: Vec<String>,
+}
+
+/// The model on ONNX Runtime (CPU), when the controller has it and it loads the model.
+fn ort_engine(model_path: &Path) -> Option<std::sync::Arc<dyn edgefleet_engine::Engine>> {
+    let config = BackendConfig {
+        kind: BackendKind::Ort,
+        ort: edgefleet_engine::OrtConfig {
+            execution_providers: vec![edgefleet_engine::ExecutionProvider::Cpu],
+            ..edgefleet_engine::OrtConfig::default()
+        },
+    };
+    engine::isolate(|| engine::load(model_path, &config)).ok()
 }
 
 /// Golden cases stored per version.
@@ -116,13 +131,22 @@ pub fn validate(
     let loaded = engine::isolate(|| {
         engine::load(model_path, &BackendConfig { kind: BackendKind::Tract, ..BackendConfig::default() })
     });
+    let mut engines = Vec::new();
     let engine = match loaded {
         Ok(engine) => engine,
         Err(e @ edgefleet_engine::EngineError::Panicked(_)) => return Err(panicked("loading it", e)),
         Err(edgefleet_engine::EngineError::Load { message, .. })
             if edgefleet_engine::unsupported_hint(&message).is_some() =>
         {
-            return Err(ValidationError::Unsupported(strip_path(&message, model_path)));
+            // What tract cannot run, ONNX Runtime may (when the controller has its library): the
+            // version then goes only to agents that report ONNX Runtime.
+            match ort_engine(model_path) {
+                Some(engine) => {
+                    engines.push(edgefleet_engine::ORT_PLATFORM.to_owned());
+                    engine
+                }
+                None => return Err(ValidationError::Unsupported(strip_path(&message, model_path))),
+            }
         }
         Err(e) => return Err(ValidationError::Model(strip_path(&e.to_string(), model_path))),
     };
@@ -191,6 +215,7 @@ pub fn validate(
         self_test,
         baseline,
         nondeterministic,
+        engines,
     })
 }
 

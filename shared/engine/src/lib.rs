@@ -256,6 +256,34 @@ pub fn load(path: &Path, config: &BackendConfig) -> Result<Arc<dyn Engine>, Engi
     }
 }
 
+/// Platform names of the engines this build can run models on with `config`: tract when
+/// compiled in, ONNX Runtime when compiled in and its library loads.
+pub fn engines_available(config: &BackendConfig) -> Vec<&'static str> {
+    let mut engines = Vec::new();
+    if cfg!(feature = "tract") {
+        engines.push(TRACT_PLATFORM);
+    }
+    if ort_available(&config.ort) {
+        engines.push(ORT_PLATFORM);
+    }
+    engines
+}
+
+/// tract's platform name in model metadata.
+pub const TRACT_PLATFORM: &str = "tract_onnx";
+/// ONNX Runtime's platform name in model metadata.
+pub const ORT_PLATFORM: &str = "onnxruntime_onnx";
+
+#[cfg(feature = "ort")]
+fn ort_available(config: &OrtConfig) -> bool {
+    ort::available(config)
+}
+
+#[cfg(not(feature = "ort"))]
+fn ort_available(_config: &OrtConfig) -> bool {
+    false
+}
+
 /// A tract load error that names an operator tract does not implement, or a tensor type it
 /// cannot carry, rewritten to say so and what to do; other errors unchanged.
 fn explain_unsupported(e: EngineError) -> EngineError {

@@ -58,6 +58,11 @@ fn environment(config: &OrtConfig) -> Result<&'static Environment, EngineError> 
     }
 }
 
+/// Whether the ONNX Runtime library loads.
+pub fn available(config: &OrtConfig) -> bool {
+    environment(config).is_ok()
+}
+
 /// Whether ONNX Runtime can load and accept the CUDA execution provider here.
 pub fn cuda_available(config: &OrtConfig) -> bool {
     let Ok(env) = environment(config) else { return false };
@@ -114,7 +119,7 @@ fn open(env: &Environment, path: &Path, config: &OrtConfig, try_cuda: bool) -> R
 
 impl Engine for OrtEngine {
     fn platform(&self) -> &'static str {
-        "onnxruntime_onnx"
+        crate::ORT_PLATFORM
     }
 
     fn signature(&self) -> &Signature {

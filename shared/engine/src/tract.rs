@@ -95,7 +95,7 @@ fn lock(m: &Mutex<PlanCache>) -> std::sync::MutexGuard<'_, PlanCache> {
 
 impl Engine for TractEngine {
     fn platform(&self) -> &'static str {
-        "tract_onnx"
+        crate::TRACT_PLATFORM
     }
 
     fn signature(&self) -> &Signature {

@@ -35,6 +35,11 @@ impl ControllerProcess {
     /// Starts the controller with extra arguments (e.g. `--mqtt-url`; `--listen` replaces the
     /// default 127.0.0.1:0).
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> ControllerProcess {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`ControllerProcess::start_with`] with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> ControllerProcess {
         let listen = if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] };
         let mut child = Command::new(binary("edgefleet-controller"))
             .arg("serve")
@@ -42,6 +47,7 @@ impl ControllerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .env("EDGEFLEET_ADMIN_TOKEN", ADMIN)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

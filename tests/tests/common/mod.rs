@@ -64,6 +64,11 @@ impl AgentProcess {
         Self::spawn("run", args, &[])
     }
 
+    /// [`AgentProcess::run`] with extra environment variables (e.g. `ORT_DYLIB_PATH`).
+    pub fn run_with_env(args: &[&str], env: &[(&str, &Path)]) -> AgentProcess {
+        Self::spawn("run", args, env)
+    }
+
     fn spawn(mode: &str, args: &[&str], env: &[(&str, &Path)]) -> AgentProcess {
         Self::spawn_binary(&binary("edgefleet-agent"), mode, args, env)
     }

@@ -1,0 +1,117 @@
+//! A model only ONNX Runtime can run (`det.onnx`, tract lacks `Det`): the controller (with its
+//! `ort` feature and the library) registers it as needing ONNX Runtime, deploys it to an agent
+//! that reports ONNX Runtime, and refuses it at deploy time for a tract-only agent; a
+//! scikit-learn classifier with string labels exported with skl2onnx's defaults the same way.
+#![cfg(feature = "ort")]
+
+mod common;
+
+use common::controller::{ADMIN, ControllerProcess};
+use common::{AgentProcess, ort_library, strs, testdata, until};
+use serde_json::{Value, json};
+
+fn engines_of(c: &ControllerProcess, id: &str) -> Value {
+    c.cli_json(&["device", "show", id])["status"]["engines"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_onnx_runtime_only_model_goes_only_where_onnx_runtime_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = ort_library();
+    let c = ControllerProcess::start_with_env(
+        &dir.path().join("controller"),
+        &["--mqtt-listen", "127.0.0.1:0"],
+        &[("ORT_DYLIB_PATH", lib.as_path())],
+    );
+    let pushed = c.cli_json(&["model", "push", &testdata().join("det.onnx").to_string_lossy(), "--name", "det"]);
+    assert_eq!(pushed["manifest"]["engines"], json!(["onnxruntime_onnx"]), "{pushed}");
+
+    let token = c.cli_json(&["device", "token", "create", "--uses", "2", "--label", "fleet=engines"])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let trust = c.trust_file(dir.path());
+    let agent = |name: &str| {
+        let mut args = c.agent_args(&trust, &dir.path().join(name), 0);
+        args.extend(["--enroll-token".to_owned(), token.clone()]);
+        // agent_args pins `--backend tract`; both agents here run `auto`, one with the library.
+        let backend = args.iter().position(|a| a == "--backend").expect("--backend") + 1;
+        args[backend] = "auto".into();
+        args
+    };
+    let with_ort = AgentProcess::run_with_env(&strs(&agent("a-ort")), &[("ORT_DYLIB_PATH", lib.as_path())]);
+    let tract_only = AgentProcess::run(&strs(&agent("b-tract")));
+    let id_of = |data: &str| common::device::TestDevice::from_agent_dir(&dir.path().join(data)).id;
+    until("both devices report their engines", 60, async || {
+        ["a-ort", "b-tract"].iter().all(|d| {
+            std::fs::metadata(dir.path().join(d).join("device.key")).is_ok() && engines_of(&c, &id_of(d)).is_array()
+        })
+    })
+    .await;
+    let (ort_id, tract_id) = (id_of("a-ort"), id_of("b-tract"));
+    assert_eq!(engines_of(&c, &ort_id), json!(["tract_onnx", "onnxruntime_onnx"]));
+    assert_eq!(engines_of(&c, &tract_id), json!(["tract_onnx"]));
+
+    let refused = c.cli(ADMIN, &["deploy", "det:1", "--device", &tract_id]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("409") && err.contains("runs only on onnxruntime_onnx") && err.contains(&tract_id), "{err}");
+
+    c.cli_json(&["deploy", "det:1", "--device", &ort_id]);
+    let http = reqwest::Client::new();
+    let body = json!({"inputs": [{"name": "x", "shape": [1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]});
+    until("det:1 served on ONNX Runtime", 60, async || {
+        let Ok(r) = http.post(with_ort.url("/v2/models/det/infer")).json(&body).send().await else { return false };
+        r.status() == 200
+    })
+    .await;
+    let meta: Value = http.get(with_ort.url("/v2/models/det")).send().await.expect("GET").json().await.expect("json");
+    assert_eq!(meta["platform"], "onnxruntime_onnx");
+    let answer: Value = http
+        .post(with_ort.url("/v2/models/det/infer"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("json");
+    let det = answer["outputs"][0]["data"][0].as_f64().expect("det");
+    assert!((det + 2.0).abs() < 1e-5, "{answer}");
+    // A selector over both issues the document only to the one that can run it.
+    let issued = c.cli_json(&["deploy", "det:1", "--selector", "fleet=engines"]);
+    let reached: Vec<&str> =
+        issued.as_array().expect("issued").iter().filter_map(|i| i["device_id"].as_str()).collect();
+    assert_eq!(reached, vec![ort_id.as_str()], "{issued}");
+
+    // scikit-learn with string class labels, exported with skl2onnx's defaults (ZipMap, string
+    // labels): registered on ONNX Runtime, deployed, and answering scikit-learn's own labels.
+    let pushed =
+        c.cli_json(&["model", "push", &testdata().join("iris_strings.onnx").to_string_lossy(), "--name", "sk"]);
+    assert_eq!(pushed["manifest"]["engines"], json!(["onnxruntime_onnx"]), "{pushed}");
+    assert_eq!(pushed["manifest"]["outputs"][0]["datatype"], "BYTES", "{pushed}");
+    c.cli_json(&["deploy", "sk:1", "--device", &ort_id]);
+    until("sk:1 ready", 60, async || {
+        http.get(with_ort.url("/v2/models/sk/ready")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(testdata().join("iris_strings.expected.json")).expect("read"))
+            .expect("json");
+    let rows = expected["inputs"].as_array().expect("inputs");
+    let data: Vec<f64> =
+        rows.iter().flat_map(|r| r.as_array().expect("row").iter().filter_map(Value::as_f64)).collect();
+    let body = json!({"inputs": [{"name": "X", "shape": [rows.len(), 4], "datatype": "FP32", "data": data}]});
+    let answer: Value = http
+        .post(with_ort.url("/v2/models/sk/infer"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("json");
+    let labels = answer["outputs"].as_array().expect("outputs").iter().find(|o| o["name"] == "output_label").cloned();
+    assert_eq!(labels.expect("labels")["data"], expected["labels"], "{answer}");
+    drop(tract_only);
+}
