@@ -1,6 +1,7 @@
 //! A model only ONNX Runtime can run (`det.onnx`, tract lacks `Det`): the controller (with its
 //! `ort` feature and the library) registers it as needing ONNX Runtime, deploys it to an agent
-//! that reports ONNX Runtime, and refuses it at deploy time for a tract-only agent; a
+//! that reports ONNX Runtime, refuses it at deploy time for a tract-only agent, and leaves that
+//! agent out of a rollout's waves; a
 //! scikit-learn classifier with string labels exported with skl2onnx's defaults the same way.
 #![cfg(feature = "ort")]
 
@@ -83,6 +84,17 @@ async fn an_onnx_runtime_only_model_goes_only_where_onnx_runtime_runs() {
     let reached: Vec<&str> =
         issued.as_array().expect("issued").iter().filter_map(|i| i["device_id"].as_str()).collect();
     assert_eq!(reached, vec![ort_id.as_str()], "{issued}");
+
+    // A rollout over both sizes its waves over the devices that can run the version: the
+    // tract-only one is not in it, so it cannot fail it.
+    c.cli_json(&["model", "push", &testdata().join("det.onnx").to_string_lossy(), "--name", "det"]);
+    let rollout =
+        c.cli_json(&["rollout", "create", "det:2", "--selector", "fleet=engines", "--waves", "100", "--bake", "1s"]);
+    let id = rollout["id"].to_string();
+    until("the rollout completes", 60, async || c.cli_json(&["rollout", "status", &id])["state"] == "completed").await;
+    let done = c.cli_json(&["rollout", "status", &id]);
+    assert_eq!(done["measurements"]["devices"], 1, "{done}");
+    assert_eq!(done["waves"][0]["devices"], json!([ort_id.clone()]), "{done}");
 
     // scikit-learn with string class labels, exported with skl2onnx's defaults (ZipMap, string
     // labels): registered on ONNX Runtime, deployed, and answering scikit-learn's own labels.

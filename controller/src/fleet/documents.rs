@@ -219,7 +219,7 @@ pub(crate) fn version_artifacts(
 }
 
 /// The engines a version needs, one of which a device must run (empty: any engine).
-fn required_engines(conn: &Connection, model: &str, version: u64) -> Result<Vec<String>, FleetError> {
+pub(crate) fn required_engines(conn: &Connection, model: &str, version: u64) -> Result<Vec<String>, FleetError> {
     let manifest: String = conn.query_row(
         "SELECT v.manifest FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?1 AND v.version = ?2",
         params![model, version as i64],
@@ -230,7 +230,7 @@ fn required_engines(conn: &Connection, model: &str, version: u64) -> Result<Vec<
 
 /// Whether `device` reports an engine in `required` (a device that has not reported its
 /// engines yet may: its activation says otherwise).
-fn can_run(conn: &Connection, device: &str, required: &[String]) -> Result<bool, FleetError> {
+pub(crate) fn can_run(conn: &Connection, device: &str, required: &[String]) -> Result<bool, FleetError> {
     if required.is_empty() {
         return Ok(true);
     }

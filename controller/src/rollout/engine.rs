@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use super::decide::{Decision, Row, Verdict, decide, outcome};
 use super::records::{load, members};
 use crate::db;
-use crate::fleet::{Fleet, FleetError, matching_devices, version_artifacts};
+use crate::fleet::{Fleet, FleetError, can_run, matching_devices, required_engines, version_artifacts};
 
 /// One step of rollout `id` at `now`: issue the current wave to devices not yet in it, judge
 /// ([`decide`]), and write what was decided. Returns the devices that got new documents.
@@ -114,10 +114,14 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row, now: u64) -> Result<Vec<
         .prepare("SELECT device_id FROM rollout_devices WHERE rollout_id = ?1")?
         .query_map(params![row.id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let newcomers: Vec<String> = wave_members(&matching_devices(tx, &row.plan.selector)?, percent)
+    // Waves are sized over the devices that can run the version (its engines).
+    let required = required_engines(tx, &row.model.name, row.model.version)?;
+    let eligible: Vec<String> = matching_devices(tx, &row.plan.selector)?
         .into_iter()
-        .filter(|d| !members.contains(d))
+        .filter(|d| can_run(tx, d, &required).unwrap_or(true))
         .collect();
+    let newcomers: Vec<String> =
+        wave_members(&eligible, percent).into_iter().filter(|d| !members.contains(d)).collect();
     if newcomers.is_empty() {
         return Ok(Vec::new());
     }
