@@ -8,9 +8,8 @@
 use std::collections::BTreeMap;
 
 use edgefleet_shared::api::fleet::{DeployRequest, Issued};
-use edgefleet_shared::bundle::{BUNDLE_FILE, BundleManifest, MODEL_FILE};
+use edgefleet_shared::bundle::{BUNDLE_FILE, MODEL_FILE};
 use edgefleet_shared::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, ModelRef, ShadowSpec};
-use edgefleet_shared::fleet::DeviceStatus;
 use edgefleet_shared::keys::Signer as _;
 use edgefleet_shared::signature::SignedEnvelope;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -220,12 +219,14 @@ pub(crate) fn version_artifacts(
 
 /// The engines a version needs, one of which a device must run (empty: any engine).
 pub(crate) fn required_engines(conn: &Connection, model: &str, version: u64) -> Result<Vec<String>, FleetError> {
-    let manifest: String = conn.query_row(
-        "SELECT v.manifest FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?1 AND v.version = ?2",
+    // Only the field, not the whole manifest (baseline profile included): rollouts ask every step.
+    let engines: Option<String> = conn.query_row(
+        "SELECT json_extract(v.manifest, '$.engines') FROM versions v JOIN models m ON m.id = v.model_id
+         WHERE m.name = ?1 AND v.version = ?2",
         params![model, version as i64],
         |r| r.get(0),
     )?;
-    Ok(BundleManifest::from_bytes(manifest.as_bytes()).map(|m| m.engines).unwrap_or_default())
+    Ok(engines.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default())
 }
 
 /// Whether `device` reports an engine in `required` (a device that has not reported its
@@ -234,10 +235,11 @@ pub(crate) fn can_run(conn: &Connection, device: &str, required: &[String]) -> R
     if required.is_empty() {
         return Ok(true);
     }
-    let status: Option<String> =
-        conn.query_row("SELECT status FROM devices WHERE id = ?1", params![device], |r| r.get(0)).optional()?.flatten();
-    let engines =
-        status.and_then(|s| serde_json::from_str::<DeviceStatus>(&s).ok()).map(|s| s.engines).unwrap_or_default();
+    let engines: Option<String> = conn
+        .query_row("SELECT json_extract(status, '$.engines') FROM devices WHERE id = ?1", params![device], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let engines: Vec<String> = engines.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default();
     Ok(engines.is_empty() || engines.iter().any(|e| required.contains(e)))
 }
 
