@@ -8,8 +8,13 @@
 mod common;
 
 use common::controller::{ADMIN, ControllerProcess};
-use common::{AgentProcess, ort_library, strs, testdata, until};
+use common::{AgentProcess, ort_library, output, sklearn_expected, strs, testdata, until};
 use serde_json::{Value, json};
+
+/// POSTs an infer request and reads the answer.
+async fn infer(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    http.post(url).json(body).send().await.expect("POST").json().await.expect("json")
+}
 
 fn engines_of(c: &ControllerProcess, id: &str) -> Value {
     c.cli_json(&["device", "show", id])["status"]["engines"].clone()
@@ -68,15 +73,7 @@ async fn an_onnx_runtime_only_model_goes_only_where_onnx_runtime_runs() {
     .await;
     let meta: Value = http.get(with_ort.url("/v2/models/det")).send().await.expect("GET").json().await.expect("json");
     assert_eq!(meta["platform"], "onnxruntime_onnx");
-    let answer: Value = http
-        .post(with_ort.url("/v2/models/det/infer"))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST")
-        .json()
-        .await
-        .expect("json");
+    let answer = infer(&http, &with_ort.url("/v2/models/det/infer"), &body).await;
     let det = answer["outputs"][0]["data"][0].as_f64().expect("det");
     assert!((det + 2.0).abs() < 1e-5, "{answer}");
     // A selector over both issues the document only to the one that can run it.
@@ -107,23 +104,8 @@ async fn an_onnx_runtime_only_model_goes_only_where_onnx_runtime_runs() {
         http.get(with_ort.url("/v2/models/sk/ready")).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(testdata().join("iris_strings.expected.json")).expect("read"))
-            .expect("json");
-    let rows = expected["inputs"].as_array().expect("inputs");
-    let data: Vec<f64> =
-        rows.iter().flat_map(|r| r.as_array().expect("row").iter().filter_map(Value::as_f64)).collect();
-    let body = json!({"inputs": [{"name": "X", "shape": [rows.len(), 4], "datatype": "FP32", "data": data}]});
-    let answer: Value = http
-        .post(with_ort.url("/v2/models/sk/infer"))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST")
-        .json()
-        .await
-        .expect("json");
-    let labels = answer["outputs"].as_array().expect("outputs").iter().find(|o| o["name"] == "output_label").cloned();
-    assert_eq!(labels.expect("labels")["data"], expected["labels"], "{answer}");
+    let (expected, body) = sklearn_expected("iris_strings");
+    let answer = infer(&http, &with_ort.url("/v2/models/sk/infer"), &body).await;
+    assert_eq!(output(&answer, "output_label").expect("labels")["data"], expected["labels"], "{answer}");
     drop(tract_only);
 }

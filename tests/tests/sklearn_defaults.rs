@@ -6,7 +6,7 @@
 mod common;
 
 use common::controller::ControllerProcess;
-use common::{AgentProcess, strs, testdata, until};
+use common::{AgentProcess, output, sklearn_expected, strs, testdata, until};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -38,20 +38,12 @@ async fn a_zipmap_classifier_is_pushed_deployed_and_answers_like_scikit_learn() 
     })
     .await;
 
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(testdata().join("iris_zipmap.expected.json")).expect("read"))
-            .expect("json");
-    let rows = expected["inputs"].as_array().expect("inputs");
-    let data: Vec<f64> =
-        rows.iter().flat_map(|r| r.as_array().expect("row").iter().filter_map(Value::as_f64)).collect();
-    let body = json!({"inputs": [{"name": "X", "shape": [rows.len(), 4], "datatype": "FP32", "data": data}]});
+    let (expected, body) = sklearn_expected("iris_zipmap");
     let r = http.post(agent.url("/v2/models/sk/infer")).json(&body).send().await.expect("infer");
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.expect("json");
-    let output =
-        |name: &str| answer["outputs"].as_array().expect("outputs").iter().find(|o| o["name"] == name).cloned();
-    assert_eq!(output("output_label").expect("labels")["data"], expected["labels"], "{answer}");
-    let got: Vec<f64> = output("output_probability").expect("probabilities")["data"]
+    assert_eq!(output(&answer, "output_label").expect("labels")["data"], expected["labels"], "{answer}");
+    let got: Vec<f64> = output(&answer, "output_probability").expect("probabilities")["data"]
         .as_array()
         .expect("data")
         .iter()

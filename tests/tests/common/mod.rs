@@ -19,6 +19,25 @@ pub fn testdata() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata")
 }
 
+/// A scikit-learn fixture's expected answers (`testdata/{name}.expected.json`, written and
+/// checked against onnxruntime by `tests/fixtures/make_fixtures.py`) and the KServe request
+/// for its input rows (`X`, FP32).
+pub fn sklearn_expected(name: &str) -> (serde_json::Value, serde_json::Value) {
+    let path = testdata().join(format!("{name}.expected.json"));
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    let rows = expected["inputs"].as_array().expect("inputs");
+    let data: Vec<f64> =
+        rows.iter().flat_map(|r| r.as_array().expect("row").iter().filter_map(|v| v.as_f64())).collect();
+    let request =
+        serde_json::json!({"inputs": [{"name": "X", "shape": [rows.len(), 4], "datatype": "FP32", "data": data}]});
+    (expected, request)
+}
+
+/// The output called `name` of an infer answer.
+pub fn output<'a>(answer: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    answer["outputs"].as_array()?.iter().find(|o| o["name"] == name)
+}
+
 /// A workspace binary, built beside this test (`cargo nextest run --workspace` builds them).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
