@@ -141,6 +141,10 @@ pub struct MqttConfig {
     pub client_cert: Option<PathBuf>,
     /// The private key of `client_cert` (PEM).
     pub client_key: Option<PathBuf>,
+    /// External Mosquitto with its dynamic-security plugin (`mosquitto-config` sets it up): the
+    /// controller grants each device its topics before handing out its broker certificate, and
+    /// takes them away when the device is decommissioned.
+    pub dynamic_security: bool,
 }
 
 impl Default for MqttConfig {
@@ -156,6 +160,7 @@ impl Default for MqttConfig {
             password_file: None,
             client_cert: None,
             client_key: None,
+            dynamic_security: false,
         }
     }
 }
@@ -291,6 +296,13 @@ impl ControllerConfig {
         }
         if !self.mqtt.enabled {
             return Ok(());
+        }
+        if self.mqtt.dynamic_security && self.mqtt.url.is_none() {
+            return Err(crate::Error::Config(
+                "mqtt.dynamic_security keeps an external Mosquitto's access control: set mqtt.url too \
+                 (the embedded broker authorizes devices itself)"
+                    .into(),
+            ));
         }
         match (&self.mqtt.url, self.mqtt.listen) {
             (Some(url), _) => {

@@ -1,7 +1,8 @@
 //! The device CA: issues each enrolled device an X.509 client certificate for its own Ed25519
 //! key (subject CN = the device id), and the controller one for itself, so an external broker
 //! can authenticate every client by certificate and authorize topics by the certificate's name
-//! (Mosquitto: `require_certificate`, `use_identity_as_username`, ACL patterns on `%u`).
+//! (Mosquitto: `require_certificate`, `use_identity_as_username`, a dynamic-security role per
+//! device).
 //!
 //! The CA's key (ECDSA P-256, PKCS#8 PEM, mode 0600) and certificate live in the data
 //! directory's `keys/`, made at first use. Device certificates carry no secret: the device

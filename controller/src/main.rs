@@ -77,8 +77,9 @@ enum Command {
         #[arg(long)]
         revoke: bool,
     },
-    /// Write a Mosquitto set-up (config, ACL, device CA, the controller's client certificate)
-    /// in which every client authenticates by certificate and topics are authorized.
+    /// Write a Mosquitto set-up (config, dynamic-security plugin file, device CA, the
+    /// controller's client certificate) in which every client authenticates by certificate and
+    /// the controller keeps every device's topic rights.
     MosquittoConfig {
         /// Data directory of the controller (its device CA is used; created if new).
         #[arg(long)]
@@ -98,6 +99,9 @@ enum Command {
         /// Topic prefix.
         #[arg(long, default_value = edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX)]
         topic_prefix: String,
+        /// Mosquitto's dynamic-security plugin (default: found where distributions install it).
+        #[arg(long)]
+        dynsec_plugin: Option<PathBuf>,
     },
     /// Print the default configuration file.
     PrintDefaultConfig,
@@ -150,15 +154,17 @@ fn main() -> ExitCode {
         Command::RotateKey { data_dir, overlap_secs, revoke } => {
             rotate_key(DataDir { root: data_dir }, overlap_secs, revoke)
         }
-        Command::MosquittoConfig { data_dir, out, listen, server_cert, server_key, topic_prefix } => {
-            let setup = edgefleet_controller::mqtt::mosquitto::MosquittoSetup {
-                out,
-                listen,
-                server_cert,
-                server_key,
-                prefix: topic_prefix,
+        Command::MosquittoConfig { data_dir, out, listen, server_cert, server_key, topic_prefix, dynsec_plugin } => {
+            use edgefleet_controller::mqtt::mosquitto;
+            let found = match &dynsec_plugin {
+                Some(path) => mosquitto::find_plugin(std::slice::from_ref(path)),
+                None => mosquitto::find_plugin(mosquitto::PLUGIN_CANDIDATES),
             };
-            mosquitto_config(DataDir { root: data_dir }, &setup)
+            found.and_then(|plugin| {
+                let setup =
+                    mosquitto::MosquittoSetup { out, listen, server_cert, server_key, prefix: topic_prefix, plugin };
+                mosquitto_config(DataDir { root: data_dir }, &setup)
+            })
         }
         Command::Serve { data_dir, config, listen, mqtt_listen, mqtt_url, no_mqtt, tls_cert, tls_key } => {
             let overrides = Overrides { listen, mqtt_listen, mqtt_url, no_mqtt, tls_cert, tls_key };
@@ -212,7 +218,7 @@ fn mosquitto_config(data: DataDir, setup: &edgefleet_controller::mqtt::mosquitto
     let written = edgefleet_controller::mqtt::mosquitto::write_setup(&opened.ca, setup, "")?;
     println!("wrote {}", written.config.display());
     println!(
-        "controller: [mqtt] url = \"mqtts://HOST:{}\", client_cert = \"{}\", client_key = \"{}\"",
+        "controller: [mqtt] url = \"mqtts://HOST:{}\", client_cert = \"{}\", client_key = \"{}\", dynamic_security = true",
         setup.listen.port(),
         written.controller_cert.display(),
         written.controller_key.display()

@@ -31,6 +31,8 @@ edgefleet_service::metric_catalog! {
         "Messages from devices received and not yet handled.";
     BROKER_DENIED = "edgefleet_controller_broker_denied_total", Counter, None, ["reason"],
         "Embedded-broker connections and publishes refused by the gate, by reason.";
+    BROKER_ACCESS_CHANGES = "edgefleet_controller_broker_access_changes_total", Counter, None, ["change", "result"],
+        "Device rights changed on an external Mosquitto's dynamic-security plugin, by change (grant, revoke) and result (ok, failed).";
     TELEMETRY_BATCHES = "edgefleet_controller_telemetry_batches_total", Counter, None, ["result"],
         "Telemetry batches, by result (accepted, duplicate, signature, wrong_device, replay, unknown_device, malformed, error).";
     TELEMETRY_SAMPLES = "edgefleet_controller_telemetry_samples_total", Counter, None, [],

@@ -35,9 +35,19 @@ impl Publisher {
         }
     }
 
-    /// Removes the retained documents of `device` (decommissioned).
+    /// Gives `device` its topics on a broker whose access control the controller keeps
+    /// (before it is handed its broker certificate).
+    pub async fn grant_access(&self, device: &str) -> Result<(), crate::mqtt::dynsec::DynsecError> {
+        match &self.mqtt {
+            Some(mqtt) => mqtt.grant_access(device).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the retained documents of `device` (decommissioned) and its broker access.
     pub async fn forget(&self, device: &str) {
         if let Some(mqtt) = &self.mqtt {
+            mqtt.revoke_access(device);
             mqtt.clear_desired(device).await;
         }
     }

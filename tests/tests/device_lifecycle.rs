@@ -1,7 +1,8 @@
-//! The device lifecycle after enrollment, on the real controller and its embedded broker: a
-//! decommissioned (stolen) device loses its documents, its live broker connection, its broker
-//! login and its enrollment at once; a relabelled device moves between selectors; enrollment
-//! tokens are listed and revoked; `device list` filters.
+//! The device lifecycle after enrollment, on the real controller: a decommissioned (stolen)
+//! device loses its documents, its live broker connection, its broker rights and its enrollment
+//! at once, on the embedded broker and on Mosquitto (where its certificate still passes TLS but
+//! authorizes nothing); a relabelled device moves between selectors; enrollment tokens are listed
+//! and revoked; `device list` filters.
 
 mod common;
 
@@ -11,10 +12,11 @@ use std::time::Duration;
 
 use common::controller::{ADMIN, ControllerProcess};
 use common::device::TestDevice;
-use common::{binary, testdata};
+use common::mosquitto::{Mosquitto, MosquittoSetup};
+use common::{binary, strs, testdata, until};
 use edgefleet_shared::fleet::topics;
 use edgefleet_shared::keys::Signer as _;
-use rumqttc::{Event, EventLoop, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
 const P: &str = edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX;
 
@@ -64,42 +66,193 @@ fn enroll_body(token: &str, device: &TestDevice) -> serde_json::Value {
     serde_json::json!({"token": token, "public_key": device.key.public_key().to_base64()})
 }
 
+/// The broker under test: the embedded one, or Mosquitto set up by `mosquitto-config`.
+struct Broker {
+    port: u16,
+    mosquitto: Option<(MosquittoSetup, Mosquitto)>,
+}
+
+impl Broker {
+    /// TLS with the device's own broker certificate (Mosquitto), or none (embedded).
+    async fn tls(
+        &self,
+        c: &ControllerProcess,
+        device: &TestDevice,
+    ) -> Option<std::sync::Arc<edgefleet_service::tls::ClientConfig>> {
+        let (setup, _) = self.mosquitto.as_ref()?;
+        let cert = device.mqtt_certificate(c).await;
+        Some(
+            edgefleet_service::tls::client_config_with_certificate(
+                Some(&setup.pki.ca),
+                &cert.certificate_pem,
+                device.key.pkcs8_der(),
+            )
+            .expect("client TLS"),
+        )
+    }
+}
+
+/// Whether the broker grants a subscription (false also for a connection it closes).
+async fn subscribed(client: &AsyncClient, events: &mut EventLoop, topic: &str) -> bool {
+    client.subscribe(topic, QoS::AtLeastOnce).await.expect("queue subscribe");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.poll()).await.expect("no SUBACK in time") {
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                return ack.return_codes.iter().all(|c| !matches!(c, SubscribeReasonCode::Failure));
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Publishes on `topic` at QoS 1 and drives the connection until the broker acknowledged it (or
+/// closed the connection).
+async fn published(client: &AsyncClient, mut events: EventLoop, topic: &str, payload: Vec<u8>) {
+    client.publish(topic, QoS::AtLeastOnce, false, payload).await.expect("queue publish");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.poll()).await.expect("no PUBACK in time") {
+            Ok(Event::Incoming(Packet::PubAck(_))) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// `edgefleet_controller_broker_access_changes_total` for one change and result.
+async fn access_changes(c: &ControllerProcess, change: &str, result: &str) -> f64 {
+    let text = reqwest::get(c.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    let labels = [format!("change=\"{change}\""), format!("result=\"{result}\"")];
+    text.lines()
+        .filter(|l| l.starts_with("edgefleet_controller_broker_access_changes_total"))
+        .filter(|l| labels.iter().all(|want| l.contains(want.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn signed_status(device: &TestDevice) -> Vec<u8> {
+    let status = edgefleet_shared::fleet::DeviceStatus { agent_version: "test".into(), ..Default::default() };
+    let env =
+        edgefleet_shared::signature::SignedEnvelope::sign(&serde_json::to_vec(&status).expect("json"), &device.key);
+    serde_json::to_vec(&env).expect("json")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_decommissioned_device_loses_documents_broker_and_enrollment_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let c =
         ControllerProcess::start_with(&dir.path().join("controller"), &["--mqtt-listen", &format!("127.0.0.1:{port}")]);
+    decommission_scenario(&c, &Broker { port, mosquitto: None }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decommissioned_device_loses_its_rights_on_mosquitto_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = MosquittoSetup::new(&dir.path().join("broker"), &dir.path().join("controller"), false);
+    let running = setup.start();
+    let c = ControllerProcess::start_with(&dir.path().join("controller"), &strs(&setup.controller_args()));
+    let port = setup.port;
+    decommission_scenario(&c, &Broker { port, mosquitto: Some((setup, running)) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decommission_while_mosquitto_is_down_takes_effect_when_it_is_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = MosquittoSetup::new(&dir.path().join("broker"), &dir.path().join("controller"), false);
+    let running = setup.start();
+    let owned = setup.controller_args();
+    let args = strs(&owned);
+    let c = ControllerProcess::start_with(&dir.path().join("controller"), &args);
+    let token = c.cli_json(&["device", "token", "create", "--uses", "1"])["token"].as_str().expect("token").to_owned();
+    let device = TestDevice::enroll(&c, &token).await;
+    let broker = Broker { port: setup.port, mosquitto: Some((setup, running)) };
+    let tls = broker.tls(&c, &device).await;
+    let (setup, running) = broker.mosquitto.expect("mosquitto");
+
+    // Decommissioned while the broker is down, and the controller restarted before it is back:
+    // only the reconciliation at the next connect can take the device's rights away.
+    running.stop();
+    c.cli_json(&["device", "decommission", &device.id]);
+    c.stop();
+    let _back = setup.start();
+    let c = ControllerProcess::start_with(&dir.path().join("controller"), &args);
+    until("the reconciliation's revocation", 60, async || access_changes(&c, "revoke", "ok").await >= 1.0).await;
+    let (client, mut events) = device.mqtt("127.0.0.1", setup.port, tls.clone());
+    assert!(admitted(&mut events).await, "TLS still accepts the certificate");
+    assert!(
+        !subscribed(&client, &mut events, &topics::desired(P, &device.id)).await,
+        "the device kept its rights after the broker came back"
+    );
+}
+
+async fn decommission_scenario(c: &ControllerProcess, broker: &Broker) {
+    let port = broker.port;
     let http = reqwest::Client::new();
     let token = c.cli_json(&["device", "token", "create", "--uses", "3", "--label", "fleet=test"]);
     let secret = token["token"].as_str().expect("token").to_owned();
-    let (stolen, kept) = (TestDevice::enroll(&c, &secret).await, TestDevice::enroll(&c, &secret).await);
+    let (stolen, kept) = (TestDevice::enroll(c, &secret).await, TestDevice::enroll(c, &secret).await);
     c.cli_json(&["model", "push", &testdata().join("iris_logreg.onnx").to_string_lossy(), "--name", "iris"]);
     c.cli_json(&["deploy", "iris:1", "--selector", "fleet=test"]);
     let desired = format!("/api/v1/devices/{}/desired", stolen.id);
-    let (code, _) = status_of(stolen.request(&c, reqwest::Method::GET, &desired).send().await.expect("get")).await;
+    let (code, _) = status_of(stolen.request(c, reqwest::Method::GET, &desired).send().await.expect("get")).await;
     assert_eq!(code, 200, "before: the device fetches its document");
 
-    // The device is connected to the broker, following its desired state.
-    let (client, mut events) = stolen.mqtt("127.0.0.1", port, None);
+    // The device is connected to the broker, following its desired state (on Mosquitto with
+    // the certificate it was given, which the thief keeps).
+    let (stolen_tls, kept_tls) = (broker.tls(c, &stolen).await, broker.tls(c, &kept).await);
+    let (client, mut events) = stolen.mqtt("127.0.0.1", port, stolen_tls.clone());
     assert!(admitted(&mut events).await, "before: the broker lets the device in");
-    client.subscribe(topics::desired(P, &stolen.id), QoS::AtLeastOnce).await.expect("subscribe");
+    assert!(subscribed(&client, &mut events, &topics::desired(P, &stolen.id)).await, "before: it may subscribe");
 
     let shown = c.cli_json(&["device", "decommission", &stolen.id, "--reason", "stolen from site 4"]);
     assert!(shown["decommissioned_at"].as_u64().is_some(), "{shown}");
     assert_eq!(shown["decommission_reason"], "stolen from site 4");
     assert!(shown["desired"].is_null(), "its document is withdrawn: {shown}");
 
-    // At once: the live connection is closed, a new login refused.
+    // At once: the live connection is closed and the broker lets the device do nothing more.
     closed_within(&mut events, 10).await;
-    let (_again, mut again) = stolen.mqtt("127.0.0.1", port, None);
-    assert!(!admitted(&mut again).await, "the broker let a decommissioned device in");
+    let (again, mut again_events) = stolen.mqtt("127.0.0.1", port, stolen_tls.clone());
+    match &broker.mosquitto {
+        None => assert!(!admitted(&mut again_events).await, "the broker let a decommissioned device in"),
+        Some((setup, _)) => {
+            // Its certificate still passes TLS until it expires, but authorizes nothing: no
+            // subscription, and its publishes reach nobody. A watcher with the controller's rights
+            // sees the kept device's status, published after the stolen one's was acknowledged,
+            // and nothing from the stolen device before it.
+            let mut watch = MqttOptions::new("test-watcher", "127.0.0.1", port);
+            watch.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+                setup.controller_tls(),
+            )));
+            let (watcher, mut watched) = AsyncClient::new(watch, 16);
+            assert!(admitted(&mut watched).await);
+            assert!(subscribed(&watcher, &mut watched, &topics::status(P, "+")).await);
+            assert!(admitted(&mut again_events).await, "TLS still accepts the certificate");
+            assert!(
+                !subscribed(&again, &mut again_events, &topics::desired(P, &stolen.id)).await,
+                "a decommissioned device may subscribe to its desired state"
+            );
+            published(&again, again_events, &topics::status(P, &stolen.id), signed_status(&stolen)).await;
+            let (k, k_events) = kept.mqtt("127.0.0.1", port, kept_tls.clone());
+            let mut k_events = k_events;
+            assert!(admitted(&mut k_events).await);
+            published(&k, k_events, &topics::status(P, &kept.id), signed_status(&kept)).await;
+            let first = loop {
+                match tokio::time::timeout(Duration::from_secs(20), watched.poll()).await.expect("a status") {
+                    Ok(Event::Incoming(Packet::Publish(p))) => break p.topic,
+                    Ok(_) => {}
+                    Err(e) => panic!("watcher: {e}"),
+                }
+            };
+            assert_eq!(first, topics::status(P, &kept.id), "the broker forwarded the decommissioned device's status");
+            until("the revocation counted", 10, async || access_changes(c, "revoke", "ok").await == 1.0).await;
+        }
+    }
     // Its key no longer authenticates anything over HTTP.
-    let (code, body) = status_of(stolen.request(&c, reqwest::Method::GET, &desired).send().await.expect("get")).await;
+    let (code, body) = status_of(stolen.request(c, reqwest::Method::GET, &desired).send().await.expect("get")).await;
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("decommissioned"), "{body}");
     let cert = format!("/api/v1/devices/{}/mqtt-certificate", stolen.id);
-    let (code, _) = status_of(stolen.request(&c, reqwest::Method::POST, &cert).send().await.expect("post")).await;
+    let (code, _) = status_of(stolen.request(c, reqwest::Method::POST, &cert).send().await.expect("post")).await;
     assert_eq!(code, 401, "no broker certificate for a decommissioned key");
     // Its key cannot enroll again, even with a valid token.
     let r = http.post(c.url("/api/v1/enroll")).json(&enroll_body(&secret, &stolen)).send().await.expect("enroll");
@@ -116,15 +269,16 @@ async fn a_decommissioned_device_loses_documents_broker_and_enrollment_at_once()
     assert_eq!(reached, vec![kept.id.as_str()], "a selector no longer reaches it");
     // The other device is untouched.
     let kept_desired = format!("/api/v1/devices/{}/desired", kept.id);
-    let (code, _) = status_of(kept.request(&c, reqwest::Method::GET, &kept_desired).send().await.expect("get")).await;
+    let (code, _) = status_of(kept.request(c, reqwest::Method::GET, &kept_desired).send().await.expect("get")).await;
     assert_eq!(code, 200);
-    let (_k, mut kept_events) = kept.mqtt("127.0.0.1", port, None);
+    let (k, mut kept_events) = kept.mqtt("127.0.0.1", port, kept_tls);
     assert!(admitted(&mut kept_events).await);
+    assert!(subscribed(&k, &mut kept_events, &topics::desired(P, &kept.id)).await, "the kept device keeps its rights");
 
     // Listed only when asked for; audited; a second decommission is a conflict.
     assert_eq!(ids(&c.cli_json(&["device", "list"])), vec![kept.id.clone()]);
     assert_eq!(ids(&c.cli_json(&["device", "list", "--state", "decommissioned"])), vec![stolen.id.clone()]);
-    assert!(audited(&c, "device.decommission", &stolen.id));
+    assert!(audited(c, "device.decommission", &stolen.id));
     let out = c.cli(ADMIN, &["device", "decommission", &stolen.id]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already decommissioned"));

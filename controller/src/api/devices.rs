@@ -152,7 +152,11 @@ pub(super) async fn mqtt_certificate(
     headers: HeaderMap,
 ) -> Result<Json<edgefleet_shared::fleet::MqttCertificate>, ApiError> {
     device_auth(&state, &id, &method, &uri, &headers, b"").await?;
-    Ok(Json(state.fleet.mqtt_certificate(&state.ca, id).await?))
+    let certificate = state.fleet.mqtt_certificate(&state.ca, id.clone()).await?;
+    state.publisher.grant_access(&id).await.map_err(|e| {
+        ApiError::unavailable(format!("the broker has not given the device its topics ({e}); try again"))
+    })?;
+    Ok(Json(certificate))
 }
 
 /// An artifact of the device's current document (compressed; `Range` supported).

@@ -34,6 +34,7 @@ impl ApiError {
     constructor!(conflict, CONFLICT, "409: conflicts with what exists.");
     constructor!(unprocessable, UNPROCESSABLE_ENTITY, "422: well-formed but invalid content.");
     constructor!(internal, INTERNAL_SERVER_ERROR, "500: the controller failed.");
+    constructor!(unavailable, SERVICE_UNAVAILABLE, "503: a service the controller needs did not answer; try again.");
 }
 
 impl IntoResponse for ApiError {

@@ -101,6 +101,21 @@ impl Fleet {
         self.device(id).await
     }
 
+    /// Ids of the live devices and of the decommissioned ones, each sorted.
+    pub async fn device_ids_by_state(&self) -> Result<(Vec<String>, Vec<String>), FleetError> {
+        self.db
+            .call(|conn| -> Result<(Vec<String>, Vec<String>), FleetError> {
+                let mut stmt = conn.prepare("SELECT id, decommissioned_at IS NOT NULL FROM devices ORDER BY id")?;
+                let (mut live, mut gone) = (Vec::new(), Vec::new());
+                for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))? {
+                    let (id, decommissioned) = row?;
+                    if decommissioned { gone.push(id) } else { live.push(id) }
+                }
+                Ok((live, gone))
+            })
+            .await
+    }
+
     /// One device, decommissioned or not.
     pub async fn device(&self, id: String) -> Result<DeviceInfo, FleetError> {
         let mut all = self.devices(Some(id.clone())).await?;

@@ -9,8 +9,10 @@
 //! after it was handled (stored, or refused for good). Whatever the broker enforces, the client
 //! trusts nothing it is told: status, offline notices and telemetry count only when signed by
 //! the key of the device whose topic they came on. [`mosquitto`] writes the broker set-up that
-//! authenticates and authorizes every client on an external Mosquitto.
+//! authenticates every client on an external Mosquitto, and [`dynsec`] keeps its authorization
+//! (each device's topics) in step with the fleet.
 
+pub mod dynsec;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
 #[cfg(feature = "embedded-broker")]
@@ -47,6 +49,8 @@ pub struct Broker {
     login: Option<Login>,
     /// A client certificate and its key (PEM files) for brokers that authenticate by certificate.
     certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Whether the controller keeps the broker's dynamic-security plugin.
+    dynamic_security: bool,
 }
 
 impl Broker {
@@ -57,6 +61,7 @@ impl Broker {
             url: format!("mqtt://{}", broker.internal),
             login: Some(broker.controller_login.clone()),
             certificate: None,
+            dynamic_security: false,
         }
     }
 
@@ -71,7 +76,7 @@ impl Broker {
             _ => None,
         };
         let certificate = config.client_cert.clone().zip(config.client_key.clone());
-        Ok(Broker { url: url.to_owned(), login, certificate })
+        Ok(Broker { url: url.to_owned(), login, certificate, dynamic_security: config.dynamic_security })
     }
 }
 
@@ -80,6 +85,8 @@ impl Broker {
 pub struct Mqtt {
     client: AsyncClient,
     prefix: String,
+    /// The broker's dynamic-security plugin, when the controller keeps it.
+    dynsec: Option<Arc<dynsec::Dynsec>>,
 }
 
 impl Mqtt {
@@ -114,7 +121,8 @@ impl Mqtt {
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(MAX_MQTT_PACKET_BYTES, MAX_MQTT_PACKET_BYTES);
         let (client, mut events) = AsyncClient::new(options, 1_000);
-        let mqtt = Mqtt { client, prefix: prefix.to_owned() };
+        let dynsec = broker.dynamic_security.then(|| Arc::new(dynsec::Dynsec::default()));
+        let mqtt = Mqtt { client, prefix: prefix.to_owned(), dynsec };
         let this = mqtt.clone();
         let fleet_worker = fleet.clone();
         // The poll loop only moves packets: handling (database writes) runs in a worker and
@@ -143,13 +151,27 @@ impl Mqtt {
                         tracing::info!("Connected to the MQTT broker.");
                         let (this, fleet) = (this.clone(), fleet.clone());
                         tokio::spawn(async move {
-                            for filter in [topics::status(&this.prefix, "+"), topics::telemetry(&this.prefix, "+")] {
+                            let answers = this.dynsec.as_ref().map(|_| dynsec::RESPONSE_TOPIC.to_owned());
+                            let filters = [topics::status(&this.prefix, "+"), topics::telemetry(&this.prefix, "+")];
+                            for filter in answers.into_iter().chain(filters) {
                                 if let Err(e) = this.client.subscribe(&filter, QoS::AtLeastOnce).await {
                                     tracing::warn!(%filter, error = %e, "Cannot subscribe.");
                                 }
                             }
+                            if let Some(d) = &this.dynsec {
+                                d.set_ready(true);
+                            }
+                            this.reconcile_access(&fleet).await;
                             this.republish_all(&fleet).await;
                         });
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == dynsec::RESPONSE_TOPIC => {
+                        if let Some(d) = &this.dynsec {
+                            d.answer(&p.payload);
+                        }
+                        if let Err(e) = this.client.try_ack(&p) {
+                            tracing::warn!(error = %e, "Cannot acknowledge an MQTT message.");
+                        }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         // Heartbeats (QoS 0) are shed under overload; QoS 1 waits its turn.
@@ -164,6 +186,9 @@ impl Mqtt {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        if let Some(d) = &this.dynsec {
+                            d.set_ready(false);
+                        }
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting.");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -203,6 +228,55 @@ impl Mqtt {
         let payload = serde_json::to_vec(chain).unwrap_or_default();
         if let Err(e) = self.client.publish(topics::trust(&self.prefix), QoS::AtLeastOnce, true, payload).await {
             tracing::warn!(error = %e, "Cannot publish the trust chain; devices will fetch it over HTTP.");
+        }
+    }
+
+    /// Lets `device` in on a broker whose dynamic-security plugin the controller keeps (its
+    /// role and client exist when this returns); nothing to do on other brokers.
+    pub async fn grant_access(&self, device: &str) -> Result<(), dynsec::DynsecError> {
+        let Some(d) = &self.dynsec else { return Ok(()) };
+        let result = d.apply(&self.client, dynsec::grant_commands(&self.prefix, device)).await;
+        access_change("grant", &result);
+        result
+    }
+
+    /// Shuts a decommissioned `device` out of such a broker (its live connections are closed),
+    /// in the background: when the broker is unreachable, the reconciliation at the next connect
+    /// does it.
+    pub fn revoke_access(&self, device: &str) {
+        let Some(d) = self.dynsec.clone() else { return };
+        let (client, device) = (self.client.clone(), device.to_owned());
+        tokio::spawn(async move {
+            let result = d.apply(&client, dynsec::revoke_commands(&device)).await;
+            access_change("revoke", &result);
+            match result {
+                Ok(()) => tracing::info!(%device, "Broker access revoked."),
+                Err(e) => tracing::error!(%device, error = %e,
+                    "Cannot revoke the device's broker access now; it is done when the controller reconnects."),
+            }
+        });
+    }
+
+    /// Makes the dynamic-security plugin agree with the fleet (after each connect).
+    async fn reconcile_access(&self, fleet: &Fleet) {
+        let Some(d) = &self.dynsec else { return };
+        let (live, decommissioned) = match fleet.device_ids_by_state().await {
+            Ok(ids) => ids,
+            Err(e) => return tracing::error!(error = %e, "Cannot read the fleet to reconcile broker access."),
+        };
+        match d.reconcile(&self.client, &self.prefix, &live, &decommissioned).await {
+            Ok(plan) => {
+                metrics::counter!(crate::metric::BROKER_ACCESS_CHANGES, "change" => "grant", "result" => "ok")
+                    .increment(plan.grant.len() as u64);
+                metrics::counter!(crate::metric::BROKER_ACCESS_CHANGES, "change" => "revoke", "result" => "ok")
+                    .increment(plan.revoke.len() as u64);
+                tracing::info!(
+                    granted = plan.grant.len(),
+                    revoked = plan.revoke.len(),
+                    "Broker access reconciled with the fleet."
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "Cannot reconcile broker access with the fleet."),
         }
     }
 
@@ -269,4 +343,9 @@ impl Mqtt {
             }
         }
     }
+}
+
+fn access_change(change: &'static str, result: &Result<(), dynsec::DynsecError>) {
+    let result = if result.is_ok() { "ok" } else { "failed" };
+    metrics::counter!(crate::metric::BROKER_ACCESS_CHANGES, "change" => change, "result" => result).increment(1);
 }

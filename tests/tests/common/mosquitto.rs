@@ -1,7 +1,8 @@
 //! Mosquitto for the external-broker tests (`.ci/run` installs it with apt), set up as the
 //! README documents it: `edgefleet-controller mosquitto-config` writes the configuration, so
-//! every client authenticates by a certificate from the controller's device CA and topics are
-//! authorized; Mosquitto serves TLS with a certificate from a test CA.
+//! every client authenticates by a certificate from the controller's device CA and the
+//! controller keeps each device's topic rights in the dynamic-security plugin; Mosquitto serves
+//! TLS with a certificate from a test CA.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -66,7 +67,7 @@ impl MosquittoSetup {
         std::fs::write(
             &controller_config,
             format!(
-                "[mqtt]\nclient_cert = \"{}\"\nclient_key = \"{}\"\n\n[tls]\nca_file = \"{}\"\n",
+                "[mqtt]\nclient_cert = \"{}\"\nclient_key = \"{}\"\ndynamic_security = true\n\n[tls]\nca_file = \"{}\"\n",
                 out.join("controller.crt").display(),
                 out.join("controller.key").display(),
                 pki.ca.display()
@@ -84,6 +85,18 @@ impl MosquittoSetup {
     /// `edgefleet-controller serve` arguments for this broker.
     pub fn controller_args(&self) -> Vec<String> {
         vec!["--mqtt-url".into(), self.url(), "--config".into(), self.controller_config.display().to_string()]
+    }
+
+    /// TLS logging in with the controller's own certificate (CN `edgefleet-controller`), for a
+    /// test that watches what the broker forwards to the controller.
+    pub fn controller_tls(&self) -> std::sync::Arc<edgefleet_service::tls::ClientConfig> {
+        let out = self.conf.parent().expect("out dir");
+        edgefleet_service::tls::client_config_with_certificate_files(
+            Some(&self.pki.ca),
+            &out.join("controller.crt"),
+            &out.join("controller.key"),
+        )
+        .expect("controller TLS")
     }
 
     /// `edgefleet-agent run` arguments: trust Mosquitto's certificate.
