@@ -52,7 +52,7 @@ agent/scripts/fetch-onnxruntime.sh >/dev/null
 
 # Python clients the tests drive (tritonclient), in a virtual environment of their own.
 venv="${CARGO_TARGET_DIR:-$PWD/target}/test-venv"
-if ! "$venv/bin/python" -c 'import tritonclient.http' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import tritonclient.http, tritonclient.grpc' >/dev/null 2>&1; then
   echo "tests/run.sh: installing tests/clients/requirements.txt into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/clients/requirements.txt

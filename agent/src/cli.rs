@@ -83,6 +83,9 @@ pub struct CommonArgs {
     /// Listen address of the inference API [default: 127.0.0.1:8500].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Listen address of the gRPC inference API, or `off` [default: 127.0.0.1:8501].
+    #[arg(long, value_name = "ADDR|off", value_parser = crate::config::parse_grpc_listen)]
+    pub grpc_listen: Option<crate::config::GrpcListen>,
     /// Inference engine: tract, ort or auto [default: auto].
     #[arg(long, value_parser = str::parse::<BackendKind>)]
     pub backend: Option<BackendKind>,
@@ -103,6 +106,9 @@ impl CommonArgs {
         };
         if let Some(listen) = self.listen {
             config.server.listen = listen;
+        }
+        if let Some(grpc) = self.grpc_listen {
+            config.server.grpc_listen = grpc.0;
         }
         if let Some(kind) = self.backend {
             config.backend.kind = kind;

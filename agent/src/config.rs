@@ -141,6 +141,51 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Threads of the HTTP runtime.
     pub http_threads: usize,
+    /// Listen address of the KServe v2 gRPC API (`"off"` in the file: no gRPC).
+    #[serde(with = "grpc_listen")]
+    pub grpc_listen: Option<SocketAddr>,
+}
+
+/// `grpc_listen` in the file: an address, or `"off"`.
+mod grpc_listen {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub(super) const OFF: &str = "off";
+
+    pub(super) fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str(OFF),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == OFF {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "grpc_listen: {e} in {text:?} (an address such as 127.0.0.1:8501, or \"off\")"
+            ))
+        })
+    }
+}
+
+/// `--grpc-listen`: an address, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcListen(pub Option<SocketAddr>);
+
+/// Parses `--grpc-listen`: an address, or `off`.
+pub fn parse_grpc_listen(text: &str) -> Result<GrpcListen, String> {
+    if text == grpc_listen::OFF {
+        return Ok(GrpcListen(None));
+    }
+    text.parse()
+        .map(|a| GrpcListen(Some(a)))
+        .map_err(|e| format!("{e}: expected an address such as 127.0.0.1:8501, or off"))
 }
 
 impl Default for ServerConfig {
@@ -151,6 +196,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             shutdown_grace_secs: 10,
             http_threads: 2,
+            grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8501))),
         }
     }
 }
@@ -268,6 +314,12 @@ impl AgentConfig {
         }
         if self.server.request_timeout_ms == 0 {
             return invalid("server.request_timeout_ms must be above 0".into());
+        }
+        if self.server.grpc_listen.is_some_and(|g| g == self.server.listen && g.port() != 0) {
+            return invalid(format!(
+                "server.grpc_listen and server.listen are both {}: gRPC needs its own port",
+                self.server.listen
+            ));
         }
         if self.server.http_threads == 0 {
             return invalid("server.http_threads must be at least 1".into());
@@ -404,5 +456,21 @@ mod tests {
         assert!(c.validate().expect_err("bad name").to_string().contains("a/b"));
         c.models[0].name = "ok".into();
         assert!(c.validate().expect_err("missing file").to_string().contains("no such file"));
+    }
+
+    #[test]
+    fn grpc_listens_on_an_address_or_is_off() {
+        let off = AgentConfig::from_toml("[server]\ngrpc_listen = \"off\"\n", Path::new("a.toml")).expect("off");
+        assert_eq!(off.server.grpc_listen, None);
+        let on = AgentConfig::from_toml("[server]\ngrpc_listen = \"0.0.0.0:9001\"\n", Path::new("a.toml")).expect("on");
+        assert_eq!(on.server.grpc_listen, Some(SocketAddr::from(([0, 0, 0, 0], 9001))));
+        let err =
+            AgentConfig::from_toml("[server]\ngrpc_listen = \"nowhere\"\n", Path::new("a.toml")).expect_err("bad");
+        assert!(err.to_string().contains("\"off\""), "{err}");
+        assert_eq!(parse_grpc_listen("off"), Ok(GrpcListen(None)));
+        assert!(parse_grpc_listen("8501").is_err());
+        let mut same = AgentConfig::default();
+        same.server.grpc_listen = Some(same.server.listen);
+        assert!(same.validate().expect_err("same port").to_string().contains("its own port"));
     }
 }

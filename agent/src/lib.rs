@@ -1,16 +1,19 @@
 //! The edgefleet device agent.
 //!
 //! The agent serves ONNX models to local apps over the KServe v2 / Open Inference Protocol.
-//! Requests arrive on an async HTTP server ([`http`]), are decoded into engine-neutral
+//! Requests arrive on an async HTTP or gRPC server ([`http`], [`grpc`]), are decoded into engine-neutral
 //! [`tensor`]s, and are queued to the worker threads of the model they name ([`worker`]),
 //! which run them on tract or ONNX Runtime ([`engine`]). The async reactor never runs a model.
 //!
 //! # Layout
+//! - [`api`]: the state and error type the HTTP and gRPC APIs share.
 //! - [`cli`]: command-line arguments and how they map onto the configuration.
 //! - [`config`]: the typed TOML configuration and its shipped defaults.
 //! - [`engine`]: (re-exported from `edgefleet-engine`) the backend trait, tract and ONNX Runtime.
 //! - [`fleet`]: fleet mode: enrollment, desired state, verified download, activation, status.
+//! - [`grpc`]: the KServe v2 gRPC service (Triton's clients), decoding and encoding.
 //! - [`http`]: the KServe v2 routes, request decoding and response encoding.
+//! - [`inference`]: one inference whatever the transport: checks, queue, deadline, accounting.
 //! - [`inspect`]: offline verification of deployment documents (`verify`).
 //! - [`metric`]: every metric name the agent emits, described once.
 //! - [`observability`]: logging set-up and the Prometheus recorder.
@@ -23,10 +26,13 @@
 //! - [`systemd`]: readiness, status and watchdog notifications for `Type=notify` units.
 //! - [`worker`]: bounded per-model queues, worker threads and dynamic batching.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod fleet;
+pub mod grpc;
 pub mod http;
+pub mod inference;
 pub mod inspect;
 pub mod metric;
 pub mod observability;

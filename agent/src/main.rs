@@ -84,9 +84,13 @@ fn runtime(config: &AgentConfig) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// A stable line on stdout so scripts and tests can find a port chosen with :0.
-fn announce(addr: std::net::SocketAddr) {
-    println!("edgefleet-agent listening on http://{addr}");
+/// Stable lines on stdout so scripts and tests can find ports chosen with :0 (gRPC first: the
+/// HTTP line is the last).
+fn announce(at: edgefleet_agent::serve::Listening) {
+    if let Some(grpc) = at.grpc {
+        println!("edgefleet-agent gRPC listening on {grpc}");
+    }
+    println!("edgefleet-agent listening on http://{}", at.http);
 }
 
 /// How long blocking work (a model still loading, a slot being verified) may hold up the exit

@@ -31,6 +31,8 @@ edgefleet_service::metric_catalog! {
         "Model loads, by result (ok, error).";
     HTTP_REJECTIONS = "edgefleet_agent_http_rejections_total", Counter, None, ["status"],
         "Requests refused before reaching a model, by HTTP status.";
+    GRPC_REQUESTS = "edgefleet_agent_grpc_requests_total", Counter, None, ["method", "code"],
+        "gRPC calls answered, by method (ModelInfer, ModelMetadata, ...) and status code (Ok, InvalidArgument, ...).";
     FEEDBACK_LABELS = "edgefleet_agent_feedback_labels_total", Counter, None, [],
         "Ground-truth labels received.";
     TELEMETRY_SAMPLES = "edgefleet_agent_telemetry_samples_total", Counter, None, ["reason"],

@@ -37,6 +37,18 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Grpc(tonic::transport::Error),
+}
+
+/// Where the agent's APIs listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The KServe v2 HTTP API.
+    pub http: SocketAddr,
+    /// The KServe v2 gRPC API, unless `server.grpc_listen` is off.
+    pub grpc: Option<SocketAddr>,
 }
 
 /// Serves the configured models until `shutdown` resolves, then stops accepting connections,
@@ -48,7 +60,7 @@ pub enum ServeError {
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Listening),
 ) -> Result<(), ServeError> {
     let http = HttpServer::start(&config).await?;
     crate::systemd::spawn_watchdog();
@@ -60,7 +72,7 @@ pub async fn run(
         () = &mut shutdown => Ok(()),
     };
     if load_result.is_ok() && !http.stopping() {
-        on_listening(http.addr);
+        on_listening(http.listening());
         crate::systemd::ready(&format!("serving {} model(s) on {}", config.models.len(), http.addr));
         shutdown.await;
     }
@@ -69,11 +81,13 @@ pub async fn run(
     load_result
 }
 
-/// The KServe HTTP API over a repository, running until drained.
+/// The KServe HTTP API (and the gRPC one beside it) over a repository, running until drained.
 #[derive(Debug)]
 pub struct HttpServer {
     /// Bound address.
     pub addr: SocketAddr,
+    /// The gRPC server, unless `server.grpc_listen` is off.
+    grpc: Option<crate::grpc::GrpcServer>,
     /// The models it serves.
     pub repository: Arc<Repository>,
     /// The shadow versions beside them.
@@ -83,11 +97,15 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `server.listen` and starts serving an empty repository.
+    /// Binds `server.listen` (and `server.grpc_listen`) and starts serving an empty repository.
     pub async fn start(config: &AgentConfig) -> Result<Self, ServeError> {
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+        let grpc_listener = match config.server.grpc_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?),
+            None => None,
+        };
         let (repository, shadows) = (Repository::new(), Shadows::new());
         let state = AppState {
             repository: repository.clone(),
@@ -97,6 +115,15 @@ impl HttpServer {
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
         };
         let (stop, mut stop_rx) = watch::channel(false);
+        let grpc = match grpc_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: local, source })?;
+                let server = crate::grpc::GrpcServer::start(listener, state.clone(), stop_rx.clone())
+                    .map_err(|source| ServeError::Bind { addr, source })?;
+                Some(server)
+            }
+            None => None,
+        };
         let task = tokio::spawn(async move {
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 // Small request/response pairs: Nagle's delay would dominate their latency.
@@ -109,7 +136,12 @@ impl HttpServer {
                 .await
         });
         tracing::info!(addr = %local, "HTTP API listening.");
-        Ok(HttpServer { addr: local, repository, shadows, stop, task })
+        Ok(HttpServer { addr: local, grpc, repository, shadows, stop, task })
+    }
+
+    /// Where the APIs listen.
+    pub fn listening(&self) -> Listening {
+        Listening { http: self.addr, grpc: self.grpc.as_ref().map(|g| g.addr) }
     }
 
     fn stopping(&self) -> bool {
@@ -120,14 +152,26 @@ impl HttpServer {
     /// the models' workers.
     pub async fn drain(self, grace: Duration) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
-        match tokio::time::timeout(grace, self.task).await {
+        let deadline = tokio::time::Instant::now() + grace;
+        let late = || {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "Requests still running after the grace period; stopping anyway."
+            );
+        };
+        match tokio::time::timeout_at(deadline, self.task).await {
             Ok(Ok(Ok(()))) => tracing::info!("All connections drained."),
             Ok(Ok(Err(e))) => return Err(ServeError::Http(e)),
             Ok(Err(join)) => tracing::error!(error = %join, "HTTP server task failed."),
-            Err(_) => tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "Requests still running after the grace period; stopping anyway."
-            ),
+            Err(_) => late(),
+        }
+        if let Some(grpc) = self.grpc {
+            match tokio::time::timeout_at(deadline, grpc.task).await {
+                Ok(Ok(Ok(()))) => tracing::info!("All gRPC calls drained."),
+                Ok(Ok(Err(e))) => return Err(ServeError::Grpc(e)),
+                Ok(Err(join)) => tracing::error!(error = %join, "gRPC server task failed."),
+                Err(_) => late(),
+            }
         }
         stop_models(&self.repository).await;
         Ok(())

@@ -106,7 +106,17 @@ fn bad_configuration_exits_64_with_a_message() {
 #[test]
 fn an_operator_tract_lacks_is_named_with_the_way_out() {
     let out = Command::new(binary("edgefleet-agent"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--backend", "tract", "--model", &model_arg("det")])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "off",
+            "--backend",
+            "tract",
+            "--model",
+            &model_arg("det"),
+        ])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
@@ -123,7 +133,7 @@ fn a_model_that_fails_to_load_stops_standalone_serving() {
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"not a model").expect("write");
     let out = Command::new(binary("edgefleet-agent"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--backend", "tract", "--model"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off", "--backend", "tract", "--model"])
         .arg(format!("junk={}", junk.display()))
         .output()
         .expect("run");

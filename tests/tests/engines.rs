@@ -8,7 +8,7 @@
 mod common;
 
 use common::controller::{ADMIN, ControllerProcess};
-use common::{AgentProcess, ort_library, output, sklearn_expected, strs, testdata, until};
+use common::{AgentProcess, ort_library, output, python_client, sklearn_expected, strs, testdata, until};
 use serde_json::{Value, json};
 
 /// POSTs an infer request and reads the answer.
@@ -107,5 +107,12 @@ async fn an_onnx_runtime_only_model_goes_only_where_onnx_runtime_runs() {
     let (expected, body) = sklearn_expected("iris_strings");
     let answer = infer(&http, &with_ort.url("/v2/models/sk/infer"), &body).await;
     assert_eq!(output(&answer, "output_label").expect("labels")["data"], expected["labels"], "{answer}");
+    // The same labels through tritonclient over HTTP (JSON and binary) and gRPC.
+    let host = with_ort.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let grpc = with_ort.grpc.clone().expect("gRPC listens");
+    let expected_file = testdata().join("iris_strings.expected.json");
+    if let Some(out) = python_client("triton_sklearn.py", &[&host, &grpc, "sk", &expected_file.to_string_lossy()]) {
+        assert!(out.contains("answers scikit-learn's labels"), "{out}");
+    }
     drop(tract_only);
 }

@@ -1,12 +1,13 @@
 //! A scikit-learn classifier exported with skl2onnx's defaults (a ZipMap of {class: probability}
 //! per row) is pushed, deployed to an agent and answers with scikit-learn's own labels and
 //! probabilities (`tests/testdata/iris_zipmap.expected.json`, written and checked against
-//! onnxruntime by `tests/fixtures/make_fixtures.py`).
+//! onnxruntime by `tests/fixtures/make_fixtures.py`), over KServe JSON and through tritonclient
+//! over HTTP and gRPC (`tests/clients/triton_sklearn.py`).
 
 mod common;
 
 use common::controller::ControllerProcess;
-use common::{AgentProcess, output, sklearn_expected, strs, testdata, until};
+use common::{AgentProcess, output, python_client, sklearn_expected, strs, testdata, until};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -58,5 +59,11 @@ async fn a_zipmap_classifier_is_pushed_deployed_and_answers_like_scikit_learn() 
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() < 1e-5, "probability {g} vs scikit-learn's {w}");
+    }
+    let host = agent.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let grpc = agent.grpc.clone().expect("gRPC listens");
+    let expected = testdata().join("iris_zipmap.expected.json");
+    if let Some(out) = python_client("triton_sklearn.py", &[&host, &grpc, "sk", &expected.to_string_lossy()]) {
+        assert!(out.contains("answers scikit-learn's labels"), "{out}");
     }
 }

@@ -25,7 +25,6 @@ pub mod trust;
 pub mod watch;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,7 +120,7 @@ struct Agent {
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(crate::serve::Listening),
 ) -> Result<(), FleetError> {
     let f = &config.fleet;
     let setup = |m: String| FleetError::Setup(m);
@@ -137,7 +136,7 @@ pub async fn run(
     let timeouts = Timeouts::from_config(f);
 
     let http = HttpServer::start(&config).await?;
-    on_listening(http.addr);
+    on_listening(http.listening());
     crate::systemd::spawn_watchdog();
     tokio::pin!(shutdown);
 

@@ -13,13 +13,11 @@ use edgefleet_shared::inference::{
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
 
 use super::{ApiError, AppState, resolve};
-use crate::engine::Signature;
+use crate::inference::{self, InFlight, refused};
 use crate::repository::ServedModel;
 use crate::tensor::{JsonData, Tensor};
-use crate::worker::{Job, SubmitError};
 
 pub(super) async fn infer(
     State(state): State<AppState>,
@@ -50,100 +48,9 @@ async fn run(
     let _in_flight = InFlight::enter(&model);
     let bytes = read_body(&headers, body, state.max_body_bytes).await?;
     let started = Instant::now();
-    let decoded = decode(&headers, &bytes, model.engine.signature());
-    let Decoded { request, inputs, outputs } = match decoded {
-        Ok(d) => d,
-        Err(e) => {
-            model.metrics.bad_request.increment(1);
-            return Err(e);
-        }
-    };
-
-    let shadow = state.shadows.get(&name).filter(|s| s.sample());
-    let recorder = model.telemetry.get();
-    let rolled = recorder.is_some_and(|r| r.roll());
-    let sampling = recorder.is_some_and(|r| r.keep_inputs(&inputs, rolled));
-    // One copy of the inputs serves both the telemetry sample and the shadow mirror.
-    let copy = (shadow.is_some() || sampling).then(|| inputs.clone());
-    if let Some(r) = recorder {
-        r.observe_inputs(&inputs);
-    }
-    let (reply, answer) = oneshot::channel();
-    let job = Job { inputs, enqueued: Instant::now(), reply };
-    if let Err(e) = model.pool.try_submit(job) {
-        return Err(match e {
-            SubmitError::Full { .. } => {
-                model.metrics.queue_full.increment(1);
-                ApiError::unavailable(format!("model {name:?} is overloaded: {e}; retry later"))
-            }
-            SubmitError::Closed => {
-                model.metrics.queue_full.increment(1);
-                ApiError::unavailable(format!("model {name:?} is shutting down"))
-            }
-            SubmitError::NoWorkers => {
-                model.metrics.no_workers.increment(1);
-                ApiError::unavailable(format!("model {name:?}: {e}"))
-            }
-        });
-    }
-    // Dropping `answer` on expiry tells the worker not to run the job if it is still queued.
-    let result = match tokio::time::timeout(state.request_timeout, answer).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => {
-            model.metrics.no_workers.increment(1);
-            return Err(ApiError::unavailable(format!(
-                "model {name:?}: the inference worker stopped before answering; retry later"
-            )));
-        }
-        Err(_) => {
-            model.metrics.timeouts.increment(1);
-            model.outcomes.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            model.outcomes.timings.failure(started.elapsed());
-            return Err(ApiError::timeout(format!(
-                "model {name:?} did not answer within {} ms (server.request_timeout_ms); the request was dropped",
-                state.request_timeout.as_millis()
-            )));
-        }
-    };
-    model.metrics.queue_seconds.record(result.queued.as_secs_f64());
-    model.metrics.compute_seconds.record(result.compute.as_secs_f64());
-    let tensors = result.outputs.map_err(|e| {
-        model.metrics.engine_errors.increment(1);
-        model.outcomes.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        model.outcomes.timings.failure(started.elapsed());
-        ApiError::internal(e.to_string())
-    })?;
-    model.outcomes.record_classes(&tensors);
-    if let Some(r) = recorder {
-        r.observe_outputs(&tensors, request.id.as_deref(), copy.as_deref().filter(|_| sampling), rolled);
-    }
-    if let (Some(shadow), Some(inputs)) = (shadow, copy) {
-        shadow.mirror(inputs, tensors.clone(), result.compute);
-    }
-    let response = encode(&model, &request, &outputs, &tensors)?;
-    model.metrics.requests.increment(1);
-    model.outcomes.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    model.metrics.request_seconds.record(elapsed.as_secs_f64());
-    model.outcomes.record_latency(elapsed);
-    model.outcomes.timings.success(elapsed, result.queued, result.compute);
-    Ok(response)
-}
-
-/// Counts a request in `in_flight` for as long as it lives, however the handler exits.
-struct InFlight(metrics::Gauge);
-
-impl InFlight {
-    fn enter(model: &ServedModel) -> Self {
-        model.metrics.in_flight.increment(1.0);
-        InFlight(model.metrics.in_flight.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
+    let Decoded { request, inputs, outputs } = decode(&headers, &bytes, &model).map_err(|e| refused(&model, e))?;
+    let tensors = inference::run(&state, &model, inputs, request.id.as_deref(), started).await?;
+    encode(&model, &request, &outputs, &tensors)
 }
 
 /// Reads a request body up to `limit` (`server.max_body_bytes`), refusing more with 413.
@@ -174,24 +81,16 @@ struct Decoded {
     outputs: Vec<OutputChoice>,
 }
 
-fn decode(headers: &HeaderMap, body: &[u8], sig: &Signature) -> Result<Decoded, ApiError> {
+fn decode(headers: &HeaderMap, body: &[u8], model: &ServedModel) -> Result<Decoded, ApiError> {
+    let sig = model.engine.signature();
     let (json_part, mut binary) = split_binary(headers, body)?;
     let mut request: InferRequest =
         serde_json::from_slice(json_part).map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))?;
 
-    let mut slots: Vec<Option<Tensor>> = vec![None; sig.inputs.len()];
-    for input in request.inputs.iter_mut() {
-        let ix = sig.inputs.iter().position(|s| s.name == input.name).ok_or_else(|| {
-            ApiError::unprocessable(format!(
-                "unknown input {:?} (model inputs: {})",
-                input.name,
-                names(sig.inputs.iter().map(|s| s.name.as_str()))
-            ))
-        })?;
-        if slots[ix].is_some() {
-            return Err(ApiError::bad_request(format!("input {:?} is given twice", input.name)));
-        }
-        slots[ix] = Some(decode_input(input, &sig.inputs[ix], &mut binary)?);
+    let mut given = Vec::with_capacity(request.inputs.len());
+    for input in &request.inputs {
+        let ix = inference::input_index(model, &input.name)?;
+        given.push((ix, decode_input(input, &sig.inputs[ix], &mut binary)?));
     }
     if !binary.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -199,14 +98,7 @@ fn decode(headers: &HeaderMap, body: &[u8], sig: &Signature) -> Result<Decoded, 
             binary.len()
         )));
     }
-    let mut inputs = Vec::with_capacity(slots.len());
-    for (slot, spec) in slots.into_iter().zip(&sig.inputs) {
-        inputs.push(slot.ok_or_else(|| ApiError::unprocessable(format!("missing input {:?}", spec.name)))?);
-    }
-    let rows: Vec<usize> = inputs.iter().filter_map(|t| t.shape.first().copied()).collect();
-    if sig.has_dynamic_batch() && rows.windows(2).any(|w| w[0] != w[1]) {
-        return Err(ApiError::unprocessable(format!("inputs disagree on the batch size: {rows:?}")));
-    }
+    let inputs = inference::order_inputs(model, given)?;
 
     let all_binary = bool_param(request.parameters.as_ref(), BINARY_DATA_OUTPUT)?.unwrap_or(false);
     let outputs = match &request.outputs {
@@ -214,13 +106,7 @@ fn decode(headers: &HeaderMap, body: &[u8], sig: &Signature) -> Result<Decoded, 
         Some(wanted) => wanted
             .iter()
             .map(|w| {
-                let index = sig.outputs.iter().position(|s| s.name == w.name).ok_or_else(|| {
-                    ApiError::unprocessable(format!(
-                        "unknown output {:?} (model outputs: {})",
-                        w.name,
-                        names(sig.outputs.iter().map(|s| s.name.as_str()))
-                    ))
-                })?;
+                let index = inference::output_index(model, &w.name)?;
                 let binary = bool_param(w.parameters.as_ref(), BINARY_DATA)?.unwrap_or(all_binary);
                 Ok(OutputChoice { index, binary })
             })
@@ -229,10 +115,6 @@ fn decode(headers: &HeaderMap, body: &[u8], sig: &Signature) -> Result<Decoded, 
     // The tensors now hold the data; dropping the JSON copy keeps memory flat for big inputs.
     request.inputs.iter_mut().for_each(|i| i.data = None);
     Ok(Decoded { request, inputs, outputs })
-}
-
-fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
-    it.collect::<Vec<_>>().join(", ")
 }
 
 /// Splits a body into its JSON header and binary part per `Inference-Header-Content-Length`.
@@ -258,25 +140,7 @@ fn decode_input(
     binary: &mut &[u8],
 ) -> Result<Tensor, ApiError> {
     let name = &input.name;
-    let datatype: Datatype =
-        input.datatype.parse().map_err(|e| ApiError::bad_request(format!("input {name:?}: {e}")))?;
-    if datatype != spec.datatype {
-        return Err(ApiError::unprocessable(format!(
-            "input {name:?}: datatype {datatype} does not match the model's {}",
-            spec.datatype
-        )));
-    }
-    let shape: Vec<usize> =
-        input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().map_err(|_| {
-            ApiError::bad_request(format!("input {name:?}: shape {:?} has a negative dimension", input.shape))
-        })?;
-    if !spec.accepts(&shape) {
-        return Err(ApiError::unprocessable(format!(
-            "input {name:?}: shape mismatch: expected {:?}, got {:?}",
-            spec.metadata().shape,
-            input.shape
-        )));
-    }
+    let (datatype, shape) = inference::check_input(name, &input.datatype, &input.shape, spec)?;
     let size_param = input.parameters.as_ref().and_then(|p| p.get(BINARY_DATA_SIZE));
     let tensor = match (size_param, &input.data) {
         (Some(size), None) => {

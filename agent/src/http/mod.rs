@@ -13,30 +13,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use edgefleet_shared::inference::{ModelMetadata, RepositoryEntry, ServerMetadata};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+pub use crate::api::AppState;
 pub use error::{ApiError, json_errors};
+pub(crate) use triton::{stats_snapshot, triton_type};
 
-use crate::repository::{ModelState, Repository, ServedModel};
+use crate::repository::{ModelState, ServedModel};
 
 /// Extensions advertised in `GET /v2`.
 pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "model_configuration", "statistics"];
-
-/// Shared state of the HTTP handlers.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// Served models.
-    pub repository: Arc<Repository>,
-    /// Shadow versions beside them, fed mirrored requests.
-    pub shadows: Arc<crate::shadow::Shadows>,
-    /// Renders `/metrics`.
-    pub prometheus: PrometheusHandle,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
-    /// How long an inference request waits for its answer.
-    pub request_timeout: std::time::Duration,
-}
 
 /// The agent's HTTP routes.
 pub fn router(state: AppState) -> Router {

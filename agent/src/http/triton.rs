@@ -14,7 +14,7 @@ use super::{ApiError, AppState, resolve};
 use crate::repository::{ModelState, ServedModel};
 
 /// Triton's `TYPE_*` name of a datatype.
-fn triton_type(d: Datatype) -> &'static str {
+pub(crate) fn triton_type(d: Datatype) -> &'static str {
     match d {
         Datatype::Bool => "TYPE_BOOL",
         Datatype::Uint8 => "TYPE_UINT8",
@@ -71,25 +71,50 @@ pub(super) async fn model_config_version(
     Ok(Json(config(&*resolve(&state, &model, Some(&version))?)))
 }
 
-/// One model version's statistics since it was loaded.
-fn stats(model: &ServedModel) -> Value {
+/// What Triton's statistics report of one model version, since it was loaded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StatsSnapshot {
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) last_inference_ms: u64,
+    pub(crate) success_ns: u64,
+    pub(crate) fail_ns: u64,
+    pub(crate) queue_ns: u64,
+    pub(crate) compute_ns: u64,
+}
+
+pub(crate) fn stats_snapshot(model: &ServedModel) -> StatsSnapshot {
     let (ok, failed) = model.outcomes.snapshot();
     let t = &model.outcomes.timings;
     let ns = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    StatsSnapshot {
+        ok,
+        failed,
+        last_inference_ms: ns(&t.last_ms),
+        success_ns: ns(&t.success_ns),
+        fail_ns: ns(&t.fail_ns),
+        queue_ns: ns(&t.queue_ns),
+        compute_ns: ns(&t.compute_ns),
+    }
+}
+
+/// One model version's statistics as Triton's HTTP API writes them.
+fn stats(model: &ServedModel) -> Value {
+    let s = stats_snapshot(model);
     let stage = |count: u64, total: u64| json!({"count": count, "ns": total});
     json!({
         "name": model.name,
         "version": model.version,
-        "last_inference": ns(&t.last_ms),
-        "inference_count": ok,
-        "execution_count": ok,
+        "last_inference": s.last_inference_ms,
+        "inference_count": s.ok,
+        "execution_count": s.ok,
         "inference_stats": {
-            "success": stage(ok, ns(&t.success_ns)),
-            "fail": stage(failed, ns(&t.fail_ns)),
-            "queue": stage(ok, ns(&t.queue_ns)),
-            "compute_input": stage(ok, 0),
-            "compute_infer": stage(ok, ns(&t.compute_ns)),
-            "compute_output": stage(ok, 0),
+            "success": stage(s.ok, s.success_ns),
+            "fail": stage(s.failed, s.fail_ns),
+            "queue": stage(s.ok, s.queue_ns),
+            "compute_input": stage(s.ok, 0),
+            "compute_infer": stage(s.ok, s.compute_ns),
+            "compute_output": stage(s.ok, 0),
             "cache_hit": stage(0, 0),
             "cache_miss": stage(0, 0),
         },

@@ -14,6 +14,8 @@ use super::testdata;
 /// An agent serving models from `tests/testdata`, stopped by [`Agent::stop`].
 pub struct Agent {
     base: String,
+    /// The gRPC API (`http://host:port`, as tonic's channels take it).
+    pub grpc: String,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), edgefleet_agent::serve::ServeError>>,
@@ -23,6 +25,7 @@ impl Agent {
     pub async fn start(models: &[&str], tweak: impl FnOnce(&mut AgentConfig)) -> Agent {
         let mut config = AgentConfig::default();
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.grpc_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.backend = super::tract_backend();
         for m in models {
             config.models.push(ModelConfig::new(*m, testdata().join(format!("{m}.onnx"))));
@@ -36,12 +39,18 @@ impl Agent {
             async move {
                 let _ = stopped.await;
             },
-            move |addr| {
-                let _ = addr_tx.send(addr);
+            move |at| {
+                let _ = addr_tx.send(at);
             },
         ));
-        let addr = addr_rx.await.expect("agent reports its address");
-        let agent = Agent { base: format!("http://{addr}"), client: reqwest::Client::new(), stop: Some(stop), task };
+        let at: edgefleet_agent::serve::Listening = addr_rx.await.expect("agent reports its address");
+        let agent = Agent {
+            base: format!("http://{}", at.http),
+            grpc: format!("http://{}", at.grpc.expect("gRPC on")),
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task,
+        };
         agent.wait_ready().await;
         agent
     }

@@ -33,6 +33,21 @@ pub fn sklearn_expected(name: &str) -> (serde_json::Value, serde_json::Value) {
     (expected, request)
 }
 
+/// Runs `tests/clients/SCRIPT ARGS` with the test clients' Python (`EDGEFLEET_TEST_PYTHON`, set by
+/// `tests/run.sh`) and returns its stdout, panicking with its output when it fails; `None` (after
+/// saying so) when no such Python is configured.
+pub fn python_client(script: &str, args: &[&str]) -> Option<String> {
+    let Some(python) = std::env::var_os("EDGEFLEET_TEST_PYTHON") else {
+        eprintln!("EDGEFLEET_TEST_PYTHON is not set: the {script} run is left to tests/run.sh.");
+        return None;
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join(script);
+    let out = Command::new(python).arg(path).args(args).output().expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{script}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    Some(stdout)
+}
+
 /// The output called `name` of an infer answer.
 pub fn output<'a>(answer: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
     answer["outputs"].as_array()?.iter().find(|o| o["name"] == name)
@@ -64,11 +79,14 @@ pub fn ort_library() -> PathBuf {
 pub struct AgentProcess {
     pub child: Child,
     pub base: String,
+    /// Where its gRPC API listens (`host:port`), unless the test turned it off.
+    pub grpc: Option<String>,
     pub stderr: mpsc::Receiver<String>,
 }
 
 impl AgentProcess {
-    /// Starts `edgefleet-agent serve --listen 127.0.0.1:0 ARGS` and waits for its address line.
+    /// Starts `edgefleet-agent serve --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 ARGS` and
+    /// waits for its address lines.
     pub fn serve(args: &[&str], env: &[(&str, &Path)]) -> AgentProcess {
         Self::spawn("serve", args, env)
     }
@@ -94,7 +112,11 @@ impl AgentProcess {
 
     fn spawn_binary(agent: &Path, mode: &str, args: &[&str], env: &[(&str, &Path)]) -> AgentProcess {
         let mut cmd = Command::new(agent);
-        cmd.arg(mode).args(["--listen", "127.0.0.1:0"]).args(args);
+        cmd.arg(mode).args(["--listen", "127.0.0.1:0"]);
+        if !args.contains(&"--grpc-listen") {
+            cmd.args(["--grpc-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -102,9 +124,13 @@ impl AgentProcess {
         let stdout = child.stdout.take().expect("stdout");
         let (addr_tx, addr_rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // The gRPC line (when there is one) comes before the HTTP one.
+            let mut grpc = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("edgefleet-agent listening on ") {
-                    let _ = addr_tx.send(url.to_owned());
+                if let Some(addr) = line.strip_prefix("edgefleet-agent gRPC listening on ") {
+                    grpc = Some(addr.to_owned());
+                } else if let Some(url) = line.strip_prefix("edgefleet-agent listening on ") {
+                    let _ = addr_tx.send((url.to_owned(), grpc.take()));
                 }
             }
         });
@@ -115,13 +141,13 @@ impl AgentProcess {
                 let _ = err_tx.send(line);
             }
         });
-        let Ok(base) = addr_rx.recv_timeout(Duration::from_secs(30)) else {
+        let Ok((base, grpc)) = addr_rx.recv_timeout(Duration::from_secs(30)) else {
             let _ = child.kill();
             let _ = child.wait();
             let log: Vec<String> = err_rx.try_iter().collect();
             panic!("agent did not report its address; stderr:\n{}", log.join("\n"))
         };
-        AgentProcess { child, base, stderr: err_rx }
+        AgentProcess { child, base, grpc, stderr: err_rx }
     }
 
     pub fn url(&self, path: &str) -> String {
