@@ -112,7 +112,7 @@ async fn an_onnx_runtime_only_model_goes_only_where_onnx_runtime_runs() {
     let grpc = with_ort.grpc.clone().expect("gRPC listens");
     let expected_file = testdata().join("iris_strings.expected.json");
     if let Some(out) = python_client("triton_sklearn.py", &[&host, &grpc, "sk", &expected_file.to_string_lossy()]) {
-        assert!(out.contains("answers scikit-learn's labels"), "{out}");
+        assert!(out.contains("answers the trainer's labels"), "{out}");
     }
     drop(tract_only);
 }

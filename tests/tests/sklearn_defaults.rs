@@ -2,11 +2,12 @@
 //! per row) is pushed, deployed to an agent and answers with scikit-learn's own labels and
 //! probabilities (`tests/testdata/iris_zipmap.expected.json`, written and checked against
 //! onnxruntime by `tests/fixtures/make_fixtures.py`), over KServe JSON and through tritonclient
-//! over HTTP and gRPC (`tests/clients/triton_sklearn.py`).
+//! over HTTP and gRPC (`tests/clients/triton_sklearn.py`). The same for a LightGBM classifier
+//! exported with onnxmltools' defaults (`wine_lgbm`).
 
 mod common;
 
-use common::controller::ControllerProcess;
+use common::controller::{ADMIN, ControllerProcess};
 use common::{AgentProcess, output, python_client, sklearn_expected, strs, testdata, until};
 use serde_json::{Value, json};
 
@@ -15,7 +16,7 @@ async fn a_zipmap_classifier_is_pushed_deployed_and_answers_like_scikit_learn() 
     let dir = tempfile::tempdir().expect("tempdir");
     let c = ControllerProcess::start(&dir.path().join("controller"));
     let pushed = c.cli(
-        common::controller::ADMIN,
+        ADMIN,
         &["--output", "json", "model", "push", &testdata().join("iris_zipmap.onnx").to_string_lossy(), "--name", "sk"],
     );
     assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
@@ -39,12 +40,31 @@ async fn a_zipmap_classifier_is_pushed_deployed_and_answers_like_scikit_learn() 
     })
     .await;
 
-    let (expected, body) = sklearn_expected("iris_zipmap");
-    let r = http.post(agent.url("/v2/models/sk/infer")).json(&body).send().await.expect("infer");
+    answers_like_the_trainer(&agent, "sk", "iris_zipmap", ["output_label", "output_probability"]).await;
+
+    // LightGBM through onnxmltools, with its defaults (a ZipMap again, outputs named differently).
+    let pushed =
+        c.cli(ADMIN, &["model", "push", &testdata().join("wine_lgbm.onnx").to_string_lossy(), "--name", "lgbm"]);
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    assert!(String::from_utf8_lossy(&pushed.stderr).contains("\"probabilities\" was a ZipMap"));
+    c.cli_json(&["deploy", "lgbm:1", "--device", &id]);
+    until("lgbm:1 ready", 60, async || {
+        http.get(agent.url("/v2/models/lgbm/ready")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    answers_like_the_trainer(&agent, "lgbm", "wine_lgbm", ["label", "probabilities"]).await;
+}
+
+/// `model` on `agent` answers the trainer's labels and probabilities for `fixture`'s rows, over
+/// KServe JSON and through tritonclient (HTTP and gRPC).
+async fn answers_like_the_trainer(agent: &AgentProcess, model: &str, fixture: &str, [label, probability]: [&str; 2]) {
+    let (expected, body) = sklearn_expected(fixture);
+    let url = agent.url(&format!("/v2/models/{model}/infer"));
+    let r = reqwest::Client::new().post(url).json(&body).send().await.expect("infer");
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.expect("json");
-    assert_eq!(output(&answer, "output_label").expect("labels")["data"], expected["labels"], "{answer}");
-    let got: Vec<f64> = output(&answer, "output_probability").expect("probabilities")["data"]
+    assert_eq!(output(&answer, label).expect("labels")["data"], expected["labels"], "{answer}");
+    let got: Vec<f64> = output(&answer, probability).expect("probabilities")["data"]
         .as_array()
         .expect("data")
         .iter()
@@ -62,8 +82,9 @@ async fn a_zipmap_classifier_is_pushed_deployed_and_answers_like_scikit_learn() 
     }
     let host = agent.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
     let grpc = agent.grpc.clone().expect("gRPC listens");
-    let expected = testdata().join("iris_zipmap.expected.json");
-    if let Some(out) = python_client("triton_sklearn.py", &[&host, &grpc, "sk", &expected.to_string_lossy()]) {
-        assert!(out.contains("answers scikit-learn's labels"), "{out}");
+    let file = testdata().join(format!("{fixture}.expected.json"));
+    let args = [host.as_str(), &grpc, model, &file.to_string_lossy(), label, probability];
+    if let Some(out) = python_client("triton_sklearn.py", &args) {
+        assert!(out.contains("answers the trainer's labels"), "{out}");
     }
 }

@@ -28,8 +28,9 @@ pub fn sklearn_expected(name: &str) -> (serde_json::Value, serde_json::Value) {
     let rows = expected["inputs"].as_array().expect("inputs");
     let data: Vec<f64> =
         rows.iter().flat_map(|r| r.as_array().expect("row").iter().filter_map(|v| v.as_f64())).collect();
+    let width = rows.first().and_then(|r| r.as_array()).map_or(0, Vec::len);
     let request =
-        serde_json::json!({"inputs": [{"name": "X", "shape": [rows.len(), 4], "datatype": "FP32", "data": data}]});
+        serde_json::json!({"inputs": [{"name": "X", "shape": [rows.len(), width], "datatype": "FP32", "data": data}]});
     (expected, request)
 }
 
