@@ -175,11 +175,19 @@ pub struct FleetConfig {
     pub online_window_secs: u64,
     /// How often to look for documents to refresh.
     pub refresh_interval_secs: u64,
+    /// A device that holds the previous version gets a delta instead of the full artifact when
+    /// the delta is at most this share of the compressed artifact (0 turns deltas off).
+    pub delta_max_share: f64,
 }
 
 impl Default for FleetConfig {
     fn default() -> Self {
-        FleetConfig { document_ttl_secs: 7 * 24 * 3600, online_window_secs: 90, refresh_interval_secs: 60 }
+        FleetConfig {
+            document_ttl_secs: 7 * 24 * 3600,
+            online_window_secs: 90,
+            refresh_interval_secs: 60,
+            delta_max_share: 0.5,
+        }
     }
 }
 
@@ -247,6 +255,12 @@ impl ControllerConfig {
         self.validate_transport()?;
         if self.registry.baseline_bins < 2 {
             return Err(crate::Error::Config("registry.baseline_bins must be at least 2".into()));
+        }
+        if !(0.0..=1.0).contains(&self.fleet.delta_max_share) {
+            return Err(crate::Error::Config(format!(
+                "fleet.delta_max_share is {}: a share from 0 (no deltas) to 1",
+                self.fleet.delta_max_share
+            )));
         }
         if self.fleet.document_ttl_secs < 120 || self.fleet.refresh_interval_secs == 0 {
             return Err(crate::Error::Config(

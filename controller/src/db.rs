@@ -271,6 +271,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN decommission_reason TEXT;
     ALTER TABLE enrollment_tokens ADD COLUMN revoked_at INTEGER;
     ",
+    // 10: delta artifacts, made at push from an earlier version's model to the new one, kept in
+    // the store under their own digest and looked up by the pair of digests.
+    "
+    CREATE TABLE deltas (
+        base_sha256   TEXT NOT NULL,
+        target_sha256 TEXT NOT NULL,
+        delta_sha256  TEXT NOT NULL,
+        delta_size    INTEGER NOT NULL CHECK (delta_size > 0),
+        created_at    INTEGER NOT NULL,
+        PRIMARY KEY (base_sha256, target_sha256)
+    );
+    ",
 ];
 
 /// A shared handle to the database.

@@ -13,6 +13,7 @@
 //! - [`auth`]: operator tokens (hashed), roles, the bearer-token extractor.
 //! - [`config`]: typed TOML configuration and the data-directory layout.
 //! - [`db`]: SQLite (WAL), migrations, the blocking-call handle, the audit log.
+//! - [`delta`]: delta artifacts made at push, and which device is offered which.
 //! - [`device_ca`]: broker client certificates for devices' keys and for the controller.
 //! - [`fleet`]: enrollment, device-signed requests, status, signed per-device documents.
 //! - [`keyring`]: signing keys and trust sets; key rotation and revocation.
@@ -33,6 +34,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod delta;
 pub mod device_ca;
 pub mod fleet;
 pub mod keyring;

@@ -284,8 +284,35 @@ impl Registry {
                 manifest,
                 signature,
                 warnings,
+                deltas: Vec::new(),
             })
         })
+        .map(|mut info| {
+            info.deltas = self.make_deltas(&info);
+            info
+        })
+    }
+
+    /// Makes the deltas to a new version from the previous one and its parent; a failure is
+    /// logged and leaves the push as it is (devices then download the full artifact).
+    fn make_deltas(&self, info: &VersionInfo) -> Vec<edgefleet_shared::api::models::DeltaInfo> {
+        let (name, version, parent) = (&info.name, info.version, info.manifest.lineage.parent_version);
+        let made = crate::delta::make(&self.db, self.store.as_ref(), name, version, parent);
+        match made {
+            Ok(made) => made
+                .into_iter()
+                .map(|m| edgefleet_shared::api::models::DeltaInfo {
+                    base_version: m.base_version,
+                    sha256: m.sha256,
+                    size: m.size,
+                    full_size: m.full_size,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(model = %name, version, error = %e, "No delta made; devices will download the full model.");
+                Vec::new()
+            }
+        }
     }
 
     /// All models.
@@ -524,6 +551,7 @@ fn version_info(conn: &Connection, name: &str, reference: &str) -> Result<Versio
     let signature = serde_json::from_str(&signature)
         .map_err(|e| RegistryError::Db(DbError::Task(format!("stored signature unreadable: {e}"))))?;
     Ok(VersionInfo {
+        deltas: Vec::new(),
         name: name.into(),
         version,
         aliases,

@@ -119,6 +119,7 @@ pub fn services(
         opened.keys.clone(),
         FleetSettings {
             document_ttl_secs: config.fleet.document_ttl_secs,
+            delta_max_share: config.fleet.delta_max_share,
             online_window_secs: config.fleet.online_window_secs,
             mqtt_url: broker_url,
             topic_prefix: config.mqtt.topic_prefix.clone(),

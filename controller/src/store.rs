@@ -45,6 +45,10 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     fn open_compressed(&self, sha256: &str) -> Result<(Box<dyn ReadSeek>, u64), StoreError>;
     /// Local path of the compressed file, when the store is a filesystem (for efficient serving).
     fn local_path(&self, sha256: &str) -> Option<PathBuf>;
+    /// Stores bytes as they are (a delta, already compressed) under their own digest.
+    fn put_blob(&self, bytes: &[u8]) -> Result<(String, u64), StoreError>;
+    /// Local path of a blob, when the store is a filesystem.
+    fn blob_path(&self, sha256: &str) -> Option<PathBuf>;
 }
 
 /// `Read + Seek`, boxed.
@@ -72,6 +76,18 @@ impl FsStore {
         }
         Some(self.root.join(&sha256[..2]).join(format!("{}.zst", &sha256[2..])))
     }
+
+    /// Writes `bytes` to `path` through a synced temp file and a rename.
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let io = |path: &Path, source| StoreError::Io { path: path.into(), source };
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io(dir, e))?;
+        tmp.write_all(bytes).map_err(|e| io(path, e))?;
+        tmp.as_file().sync_all().map_err(|e| io(path, e))?;
+        tmp.persist(path).map_err(|e| io(path, e.error))?;
+        Ok(())
+    }
 }
 
 impl ArtifactStore for FsStore {
@@ -88,12 +104,7 @@ impl ArtifactStore for FsStore {
             });
         }
         let packed = compress(bytes, DEFAULT_LEVEL).map_err(|e| io(&path, e))?;
-        let dir = path.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io(dir, e))?;
-        tmp.write_all(&packed).map_err(|e| io(&path, e))?;
-        tmp.as_file().sync_all().map_err(|e| io(&path, e))?;
-        tmp.persist(&path).map_err(|e| io(&path, e.error))?;
+        self.write_atomic(&path, &packed)?;
         Ok(StoredArtifact {
             compressed_sha256: sha256_hex(&packed),
             compressed_size: packed.len() as u64,
@@ -115,6 +126,20 @@ impl ArtifactStore for FsStore {
     fn local_path(&self, sha256: &str) -> Option<PathBuf> {
         self.path(sha256)
     }
+
+    fn put_blob(&self, bytes: &[u8]) -> Result<(String, u64), StoreError> {
+        let sha256 = sha256_hex(bytes);
+        let path = self.blob_path(&sha256).ok_or_else(|| StoreError::NotFound(sha256.clone()))?;
+        if !path.is_file() {
+            self.write_atomic(&path, bytes)?;
+        }
+        Ok((sha256, bytes.len() as u64))
+    }
+
+    fn blob_path(&self, sha256: &str) -> Option<PathBuf> {
+        let artifact = self.path(sha256)?;
+        Some(self.root.join("blobs").join(artifact.strip_prefix(&self.root).ok()?))
+    }
 }
 
 #[cfg(test)]
@@ -134,5 +159,16 @@ mod tests {
         assert_eq!(len, a.compressed_size);
         assert_eq!(decompress_to_vec(&packed, a.size).expect("unpack"), b"hello hello hello hello");
         assert!(matches!(store.open_compressed("../../etc/passwd"), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn blobs_are_kept_as_given_under_their_own_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::new(dir.path()).expect("store");
+        let (sha, size) = store.put_blob(b"already compressed").expect("put");
+        assert_eq!((sha.clone(), size), (sha256_hex(b"already compressed"), 18));
+        assert_eq!(std::fs::read(store.blob_path(&sha).expect("path")).expect("read"), b"already compressed");
+        assert_eq!(store.put_blob(b"already compressed").expect("again").0, sha);
+        assert!(store.blob_path("../x").is_none());
     }
 }

@@ -42,6 +42,7 @@ fn main() {
             size: model.len() as u64,
             compressed_sha256: sha256_hex(&packed),
             compressed_size: packed.len() as u64,
+            delta: None,
         }],
         shadow: None,
     };

@@ -38,10 +38,53 @@ pub fn compress_stream(input: impl Read, out: impl Write, level: i32) -> io::Res
     Ok(counting.written)
 }
 
+/// zstd level for deltas: the gain of a delta is in matching the base, which long-distance
+/// matching finds at any level; a high level buys little more and costs time on big models.
+pub const DELTA_LEVEL: i32 = 9;
+
+/// The window log that lets a frame reach back over `span` bytes (base and target), within
+/// zstd's limits (2^10 to 2^31).
+pub fn window_log_for(span: u64) -> u32 {
+    let bits = 64 - span.saturating_sub(1).leading_zeros();
+    bits.clamp(10, 31)
+}
+
+/// Compresses `target` with `base` as zstd's reference prefix (as `zstd --patch-from`): the
+/// result is a zstd frame that only a decoder given the same base can read, and that is small
+/// when `target` shares most of its bytes with `base` (a fine-tuned model and its parent).
+pub fn delta_compress(base: &[u8], target: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    let mut encoder = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, base)?;
+    encoder.window_log(window_log_for(base.len() as u64 + target.len() as u64))?;
+    encoder.long_distance_matching(true)?;
+    encoder.set_pledged_src_size(Some(target.len() as u64))?;
+    encoder.include_contentsize(true)?;
+    encoder.write_all(target)?;
+    encoder.finish()
+}
+
+/// Decompresses a delta made by [`delta_compress`] against `base`, capped like
+/// [`decompress_capped`]; the decoder's window is bounded by `base` and `cap`, so a delta cannot
+/// make it allocate more than the declared sizes need.
+pub fn delta_decompress_capped(
+    input: impl Read,
+    base: &[u8],
+    cap: u64,
+    out: impl Write,
+) -> Result<u64, DecompressError> {
+    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(io::BufReader::new(input), base)
+        .map_err(DecompressError::Corrupt)?;
+    decoder.window_log_max(window_log_for(base.len() as u64 + cap)).map_err(DecompressError::Corrupt)?;
+    copy_capped(decoder, cap, out)
+}
+
 /// Decompresses a zstd stream into `out`, failing as soon as the output would pass `cap` bytes.
 /// Returns the number of bytes written.
-pub fn decompress_capped(input: impl Read, cap: u64, mut out: impl Write) -> Result<u64, DecompressError> {
+pub fn decompress_capped(input: impl Read, cap: u64, out: impl Write) -> Result<u64, DecompressError> {
     let decoder = zstd::stream::read::Decoder::new(input).map_err(DecompressError::Corrupt)?;
+    copy_capped(decoder, cap, out)
+}
+
+fn copy_capped(decoder: impl Read, cap: u64, mut out: impl Write) -> Result<u64, DecompressError> {
     // Reading one byte past the cap tells "exactly cap" from "more than cap".
     let mut limited = decoder.take(cap.saturating_add(1));
     let mut buf = vec![0u8; 64 * 1024];
@@ -104,6 +147,54 @@ mod tests {
         assert!(bomb.len() < 10_000, "50 MiB of zeros packs small: {}", bomb.len());
         let err = decompress_to_vec(&bomb, 1024 * 1024).expect_err("over cap");
         assert!(matches!(err, DecompressError::TooLarge { cap: 1_048_576 }));
+    }
+
+    /// Bytes like a model's weights: a base, a copy with its last tenth changed, and an
+    /// unrelated one of the same size.
+    fn weights(seed: u32, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_delta_of_a_changed_tail_is_small_and_restores_the_target_exactly() {
+        let base = weights(1, 400_000);
+        let mut tuned = base.clone();
+        tuned[360_000..].copy_from_slice(&weights(2, 40_000));
+        let full = compress(&tuned, DEFAULT_LEVEL).expect("full");
+        let delta = delta_compress(&base, &tuned, DELTA_LEVEL).expect("delta");
+        assert!(delta.len() * 5 < full.len(), "delta {} vs full {}", delta.len(), full.len());
+        let mut out = Vec::new();
+        delta_decompress_capped(&delta[..], &base, tuned.len() as u64, &mut out).expect("apply");
+        assert_eq!(out, tuned);
+    }
+
+    #[test]
+    fn a_delta_needs_its_base_and_respects_the_cap() {
+        let base = weights(1, 100_000);
+        let mut tuned = base.clone();
+        tuned[..1000].fill(7);
+        let delta = delta_compress(&base, &tuned, DELTA_LEVEL).expect("delta");
+        let other = weights(3, 100_000);
+        let mut out = Vec::new();
+        match delta_decompress_capped(&delta[..], &other, tuned.len() as u64, &mut out) {
+            Ok(_) => assert_ne!(out, tuned, "another base cannot give the target"),
+            Err(e) => assert!(matches!(e, DecompressError::Corrupt(_)), "{e}"),
+        }
+        let err = delta_decompress_capped(&delta[..], &base, 50_000, std::io::sink()).expect_err("cap");
+        assert!(matches!(err, DecompressError::TooLarge { cap: 50_000 }));
+        assert!(delta_decompress_capped(&b"garbage"[..], &base, 1000, std::io::sink()).is_err());
+        assert_eq!(window_log_for(0), 10);
+        assert_eq!(window_log_for(1 << 20), 20);
+        assert_eq!(window_log_for((1 << 20) + 1), 21);
+        assert_eq!(window_log_for(u64::MAX), 31);
     }
 
     #[test]

@@ -26,6 +26,22 @@ pub struct DeployedArtifact {
     pub compressed_sha256: String,
     /// Exact compressed size in bytes.
     pub compressed_size: u64,
+    /// A smaller way to the same bytes for a device that holds `base_sha256`: a zstd frame made
+    /// with that base as its reference prefix. The result must still match `sha256` and `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<ArtifactDelta>,
+}
+
+/// A delta from an artifact the device already holds to this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactDelta {
+    /// SHA-256 (hex) of the uncompressed base the delta was made against.
+    pub base_sha256: String,
+    /// SHA-256 (hex) of the delta bytes as transferred (also its download address).
+    pub sha256: String,
+    /// Exact size of the delta bytes.
+    pub size: u64,
 }
 
 /// Model name and version.

@@ -218,6 +218,9 @@ pub struct ActivationReport {
     pub at: u64,
     /// Milliseconds from document accepted to commit or rollback.
     pub duration_ms: u64,
+    /// Compressed bytes this activation did not download because deltas were used.
+    #[serde(default)]
+    pub delta_bytes_saved: u64,
 }
 
 /// A refused deployment document.
@@ -279,6 +282,24 @@ pub struct DeviceStatus {
     /// Engines this agent can run models on (platform names: `tract_onnx`, `onnxruntime_onnx`).
     #[serde(default)]
     pub engines: Vec<String>,
+    /// Delta downloads since the agent started; present only on agents that apply deltas, so
+    /// the controller offers deltas to them alone.
+    #[serde(default)]
+    pub deltas: Option<DeltaReport>,
+}
+
+/// What a device did with the deltas it was offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaReport {
+    /// Artifacts made from a delta (verified against their signed digest).
+    pub applied: u64,
+    /// Deltas given up for the full artifact (no base held, download or verification failed).
+    pub fallbacks: u64,
+    /// Why the last fallback happened.
+    #[serde(default)]
+    pub last_fallback: Option<String>,
+    /// Compressed bytes not downloaded thanks to deltas.
+    pub bytes_saved: u64,
 }
 
 /// How a shadow version compares with the active one on mirrored live requests.

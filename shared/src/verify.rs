@@ -219,12 +219,40 @@ pub fn verify_compressed_artifact(
     compressed: impl Read,
     out: impl Write,
 ) -> Result<(), ArtifactError> {
-    let mut transfer = StreamVerifier::new(&artifact.name, artifact.compressed_size, &artifact.compressed_sha256);
+    let transfer = StreamVerifier::new(&artifact.name, artifact.compressed_size, &artifact.compressed_sha256);
+    verify_decoded(artifact, transfer, compressed, out, |input, cap, out| decompress_capped(input, cap, out))
+}
+
+/// Verifies a delta as transferred (against its own size and digest in `artifact.delta`),
+/// applies it to `base` through the capped decoder into `out`, and verifies the result against
+/// the artifact's signed size and digest: a delta is accepted only if what it makes is exactly
+/// the artifact. The caller checks that `base` is the delta's base (its digest).
+pub fn verify_delta_artifact(
+    artifact: &DeployedArtifact,
+    base: &[u8],
+    delta: impl Read,
+    out: impl Write,
+) -> Result<(), ArtifactError> {
+    let Some(d) = &artifact.delta else {
+        return Err(ArtifactError::Corrupt { name: artifact.name.clone(), reason: "no delta is declared".into() });
+    };
+    let transfer = StreamVerifier::new(&artifact.name, d.size, &d.sha256);
+    verify_decoded(artifact, transfer, delta, out, |input, cap, out| {
+        crate::compress::delta_decompress_capped(input, base, cap, out)
+    })
+}
+
+fn verify_decoded(
+    artifact: &DeployedArtifact,
+    mut transfer: StreamVerifier,
+    compressed: impl Read,
+    out: impl Write,
+    decode: impl FnOnce(&mut dyn Read, u64, &mut dyn Write) -> Result<u64, DecompressError>,
+) -> Result<(), ArtifactError> {
     let mut content = StreamVerifier::new(&artifact.name, artifact.size, &artifact.sha256);
-    let checked_in = VerifyingReader { inner: compressed, verifier: &mut transfer, error: None };
+    let mut reader = VerifyingReader { inner: compressed, verifier: &mut transfer, error: None };
     let mut checked_out = VerifyingWriter { inner: out, verifier: &mut content };
-    let mut reader = checked_in;
-    let result = decompress_capped(&mut reader, artifact.size, &mut checked_out);
+    let result = decode(&mut reader, artifact.size, &mut checked_out);
     // Drain what the decoder did not read so the transfer digest covers every byte; a transfer
     // that is not the declared one (too long, wrong digest) is the precise diagnosis even when
     // it also fails to decompress.

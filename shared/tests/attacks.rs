@@ -34,6 +34,7 @@ fn artifact(name: &str, content: &[u8], packed: &[u8]) -> DeployedArtifact {
         size: content.len() as u64,
         compressed_sha256: sha256_hex(packed),
         compressed_size: packed.len() as u64,
+        delta: None,
     }
 }
 
@@ -217,6 +218,7 @@ fn zstd_bomb_beyond_the_declared_size_is_refused() {
         size: 1000,
         compressed_sha256: sha256_hex(&bomb),
         compressed_size: bomb.len() as u64,
+        delta: None,
     };
     let mut sink = Vec::new();
     let err = verify_compressed_artifact(&doc.artifacts[0], bomb.as_slice(), &mut sink).expect_err("bomb");

@@ -75,12 +75,16 @@ impl Layout {
     pub fn device_key(&self) -> PathBuf {
         self.root.join("device.key")
     }
-    fn staging(&self) -> PathBuf {
+    pub(super) fn staging(&self) -> PathBuf {
         self.root.join("staging")
+    }
+    /// Where a model's slots live.
+    pub fn models(&self, name: &str) -> PathBuf {
+        self.root.join("models").join(name)
     }
     /// Slot directory of a version.
     pub fn slot(&self, name: &str, version: u64) -> PathBuf {
-        self.root.join("models").join(name).join(version.to_string())
+        self.models(name).join(version.to_string())
     }
 }
 
@@ -100,13 +104,15 @@ pub struct Context {
     pub backend: BackendConfig,
     /// Telemetry recorders, when telemetry is on.
     pub telemetry: Option<Arc<Hub>>,
+    /// What deltas did, for the status report.
+    pub deltas: Arc<super::delta::DeltaStats>,
 }
 
 impl Context {
     /// Fetches, verifies, loads and self-tests `doc`'s version, ready to swap in (or to run as a
     /// shadow, on the shadow's budget).
     pub async fn prepare(&self, doc: &DeploymentDocument, shadow: bool) -> Result<Arc<ServedModel>, ActivationError> {
-        let slot = fetch(&self.link, &self.layout, doc).await?;
+        let slot = fetch(&self.link, &self.layout, doc, &self.deltas).await?;
         let model = if shadow {
             load_with(&slot, &doc.model, SHADOW_POOL, &self.backend).await?
         } else {
@@ -135,8 +141,14 @@ pub fn attach_telemetry(
     let _ = model.telemetry.set(hub.recorder(&doc_model.name, doc_model.version, baseline.as_ref()));
 }
 
-/// Downloads and verifies a document's artifacts into its slot (no-op if already complete).
-pub async fn fetch(link: &Link, layout: &Layout, doc: &DeploymentDocument) -> Result<PathBuf, ActivationError> {
+/// Downloads and verifies a document's artifacts into its slot (no-op if already complete): by
+/// delta where one is offered and works, else whole.
+pub async fn fetch(
+    link: &Link,
+    layout: &Layout,
+    doc: &DeploymentDocument,
+    deltas: &super::delta::DeltaStats,
+) -> Result<PathBuf, ActivationError> {
     let slot = layout.slot(&doc.model.name, doc.model.version);
     if slot_complete(&slot, &doc.artifacts).await {
         return Ok(slot);
@@ -147,6 +159,9 @@ pub async fn fetch(link: &Link, layout: &Layout, doc: &DeploymentDocument) -> Re
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     tokio::fs::create_dir_all(&tmp).await.map_err(storage)?;
     for a in &doc.artifacts {
+        if super::delta::fetch_by_delta(link, layout, &doc.model, a, &tmp.join(&a.name), deltas).await {
+            continue;
+        }
         let part = layout.staging().join(format!("{}.part", a.compressed_sha256));
         link.download(a, &part).await.map_err(|e| match e {
             LinkError::Artifact(a) => ActivationError::Verify(a),

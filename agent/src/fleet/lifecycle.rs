@@ -33,6 +33,7 @@ impl Agent {
             fleet: self.config.fleet.clone(),
             backend: self.config.backend.clone(),
             telemetry: self.telemetry.clone(),
+            deltas: self.deltas.clone(),
         };
         let (task_doc, shadow) = (doc.clone(), matches!(purpose, Purpose::Shadow(_)));
         let span = tracing::info_span!("activation", model = %doc.model.name, version = doc.model.version,
@@ -142,6 +143,7 @@ impl Agent {
             error,
             at: self.clock.now(),
             duration_ms: started.elapsed().as_millis() as u64,
+            delta_bytes_saved: self.deltas.take_saved(&doc.model),
         });
     }
 

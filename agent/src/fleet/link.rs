@@ -278,13 +278,28 @@ impl Link {
     /// Downloads an artifact's compressed bytes into `part`, resuming from what `part` already
     /// holds, and stops at the first byte beyond the declared compressed size.
     pub async fn download(&self, artifact: &DeployedArtifact, part: &Path) -> Result<(), LinkError> {
+        let path = format!("/api/v1/devices/{}/artifacts/{}", self.device_id, artifact.sha256);
+        self.download_to(&path, &artifact.name, artifact.compressed_size, part).await
+    }
+
+    /// Downloads the delta the document offers for `artifact`, as [`Link::download`] does.
+    pub async fn download_delta(
+        &self,
+        artifact: &DeployedArtifact,
+        delta: &edgefleet_shared::deployment::ArtifactDelta,
+        part: &Path,
+    ) -> Result<(), LinkError> {
+        let path = format!("/api/v1/devices/{}/deltas/{}", self.device_id, delta.sha256);
+        self.download_to(&path, &artifact.name, delta.size, part).await
+    }
+
+    async fn download_to(&self, path: &str, name: &str, declared: u64, part: &Path) -> Result<(), LinkError> {
         let file_err = |source| LinkError::File { path: part.display().to_string(), source };
         let have = tokio::fs::metadata(part).await.map(|m| m.len()).unwrap_or(0);
-        if have >= artifact.compressed_size {
+        if have >= declared {
             return Ok(());
         }
-        let path = format!("/api/v1/devices/{}/artifacts/{}", self.device_id, artifact.sha256);
-        let mut req = self.signed(reqwest::Method::GET, &path, b"");
+        let mut req = self.signed(reqwest::Method::GET, path, b"");
         if have > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
@@ -306,12 +321,10 @@ impl Link {
         metrics::counter!(crate::metric::DOWNLOAD_RESUMES).increment(u64::from(append));
         while let Some(chunk) = resp.chunk().await? {
             total += chunk.len() as u64;
-            if total > artifact.compressed_size {
+            if total > declared {
                 drop(file);
                 let _ = tokio::fs::remove_file(part).await;
-                return Err(
-                    ArtifactError::TooLong { name: artifact.name.clone(), declared: artifact.compressed_size }.into()
-                );
+                return Err(ArtifactError::TooLong { name: name.to_owned(), declared }.into());
             }
             file.write_all(&chunk).await.map_err(file_err)?;
             metrics::counter!(crate::metric::DOWNLOAD_BYTES).increment(chunk.len() as u64);

@@ -13,6 +13,7 @@
 
 pub mod acks;
 pub mod activate;
+pub mod delta;
 mod documents;
 mod lifecycle;
 pub mod link;
@@ -114,6 +115,8 @@ struct Agent {
     clock: SharedClock,
     /// Engines this agent can run models on, reported so the controller deploys only what runs.
     engines: Vec<String>,
+    /// What deltas did (reported, which also tells the controller this agent applies them).
+    deltas: Arc<delta::DeltaStats>,
 }
 
 /// Runs fleet mode until `shutdown` resolves.
@@ -240,6 +243,7 @@ pub async fn run(
         trust_version,
         clock: edgefleet_shared::clock::system(),
         engines: edgefleet_engine::engines_available(&config.backend).into_iter().map(str::to_owned).collect(),
+        deltas: Arc::default(),
     };
     agent.restore().await;
     agent.restore_shadow().await;
@@ -436,6 +440,7 @@ impl Agent {
             output_classes: classes,
             trust_version: Some(self.trust.version()),
             engines: self.engines.clone(),
+            deltas: Some(self.deltas.report()),
         }
     }
 

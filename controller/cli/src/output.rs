@@ -157,6 +157,10 @@ pub(crate) fn version(out: Output, v: &VersionInfo) {
     for a in &v.artifacts {
         say!("artifact:  {} {} bytes ({} compressed) sha256 {}", a.name, a.size, a.compressed_size, a.sha256);
     }
+    for d in &v.deltas {
+        let share = 100.0 * d.size as f64 / d.full_size.max(1) as f64;
+        say!("delta:     from version {}: {} bytes ({share:.1}% of the compressed model)", d.base_version, d.size);
+    }
     say!("signed by: {}", v.signature.key_id);
 }
 
@@ -388,6 +392,9 @@ pub(crate) fn rollout_text(r: &RolloutInfo, now: u64) -> String {
         m.already,
         m.unsettled()
     );
+    if r.delta_bytes_saved > 0 {
+        let _ = writeln!(o, "deltas:   {} compressed bytes not downloaded", r.delta_bytes_saved);
+    }
     let _ = writeln!(
         o,
         "traffic:  {} requests, {} errors, p99 {} ms (before {} ms, ratio {} over {} device(s))",

@@ -59,6 +59,7 @@ impl Device {
                 error: None,
                 at: edgefleet_shared::clock::unix_secs(),
                 duration_ms: 0,
+                delta_bytes_saved: 0,
             }),
             ..DeviceStatus::default()
         }

@@ -40,11 +40,31 @@ pub(super) async fn serve_artifact(state: &AppState, sha256: &str, headers: &Hea
         .store()
         .local_path(&info.sha256)
         .ok_or_else(|| ApiError::internal("the artifact store cannot serve files"))?;
-    let etag = format!("\"{}\"", info.compressed_sha256);
+    let mut resp = serve_file(&path, info.compressed_size, &info.compressed_sha256, headers).await?;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&info.sha256) {
+        h.insert(UNCOMPRESSED_SHA256, v);
+    }
+    h.insert(UNCOMPRESSED_SIZE, HeaderValue::from(info.size));
+    Ok(resp)
+}
+
+/// Serves a delta (a zstd frame against a base the device holds) from the store's blobs, with
+/// `Range` and `If-None-Match` as for artifacts.
+pub(super) async fn serve_delta(state: &AppState, sha256: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let path =
+        state.registry.store().blob_path(sha256).ok_or_else(|| ApiError::not_found(format!("no delta {sha256}")))?;
+    let len = tokio::fs::metadata(&path).await.map_err(|_| ApiError::not_found(format!("no delta {sha256}")))?.len();
+    serve_file(&path, len, sha256, headers).await
+}
+
+/// Serves `len` bytes of `path` (whose digest is `sha256`, the strong ETag), or the one range
+/// `Range` asks for.
+async fn serve_file(path: &std::path::Path, len: u64, sha256: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let etag = format!("\"{sha256}\"");
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    let len = info.compressed_size;
     let range = match headers.get(header::RANGE) {
         None => None,
         Some(v) => match parse_range(v.to_str().unwrap_or_default(), len) {
@@ -61,7 +81,7 @@ pub(super) async fn serve_artifact(state: &AppState, sha256: &str, headers: &Hea
             }
         },
     };
-    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "Artifact file missing.");
         ApiError::internal("artifact file missing from the store")
     })?;
@@ -80,10 +100,6 @@ pub(super) async fn serve_artifact(state: &AppState, sha256: &str, headers: &Hea
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&info.sha256) {
-        h.insert(UNCOMPRESSED_SHA256, v);
-    }
-    h.insert(UNCOMPRESSED_SIZE, HeaderValue::from(info.size));
     if status == StatusCode::PARTIAL_CONTENT
         && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
     {

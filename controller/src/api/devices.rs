@@ -175,6 +175,23 @@ pub(super) async fn artifact(
     super::artifacts::serve_artifact(&state, &sha256, &headers).await
 }
 
+/// A delta offered by the device's current document (a zstd frame against an artifact the
+/// device holds; `Range` supported).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/deltas/{sha256}", responses((status = 200), (status = 206), (status = 403, body = edgefleet_shared::api::ErrorBody)))]
+pub(super) async fn delta(
+    State(state): State<AppState>,
+    Path((id, sha256)): Path<(String, String)>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    device_auth(&state, &id, &method, &uri, &headers, b"").await?;
+    if !state.fleet.may_download_delta(id.clone(), sha256.clone()).await? {
+        return Err(ApiError::forbidden(format!("delta {sha256} is not part of device {id:?}'s deployment")));
+    }
+    super::artifacts::serve_delta(&state, &sha256, &headers).await
+}
+
 /// Largest status report read.
 const MAX_STATUS_BYTES: usize = 256 * 1024;
 

@@ -71,6 +71,7 @@ pub struct AppState {
         devices::desired,
         devices::trust,
         devices::mqtt_certificate,
+        devices::delta,
         devices::artifact,
         devices::status,
         devices::list,
@@ -149,6 +150,7 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/devices/{id}/desired", get(devices::desired))
         .route("/devices/{id}/trust", get(devices::trust))
         .route("/devices/{id}/mqtt-certificate", post(devices::mqtt_certificate))
+        .route("/devices/{id}/deltas/{sha256}", get(devices::delta))
         .route("/devices/{id}/artifacts/{sha256}", get(devices::artifact))
         .route("/devices/{id}/status", post(devices::status))
         .route("/deployments", post(devices::deploy))

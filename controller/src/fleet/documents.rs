@@ -40,6 +40,14 @@ impl Fleet {
         }))
     }
 
+    /// Whether the device's current document offers the delta `sha256`.
+    pub async fn may_download_delta(&self, device_id: String, sha256: String) -> Result<bool, FleetError> {
+        Ok(self.desired(device_id).await?.and_then(|env| env.document_bytes()).is_some_and(|bytes| {
+            serde_json::from_slice::<DeploymentDocument>(&bytes)
+                .is_ok_and(|d| d.artifacts.iter().any(|a| a.delta.as_ref().is_some_and(|x| x.sha256 == sha256)))
+        }))
+    }
+
     /// Issues documents for a model version to one device or every device matching a selector.
     pub async fn deploy(&self, req: DeployRequest, actor: String) -> Result<Vec<Issued>, FleetError> {
         if req.device.is_some() == req.selector.is_some() {
@@ -163,6 +171,7 @@ impl Fleet {
             .optional()?
             .flatten();
         let signer = self.keys.signer_for(trust_version.map(|v| v as u64), issued_at);
+        let artifacts = crate::delta::offer(tx, device, model, artifacts, self.settings.delta_max_share)?;
         let doc = DeploymentDocument {
             kind: DEPLOYMENT_KIND.into(),
             key_id: signer.key_id(),
@@ -171,7 +180,7 @@ impl Fleet {
             expires_at: issued_at + self.settings.document_ttl_secs,
             devices: vec![device.to_owned()],
             model: model.clone(),
-            artifacts: artifacts.to_vec(),
+            artifacts,
             shadow,
         };
         let envelope = SignedEnvelope::sign(&doc.to_bytes(), signer.as_ref());
@@ -209,6 +218,7 @@ pub(crate) fn version_artifacts(
             size: a.size,
             compressed_sha256: a.compressed_sha256,
             compressed_size: a.compressed_size,
+            delta: None,
         })
         .collect();
     if !rows.iter().any(|a| a.name == MODEL_FILE) || !rows.iter().any(|a| a.name == BUNDLE_FILE) {

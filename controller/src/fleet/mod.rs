@@ -69,6 +69,8 @@ pub struct FleetSettings {
     pub mqtt_url: Option<String>,
     /// Topic prefix.
     pub topic_prefix: String,
+    /// Largest delta offered, as a share of the compressed artifact (0: none).
+    pub delta_max_share: f64,
 }
 
 /// The fleet service.

@@ -393,6 +393,7 @@ mod tests {
             error: Some(error.into()),
             at: T0,
             duration_ms: 1,
+            delta_bytes_saved: 0,
         };
         let status = DeviceStatus { active: Some(model(1)), last_activation: Some(report), ..DeviceStatus::default() };
         Member { device: name.into(), status: Some(status), previous: Some(model(1)), ..Member::default() }

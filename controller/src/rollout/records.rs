@@ -121,8 +121,15 @@ pub(super) fn info(conn: &Connection, id: i64, now: u64, online_window_secs: u64
         Decision::Pause { reason } => format!("nothing: the next step pauses it ({reason})"),
     });
     let in_waves = row.state == RolloutState::Running;
+    let delta_bytes_saved = all
+        .iter()
+        .filter_map(|m| m.status.as_ref()?.last_activation.as_ref())
+        .filter(|a| a.ok && a.model == row.model)
+        .map(|a| a.delta_bytes_saved)
+        .sum();
     Ok(RolloutInfo {
         id,
+        delta_bytes_saved,
         measurements: measure(&all, &row.model, shadow, false),
         waiting_for,
         bake_until: in_waves.then(|| row.wave_started_at.saturating_add(row.plan.bake_secs)),

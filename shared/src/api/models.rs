@@ -61,6 +61,23 @@ pub struct VersionInfo {
     /// a schema change allowed by `allow_schema_change`); only in the push's answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Deltas the push made from earlier versions to this one's model; only in the push's answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<DeltaInfo>,
+}
+
+/// A delta from an earlier version's model to this one's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeltaInfo {
+    /// The version a device must hold to use it.
+    pub base_version: u64,
+    /// SHA-256 of the delta bytes (its address in the store).
+    pub sha256: String,
+    /// Delta bytes.
+    pub size: u64,
+    /// The compressed model's bytes, which a device without the base downloads.
+    pub full_size: u64,
 }
 
 impl VersionInfo {

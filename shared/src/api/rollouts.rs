@@ -290,6 +290,10 @@ pub struct RolloutInfo {
     /// Every device the rollout reached, with where it is.
     #[serde(default)]
     pub devices: Vec<RolloutDevice>,
+    /// Compressed bytes the rollout's devices did not download thanks to deltas, as they report
+    /// their activations of the candidate.
+    #[serde(default)]
+    pub delta_bytes_saved: u64,
 }
 
 /// Where one device of a rollout is.

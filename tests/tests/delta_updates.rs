@@ -1,0 +1,176 @@
+//! Delta updates end to end, with a real controller and agents: a fine-tuned version (only its
+//! last layer changed) rolls out to a device that holds the previous one as a delta, under load,
+//! without a failed request, with the bytes transferred recorded and the bytes saved reported by
+//! the rollout; a corrupted delta is
+//! refused and the full artifact is downloaded and verified instead; a device without the base
+//! gets the full artifact; a fully retrained version is not offered as a delta.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use common::controller::ControllerProcess;
+use common::{AgentProcess, strs, testdata, until};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn push(c: &ControllerProcess, file: &str) -> Value {
+    c.cli_json(&["model", "push", &testdata().join(file).to_string_lossy(), "--name", "m"])
+}
+
+/// The model artifact's compressed size in a push answer.
+fn full_size(pushed: &Value) -> u64 {
+    let model = pushed["artifacts"].as_array().expect("artifacts").iter().find(|a| a["name"] == "model.onnx");
+    model.and_then(|a| a["compressed_size"].as_u64()).expect("compressed size")
+}
+
+/// Sum of an agent metric whose line contains `label`.
+async fn metric(agent: &AgentProcess, name: &str, label: &str) -> f64 {
+    let text = reqwest::get(agent.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn status(c: &ControllerProcess, id: &str) -> Value {
+    c.cli_json(&["device", "show", id])["status"].clone()
+}
+
+/// Enrolls an agent and returns it with its device id.
+async fn agent(c: &ControllerProcess, dir: &std::path::Path, name: &str) -> (AgentProcess, String) {
+    let label = format!("fleet={name}");
+    let ids = |c: &ControllerProcess| -> Vec<String> {
+        let list = c.cli_json(&["device", "list"]);
+        list.as_array().into_iter().flatten().filter_map(|d| d["id"].as_str().map(str::to_owned)).collect()
+    };
+    let before = ids(c);
+    let token =
+        c.cli_json(&["device", "token", "create", "--label", &label])["token"].as_str().expect("token").to_owned();
+    let trust = c.trust_file(dir);
+    let mut args = c.agent_args(&trust, &dir.join(name), 1);
+    args.extend(["--enroll-token".to_owned(), token]);
+    let agent = AgentProcess::run(&strs(&args));
+    until("enrollment", 30, async || ids(c).len() > before.len()).await;
+    let id = ids(c).into_iter().find(|i| !before.contains(i)).expect("the new device");
+    (agent, id)
+}
+
+/// Waits until `agent` serves `version` of model `m`.
+async fn serving(agent: &AgentProcess, version: &str) {
+    let (http, url) = (reqwest::Client::new(), agent.url("/v2/models/m/ready"));
+    until(&format!("v{version} serving"), 60, async || {
+        let Ok(r) = http.get(&url).send().await else { return false };
+        r.status() == StatusCode::OK && r.json::<Value>().await.is_ok_and(|v| v["version"] == version)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fine_tuned_head_travels_as_a_delta_and_everything_else_falls_back_to_the_full_artifact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = ControllerProcess::start(&dir.path().join("controller"));
+    let v1 = push(&c, "delta_base.onnx");
+    assert!(v1["deltas"].is_null(), "nothing to make a delta from: {v1}");
+    let v2 = push(&c, "delta_tuned.onnx");
+    let delta = &v2["deltas"][0];
+    let (delta_size, full) = (delta["size"].as_u64().expect("delta size"), full_size(&v2));
+    assert_eq!(delta["base_version"], 1, "{v2}");
+    eprintln!(
+        "fine-tuned head: delta {delta_size} bytes vs full {full} compressed ({:.1}%)",
+        100.0 * delta_size as f64 / full as f64
+    );
+    assert!(delta_size * 20 <= full, "a changed head is at most 5% of the full bytes: {delta_size} vs {full}");
+
+    let (a, a_id) = agent(&c, dir.path(), "a").await;
+    c.cli_json(&["deploy", "m:1", "--device", &a_id]);
+    serving(&a, "1").await;
+    until("the device reports v1 and that it applies deltas", 60, async || {
+        let s = status(&c, &a_id);
+        s["active"]["version"] == 1 && s["deltas"].is_object()
+    })
+    .await;
+
+    // v1 -> v2 by delta while clients infer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, stop, ok, failed) = (a.url("/v2/models/m/infer"), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let body =
+                    json!({"inputs": [{"name": "x", "shape": [1, 32], "datatype": "FP32", "data": vec![0.1; 32]}]});
+                while !stop.load(Ordering::Relaxed) {
+                    match http.post(&url).json(&body).send().await {
+                        Ok(r) if r.status() == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    let downloaded_before = metric(&a, "edgefleet_agent_download_bytes_total", "").await;
+    let rollout = c.cli_json(&["rollout", "create", "m:2", "--selector", "fleet=a", "--waves", "100", "--bake", "1s"]);
+    let rollout = rollout["id"].to_string();
+    serving(&a, "2").await;
+    until("the rollout completes", 60, async || c.cli_json(&["rollout", "status", &rollout])["state"] == "completed")
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("client");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "requests failed during the delta update ({ok} succeeded)");
+    assert!(ok > 50, "{ok} requests");
+    let downloaded = metric(&a, "edgefleet_agent_download_bytes_total", "").await - downloaded_before;
+    eprintln!(
+        "v1 -> v2: {downloaded} bytes downloaded (the delta, and the small bundle whole) vs {full} for the full model"
+    );
+    assert_eq!(metric(&a, "edgefleet_agent_delta_downloads_total", "result=\"applied\"").await, 1.0);
+    assert!(downloaded < full as f64 / 4.0, "{downloaded} bytes for a {full}-byte model");
+    let report = status(&c, &a_id)["deltas"].clone();
+    assert_eq!((report["applied"].clone(), report["fallbacks"].clone()), (json!(1), json!(0)), "{report}");
+    assert_eq!(report["bytes_saved"].as_u64(), Some(full - delta_size), "{report}");
+    let done = c.cli_json(&["rollout", "status", &rollout]);
+    assert_eq!(
+        done["delta_bytes_saved"].as_u64(),
+        Some(full - delta_size),
+        "the rollout reports what it saved: {done}"
+    );
+
+    // v3 (the base's bytes again): its delta from v2 is corrupted in the store. The device
+    // refuses it, downloads the full artifact, verifies it and serves v3.
+    let v3 = push(&c, "delta_base.onnx");
+    let sha = v3["deltas"][0]["sha256"].as_str().expect("v3 has a delta from v2").to_owned();
+    let newest = dir.path().join("controller/artifacts/blobs").join(&sha[..2]).join(format!("{}.zst", &sha[2..]));
+    let mut bytes = std::fs::read(&newest).expect("read delta");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&newest, bytes).expect("corrupt delta");
+    c.cli_json(&["deploy", "m:3", "--device", &a_id]);
+    serving(&a, "3").await;
+    until("the fallback reported", 60, async || status(&c, &a_id)["deltas"]["fallbacks"] == 1).await;
+    let report = status(&c, &a_id)["deltas"].clone();
+    assert!(report["last_fallback"].as_str().is_some_and(|w| w.contains("sha256")), "{report}");
+    assert_eq!(metric(&a, "edgefleet_agent_delta_downloads_total", "result=\"fallback\"").await, 1.0);
+
+    // A fully retrained version: its delta is not smaller than half the full artifact, so it is
+    // neither kept nor offered.
+    let v4 = push(&c, "delta_retrained.onnx");
+    let offered = v4["deltas"].as_array().map_or(0, Vec::len);
+    eprintln!("retrained: {v4_deltas} (full {full4})", v4_deltas = v4["deltas"], full4 = full_size(&v4));
+    c.cli_json(&["deploy", "m:4", "--device", &a_id]);
+    serving(&a, "4").await;
+    let report = status(&c, &a_id)["deltas"].clone();
+    assert_eq!(report["applied"], 1, "no delta offered for a retrained model ({offered} made): {report}");
+
+    // A device that never held the base gets the full artifact.
+    let (b, b_id) = agent(&c, dir.path(), "b").await;
+    until("b reports", 60, async || status(&c, &b_id)["deltas"].is_object()).await;
+    c.cli_json(&["deploy", "m:2", "--device", &b_id]);
+    serving(&b, "2").await;
+    assert_eq!(metric(&b, "edgefleet_agent_delta_downloads_total", "").await, 0.0);
+    assert!(metric(&b, "edgefleet_agent_download_bytes_total", "").await >= full as f64);
+}
