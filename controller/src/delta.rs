@@ -2,7 +2,8 @@
 //!
 //! At push, the controller makes a zstd delta (the new model compressed with an earlier
 //! version's model as its reference prefix, as `zstd --patch-from`) from the previous version
-//! and from the declared parent, stores it under its own digest and records it by the pair of
+//! and from the declared parent, and before a deployment or rollout from every version of the
+//! model that devices run; it stores each under its own digest and records it by the pair of
 //! digests. When it signs a document for a device that applies deltas and holds one of those
 //! bases (its active or previous version), the artifact names the delta beside the full
 //! artifact, if the delta is at most `fleet.delta_max_share` of the compressed artifact. The
@@ -87,15 +88,32 @@ fn load(store: &dyn ArtifactStore, sha256: &str, size: u64) -> Result<Vec<u8>, D
     Ok(out)
 }
 
-/// Makes (or finds) the deltas to `model:version`'s model artifact from its [`bases`]. Blocking
-/// (run it off the async reactor); the database is held only to read and record, never while
-/// compressing.
+/// Versions of `model` that live devices applying deltas hold (active or previous): the bases a
+/// deployment of another version can use.
+pub fn held_versions(conn: &Connection, model: &str) -> rusqlite::Result<Vec<u64>> {
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT v FROM (
+             SELECT json_extract(status, '$.active.version') AS v FROM devices
+             WHERE decommissioned_at IS NULL AND json_extract(status, '$.deltas') IS NOT NULL
+               AND json_extract(status, '$.active.name') = ?1
+             UNION
+             SELECT json_extract(status, '$.previous.version') FROM devices
+             WHERE decommissioned_at IS NULL AND json_extract(status, '$.deltas') IS NOT NULL
+               AND json_extract(status, '$.previous.name') = ?1)
+         WHERE v IS NOT NULL ORDER BY v",
+    )?;
+    stmt.query_map(params![model], |r| r.get::<_, i64>(0).map(|v| v as u64))?.collect()
+}
+
+/// Makes (or finds) the deltas to `model:version`'s model artifact from each of the `bases`
+/// versions. Blocking (run it off the async reactor); the database is held only to read and
+/// record, never while compressing.
 pub fn make(
     db: &crate::db::Db,
     store: &dyn ArtifactStore,
     model: &str,
     version: u64,
-    parent: Option<u64>,
+    bases: &[u64],
 ) -> Result<Vec<Made>, DeltaError> {
     struct Job {
         base_version: u64,
@@ -105,7 +123,10 @@ pub fn make(
     let planned = db.call_blocking(|conn| -> Result<_, DeltaError> {
         let Some(target) = model_artifact(conn, model, version)? else { return Ok(None) };
         let mut jobs = Vec::new();
-        for base_version in bases(conn, model, version, parent)? {
+        for &base_version in bases {
+            if base_version == version {
+                continue;
+            }
             let Some((sha, size, _)) = model_artifact(conn, model, base_version)? else { continue };
             if sha == target.0 {
                 continue;

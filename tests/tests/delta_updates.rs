@@ -1,7 +1,7 @@
 //! Delta updates end to end, with a real controller and agents: a fine-tuned version (only its
 //! last layer changed) rolls out to a device that holds the previous one as a delta, under load,
 //! without a failed request, with the bytes transferred recorded and the bytes saved reported by
-//! the rollout; a corrupted delta is
+//! the rollout, resuming a delta half on the device already; a corrupted delta is
 //! refused and the full artifact is downloaded and verified instead; a device without the base
 //! gets the full artifact; a fully retrained version is not offered as a delta.
 
@@ -111,6 +111,13 @@ async fn a_fine_tuned_head_travels_as_a_delta_and_everything_else_falls_back_to_
             })
         })
         .collect();
+    // Half of the delta is on the device already, as after an interrupted transfer: it resumes.
+    let sha = delta["sha256"].as_str().expect("delta sha256");
+    let blob = dir.path().join("controller/artifacts/blobs").join(&sha[..2]).join(format!("{}.zst", &sha[2..]));
+    let bytes = std::fs::read(&blob).expect("the stored delta");
+    let staging = dir.path().join("a/staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    std::fs::write(staging.join(format!("{sha}.delta.part")), &bytes[..bytes.len() / 2]).expect("half a delta");
     let downloaded_before = metric(&a, "edgefleet_agent_download_bytes_total", "").await;
     let rollout = c.cli_json(&["rollout", "create", "m:2", "--selector", "fleet=a", "--waves", "100", "--bake", "1s"]);
     let rollout = rollout["id"].to_string();
@@ -129,6 +136,7 @@ async fn a_fine_tuned_head_travels_as_a_delta_and_everything_else_falls_back_to_
         "v1 -> v2: {downloaded} bytes downloaded (the delta, and the small bundle whole) vs {full} for the full model"
     );
     assert_eq!(metric(&a, "edgefleet_agent_delta_downloads_total", "result=\"applied\"").await, 1.0);
+    assert_eq!(metric(&a, "edgefleet_agent_download_resumes_total", "").await, 1.0, "the delta resumed by Range");
     assert!(downloaded < full as f64 / 4.0, "{downloaded} bytes for a {full}-byte model");
     let report = status(&c, &a_id)["deltas"].clone();
     assert_eq!((report["applied"].clone(), report["fallbacks"].clone()), (json!(1), json!(0)), "{report}");
@@ -173,4 +181,32 @@ async fn a_fine_tuned_head_travels_as_a_delta_and_everything_else_falls_back_to_
     serving(&b, "2").await;
     assert_eq!(metric(&b, "edgefleet_agent_delta_downloads_total", "").await, 0.0);
     assert!(metric(&b, "edgefleet_agent_download_bytes_total", "").await >= full as f64);
+}
+
+/// A device two versions behind: the delta from the version it runs is made when the
+/// deployment is made (at push there was only the retrained version in between to make one from).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_delta_is_made_from_the_version_a_device_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = ControllerProcess::start(&dir.path().join("controller"));
+    push(&c, "delta_base.onnx");
+    push(&c, "delta_retrained.onnx");
+    let v3 = push(&c, "delta_tuned.onnx");
+    let small = v3["deltas"].as_array().into_iter().flatten().any(|d| d["size"].as_u64() < Some(full_size(&v3) / 2));
+    assert!(!small, "at push, only the retrained v2 could be a base: {v3}");
+    let (a, a_id) = agent(&c, dir.path(), "a").await;
+    c.cli_json(&["deploy", "m:1", "--device", &a_id]);
+    serving(&a, "1").await;
+    until("the device reports v1", 60, async || {
+        let s = status(&c, &a_id);
+        s["active"]["version"] == 1 && s["deltas"].is_object()
+    })
+    .await;
+    c.cli_json(&["deploy", "m:3", "--device", &a_id]);
+    serving(&a, "3").await;
+    assert_eq!(metric(&a, "edgefleet_agent_delta_downloads_total", "result=\"applied\"").await, 1.0);
+    until("the activation reports the bytes saved", 60, async || {
+        status(&c, &a_id)["last_activation"]["delta_bytes_saved"].as_u64().is_some_and(|b| b > full_size(&v3) / 2)
+    })
+    .await;
 }

@@ -159,7 +159,8 @@ pub async fn fetch(
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     tokio::fs::create_dir_all(&tmp).await.map_err(storage)?;
     for a in &doc.artifacts {
-        if super::delta::fetch_by_delta(link, layout, &doc.model, a, &tmp.join(&a.name), deltas).await {
+        let by_delta = super::delta::fetch_by_delta(link, layout, &doc.model, a, &tmp.join(&a.name), deltas).await;
+        if by_delta.map_err(ActivationError::Download)? {
             continue;
         }
         let part = layout.staging().join(format!("{}.part", a.compressed_sha256));

@@ -1,6 +1,6 @@
 //! Delta downloads: when a document offers a delta for an artifact and the device holds its
-//! base (found by digest among its slots, and checked), the delta is downloaded (resuming by
-//! `Range` like a full artifact), applied through the capped decoder with the artifact's signed
+//! base (found by digest among its slots, and checked), the delta is downloaded (an interrupted
+//! transfer fails the activation, whose retry resumes it by `Range` like a full artifact), applied through the capped decoder with the artifact's signed
 //! size as the cap, and accepted only if the result hashes to the signed digest. Any failure
 //! (no base, a refused or corrupt delta, a mismatching result) falls back to the full artifact,
 //! and is counted (`edgefleet_agent_delta_downloads_total{result}`, and the status report).
@@ -15,7 +15,7 @@ use edgefleet_shared::fleet::DeltaReport;
 use edgefleet_shared::verify::{sha256_hex, verify_delta_artifact};
 
 use super::activate::Layout;
-use super::link::Link;
+use super::link::{Link, LinkError};
 
 /// What deltas did since the agent started.
 #[derive(Debug, Default)]
@@ -76,8 +76,24 @@ fn find_base(layout: &Layout, model: &str, sha256: &str) -> Option<PathBuf> {
     })
 }
 
-/// Makes `artifact` at `out` from its delta, or says why not (the caller then downloads it
-/// whole). Blocking parts run off the reactor.
+/// Why a delta was not used.
+enum NotUsed {
+    /// The link broke mid-transfer: the activation fails and is retried, resuming the delta.
+    Interrupted(LinkError),
+    /// Anything else: the full artifact is downloaded instead.
+    Fallback(String),
+}
+
+impl From<String> for NotUsed {
+    fn from(why: String) -> Self {
+        NotUsed::Fallback(why)
+    }
+}
+
+/// Makes `artifact` at `out` from its delta: `Ok(true)` when done, `Ok(false)` when the caller
+/// must download it whole (no delta offered, no base held, a refused, corrupt or mismatching
+/// delta); an interrupted transfer is an error, so the activation is retried and resumes the
+/// delta rather than spending the full download. Blocking parts run off the reactor.
 pub async fn fetch_by_delta(
     link: &Link,
     layout: &Layout,
@@ -85,21 +101,21 @@ pub async fn fetch_by_delta(
     artifact: &DeployedArtifact,
     out: &Path,
     stats: &DeltaStats,
-) -> bool {
-    let Some(delta) = &artifact.delta else { return false };
-    let result = apply(link, layout, &model.name, artifact, out).await;
-    match result {
+) -> Result<bool, LinkError> {
+    let Some(delta) = &artifact.delta else { return Ok(false) };
+    match apply(link, layout, &model.name, artifact, out).await {
         Ok(()) => {
             stats.applied(model, artifact.compressed_size.saturating_sub(delta.size));
             tracing::info!(artifact = %artifact.name, delta_bytes = delta.size, full_bytes = artifact.compressed_size,
                 "Artifact made from its delta.");
-            true
+            Ok(true)
         }
-        Err(why) => {
+        Err(NotUsed::Interrupted(e)) => Err(e),
+        Err(NotUsed::Fallback(why)) => {
             tracing::warn!(artifact = %artifact.name, reason = %why, "Delta not used; downloading the full artifact.");
             let _ = tokio::fs::remove_file(out).await;
             stats.fallback(why);
-            false
+            Ok(false)
         }
     }
 }
@@ -110,8 +126,8 @@ async fn apply(
     model: &str,
     artifact: &DeployedArtifact,
     out: &Path,
-) -> Result<(), String> {
-    let Some(delta) = artifact.delta.clone() else { return Err("no delta offered".into()) };
+) -> Result<(), NotUsed> {
+    let Some(delta) = artifact.delta.clone() else { return Err("no delta offered".to_owned().into()) };
     let (layout2, model2, base_sha) = (layout.clone(), model.to_owned(), delta.base_sha256.clone());
     let base = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
         let path = find_base(&layout2, &model2, &base_sha).ok_or("the base is not held")?;
@@ -124,7 +140,11 @@ async fn apply(
     .await
     .map_err(|e| e.to_string())??;
     let part = layout.staging().join(format!("{}.delta.part", delta.sha256));
-    link.download_delta(artifact, &delta, &part).await.map_err(|e| format!("delta download: {e}"))?;
+    match link.download_delta(artifact, &delta, &part).await {
+        Ok(()) => {}
+        Err(e @ LinkError::Transport(_)) => return Err(NotUsed::Interrupted(e)),
+        Err(e) => return Err(format!("delta download: {e}").into()),
+    }
     let (artifact, out_path, part2) = (artifact.clone(), out.to_owned(), part.clone());
     let verified = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let input = std::io::BufReader::new(std::fs::File::open(&part2).map_err(|e| e.to_string())?);
@@ -136,5 +156,5 @@ async fn apply(
     .map_err(|e| e.to_string())?;
     // Used or refused, the delta is not kept: a refused one must not be resumed.
     let _ = tokio::fs::remove_file(&part).await;
-    verified
+    Ok(verified?)
 }

@@ -303,6 +303,7 @@ pub(super) async fn deploy(
 ) -> Result<(StatusCode, Json<Vec<Issued>>), ApiError> {
     caller.require(Role::Operator)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state.registry.prepare_deltas(req.model.clone(), req.version.clone()).await;
     let issued = state.fleet.deploy(req, caller.actor()).await?;
     let devices: Vec<String> = issued.iter().map(|i| i.device_id.clone()).collect();
     state.publisher.documents(&devices).await;

@@ -19,6 +19,7 @@ pub(super) async fn create(
 ) -> Result<(StatusCode, Json<RolloutInfo>), ApiError> {
     caller.require(Role::Operator)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state.registry.prepare_deltas(req.model.clone(), req.version.clone()).await;
     let created = state.rollouts.create(req, caller.actor()).await?;
     // The first wave goes out now rather than on the next tick.
     let issued = state.rollouts.tick().await?;
