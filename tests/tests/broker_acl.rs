@@ -6,48 +6,17 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::controller::ControllerProcess;
 use common::device::TestDevice;
-use common::mosquitto::{Mosquitto, MosquittoSetup};
+use common::mosquitto::{Broker, MosquittoSetup};
 use common::{strs, testdata, until};
-use edgefleet_service::tls::ClientConfig;
 use edgefleet_shared::fleet::{DeviceStatus, OFFLINE_KIND, OfflineNotice, topics};
 use edgefleet_shared::signature::SignedEnvelope;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
 const P: &str = edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX;
-
-/// How tests reach the broker under test.
-struct Broker {
-    port: u16,
-    /// Mosquitto: the CA of its server certificate (clients need a device certificate too).
-    mosquitto: Option<(MosquittoSetup, Mosquitto)>,
-}
-
-impl Broker {
-    /// TLS for `device` (Mosquitto: its certificate from the controller), or none (embedded).
-    async fn tls(&self, c: &ControllerProcess, device: &TestDevice) -> Option<Arc<ClientConfig>> {
-        let (setup, _) = self.mosquitto.as_ref()?;
-        let cert = device.mqtt_certificate(c).await;
-        Some(
-            edgefleet_service::tls::client_config_with_certificate(
-                Some(&setup.pki.ca),
-                &cert.certificate_pem,
-                device.key.pkcs8_der(),
-            )
-            .expect("client TLS"),
-        )
-    }
-
-    /// TLS without any client certificate.
-    fn tls_anonymous(&self) -> Option<Arc<ClientConfig>> {
-        let (setup, _) = self.mosquitto.as_ref()?;
-        Some(edgefleet_service::tls::client_config(Some(&setup.pki.ca)).expect("TLS"))
-    }
-}
 
 /// Polls until the connection is acknowledged; panics on a refusal.
 async fn connected(events: &mut EventLoop) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::controller::{ADMIN, ControllerProcess};
 use common::device::TestDevice;
-use common::mosquitto::{Mosquitto, MosquittoSetup};
+use common::mosquitto::{Broker, MosquittoSetup};
 use common::{binary, strs, testdata, until};
 use edgefleet_shared::fleet::topics;
 use edgefleet_shared::keys::Signer as _;
@@ -64,32 +64,6 @@ fn audited(c: &ControllerProcess, action: &str, target: &str) -> bool {
 
 fn enroll_body(token: &str, device: &TestDevice) -> serde_json::Value {
     serde_json::json!({"token": token, "public_key": device.key.public_key().to_base64()})
-}
-
-/// The broker under test: the embedded one, or Mosquitto set up by `mosquitto-config`.
-struct Broker {
-    port: u16,
-    mosquitto: Option<(MosquittoSetup, Mosquitto)>,
-}
-
-impl Broker {
-    /// TLS with the device's own broker certificate (Mosquitto), or none (embedded).
-    async fn tls(
-        &self,
-        c: &ControllerProcess,
-        device: &TestDevice,
-    ) -> Option<std::sync::Arc<edgefleet_service::tls::ClientConfig>> {
-        let (setup, _) = self.mosquitto.as_ref()?;
-        let cert = device.mqtt_certificate(c).await;
-        Some(
-            edgefleet_service::tls::client_config_with_certificate(
-                Some(&setup.pki.ca),
-                &cert.certificate_pem,
-                device.key.pkcs8_der(),
-            )
-            .expect("client TLS"),
-        )
-    }
 }
 
 /// Whether the broker grants a subscription (false also for a connection it closes).

@@ -8,7 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use edgefleet_service::tls::ClientConfig;
+
 use super::binary;
+use super::controller::ControllerProcess;
+use super::device::TestDevice;
 use super::pki::TestPki;
 
 fn mosquitto_binary() -> PathBuf {
@@ -142,5 +148,36 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The broker a test drives devices through: the embedded one (no TLS here), or Mosquitto set
+/// up by `mosquitto-config` (TLS with a device certificate from the controller).
+pub struct Broker {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Mosquitto's set-up and process, when it is Mosquitto.
+    pub mosquitto: Option<(MosquittoSetup, Mosquitto)>,
+}
+
+impl Broker {
+    /// TLS for `device` (Mosquitto: its certificate from the controller), or none (embedded).
+    pub async fn tls(&self, c: &ControllerProcess, device: &TestDevice) -> Option<Arc<ClientConfig>> {
+        let (setup, _) = self.mosquitto.as_ref()?;
+        let cert = device.mqtt_certificate(c).await;
+        Some(
+            edgefleet_service::tls::client_config_with_certificate(
+                Some(&setup.pki.ca),
+                &cert.certificate_pem,
+                device.key.pkcs8_der(),
+            )
+            .expect("client TLS"),
+        )
+    }
+
+    /// TLS without any client certificate.
+    pub fn tls_anonymous(&self) -> Option<Arc<ClientConfig>> {
+        let (setup, _) = self.mosquitto.as_ref()?;
+        Some(edgefleet_service::tls::client_config(Some(&setup.pki.ca)).expect("TLS"))
     }
 }
