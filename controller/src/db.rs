@@ -271,13 +271,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN decommission_reason TEXT;
     ALTER TABLE enrollment_tokens ADD COLUMN revoked_at INTEGER;
     ",
-    // 10: delta artifacts, made at push from an earlier version's model to the new one, kept in
-    // the store under their own digest and looked up by the pair of digests.
+    // 10: delta artifacts, made from an earlier version's model to a newer one, kept in the
+    // store under their own digest and looked up by the pair of digests; a delta not smaller
+    // than the full artifact is remembered without one (delta_sha256 NULL), so it is not made again.
     "
     CREATE TABLE deltas (
         base_sha256   TEXT NOT NULL,
         target_sha256 TEXT NOT NULL,
-        delta_sha256  TEXT NOT NULL,
+        delta_sha256  TEXT,
         delta_size    INTEGER NOT NULL CHECK (delta_size > 0),
         created_at    INTEGER NOT NULL,
         PRIMARY KEY (base_sha256, target_sha256)

@@ -131,14 +131,21 @@ pub fn make(
             if sha == target.0 {
                 continue;
             }
-            let known: Option<(String, i64)> = conn
+            let known: Option<(Option<String>, i64)> = conn
                 .query_row(
                     "SELECT delta_sha256, delta_size FROM deltas WHERE base_sha256 = ?1 AND target_sha256 = ?2",
                     params![sha, target.0],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            jobs.push(Job { base_version, base: (sha, size), known: known.map(|(s, k)| (s, k as u64)) });
+            match known {
+                // Tried before and not worth keeping.
+                Some((None, _)) => {}
+                Some((Some(delta), k)) => {
+                    jobs.push(Job { base_version, base: (sha, size), known: Some((delta, k as u64)) });
+                }
+                None => jobs.push(Job { base_version, base: (sha, size), known: None }),
+            }
         }
         Ok(Some((target, jobs)))
     })?;
@@ -160,6 +167,13 @@ pub fn make(
         if delta.len() as u64 >= full_size {
             tracing::info!(%model, version, base_version = job.base_version, delta_bytes = delta.len(),
                 full_bytes = full_size, "No delta kept: it is not smaller than the full artifact.");
+            db.call_blocking(|conn| {
+                conn.execute(
+                    "INSERT OR IGNORE INTO deltas (base_sha256, target_sha256, delta_sha256, delta_size, created_at)
+                     VALUES (?1, ?2, NULL, ?3, ?4)",
+                    params![job.base.0, target_sha, delta.len() as i64, now()],
+                )
+            })?;
             continue;
         }
         let (delta_sha, size) = store.put_blob(&delta)?;
@@ -230,7 +244,8 @@ pub fn offer(
             let Some(base) = base else { continue };
             let cached: Option<(String, u64)> = conn
                 .query_row(
-                    "SELECT delta_sha256, delta_size FROM deltas WHERE base_sha256 = ?1 AND target_sha256 = ?2",
+                    "SELECT delta_sha256, delta_size FROM deltas
+                     WHERE base_sha256 = ?1 AND target_sha256 = ?2 AND delta_sha256 IS NOT NULL",
                     params![base, a.sha256],
                     |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
                 )
