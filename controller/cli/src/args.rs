@@ -85,6 +85,17 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Shell completions on stdout: `edgefleet completions bash > /etc/bash_completion.d/edgefleet`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Man pages (`edgefleet.1` and one per subcommand) into a directory.
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// `edgefleet drift ...`

@@ -18,8 +18,16 @@ use crate::{demo, output, sim};
 
 /// Runs a parsed command, writing results to stdout.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    if let Command::Demo(args) = cli.command {
-        return demo::run(args).await;
+    match cli.command {
+        Command::Demo(args) => return demo::run(args).await,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            completions(shell, &mut script)?;
+            crate::stdout_text(&String::from_utf8_lossy(&script));
+            return Ok(());
+        }
+        Command::Man { out } => return man_pages(&out),
+        _ => {}
     }
     let (host, tls) = edgefleet_service::tls::http_url_host(&cli.controller).map_err(CliError::Usage)?;
     if !tls {
@@ -126,7 +134,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             output::retrain_request(out, &client.retrain_request(id).await?)
         }
         Command::Retrain(RetrainCommand::Policy(args)) => policy(&client, out, args).await?,
-        Command::Demo(_) => unreachable!("handled before connecting"),
+        Command::Demo(_) | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before connecting")
+        }
         Command::Sim(args) => sim::run(&client, args).await?,
         Command::Audit { limit } => output::audit(out, &client.audit(&AuditQuery { limit: Some(limit) }).await?),
     }
@@ -223,4 +233,49 @@ async fn policy(client: &Client, out: Output, args: PolicyArgs) -> Result<(), Cl
     }
     output::policy(out, &policy);
     Ok(())
+}
+
+/// Writes `shell`'s completion script for `edgefleet` (into memory first: clap_complete panics on
+/// a write error, and a reader that goes away must end the CLI quietly).
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "edgefleet", out);
+    Ok(())
+}
+
+/// Writes `edgefleet.1` and a page per subcommand (`edgefleet-rollout-create.1`, ...) into `dir`.
+pub fn man_pages(dir: &std::path::Path) -> Result<(), CliError> {
+    let io = |e: std::io::Error| CliError::Usage(format!("cannot write man pages to {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir).map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_name_every_command() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut out = Vec::new();
+            completions(shell, &mut out).expect("completions");
+            let text = String::from_utf8(out).expect("utf8");
+            for word in ["rollout", "deploy", "decommission", "completions"] {
+                assert!(text.contains(word), "{shell}: {word} missing");
+            }
+        }
+    }
+
+    #[test]
+    fn man_pages_cover_the_subcommands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        man_pages(dir.path()).expect("man pages");
+        for page in
+            ["edgefleet.1", "edgefleet-rollout.1", "edgefleet-rollout-create.1", "edgefleet-device-decommission.1"]
+        {
+            let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+            assert!(text.starts_with(".ie") || text.contains(".TH"), "{page} is roff");
+        }
+    }
 }
