@@ -1,5 +1,5 @@
 //! Every metric the agent emits, by name: emit sites use these constants, [`ALL`] describes
-//! them (`# HELP` on `/metrics`, and the README's table), and the test below fails on a metric
+//! them (`# HELP` on `/metrics`, and docs/metrics.md's table), and the test below fails on a metric
 //! macro anywhere in the crate that names something else.
 
 edgefleet_service::metric_catalog! {
@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn the_catalog_is_complete_and_holds_every_emitted_metric() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let readme = dir.join("../README.md");
+        let readme = dir.join("../docs/metrics.md");
         edgefleet_service::observability::check_catalog_module(
             "edgefleet_agent_",
             super::ALL,

@@ -11,6 +11,7 @@
 //! - [`analytics`]: reference datasets, baseline profiles, drift statistics.
 //! - [`api`]: axum routes under `/api/v1`, the `ApiError` type, the OpenAPI document.
 //! - [`auth`]: operator tokens (hashed), roles, the bearer-token extractor.
+//! - [`census`]: devices, rollouts and versions counted into gauges at each scrape.
 //! - [`config`]: typed TOML configuration and the data-directory layout.
 //! - [`db`]: SQLite (WAL), migrations, the blocking-call handle, the audit log.
 //! - [`delta`]: delta artifacts made at push, and which device is offered which.
@@ -32,6 +33,7 @@
 pub mod analytics;
 pub mod api;
 pub mod auth;
+pub mod census;
 pub mod config;
 pub mod db;
 pub mod delta;

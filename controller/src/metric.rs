@@ -1,5 +1,5 @@
 //! Every metric the controller emits, by name: emit sites use these constants, [`ALL`] describes
-//! them (`# HELP` on `/metrics`, and the README's table), and the test below fails on a metric
+//! them (`# HELP` on `/metrics`, and docs/metrics.md's table), and the test below fails on a metric
 //! macro anywhere in the crate that names something else.
 
 edgefleet_service::metric_catalog! {
@@ -33,6 +33,14 @@ edgefleet_service::metric_catalog! {
         "Embedded-broker connections and publishes refused by the gate, by reason.";
     BROKER_ACCESS_CHANGES = "edgefleet_controller_broker_access_changes_total", Counter, None, ["change", "result"],
         "Device rights changed on an external Mosquitto's dynamic-security plugin, by change (grant, revoke) and result (ok, failed).";
+    DEVICES = "edgefleet_controller_devices", Gauge, None, ["state"],
+        "Devices by state (online, offline, decommissioned), counted at each scrape.";
+    ROLLOUTS = "edgefleet_controller_rollouts", Gauge, None, ["state"],
+        "Rollouts by state (running, paused, promoting, completed, aborted), counted at each scrape.";
+    MODELS = "edgefleet_controller_models", Gauge, None, [],
+        "Registered models, counted at each scrape.";
+    MODEL_VERSIONS = "edgefleet_controller_model_versions", Gauge, None, [],
+        "Registered model versions (all models), counted at each scrape.";
     TELEMETRY_BATCHES = "edgefleet_controller_telemetry_batches_total", Counter, None, ["result"],
         "Telemetry batches, by result (accepted, duplicate, signature, wrong_device, replay, unknown_device, malformed, error).";
     TELEMETRY_SAMPLES = "edgefleet_controller_telemetry_samples_total", Counter, None, [],
@@ -52,7 +60,7 @@ mod tests {
     #[test]
     fn the_catalog_is_complete_and_holds_every_emitted_metric() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let readme = dir.join("../README.md");
+        let readme = dir.join("../docs/metrics.md");
         edgefleet_service::observability::check_catalog_module(
             "edgefleet_controller_",
             super::ALL,

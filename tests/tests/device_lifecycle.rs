@@ -249,6 +249,16 @@ async fn decommission_scenario(c: &ControllerProcess, broker: &Broker) {
     assert!(admitted(&mut kept_events).await);
     assert!(subscribed(&k, &mut kept_events, &topics::desired(P, &kept.id)).await, "the kept device keeps its rights");
 
+    // The census on /metrics counts it (set at each scrape, so a fresh controller has it too).
+    let text = reqwest::get(c.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    for line in [
+        "edgefleet_controller_devices{state=\"decommissioned\"} 1",
+        "edgefleet_controller_model_versions 1",
+        "edgefleet_controller_rollouts{state=\"running\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
+
     // Listed only when asked for; audited; a second decommission is a conflict.
     assert_eq!(ids(&c.cli_json(&["device", "list"])), vec![kept.id.clone()]);
     assert_eq!(ids(&c.cli_json(&["device", "list", "--state", "decommissioned"])), vec![stolen.id.clone()]);

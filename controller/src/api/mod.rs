@@ -181,6 +181,9 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    if let Err(e) = crate::census::publish(&state.db, state.fleet.online_window_secs()).await {
+        tracing::warn!(error = %e, "Cannot count devices, rollouts and versions for /metrics.");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
 }
 
