@@ -174,6 +174,11 @@ mod grpc_listen {
     }
 }
 
+/// Whether two listen addresses would take the same port (0 picks a free one: never).
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// `--grpc-listen`: an address, or none (`off`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrpcListen(pub Option<SocketAddr>);
@@ -315,9 +320,12 @@ impl AgentConfig {
         if self.server.request_timeout_ms == 0 {
             return invalid("server.request_timeout_ms must be above 0".into());
         }
-        if self.server.grpc_listen.is_some_and(|g| g == self.server.listen && g.port() != 0) {
+        if let Some(grpc) = self.server.grpc_listen
+            && same_socket(grpc, self.server.listen)
+        {
             return invalid(format!(
-                "server.grpc_listen and server.listen are both {}: gRPC needs its own port",
+                "server.grpc_listen ({grpc}) and server.listen ({}) would share a port: gRPC needs its own \
+                 (another --grpc-listen, or off)",
                 self.server.listen
             ));
         }
@@ -471,6 +479,13 @@ mod tests {
         assert!(parse_grpc_listen("8501").is_err());
         let mut same = AgentConfig::default();
         same.server.grpc_listen = Some(same.server.listen);
-        assert!(same.validate().expect_err("same port").to_string().contains("its own port"));
+        assert!(same.validate().expect_err("same port").to_string().contains("its own"));
+        // An HTTP API on every address takes the port on loopback too.
+        same.server.listen = SocketAddr::from(([0, 0, 0, 0], 8501));
+        same.server.grpc_listen = Some(SocketAddr::from(([127, 0, 0, 1], 8501)));
+        assert!(same.validate().expect_err("overlapping").to_string().contains("share a port"));
+        same.server.grpc_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        same.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        assert!(same.validate().is_ok(), "two free ports");
     }
 }

@@ -110,15 +110,45 @@ pub fn refused(model: &ServedModel, e: ApiError) -> ApiError {
     e
 }
 
-/// Runs `inputs` on `model` within the request deadline and accounts for the outcome; `started`
-/// is when the request's body was read (its decoding counts in the latency).
+/// A run's outputs, whose success is counted once the answer is encoded ([`Ran::answered`]).
+#[derive(Debug)]
+#[must_use = "count the answer with answered() once it is encoded"]
+pub struct Ran {
+    /// The model's outputs.
+    pub tensors: Vec<Tensor>,
+    started: Instant,
+    queued: std::time::Duration,
+    compute: std::time::Duration,
+}
+
+impl Ran {
+    /// Counts the request as answered (metrics, statistics, latency).
+    pub fn answered(&self, model: &ServedModel) {
+        model.metrics.requests.increment(1);
+        model.outcomes.ok.fetch_add(1, Ordering::Relaxed);
+        let elapsed = self.started.elapsed();
+        model.metrics.request_seconds.record(elapsed.as_secs_f64());
+        model.outcomes.record_latency(elapsed);
+        model.outcomes.timings.success(elapsed, self.queued, self.compute);
+    }
+
+    /// Counts the request as failed after the run (its answer could not be encoded).
+    pub fn failed(&self, model: &ServedModel) {
+        model.outcomes.failed.fetch_add(1, Ordering::Relaxed);
+        model.outcomes.timings.failure(self.started.elapsed());
+    }
+}
+
+/// Runs `inputs` on `model` within the request deadline and accounts for the run (the answer
+/// is counted by the caller once encoded); `started` is when the request's body was read (its
+/// decoding counts in the latency).
 pub async fn run(
     state: &AppState,
     model: &Arc<ServedModel>,
     inputs: Vec<Tensor>,
     request_id: Option<&str>,
     started: Instant,
-) -> Result<Vec<Tensor>, ApiError> {
+) -> Result<Ran, ApiError> {
     let name = &model.name;
     let shadow = state.shadows.get(name).filter(|s| s.sample());
     let recorder = model.telemetry.get();
@@ -181,11 +211,5 @@ pub async fn run(
     if let (Some(shadow), Some(inputs)) = (shadow, copy) {
         shadow.mirror(inputs, tensors.clone(), result.compute);
     }
-    model.metrics.requests.increment(1);
-    model.outcomes.ok.fetch_add(1, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    model.metrics.request_seconds.record(elapsed.as_secs_f64());
-    model.outcomes.record_latency(elapsed);
-    model.outcomes.timings.success(elapsed, result.queued, result.compute);
-    Ok(tensors)
+    Ok(Ran { tensors, started, queued: result.queued, compute: result.compute })
 }

@@ -159,22 +159,24 @@ impl HttpServer {
                 "Requests still running after the grace period; stopping anyway."
             );
         };
+        // A failed server is reported after the other one drained and the models stopped.
+        let mut failure = None;
         match tokio::time::timeout_at(deadline, self.task).await {
             Ok(Ok(Ok(()))) => tracing::info!("All connections drained."),
-            Ok(Ok(Err(e))) => return Err(ServeError::Http(e)),
+            Ok(Ok(Err(e))) => failure = Some(ServeError::Http(e)),
             Ok(Err(join)) => tracing::error!(error = %join, "HTTP server task failed."),
             Err(_) => late(),
         }
         if let Some(grpc) = self.grpc {
             match tokio::time::timeout_at(deadline, grpc.task).await {
                 Ok(Ok(Ok(()))) => tracing::info!("All gRPC calls drained."),
-                Ok(Ok(Err(e))) => return Err(ServeError::Grpc(e)),
+                Ok(Ok(Err(e))) => failure = failure.or(Some(ServeError::Grpc(e))),
                 Ok(Err(join)) => tracing::error!(error = %join, "gRPC server task failed."),
                 Err(_) => late(),
             }
         }
         stop_models(&self.repository).await;
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 }
 

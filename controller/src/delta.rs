@@ -21,6 +21,10 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use crate::db::now;
 use crate::store::{ArtifactStore, StoreError};
 
+/// At most this many held versions get a delta made before a deployment (the newest ones), so a
+/// deploy waits for a bounded amount of compression.
+pub const MAX_DEPLOY_BASES: usize = 4;
+
 /// A delta made at push.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Made {

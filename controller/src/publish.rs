@@ -44,6 +44,13 @@ impl Publisher {
         }
     }
 
+    /// Takes `device`'s topics away now (a device decommissioned while it was being granted).
+    pub async fn revoke_access_now(&self, device: &str) {
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.revoke_access_now(device).await;
+        }
+    }
+
     /// Removes the retained documents of `device` (decommissioned) and its broker access.
     pub async fn forget(&self, device: &str) {
         if let Some(mqtt) = &self.mqtt {

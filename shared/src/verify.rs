@@ -62,7 +62,14 @@ pub fn verify_deployment(
     }
     for a in &doc.artifacts {
         check_file_name(&a.name)?;
-        for (what, hex) in [("sha256", &a.sha256), ("compressed_sha256", &a.compressed_sha256)] {
+        let delta = a.delta.as_ref();
+        let digests = [
+            ("sha256", Some(&a.sha256)),
+            ("compressed_sha256", Some(&a.compressed_sha256)),
+            ("delta.sha256", delta.map(|d| &d.sha256)),
+            ("delta.base_sha256", delta.map(|d| &d.base_sha256)),
+        ];
+        for (what, hex) in digests.into_iter().filter_map(|(w, h)| Some((w, h?))) {
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(VerifyError::Malformed(format!("artifact {}: {what} is not 64 hex digits", a.name)));
             }

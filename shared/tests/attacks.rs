@@ -151,6 +151,28 @@ fn path_traversal_in_an_artifact_name_is_refused() {
 }
 
 #[test]
+fn a_delta_digest_that_is_not_hex_is_refused() {
+    let f = fixture();
+    let hex = "ab".repeat(32);
+    for (sha256, base_sha256) in [("../../staging/x", hex.as_str()), (hex.as_str(), "../base"), ("ABC", hex.as_str())] {
+        let mut doc = document(&f, 5);
+        doc.artifacts[0].delta = Some(edgefleet_shared::deployment::ArtifactDelta {
+            base_sha256: base_sha256.into(),
+            sha256: sha256.into(),
+            size: 10,
+        });
+        let (bytes, sig) = doc.sign(&f.key);
+        let err = verify(&bytes, &sig, &f, None).expect_err(sha256);
+        assert!(matches!(&err, VerifyError::Malformed(m) if m.contains("delta.")), "{sha256}: {err}");
+    }
+    let mut doc = document(&f, 5);
+    doc.artifacts[0].delta =
+        Some(edgefleet_shared::deployment::ArtifactDelta { base_sha256: hex.clone(), sha256: hex.clone(), size: 10 });
+    let (bytes, sig) = doc.sign(&f.key);
+    assert!(verify(&bytes, &sig, &f, None).is_ok(), "hex digests pass");
+}
+
+#[test]
 fn signed_garbage_is_malformed() {
     let f = fixture();
     let sig = DocumentSignature::sign(b"{\"kind\": 1}", &f.key);

@@ -312,3 +312,15 @@ pub async fn collect_garbage(layout: &Layout, name: &str, keep: &[u64]) {
         }
     }
 }
+
+/// Removes every partial download in staging but the `wanted` ones (the pending document's).
+pub async fn sweep_staging(layout: &Layout, wanted: &[String]) {
+    let Ok(mut entries) = tokio::fs::read_dir(layout.staging()).await else { return };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".part") && !wanted.contains(&name) {
+            tracing::debug!(file = %name, "Partial download of a replaced document removed.");
+            let _ = tokio::fs::remove_file(e.path()).await;
+        }
+    }
+}

@@ -39,10 +39,13 @@ impl DeltaStats {
         }
     }
 
-    /// The bytes deltas saved fetching `model` (forgotten once taken).
+    /// The bytes deltas saved fetching `model`; what was noted for its other versions (fetches a
+    /// newer document cancelled) is forgotten with it.
     pub fn take_saved(&self, model: &ModelRef) -> u64 {
         let mut saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        saved.remove(&(model.name.clone(), model.version)).unwrap_or(0)
+        let this = saved.remove(&(model.name.clone(), model.version)).unwrap_or(0);
+        saved.retain(|(name, _), _| *name != model.name);
+        this
     }
 
     fn applied(&self, model: &ModelRef, saved: u64) {
@@ -128,25 +131,31 @@ async fn apply(
     out: &Path,
 ) -> Result<(), NotUsed> {
     let Some(delta) = artifact.delta.clone() else { return Err("no delta offered".to_owned().into()) };
-    let (layout2, model2, base_sha) = (layout.clone(), model.to_owned(), delta.base_sha256.clone());
-    let base = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-        let path = find_base(&layout2, &model2, &base_sha).ok_or("the base is not held")?;
-        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read the base {}: {e}", path.display()))?;
-        if sha256_hex(&bytes) != base_sha {
-            return Err(format!("the base {} does not match its digest", path.display()));
-        }
-        Ok(bytes)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+    let base_path = {
+        let (layout, model, base) = (layout.clone(), model.to_owned(), delta.base_sha256.clone());
+        tokio::task::spawn_blocking(move || find_base(&layout, &model, &base))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the base is not held".to_owned())?
+    };
     let part = layout.staging().join(format!("{}.delta.part", delta.sha256));
     match link.download_delta(artifact, &delta, &part).await {
         Ok(()) => {}
+        // Kept: the activation's retry resumes it.
         Err(e @ LinkError::Transport(_)) => return Err(NotUsed::Interrupted(e)),
-        Err(e) => return Err(format!("delta download: {e}").into()),
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(format!("delta download: {e}").into());
+        }
     }
-    let (artifact, out_path, part2) = (artifact.clone(), out.to_owned(), part.clone());
+    // The base is read only now, after the transfer, so it is not held in memory meanwhile.
+    let (artifact, out_path, part2, base_sha) = (artifact.clone(), out.to_owned(), part.clone(), delta.base_sha256);
     let verified = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let base =
+            std::fs::read(&base_path).map_err(|e| format!("cannot read the base {}: {e}", base_path.display()))?;
+        if sha256_hex(&base) != base_sha {
+            return Err(format!("the base {} does not match its digest", base_path.display()));
+        }
         let input = std::io::BufReader::new(std::fs::File::open(&part2).map_err(|e| e.to_string())?);
         let mut output = std::fs::File::create(&out_path).map_err(|e| e.to_string())?;
         verify_delta_artifact(&artifact, &base, input, &mut output).map_err(|e| e.to_string())?;

@@ -172,5 +172,17 @@ impl Agent {
             .collect();
         keep.extend(pending);
         activate::collect_garbage(&self.layout, name, &keep).await;
+        // Partial downloads of documents that were replaced would stay in staging forever.
+        let wanted: Vec<String> = self
+            .state
+            .pending
+            .iter()
+            .flat_map(|d| &d.artifacts)
+            .flat_map(|a| {
+                let delta = a.delta.as_ref().map(|d| format!("{}.delta.part", d.sha256));
+                std::iter::once(format!("{}.part", a.compressed_sha256)).chain(delta)
+            })
+            .collect();
+        activate::sweep_staging(&self.layout, &wanted).await;
     }
 }

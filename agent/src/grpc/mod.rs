@@ -79,28 +79,43 @@ impl Service {
             wanted.collect::<Result<_, _>>().map_err(|e| refused(&model, e))?
         };
         let id = version(&request.id);
-        let tensors = inference::run(&self.state, &model, inputs, id, started).await?;
-        let sig = model.engine.signature();
-        let mut response = pb::ModelInferResponse {
-            model_name: model.name.clone(),
-            model_version: model.version.clone(),
-            id: request.id,
-            ..Default::default()
-        };
-        for ix in outputs {
-            let tensor = tensors
-                .get(ix)
-                .ok_or_else(|| ApiError::internal(format!("engine returned no output {:?}", sig.outputs[ix].name)))?;
-            response.outputs.push(pb::model_infer_response::InferOutputTensor {
-                name: sig.outputs[ix].name.clone(),
-                datatype: tensor.datatype().to_string(),
-                shape: tensor.shape.iter().map(|&d| d as i64).collect(),
-                ..Default::default()
-            });
-            response.raw_output_contents.push(codec::raw(tensor));
+        let ran = inference::run(&self.state, &model, inputs, id, started).await?;
+        let response = encode(&model, request.id, &outputs, &ran.tensors);
+        match &response {
+            Ok(_) => ran.answered(&model),
+            Err(_) => ran.failed(&model),
         }
-        Ok(response)
+        response
     }
+}
+
+/// The answer to a run: the chosen outputs, in order, as raw contents.
+fn encode(
+    model: &ServedModel,
+    id: String,
+    outputs: &[usize],
+    tensors: &[crate::tensor::Tensor],
+) -> Result<pb::ModelInferResponse, ApiError> {
+    let sig = model.engine.signature();
+    let mut response = pb::ModelInferResponse {
+        model_name: model.name.clone(),
+        model_version: model.version.clone(),
+        id,
+        ..Default::default()
+    };
+    for &ix in outputs {
+        let tensor = tensors
+            .get(ix)
+            .ok_or_else(|| ApiError::internal(format!("engine returned no output {:?}", sig.outputs[ix].name)))?;
+        response.outputs.push(pb::model_infer_response::InferOutputTensor {
+            name: sig.outputs[ix].name.clone(),
+            datatype: tensor.datatype().to_string(),
+            shape: tensor.shape.iter().map(|&d| d as i64).collect(),
+            ..Default::default()
+        });
+        response.raw_output_contents.push(codec::raw(tensor));
+    }
+    Ok(response)
 }
 
 /// The request's inputs as tensors in the model's order.
@@ -303,12 +318,21 @@ impl GrpcServer {
         let addr = listener.local_addr()?;
         let limit = state.max_body_bytes;
         let service = GrpcInferenceServiceServer::new(Service { state }).max_decoding_message_size(limit);
-        // Small request/response pairs: Nagle's delay would dominate their latency.
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-            s.inspect(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            })
-        });
+        // Small request/response pairs: Nagle's delay would dominate their latency. tonic goes
+        // straight on after an accept error, so out of file descriptors it would spin: pause.
+        let incoming =
+            tokio_stream::StreamExt::then(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| async {
+                match &s {
+                    Ok(tcp) => {
+                        let _ = tcp.set_nodelay(true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gRPC accept failed; pausing 100 ms.");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+                s
+            });
         let task = tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
             incoming,
             async move {

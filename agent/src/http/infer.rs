@@ -49,8 +49,13 @@ async fn run(
     let bytes = read_body(&headers, body, state.max_body_bytes).await?;
     let started = Instant::now();
     let Decoded { request, inputs, outputs } = decode(&headers, &bytes, &model).map_err(|e| refused(&model, e))?;
-    let tensors = inference::run(&state, &model, inputs, request.id.as_deref(), started).await?;
-    encode(&model, &request, &outputs, &tensors)
+    let ran = inference::run(&state, &model, inputs, request.id.as_deref(), started).await?;
+    let response = encode(&model, &request, &outputs, &ran.tensors);
+    match &response {
+        Ok(_) => ran.answered(&model),
+        Err(_) => ran.failed(&model),
+    }
+    response
 }
 
 /// Reads a request body up to `limit` (`server.max_body_bytes`), refusing more with 413.

@@ -156,6 +156,11 @@ pub(super) async fn mqtt_certificate(
     state.publisher.grant_access(&id).await.map_err(|e| {
         ApiError::unavailable(format!("the broker has not given the device its topics ({e}); try again"))
     })?;
+    // Decommissioned meanwhile: its revocation may have reached the broker before this grant.
+    if state.fleet.device_key(id.clone()).await?.is_none() {
+        state.publisher.revoke_access_now(&id).await;
+        return Err(ApiError::unauthorized(format!("device {id:?} is decommissioned")));
+    }
     Ok(Json(certificate))
 }
 

@@ -29,6 +29,20 @@ pub const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
 const BATCH: usize = 50;
 /// How long to wait for the plugin's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients per `listClients` page (an answer of about 25 bytes each, far below 1 MiB).
+const PAGE: usize = 5_000;
+
+/// Removes a request's entry from the waiting map when the request ends, however it ends.
+struct Waiting<'a> {
+    dynsec: &'a Dynsec,
+    id: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.dynsec.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(self.id);
+    }
+}
 
 /// Why a change of broker access did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +205,11 @@ impl Dynsec {
         self.ready.send_replace(ready);
     }
 
+    /// Whether commands can be sent now.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// Hands an answer (a message on [`RESPONSE_TOPIC`]) to the request waiting for it.
     pub fn answer(&self, payload: &[u8]) {
         let Ok(message) = serde_json::from_slice::<Value>(payload) else {
@@ -217,29 +236,20 @@ impl Dynsec {
         }
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), tx);
+        // However this ends (answered, timed out, or the caller gone), the entry goes.
+        let _waiting = Waiting { dynsec: self, id: &id };
         let payload = serde_json::to_vec(&json!({"commands": commands})).unwrap_or_default();
-        let sent = client.publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, payload).await;
-        let answered = match sent {
-            Ok(()) => tokio::time::timeout(ANSWER_TIMEOUT, rx).await,
-            Err(e) => {
-                self.forget(&id);
-                return Err(DynsecError::Send(e.to_string()));
-            }
-        };
-        match answered {
+        client
+            .publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| DynsecError::Send(e.to_string()))?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
             Ok(Ok(responses)) if responses.len() == commands.len() => Ok(responses),
             Ok(Ok(responses)) => {
                 Err(DynsecError::Malformed(format!("{} answers to {} commands", responses.len(), commands.len())))
             }
-            Ok(Err(_)) | Err(_) => {
-                self.forget(&id);
-                Err(DynsecError::Timeout(ANSWER_TIMEOUT))
-            }
+            Ok(Err(_)) | Err(_) => Err(DynsecError::Timeout(ANSWER_TIMEOUT)),
         }
-    }
-
-    fn forget(&self, id: &str) {
-        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
     }
 
     /// Runs `commands` and turns a real refusal into an error.
@@ -248,16 +258,27 @@ impl Dynsec {
         failure(&responses).map_or(Ok(()), Err)
     }
 
-    /// The plugin's client usernames.
+    /// The plugin's client usernames, a page at a time (one answer must stay far below the
+    /// client's packet limit, whatever the fleet's size).
     pub async fn clients(&self, client: &AsyncClient) -> Result<BTreeSet<String>, DynsecError> {
-        let responses = self.run(client, vec![json!({"command": "listClients", "verbose": false})]).await?;
-        if let Some(e) = failure(&responses) {
-            return Err(e);
+        let mut all = BTreeSet::new();
+        loop {
+            let offset = all.len();
+            let page = json!({"command": "listClients", "verbose": false, "count": PAGE, "offset": offset});
+            let responses = self.run(client, vec![page]).await?;
+            if let Some(e) = failure(&responses) {
+                return Err(e);
+            }
+            let data = &responses[0]["data"];
+            let names = data["clients"]
+                .as_array()
+                .ok_or_else(|| DynsecError::Malformed("listClients without data.clients".into()))?;
+            all.extend(names.iter().filter_map(|n| n.as_str().map(str::to_owned)));
+            let total = data["totalCount"].as_u64().unwrap_or(0) as usize;
+            if names.is_empty() || all.len() >= total {
+                return Ok(all);
+            }
         }
-        let names = responses[0]["data"]["clients"]
-            .as_array()
-            .ok_or_else(|| DynsecError::Malformed("listClients without data.clients".into()))?;
-        Ok(names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
     }
 
     /// Makes the plugin agree with the fleet (`live` and `decommissioned` device ids), in

@@ -41,6 +41,8 @@ use crate::telemetry::{Refusal, Telemetry, TelemetryError};
 
 /// Messages waiting for the worker beyond which QoS 0 status reports are dropped (counted).
 const MAX_BACKLOG: usize = 50_000;
+/// How often the dynamic-security plugin is reconciled with the fleet besides each connect.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Where the controller's client connects and how it logs in.
 #[derive(Debug, Clone)]
@@ -123,6 +125,20 @@ impl Mqtt {
         let (client, mut events) = AsyncClient::new(options, 1_000);
         let dynsec = broker.dynamic_security.then(|| Arc::new(dynsec::Dynsec::default()));
         let mqtt = Mqtt { client, prefix: prefix.to_owned(), dynsec };
+        if mqtt.dynsec.is_some() {
+            // Besides every connect: whatever a lost answer or a race left behind is mended.
+            let (this, fleet) = (mqtt.clone(), fleet.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(RECONCILE_INTERVAL);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if this.dynsec.as_ref().is_some_and(|d| d.is_ready()) {
+                        this.reconcile_access(&fleet).await;
+                    }
+                }
+            });
+        }
         let this = mqtt.clone();
         let fleet_worker = fleet.clone();
         // The poll loop only moves packets: handling (database writes) runs in a worker and
@@ -241,20 +257,22 @@ impl Mqtt {
     }
 
     /// Shuts a decommissioned `device` out of such a broker (its live connections are closed),
-    /// in the background: when the broker is unreachable, the reconciliation at the next connect
-    /// does it.
+    /// in the background: when the broker is unreachable, a later reconciliation does it.
     pub fn revoke_access(&self, device: &str) {
-        let Some(d) = self.dynsec.clone() else { return };
-        let (client, device) = (self.client.clone(), device.to_owned());
-        tokio::spawn(async move {
-            let result = d.apply(&client, dynsec::revoke_commands(&device)).await;
-            access_change("revoke", &result);
-            match result {
-                Ok(()) => tracing::info!(%device, "Broker access revoked."),
-                Err(e) => tracing::error!(%device, error = %e,
-                    "Cannot revoke the device's broker access now; it is done when the controller reconnects."),
-            }
-        });
+        let (this, device) = (self.clone(), device.to_owned());
+        tokio::spawn(async move { this.revoke_access_now(&device).await });
+    }
+
+    /// [`Mqtt::revoke_access`], waiting for the broker's answer.
+    pub async fn revoke_access_now(&self, device: &str) {
+        let Some(d) = &self.dynsec else { return };
+        let result = d.apply(&self.client, dynsec::revoke_commands(device)).await;
+        access_change("revoke", &result);
+        match result {
+            Ok(()) => tracing::info!(%device, "Broker access revoked."),
+            Err(e) => tracing::error!(%device, error = %e,
+                "Cannot revoke the device's broker access now; a later reconciliation does it."),
+        }
     }
 
     /// Makes the dynamic-security plugin agree with the fleet (after each connect).
@@ -266,6 +284,12 @@ impl Mqtt {
         };
         match d.reconcile(&self.client, &self.prefix, &live, &decommissioned).await {
             Ok(plan) => {
+                // A device decommissioned while it was being granted must not keep the grant.
+                if let Ok((_, now_gone)) = fleet.device_ids_by_state().await {
+                    for device in plan.grant.iter().filter(|d| now_gone.contains(d)) {
+                        self.revoke_access_now(device).await;
+                    }
+                }
                 metrics::counter!(crate::metric::BROKER_ACCESS_CHANGES, "change" => "grant", "result" => "ok")
                     .increment(plan.grant.len() as u64);
                 metrics::counter!(crate::metric::BROKER_ACCESS_CHANGES, "change" => "revoke", "result" => "ok")
