@@ -33,7 +33,7 @@ token=$("$bin/edgefleet" --output json device token create --uses 3 --label site
 agents=()
 for i in 1 2 3; do
     "$bin/edgefleet-agent" run --controller "$EDGEFLEET_CONTROLLER" --trust "$work/trust.json" \
-        --data-dir "$work/agent-$i" --listen 127.0.0.1:0 --enroll-token "$token" --backend tract \
+        --data-dir "$work/agent-$i" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 --enroll-token "$token" --backend tract \
         --poll-interval-secs 1 --status-interval-secs 1 --watch-window-secs 1 >"$work/agent-$i.log" 2>&1 &
     pids+=($!) agents+=($!)
 done

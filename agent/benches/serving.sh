@@ -55,7 +55,7 @@ load() { # label url body-file threads conns [headers]
 }
 
 echo "== agent over HTTP (loopback, keep-alive, wrk)"
-"$agent_bin" serve --listen 127.0.0.1:0 --backend tract --workers 1 \
+"$agent_bin" serve --listen 127.0.0.1:0 --grpc-listen off --backend tract --workers 1 \
   --model mlp=tests/testdata/mlp.onnx --model magika=tests/testdata/magika.onnx >"$work/agent.out" 2>"$work/agent.err" &
 pids+=($!)
 agent_pid=$!
@@ -75,7 +75,7 @@ echo "agent loaded rss_kib=$(awk '/VmRSS/{print $2}' /proc/$agent_pid/status) (a
 kill "$agent_pid"
 
 echo "== agent with the ort backend (ONNX Runtime $ort_lib), Magika"
-"$work/edgefleet-agent-ort" serve --listen 127.0.0.1:0 --backend ort --ort-library "$ort_lib" \
+"$work/edgefleet-agent-ort" serve --listen 127.0.0.1:0 --grpc-listen off --backend ort --ort-library "$ort_lib" \
   --model magika=tests/testdata/magika.onnx >"$work/agent-ort.out" 2>"$work/agent-ort.err" &
 pids+=($!)
 ort_pid=$!

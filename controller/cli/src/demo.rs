@@ -304,6 +304,9 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             "run",
             "--listen",
             "127.0.0.1:0",
+            // Several agents on one host: each its own gRPC port too.
+            "--grpc-listen",
+            "127.0.0.1:0",
             "--controller",
             &controller.url,
             "--enroll-token",
