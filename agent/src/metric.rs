@@ -69,6 +69,8 @@ edgefleet_service::metric_catalog! {
         "1 while the MQTT link is connected, else 0 (the agent polls over HTTP).";
     MQTT_RECONNECTS = "edgefleet_agent_mqtt_reconnects_total", Counter, None, [],
         "MQTT connections lost and retried.";
+    MQTT_SUBSCRIPTIONS_REFUSED = "edgefleet_agent_mqtt_subscriptions_refused_total", Counter, None, [],
+        "Connections whose subscriptions the broker refused (the agent then polls over HTTP and keeps telemetry spooled).";
     SHADOW_MODELS = "edgefleet_agent_shadow_models", Gauge, None, [],
         "Versions running in shadow beside the active ones.";
     SHADOW_COMPARED = "edgefleet_agent_shadow_compared_total", Counter, None, [],

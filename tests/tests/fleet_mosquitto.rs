@@ -64,3 +64,35 @@ async fn mqtt_through_mosquitto_with_an_outage_covered_by_http_polling() {
         .await;
     eprintln!("deploy to serving over MQTT: {over_mqtt:?}");
 }
+
+/// A device decommissioned while its agent is connected: Mosquitto closes the connection, and
+/// the agent, reconnecting with its still-valid certificate, finds its subscriptions refused. It
+/// does not count the link as up (its telemetry would be acknowledged and dropped): it says so and
+/// retries with backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_subscriptions_are_refused_does_not_count_the_link_as_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = MosquittoSetup::new(&dir.path().join("broker"), &dir.path().join("controller"), false);
+    let _broker = setup.start();
+    let mut c = ControllerProcess::start_with(&dir.path().join("controller"), &strs(&setup.controller_args()));
+    c.agent_extra = setup.agent_args();
+    let trust = c.trust_file(dir.path());
+    let token = c.cli_json(&["device", "token", "create"])["token"].as_str().expect("token").to_owned();
+    let mut args = c.agent_args(&trust, &dir.path().join("agent"), 0);
+    args.extend(["--enroll-token".to_owned(), token]);
+    let agent = AgentProcess::run(&strs(&args));
+    until("the agent's MQTT connection", 60, async || agent.log().contains("MQTT connected.")).await;
+    let id = c.cli_json(&["device", "list"])[0]["id"].as_str().expect("id").to_owned();
+    c.cli_json(&["device", "decommission", &id]);
+    let mut log = String::new();
+    until("the refusal noticed", 60, async || {
+        log.push_str(&agent.log());
+        log.contains("refused this device's subscriptions")
+    })
+    .await;
+    let text = reqwest::get(agent.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    let value =
+        |name: &str| -> Option<f64> { text.lines().find(|l| l.starts_with(name))?.rsplit(' ').next()?.parse().ok() };
+    assert!(value("edgefleet_agent_mqtt_subscriptions_refused_total").is_some_and(|v| v >= 1.0), "{text}");
+    assert_eq!(value("edgefleet_agent_mqtt_connected"), Some(0.0), "a refused link is not up");
+}

@@ -19,7 +19,10 @@ use edgefleet_shared::fleet::{self, DeviceStatus, MAX_MQTT_PACKET_BYTES, parse_m
 use edgefleet_shared::keys::FileKey;
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::trust::TrustChain;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, SubAck, SubscribeReasonCode, TlsConfiguration,
+    Transport,
+};
 use tokio::sync::mpsc;
 
 use super::acks::Tracker;
@@ -33,6 +36,11 @@ pub struct MqttLink {
     key: Arc<FileKey>,
     status_topic: String,
     telemetry_topic: String,
+}
+
+/// Whether the broker refused any of the topics a SUBACK answers.
+fn subscription_refused(ack: &SubAck) -> bool {
+    ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure))
 }
 
 /// Fresh credentials and last will for the next connection attempt.
@@ -73,18 +81,36 @@ impl MqttLink {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             let mut failures: u64 = 0;
+            // Subscriptions not yet acknowledged: the link counts as up only once the broker
+            // granted both (a broker that refuses them, e.g. for a revoked device, would also
+            // drop what the device publishes while acknowledging it).
+            let mut awaiting = 0usize;
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        backoff = Duration::from_millis(100);
-                        failures = 0;
-                        flag.store(true, Ordering::Relaxed);
-                        metrics::gauge!(crate::metric::MQTT_CONNECTED).set(1.0);
-                        tracing::info!("MQTT connected.");
+                        awaiting = 2;
                         for topic in [&desired_topic, &trust_topic] {
                             if let Err(e) = c.subscribe(topic, QoS::AtLeastOnce).await {
                                 tracing::warn!(%topic, error = %e, "Cannot subscribe.");
                             }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) if subscription_refused(&ack) => {
+                        metrics::counter!(crate::metric::MQTT_SUBSCRIPTIONS_REFUSED).increment(1);
+                        tracing::error!(
+                            retry_in_ms = backoff.as_millis() as u64,
+                            "The broker refused this device's subscriptions (revoked, or an ACL without its topics): \
+                             polling over HTTP, telemetry stays in the spool."
+                        );
+                        let _ = c.try_disconnect();
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        awaiting = awaiting.saturating_sub(ack.return_codes.len());
+                        if awaiting == 0 && !flag.swap(true, Ordering::Relaxed) {
+                            backoff = Duration::from_millis(100);
+                            failures = 0;
+                            metrics::gauge!(crate::metric::MQTT_CONNECTED).set(1.0);
+                            tracing::info!("MQTT connected.");
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -145,5 +171,19 @@ impl MqttLink {
     /// Queues a telemetry frame at QoS 1 (call through [`Tracker::send`]).
     pub fn try_publish_telemetry(&self, frame: Vec<u8>) -> bool {
         self.connected() && self.client.try_publish(&self.telemetry_topic, QoS::AtLeastOnce, false, frame).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_code_in_a_suback_is_a_refusal() {
+        let granted = SubAck::new(1, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+        assert!(!subscription_refused(&granted));
+        let refused =
+            SubAck::new(2, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce), SubscribeReasonCode::Failure]);
+        assert!(subscription_refused(&refused));
     }
 }
