@@ -6,7 +6,7 @@
 #   ./tests/run.sh -E 'binary(fleet)'   # extra arguments go to cargo nextest run
 #
 # Installs (each only when missing): Debian packages — mosquitto (the external-broker tests
-# start their own), python3-venv (a virtual environment with tests/clients/requirements.txt,
+# start their own), prometheus (promtool and a server for tests/tests/ops_kit.rs), python3-venv (a virtual environment with tests/clients/requirements.txt,
 # tritonclient, in target/test-venv), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
 # qemu-system-x86 for the device-image test; cargo-nextest; libonnxruntime.so from the PyPI
 # onnxruntime wheel (agent/scripts/fetch-onnxruntime.sh) for the ONNX Runtime suite. It builds
@@ -23,6 +23,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
 
 need=()
 have mosquitto || need+=(mosquitto)
+have promtool || need+=(prometheus)
 have python3 || need+=(python3 python3-pip)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 qemu=0
@@ -41,6 +42,10 @@ if (( ${#need[@]} || qemu )); then
   fi
   echo "tests/run.sh: installing ${need[*]}" >&2
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends --allow-downgrades "${need[@]}"
+  # The tests start their own Prometheus; the package's service is not wanted.
+  if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+    "${sudo[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -12,4 +12,9 @@ pub fn prometheus() -> PrometheusHandle {
 
 fn describe() {
     edgefleet_service::observability::describe(crate::metric::ALL);
+    // Both results from the first scrape, so an increase sees the first failed activation
+    // (ops/prometheus/edgefleet-alerts.yml alerts on it).
+    for result in ["ok", "failed"] {
+        metrics::counter!(crate::metric::ACTIVATIONS, "result" => result).increment(0);
+    }
 }

@@ -11,4 +11,11 @@ pub fn prometheus() -> PrometheusHandle {
 
 fn describe() {
     edgefleet_service::observability::describe(crate::metric::ALL);
+    // Every telemetry result from the first scrape, so a rate or increase sees its first batch
+    // (ops/prometheus/edgefleet-alerts.yml alerts on the refusals).
+    for result in
+        ["accepted", "duplicate", "signature", "wrong_device", "replay", "unknown_device", "malformed", "error"]
+    {
+        metrics::counter!(crate::metric::TELEMETRY_BATCHES, "result" => result).increment(0);
+    }
 }
