@@ -34,17 +34,18 @@ impl Fleet {
 
     /// Whether `sha256` is an artifact of the device's current document.
     pub async fn may_download(&self, device_id: String, sha256: String) -> Result<bool, FleetError> {
-        Ok(self.desired(device_id).await?.and_then(|env| env.document_bytes()).is_some_and(|bytes| {
-            serde_json::from_slice::<DeploymentDocument>(&bytes)
-                .is_ok_and(|d| d.artifacts.iter().any(|a| a.sha256 == sha256))
-        }))
+        self.names(device_id, move |a| a.sha256 == sha256).await
     }
 
     /// Whether the device's current document offers the delta `sha256`.
     pub async fn may_download_delta(&self, device_id: String, sha256: String) -> Result<bool, FleetError> {
+        self.names(device_id, move |a| a.delta.as_ref().is_some_and(|d| d.sha256 == sha256)).await
+    }
+
+    /// Whether an artifact of the device's current document is `wanted`.
+    async fn names(&self, device_id: String, wanted: impl Fn(&DeployedArtifact) -> bool) -> Result<bool, FleetError> {
         Ok(self.desired(device_id).await?.and_then(|env| env.document_bytes()).is_some_and(|bytes| {
-            serde_json::from_slice::<DeploymentDocument>(&bytes)
-                .is_ok_and(|d| d.artifacts.iter().any(|a| a.delta.as_ref().is_some_and(|x| x.sha256 == sha256)))
+            serde_json::from_slice::<DeploymentDocument>(&bytes).is_ok_and(|d| d.artifacts.iter().any(&wanted))
         }))
     }
 
