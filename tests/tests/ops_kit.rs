@@ -2,8 +2,9 @@
 //! Prometheus (Debian's `prometheus`, which `tests/run.sh` installs): the alert rules pass
 //! `promtool check rules`, both daemons' `/metrics` pass `promtool check metrics`, every
 //! dashboard query and alert expression evaluates, every metric they name is one the daemons
-//! export (docs/metrics.md), and four alerts' conditions, produced for real (a failed activation,
-//! an aborted rollout, refused telemetry, an agent gone), make their expressions true.
+//! export (docs/metrics.md), and five alerts' conditions, produced for real (a failed activation,
+//! an aborted rollout, refused telemetry, an agent gone, a spool overflowing on a device cut off
+//! from its broker), make their expressions true.
 
 mod common;
 
@@ -168,17 +169,35 @@ async fn alerts_and_dashboards_hold_against_live_metrics() {
     c.cli_json(&["deploy", "iris:1", "--device", &id]);
     until("v1 active", 60, async || c.cli_json(&["device", "show", &id])["status"]["active"]["version"] == 1).await;
 
-    for url in [c.url("/metrics"), agent.url("/metrics")] {
+    // A second device whose broker is unreachable, with the smallest spool: its telemetry piles
+    // up and the oldest batches are dropped.
+    let token =
+        c.cli_json(&["device", "token", "create", "--label", "site=cut"])["token"].as_str().expect("t").to_owned();
+    let config = dir.path().join("cut-off.toml");
+    std::fs::write(&config, "[telemetry]\nflush_interval_secs = 1\nsample_rate = 1.0\nspool_max_bytes = 4096\n")
+        .expect("config");
+    let mut args = c.agent_args(&c.trust_file(dir.path()), &dir.path().join("cut-off"), 1);
+    let closed = format!("mqtt://127.0.0.1:{}", free_port());
+    args.extend(["--enroll-token".to_owned(), token, "--mqtt".to_owned(), closed, "--config".to_owned()]);
+    args.push(config.display().to_string());
+    let cut_off = AgentProcess::run(&strs(&args));
+    until("both devices enrolled", 60, async || {
+        c.cli_json(&["device", "list"]).as_array().is_some_and(|l| l.len() == 2)
+    })
+    .await;
+    c.cli_json(&["deploy", "iris:1", "--selector", "site=cut"]);
+
+    for url in [c.url("/metrics"), agent.url("/metrics"), cut_off.url("/metrics")] {
         let text = reqwest::get(&url).await.expect("metrics").text().await.expect("text");
         let said = promtool_check_metrics(&text);
         assert!(said.trim().is_empty(), "promtool on {url}: {said}");
     }
 
     let host = |base: &str| base.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let targets = [host(&c.base), host(&agent.base)];
+    let targets = [host(&c.base), host(&agent.base), host(&cut_off.base)];
     let prom_dir = dir.path().join("prometheus");
     std::fs::create_dir_all(&prom_dir).expect("dir");
-    let p = Prometheus::start(&prom_dir, &[&targets[0], &targets[1]]).await;
+    let p = Prometheus::start(&prom_dir, &[&targets[0], &targets[1], &targets[2]]).await;
 
     // Every dashboard query and alert expression evaluates, over metrics the daemons export.
     let catalog =
@@ -204,6 +223,19 @@ async fn alerts_and_dashboards_hold_against_live_metrics() {
     for (name, expr) in &alerts {
         assert!(p.query(expr).await.is_empty(), "{name} holds before anything happened");
     }
+
+    // The cut-off device serves and samples every request into a spool that overflows.
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    until("traffic on the cut-off device until its spool drops", 60, async || {
+        for _ in 0..20 {
+            let _ = http.post(cut_off.url("/v2/models/iris/infer")).json(&body).send().await;
+        }
+        !p.query(&alerts.iter().find(|(n, _)| n == "EdgefleetTelemetrySpoolDropping").expect("alert").1)
+            .await
+            .is_empty()
+    })
+    .await;
 
     // A version that fails its self-test on the device: the activation fails.
     let noisy = testdata().join("iris_noisy.onnx");
