@@ -2,9 +2,10 @@
 //! Prometheus (Debian's `prometheus`, which `tests/run.sh` installs): the alert rules pass
 //! `promtool check rules`, both daemons' `/metrics` pass `promtool check metrics`, every
 //! dashboard query and alert expression evaluates, every metric they name is one the daemons
-//! export (docs/metrics.md), and five alerts' conditions, produced for real (a failed activation,
-//! an aborted rollout, refused telemetry, an agent gone, a spool overflowing on a device cut off
-//! from its broker), make their expressions true.
+//! export (docs/metrics.md), and every alert's condition, produced for real (drifted traffic
+//! that makes a retrain request, a failed activation, an aborted rollout, refused telemetry, an
+//! agent gone, a spool overflowing on a device cut off from its broker), makes its expression
+//! true.
 
 mod common;
 
@@ -152,17 +153,39 @@ async fn alerts_and_dashboards_hold_against_live_metrics() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mqtt_port = free_port();
+    // Drift windows of 4 s judged after 2 s, and a retraining policy of two drifted windows of 40
+    // rows, as in `edgefleet demo`, so drift is flagged within seconds.
+    let controller_config = dir.path().join("controller.toml");
+    std::fs::write(
+        &controller_config,
+        "[telemetry]\nwindow_secs = 4\nsettle_secs = 2\n\n[retrain.policy]\nwindows = 2\nmin_rows = 40\n",
+    )
+    .expect("config");
+    let listen = format!("127.0.0.1:{mqtt_port}");
+    let config_arg = controller_config.display().to_string();
     let c = ControllerProcess::start_with(
         &dir.path().join("controller"),
-        &["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")],
+        &["--mqtt-listen", &listen, "--config", &config_arg],
     );
     let iris = testdata().join("iris_logreg.onnx");
-    c.cli_json(&["model", "push", &iris.to_string_lossy(), "--name", "iris"]);
+    let baseline = testdata().join("iris_baseline.csv");
+    c.cli_json(&[
+        "model",
+        "push",
+        &iris.to_string_lossy(),
+        "--name",
+        "iris",
+        "--baseline",
+        &baseline.to_string_lossy(),
+    ]);
     let token =
         c.cli_json(&["device", "token", "create", "--label", "site=ops"])["token"].as_str().expect("t").to_owned();
     let data = dir.path().join("agent");
+    let agent_config = dir.path().join("agent.toml");
+    let sampling = "[telemetry]\nflush_interval_secs = 1\nsample_rate = 1.0\nsamples_per_minute = 100000\nsamples_per_hour = 1000000\n";
+    std::fs::write(&agent_config, sampling).expect("config");
     let mut args = c.agent_args(&c.trust_file(dir.path()), &data, 1);
-    args.extend(["--enroll-token".to_owned(), token]);
+    args.extend(["--enroll-token".to_owned(), token, "--config".to_owned(), agent_config.display().to_string()]);
     let mut agent = AgentProcess::run(&strs(&args));
     until("the device online", 60, async || c.cli_json(&["device", "list"])[0]["online"] == true).await;
     let id = c.cli_json(&["device", "list"])[0]["id"].as_str().expect("id").to_owned();
@@ -234,6 +257,19 @@ async fn alerts_and_dashboards_hold_against_live_metrics() {
         !p.query(&alerts.iter().find(|(n, _)| n == "EdgefleetTelemetrySpoolDropping").expect("alert").1)
             .await
             .is_empty()
+    })
+    .await;
+
+    // Inputs far from the training data (every measurement reads longer): drift is flagged over
+    // two windows and the policy makes a retrain request.
+    until("drifted traffic until a retrain request", 90, async || {
+        for i in 0..20 {
+            let x = [6.6 + i as f32 * 0.05, 4.5, 3.9 + i as f32 * 0.1, 1.4];
+            let drifted =
+                serde_json::json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": x}]});
+            let _ = http.post(agent.url("/v2/models/iris/infer")).json(&drifted).send().await;
+        }
+        !p.query(&alerts.iter().find(|(n, _)| n == "EdgefleetRetrainRequested").expect("alert").1).await.is_empty()
     })
     .await;
 
