@@ -6,8 +6,8 @@
 #   ./tests/run.sh -E 'binary(fleet)'   # extra arguments go to cargo nextest run
 #
 # Installs (each only when missing): Debian packages — mosquitto (the external-broker tests
-# start their own), prometheus (promtool and a server for tests/tests/ops_kit.rs), python3-venv (a virtual environment with tests/clients/requirements.txt,
-# tritonclient, in target/test-venv), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
+# start their own), prometheus (promtool and a server for tests/tests/ops_kit.rs), python3-venv (a virtual environment with tests/clients/requirements.txt —
+# tritonclient, pandas, polars, MLflow, scikit-learn, skl2onnx — in target/test-venv), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
 # qemu-system-x86 for the device-image test; cargo-nextest; libonnxruntime.so from the PyPI
 # onnxruntime wheel (agent/scripts/fetch-onnxruntime.sh) for the ONNX Runtime suite. It builds
 # the agent's release-edge profile too (the profile devices ship), for the engine fault test.
@@ -55,12 +55,15 @@ fi
 
 agent/scripts/fetch-onnxruntime.sh >/dev/null
 
-# Python clients the tests drive (tritonclient), in a virtual environment of their own.
+# Python clients the tests drive (tritonclient, pandas/polars, an MLflow server), in a virtual
+# environment of their own, reinstalled when tests/clients/requirements.txt changes.
 venv="${CARGO_TARGET_DIR:-$PWD/target}/test-venv"
-if ! "$venv/bin/python" -c 'import tritonclient.http, tritonclient.grpc' >/dev/null 2>&1; then
+wanted="$(sha256sum tests/clients/requirements.txt | cut -d' ' -f1)"
+if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$wanted" ]; then
   echo "tests/run.sh: installing tests/clients/requirements.txt into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/clients/requirements.txt
+  echo "$wanted" > "$venv/.requirements.sha256"
 fi
 export EDGEFLEET_TEST_PYTHON="$venv/bin/python"
 

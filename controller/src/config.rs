@@ -78,6 +78,9 @@ pub struct RetrainConfig {
     pub webhook_attempts: u32,
     /// Command run (by `sh -c`) for each request, with the snapshot in its environment.
     pub command: Option<String>,
+    /// Data files of each snapshot (`csv`, `parquet`); the first one's sha256 is the
+    /// snapshot's `dataset_sha256`.
+    pub format: Vec<crate::telemetry::snapshot::Format>,
 }
 
 impl Default for RetrainConfig {
@@ -88,6 +91,7 @@ impl Default for RetrainConfig {
             webhook_secret_file: None,
             webhook_attempts: 6,
             command: None,
+            format: vec![crate::telemetry::snapshot::Format::Csv],
         }
     }
 }
@@ -287,6 +291,12 @@ impl ControllerConfig {
                 "retrain.webhook_url needs retrain.webhook_secret_file (and back)".into(),
             ));
         }
+        let formats = &self.retrain.format;
+        if formats.is_empty() || formats.iter().enumerate().any(|(i, f)| formats[..i].contains(f)) {
+            return Err(crate::Error::Config(
+                "retrain.format must name csv and/or parquet, each once (e.g. [\"csv\", \"parquet\"])".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -401,6 +411,20 @@ mod tests {
         config.validate().expect("TLS external broker");
         config.tls.key = None;
         assert!(config.validate().expect_err("cert without key").to_string().contains("together"));
+    }
+
+    #[test]
+    fn snapshot_formats_are_named_once() {
+        let mut config = ControllerConfig::default();
+        use crate::telemetry::snapshot::Format;
+        config.retrain.format = vec![Format::Parquet, Format::Csv];
+        config.validate().expect("both");
+        for bad in [vec![], vec![Format::Csv, Format::Csv]] {
+            config.retrain.format = bad;
+            assert!(config.validate().expect_err("refused").to_string().contains("retrain.format"));
+        }
+        let parsed: Result<ControllerConfig, _> = toml::from_str("[retrain]\nformat = [\"feather\"]\n");
+        assert!(parsed.expect_err("unknown format").to_string().contains("feather"));
     }
 
     #[test]

@@ -101,7 +101,7 @@ async fn shifted_traffic_triggers_one_retrain_request_with_an_exact_snapshot() {
         &config,
         format!(
             "[telemetry]\nwindow_secs = 2\nsettle_secs = 3\n\n[retrain]\nwebhook_url = \"{hook}\"\n\
-             webhook_secret_file = \"{}\"\nwebhook_attempts = 4\n\
+             webhook_secret_file = \"{}\"\nwebhook_attempts = 4\nformat = [\"csv\", \"parquet\"]\n\
              command = 'cp \"$EDGEFLEET_SNAPSHOT_MANIFEST\" {out}.json && printf %s \"$EDGEFLEET_DATASET_SHA256\" > {out}.sha'\n\n\
              [retrain.policy]\nwindows = 3\nmin_rows = 20\n",
             dir.path().join("secret").display(),
@@ -219,12 +219,14 @@ async fn shifted_traffic_triggers_one_retrain_request_with_an_exact_snapshot() {
     let mut lines = text.lines();
     assert_eq!(
         lines.next(),
-        Some("sepal_length,sepal_width,petal_length,petal_width,predicted,label,device_id,request_id,at_ms")
+        Some(
+            "sepal_length,sepal_width,petal_length,petal_width,predicted,label,device_id,device_group,request_id,at_ms"
+        )
     );
     let snapshot: BTreeMap<String, Vec<f64>> = lines
         .map(|l| {
             let cells: Vec<&str> = l.split(',').collect();
-            (cells[7].to_owned(), cells[..4].iter().map(|v| v.parse().expect("value")).collect())
+            (cells[8].to_owned(), cells[..4].iter().map(|v| v.parse().expect("value")).collect())
         })
         .collect();
     let expected: BTreeMap<String, Vec<f64>> =
@@ -234,6 +236,32 @@ async fn shifted_traffic_triggers_one_retrain_request_with_an_exact_snapshot() {
     assert!(snapshot.keys().any(|k| k.starts_with("b-")), "the drifted rows are in it");
     let labelled = text.lines().skip(1).filter(|l| l.split(',').nth(5).is_some_and(|v| !v.is_empty())).count();
     assert_eq!(labelled, labels.len(), "feedback labels are joined to their rows");
+
+    // The same rows as Parquet, read by pandas and polars.
+    let parquet = http
+        .get(c.url("/api/v1/retrain/1/files/data.parquet"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("download")
+        .error_for_status()
+        .expect("data.parquet")
+        .bytes()
+        .await
+        .expect("parquet");
+    assert_eq!(manifest["files"][1]["path"], "data.parquet");
+    assert_eq!(manifest["files"][1]["sha256"], hex::encode(sha2::Sha256::digest(&parquet)).as_str());
+    assert_eq!(&parquet[..4], b"PAR1");
+    let (csv_file, parquet_file) = (dir.path().join("data.csv"), dir.path().join("data.parquet"));
+    std::fs::write(&csv_file, &csv).expect("csv copy");
+    std::fs::write(&parquet_file, &parquet).expect("parquet copy");
+    let rows = snapshot.len().to_string();
+    let (csv_arg, parquet_arg) = (csv_file.to_string_lossy(), parquet_file.to_string_lossy());
+    let features = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
+    let args: Vec<&str> = [&*csv_arg, &*parquet_arg, &rows].into_iter().chain(features).collect();
+    if let Some(out) = common::python_client("snapshot_parquet.py", &args) {
+        eprintln!("snapshot_parquet.py: {out}");
+    }
 
     // The webhook: one 503, then delivered; both carry a valid HMAC over the body.
     until("webhook delivered", 30, async || {

@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod judge;
 pub mod report;
 pub mod retrain;
+pub mod snapshot;
 pub mod window;
 
 use std::path::PathBuf;

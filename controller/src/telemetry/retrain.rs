@@ -14,12 +14,11 @@ use sha2::{Digest as _, Sha256};
 
 use super::judge::{Evidence, Labels, Window, judge, last_settled};
 use super::report::{self, Merged};
+use super::snapshot::{self, Format};
 use super::{Telemetry, TelemetryError};
 
 /// `kind` of a snapshot manifest.
 pub const SNAPSHOT_KIND: &str = "edgefleet.snapshot/v1";
-/// The data file of a snapshot.
-pub const DATA_FILE: &str = "data.csv";
 /// The manifest of a snapshot.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Header carrying the webhook body's HMAC.
@@ -78,14 +77,22 @@ impl Telemetry {
         self.db.call(move |conn| load(conn, id)).await
     }
 
-    /// A file of a request's snapshot (`data.csv` or `manifest.json`).
+    /// A file of a request's snapshot: `manifest.json` or a data file its manifest lists.
     pub async fn snapshot_file(&self, id: u64, file: String) -> Result<Vec<u8>, TelemetryError> {
-        if file != DATA_FILE && file != MANIFEST_FILE {
+        let names = Format::ALL.map(Format::file_name);
+        if file != MANIFEST_FILE && !names.contains(&file.as_str()) {
             return Err(TelemetryError::NotFound(format!(
-                "a snapshot has {DATA_FILE} and {MANIFEST_FILE}, not {file:?}"
+                "a snapshot has {MANIFEST_FILE} and data files ({}), not {file:?}",
+                names.join(", ")
             )));
         }
         let request = self.request(id).await?;
+        let listed = request.manifest["files"].as_array().is_some_and(|f| f.iter().any(|f| f["path"] == file.as_str()));
+        if file != MANIFEST_FILE && !listed {
+            return Err(TelemetryError::NotFound(format!(
+                "snapshot {id} has no {file} (the controller's [retrain] format did not include it)"
+            )));
+        }
         tokio::fs::read(Path::new(&request.snapshot_dir).join(&file))
             .await
             .map_err(|e| TelemetryError::Io(format!("snapshot {id} {file}: {e}")))
@@ -94,8 +101,12 @@ impl Telemetry {
     /// Judges every model version with recent telemetry against its policy; returns the
     /// requests created (their delivery runs in the background).
     pub async fn evaluate(&self) -> Result<Vec<RetrainRequest>, TelemetryError> {
-        let (default, window, dir) =
-            (self.retrain.policy.clone(), self.config.window_secs as i64, self.snapshots.clone());
+        let (default, window, dir, formats) = (
+            self.retrain.policy.clone(),
+            self.config.window_secs as i64,
+            self.snapshots.clone(),
+            self.retrain.format.clone(),
+        );
         let (now, current) = {
             let now = self.clock.now();
             (now as i64, last_settled(now, self.config.settle_secs, self.config.window_secs) as i64)
@@ -124,7 +135,7 @@ impl Telemetry {
                         other => other?,
                     };
                     if let Some(reason) = judge(&policy, &evidence, window as u64) {
-                        let request = create(conn, &dir, &model, version as u64, &reason, current, now)?;
+                        let request = create(conn, (&dir, &formats), &model, version as u64, &reason, current, now)?;
                         tracing::warn!(model, version, id = request.id, rows = request.rows, %reason, "Retraining triggered.");
                         created.push(request);
                     }
@@ -224,14 +235,24 @@ pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
 
 async fn run_command(command: &str, request: &RetrainRequest) -> Value {
     let dir = PathBuf::from(&request.snapshot_dir);
-    let output = tokio::process::Command::new("sh")
+    let files: Vec<&str> =
+        request.manifest["files"].as_array().into_iter().flatten().filter_map(|f| f["path"].as_str()).collect();
+    let mut sh = tokio::process::Command::new("sh");
+    for format in Format::ALL.into_iter().filter(|f| files.contains(&f.file_name())) {
+        let var = match format {
+            Format::Csv => "EDGEFLEET_SNAPSHOT_CSV",
+            Format::Parquet => "EDGEFLEET_SNAPSHOT_PARQUET",
+        };
+        sh.env(var, dir.join(format.file_name()));
+    }
+    let output = sh
         .arg("-c")
         .arg(command)
         .env("EDGEFLEET_RETRAIN_ID", request.id.to_string())
         .env("EDGEFLEET_MODEL", &request.model)
         .env("EDGEFLEET_MODEL_VERSION", request.version.to_string())
         .env("EDGEFLEET_SNAPSHOT_DIR", &dir)
-        .env("EDGEFLEET_SNAPSHOT_DATA", dir.join(DATA_FILE))
+        .env("EDGEFLEET_SNAPSHOT_DATA", dir.join(files.first().copied().unwrap_or_default()))
         .env("EDGEFLEET_SNAPSHOT_MANIFEST", dir.join(MANIFEST_FILE))
         .env("EDGEFLEET_DATASET_SHA256", &request.dataset_sha256)
         .output()
@@ -285,7 +306,7 @@ fn evidence(
 /// end of the last settled window) and records the request.
 fn create(
     conn: &Connection,
-    dir: &Path,
+    (dir, formats): (&Path, &[Format]),
     model: &str,
     version: u64,
     reason: &str,
@@ -296,43 +317,38 @@ fn create(
     let id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM retrain_requests", [], |r| r.get(0))?;
     let baseline = report::baseline(conn, model, version)?;
     let mut stmt = conn.prepare(
-        "SELECT inputs, predicted, label, device_id, request_id, at_ms FROM telemetry_samples
+        "SELECT inputs, predicted, label, device_id, device_group, request_id, at_ms FROM telemetry_samples
          WHERE model = ?1 AND version = ?2 AND at_ms < ?3 ORDER BY at_ms, id",
     )?;
-    type Row = (String, Option<i64>, Option<i64>, String, Option<String>, i64);
-    let rows: Vec<Row> = stmt
+    let rows: Vec<snapshot::Row> = stmt
         .query_map(params![model, version as i64, until * 1000], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok(snapshot::Row {
+                values: serde_json::from_str(&r.get::<_, String>(0)?).unwrap_or_default(),
+                predicted: r.get(1)?,
+                label: r.get(2)?,
+                device_id: r.get(3)?,
+                device_group: r.get(4)?,
+                request_id: r.get(5)?,
+                at_ms: r.get(6)?,
+            })
         })?
         .collect::<Result<_, _>>()?;
-    let width = rows.first().map_or(0, |r| report::parse_inputs(&r.0).len());
-    let mut header: Vec<String> = match &baseline {
+    let width = rows.first().map_or(0, |r| r.values.len());
+    let features: Vec<String> = match &baseline {
         Some(b) if b.features.len() == width => b.features.iter().map(|f| f.name.clone()).collect(),
         _ => (0..width).map(|i| format!("x{i}")).collect(),
     };
-    header.extend(["predicted", "label", "device_id", "request_id", "at_ms"].map(String::from));
     let snapshot = dir.join(model).join(id.to_string());
     std::fs::create_dir_all(&snapshot).map_err(io)?;
-    let mut writer = csv::Writer::from_path(snapshot.join(DATA_FILE)).map_err(|e| TelemetryError::Io(e.to_string()))?;
-    writer.write_record(&header).map_err(|e| TelemetryError::Io(e.to_string()))?;
-    for (inputs, predicted, label, device, request, at) in &rows {
-        let values: Vec<f32> = serde_json::from_str(inputs).unwrap_or_default();
-        let mut record: Vec<String> = values.iter().map(f32::to_string).collect();
-        record.resize(width, String::new());
-        let opt = |v: &Option<i64>| v.map(|x| x.to_string()).unwrap_or_default();
-        record.extend([
-            opt(predicted),
-            opt(label),
-            device.clone(),
-            request.clone().unwrap_or_default(),
-            at.to_string(),
-        ]);
-        writer.write_record(&record).map_err(|e| TelemetryError::Io(e.to_string()))?;
+    let mut files = Vec::new();
+    for format in formats {
+        let path = snapshot.join(format.file_name());
+        snapshot::write(&path, *format, &features, &rows)?;
+        let data = std::fs::read(&path).map_err(io)?;
+        files.push(json!({"path": format.file_name(), "format": format, "sha256": hex::encode(Sha256::digest(&data)), "bytes": data.len()}));
     }
-    writer.flush().map_err(io)?;
-    drop(writer);
-    let data = std::fs::read(snapshot.join(DATA_FILE)).map_err(io)?;
-    let sha = hex::encode(Sha256::digest(&data));
+    let sha = files.first().and_then(|f| f["sha256"].as_str()).unwrap_or_default().to_owned();
+    let columns: Vec<&str> = features.iter().map(String::as_str).chain(snapshot::TRAILING_COLUMNS).collect();
     let manifest = json!({
         "kind": SNAPSHOT_KIND,
         "id": id,
@@ -341,9 +357,9 @@ fn create(
         "reason": reason,
         "created_at": now,
         "rows": rows.len(),
-        "columns": header,
-        "time_range": {"from_ms": rows.first().map(|r| r.5), "to_ms": rows.last().map(|r| r.5), "until_ms": until * 1000},
-        "files": [{"path": DATA_FILE, "sha256": sha, "bytes": data.len()}],
+        "columns": columns,
+        "time_range": {"from_ms": rows.first().map(|r| r.at_ms), "to_ms": rows.last().map(|r| r.at_ms), "until_ms": until * 1000},
+        "files": files,
         "dataset_sha256": sha,
     });
     std::fs::write(snapshot.join(MANIFEST_FILE), serde_json::to_vec_pretty(&manifest).unwrap_or_default())
