@@ -36,6 +36,75 @@ pub struct Lineage {
     pub metrics: BTreeMap<String, f64>,
     /// Unix seconds when the version was registered.
     pub created_at: u64,
+    /// The external registry it was imported from (e.g. an MLflow model version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<LineageSource>,
+}
+
+/// Where an imported version came from: a fixed version in an external registry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineageSource {
+    /// The registry: `mlflow`.
+    pub system: String,
+    /// Its server (for MLflow the tracking URI, without credentials).
+    pub uri: String,
+    /// What was imported, pinned to one version (`models:/NAME/VERSION`, `runs:/RUN_ID/PATH`).
+    pub reference: String,
+    /// The training run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// A page showing it in the registry's UI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// Datasets the run consumed, with the registry's digests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<SourceDataset>,
+}
+
+/// A dataset a training run consumed, as its registry records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDataset {
+    /// Name.
+    pub name: String,
+    /// The registry's digest of it.
+    pub digest: String,
+    /// Its role in the run (`training`, `evaluation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+impl LineageSource {
+    /// Longest text of any field.
+    pub const MAX_TEXT: usize = 2048;
+    /// Most datasets.
+    pub const MAX_DATASETS: usize = 64;
+
+    /// Checks sizes and that the link is a web address.
+    pub fn check(&self) -> Result<(), String> {
+        let datasets = self.datasets.iter().flat_map(|d| [&d.name, &d.digest].into_iter().chain(&d.context));
+        let texts = [&self.system, &self.uri, &self.reference].into_iter().chain(&self.run_id).chain(&self.link);
+        if let Some(t) = texts.chain(datasets).find(|t| t.len() > Self::MAX_TEXT || t.chars().any(char::is_control)) {
+            return Err(format!(
+                "source field {:?} is over {} bytes or has control characters",
+                t.chars().take(64).collect::<String>(),
+                Self::MAX_TEXT
+            ));
+        }
+        if self.system.is_empty() || self.uri.is_empty() || self.reference.is_empty() {
+            return Err("source needs system, uri and reference".into());
+        }
+        if self.datasets.len() > Self::MAX_DATASETS {
+            return Err(format!("source names {} datasets (at most {})", self.datasets.len(), Self::MAX_DATASETS));
+        }
+        if let Some(link) = &self.link
+            && !(link.starts_with("https://") || link.starts_with("http://"))
+        {
+            return Err(format!("source link {link:?} is not an http(s) address"));
+        }
+        Ok(())
+    }
 }
 
 /// One file of a version.
@@ -135,5 +204,33 @@ impl BundleManifest {
         let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
         out.push(b'\n');
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_checked_for_size_links_and_control_characters() {
+        let good = LineageSource {
+            system: "mlflow".into(),
+            uri: "http://mlflow:5000".into(),
+            reference: "models:/iris/2".into(),
+            run_id: Some("r1".into()),
+            link: Some("http://mlflow:5000/#/models/iris/versions/2".into()),
+            datasets: vec![SourceDataset { name: "iris".into(), digest: "9e010c66".into(), context: None }],
+        };
+        good.check().expect("valid");
+        let refused = |f: &dyn Fn(&mut LineageSource)| {
+            let mut s = good.clone();
+            f(&mut s);
+            s.check().expect_err("refused")
+        };
+        assert!(refused(&|s| s.link = Some("javascript:alert(1)".into())).contains("not an http(s) address"));
+        assert!(refused(&|s| s.reference = "models:/a\u{1b}[2J".into()).contains("control characters"));
+        assert!(refused(&|s| s.datasets[0].digest = "x".repeat(LineageSource::MAX_TEXT + 1)).contains("over"));
+        assert!(refused(&|s| s.system.clear()).contains("needs system"));
+        assert!(refused(&|s| s.datasets = vec![s.datasets[0].clone(); 65]).contains("datasets"));
     }
 }

@@ -206,6 +206,14 @@ pub struct RolloutArgs {
     /// Devices with these labels (`k=v`, repeatable).
     #[arg(long, value_parser = parse_kv, required = true)]
     pub selector: Vec<(String, String)>,
+    /// Waves, gates and what to do when they fail.
+    #[command(flatten)]
+    pub plan: RolloutPlan,
+}
+
+/// How a rollout proceeds (`rollout create`, and the rollouts `model import` starts).
+#[derive(Debug, Clone, Args)]
+pub struct RolloutPlan {
     /// Cumulative wave sizes in percent, ending at 100 [default: 1,10,50,100].
     #[arg(long, value_delimiter = ',')]
     pub waves: Option<Vec<u8>>,
@@ -256,6 +264,9 @@ pub enum ModelCommand {
     Push(PushArgs),
     /// List models.
     List,
+    /// Import a version from an MLflow registry (or a run's artifacts) with its lineage, once or
+    /// each time an alias moves (`--follow-alias`), and roll it out with `--selector`.
+    Import(Box<ImportArgs>),
     /// Show a model (`N`) or a version (`N:V`, V a number or an alias) with its lineage.
     Show {
         /// `NAME` or `NAME:VERSION`.
@@ -268,6 +279,45 @@ pub enum ModelCommand {
         /// Alias (e.g. production, staging).
         alias: String,
     },
+}
+
+/// `edgefleet model import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// `models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/RUN_ID/PATH` (a model directory or an
+    /// .onnx file among the run's artifacts), or `models:/NAME` with --follow-alias.
+    pub reference: String,
+    /// The MLflow tracking server; credentials from its user info, MLFLOW_TRACKING_TOKEN, or
+    /// MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (never recorded).
+    #[arg(long, env = "MLFLOW_TRACKING_URI")]
+    pub mlflow_uri: String,
+    /// Model name here [default: the registered model's name in MLflow].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The run's artifact with reference data for the baseline (CSV with a header, or .npy)
+    /// [default: baseline.csv or baseline.npy at the run's artifact root, when there].
+    #[arg(long)]
+    pub baseline_artifact: Option<String>,
+    /// SHA-256 of the training dataset [default: the run's tag edgefleet.dataset_sha256].
+    #[arg(long)]
+    pub dataset_hash: Option<String>,
+    /// Follow this alias of `models:/NAME`: import the version it points at, then each version
+    /// it moves to (and roll each out with --selector). Runs until interrupted.
+    #[arg(long)]
+    pub follow_alias: Option<String>,
+    /// How often --follow-alias asks MLflow where the alias points (e.g. 10s, 1m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, requires = "follow_alias")]
+    pub poll: std::time::Duration,
+    /// Accept inputs or outputs that break callers of the latest version (refused otherwise).
+    #[arg(long)]
+    pub allow_schema_change: bool,
+    /// Roll each imported version out to the devices with these labels (`k=v`, repeatable),
+    /// unless a rollout of it exists already.
+    #[arg(long, value_parser = parse_kv, help_heading = "Rollout")]
+    pub selector: Vec<(String, String)>,
+    /// The rollout's plan (with --selector).
+    #[command(flatten, next_help_heading = "Rollout")]
+    pub plan: RolloutPlan,
 }
 
 /// `edgefleet model push`.

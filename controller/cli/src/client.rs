@@ -46,15 +46,21 @@ pub enum CliError {
     /// Bad arguments or unreadable local files (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// The MLflow server refused, or has no such model, version, run or artifact (exit 1).
+    #[error("MLflow: {0}")]
+    Mlflow(String),
+    /// The MLflow server cannot be reached or failed (exit 69).
+    #[error("cannot reach MLflow at {0}")]
+    MlflowUnreachable(String),
 }
 
 impl CliError {
     /// Process exit code.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Refused { .. } => 1,
+            CliError::Refused { .. } | CliError::Mlflow(_) => 1,
             CliError::Usage(_) => 2,
-            CliError::Unreachable { .. } => 69,
+            CliError::Unreachable { .. } | CliError::MlflowUnreachable(_) => 69,
         }
     }
 }

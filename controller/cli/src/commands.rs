@@ -10,11 +10,11 @@ use edgefleet_shared::api::tokens::{AuditQuery, CreateToken};
 
 use crate::args::{
     Cli, Command, DeviceCommand, DeviceTokenCommand, DriftCommand, ModelCommand, Output, PolicyArgs, RetrainCommand,
-    RolloutArgs, RolloutCommand, TokenCommand, split_ref,
+    RolloutArgs, RolloutCommand, RolloutPlan, TokenCommand, split_ref,
 };
 use crate::client::{CliError, Client, RolloutAction};
 use crate::push::push_request;
-use crate::{demo, output, sim};
+use crate::{demo, import, output, sim};
 
 /// Runs a parsed command, writing results to stdout.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             output::version(out, &pushed);
         }
+        Command::Model(ModelCommand::Import(args)) => import::run(&client, out, *args).await?,
         Command::Model(ModelCommand::List) => output::models(out, &client.models().await?),
         Command::Model(ModelCommand::Show { reference }) => match split_ref(&reference) {
             (name, None) => output::model(out, &client.model(name).await?),
@@ -189,23 +190,33 @@ fn name_version(reference: &str) -> Result<(&str, &str), CliError> {
 
 fn rollout_request(args: RolloutArgs) -> Result<RolloutRequest, CliError> {
     let (name, v) = name_version(&args.reference)?;
-    Ok(RolloutRequest {
+    Ok(rollout_plan(name, v, args.selector, args.plan))
+}
+
+/// A rollout of `name:version` to `selector` as `plan` says.
+pub(crate) fn rollout_plan(
+    name: &str,
+    version: &str,
+    selector: Vec<(String, String)>,
+    plan: RolloutPlan,
+) -> RolloutRequest {
+    RolloutRequest {
         model: name.to_owned(),
-        version: v.to_owned(),
-        selector: args.selector.into_iter().collect(),
-        waves: args.waves,
-        bake_secs: args.bake.as_secs(),
-        gates: args.gates,
-        no_default_gate: args.no_default_gate,
-        wave_timeout_secs: args.wave_timeout.as_secs(),
-        on_timeout: args.on_timeout,
-        on_insufficient: args.on_insufficient,
-        allow_empty: args.allow_empty,
-        min_requests: args.min_requests,
-        on_fail: args.on_fail,
-        strategy: args.strategy,
-        shadow_share: args.shadow_share,
-    })
+        version: version.to_owned(),
+        selector: selector.into_iter().collect(),
+        waves: plan.waves,
+        bake_secs: plan.bake.as_secs(),
+        gates: plan.gates,
+        no_default_gate: plan.no_default_gate,
+        wave_timeout_secs: plan.wave_timeout.as_secs(),
+        on_timeout: plan.on_timeout,
+        on_insufficient: plan.on_insufficient,
+        allow_empty: plan.allow_empty,
+        min_requests: plan.min_requests,
+        on_fail: plan.on_fail,
+        strategy: plan.strategy,
+        shadow_share: plan.shadow_share,
+    }
 }
 
 /// `retrain policy`: shows the policy, or changes the fields given and shows the result.

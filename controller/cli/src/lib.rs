@@ -5,14 +5,15 @@
 //! [`edgefleet_shared::api`] and compiles neither the server (SQLite, the broker) nor an
 //! inference engine.
 //!
-//! Exit codes: 0 success, 1 the controller refused (its `{"error"}` is printed), 2 bad
-//! arguments, 69 the controller cannot be reached.
+//! Exit codes: 0 success, 1 the controller (or MLflow) refused (its `{"error"}` is printed), 2
+//! bad arguments, 69 the controller (or MLflow) cannot be reached.
 //!
 //! # Layout
 //! - [`args`]: the command line (clap).
 //! - [`commands`]: each command as typed API calls.
 //! - [`client`]: the typed HTTP client, one method per route; [`push`] reads a push's files.
 //! - `output`: tables and JSON on stdout.
+//! - [`import`]: `model import`, through [`mlflow`], a client of MLflow's REST API.
 //! - [`demo`], [`sim`]: the demo and the device simulator.
 //! - [`trainer`]: the bundled retraining step (logistic regression → ONNX, via `onnx`).
 
@@ -41,6 +42,8 @@ pub mod args;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod import;
+pub mod mlflow;
 mod onnx;
 mod output;
 pub mod push;

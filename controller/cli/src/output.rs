@@ -145,6 +145,17 @@ pub(crate) fn version(out: Output, v: &VersionInfo) {
     if !l.metrics.is_empty() {
         say!("metrics:   {}", labels(&l.metrics).replace(',', ", "));
     }
+    if let Some(s) = &l.source {
+        let run = s.run_id.as_ref().map_or(String::new(), |r| format!(", run {r}"));
+        say!("source:    {} {} at {}{run}", s.system, s.reference, s.uri);
+        if let Some(link) = &s.link {
+            say!("link:      {link}");
+        }
+        for d in &s.datasets {
+            let context = d.context.as_ref().map_or(String::new(), |c| format!(" ({c})"));
+            say!("dataset:   {}{context}, {} digest {}", d.name, s.system, d.digest);
+        }
+    }
     for (label, tensors) in [("input", &m.inputs), ("output", &m.outputs)] {
         for t in tensors {
             say!("{label:<10} {} {} {:?}", t.name, t.datatype, t.shape);

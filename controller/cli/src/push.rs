@@ -35,6 +35,7 @@ pub async fn push_request(args: &PushArgs) -> Result<(Upload, PushMetadata), Cli
         preprocessing: None,
         allow_schema_change: args.allow_schema_change,
         allow_nondeterministic: args.allow_nondeterministic,
+        source: None,
     };
     Ok((Upload { model, model_file: file_name(&args.path, "model.onnx"), baseline }, metadata))
 }

@@ -119,6 +119,9 @@ impl Registry {
         {
             return Err(RegistryError::BadRequest(format!("dataset hash {h:?} is not 64 hex digits (SHA-256)")));
         }
+        if let Some(source) = &req.meta.source {
+            source.check().map_err(RegistryError::BadRequest)?;
+        }
         if req.model.is_empty() {
             return Err(RegistryError::BadRequest("the model file is empty".into()));
         }
@@ -235,6 +238,7 @@ impl Registry {
                     params: req.meta.params.clone(),
                     metrics: req.meta.metrics.clone(),
                     created_at: now() as u64,
+                    source: req.meta.source.clone(),
                 },
                 artifacts: vec![ArtifactEntry { name: MODEL_FILE.into(), sha256: model.sha256.clone(), size: model.size }],
                 baseline: validated.baseline.clone(),

@@ -31,6 +31,9 @@ pub struct PushMetadata {
     /// Accept a model whose outputs differ between two runs on the controller (else 422); the
     /// devices' self-test still runs.
     pub allow_nondeterministic: bool,
+    /// The external registry version this one is imported from (`edgefleet model import`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub source: Option<crate::bundle::LineageSource>,
 }
 
 /// A version as the API shows it.
