@@ -80,7 +80,7 @@ pub struct RetrainConfig {
     pub command: Option<String>,
     /// Data files of each snapshot (`csv`, `parquet`); the first one's sha256 is the
     /// snapshot's `dataset_sha256`.
-    pub format: Vec<crate::telemetry::snapshot::Format>,
+    pub format: Vec<SnapshotFormat>,
 }
 
 impl Default for RetrainConfig {
@@ -91,7 +91,31 @@ impl Default for RetrainConfig {
             webhook_secret_file: None,
             webhook_attempts: 6,
             command: None,
-            format: vec![crate::telemetry::snapshot::Format::Csv],
+            format: vec![SnapshotFormat::Csv],
+        }
+    }
+}
+
+/// A snapshot's data file format (`[retrain] format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotFormat {
+    /// `data.csv`: a header row, numbers as text, empty for missing.
+    Csv,
+    /// `data.parquet`: typed columns (features `float`, `predicted`/`label` `int64`, ids
+    /// `string`, `at_ms` a UTC timestamp in milliseconds), nulls for missing, zstd pages.
+    Parquet,
+}
+
+impl SnapshotFormat {
+    /// Every format, in the order of the file names a snapshot may have.
+    pub const ALL: [SnapshotFormat; 2] = [SnapshotFormat::Csv, SnapshotFormat::Parquet];
+
+    /// The data file's name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            SnapshotFormat::Csv => "data.csv",
+            SnapshotFormat::Parquet => "data.parquet",
         }
     }
 }
@@ -416,10 +440,9 @@ mod tests {
     #[test]
     fn snapshot_formats_are_named_once() {
         let mut config = ControllerConfig::default();
-        use crate::telemetry::snapshot::Format;
-        config.retrain.format = vec![Format::Parquet, Format::Csv];
+        config.retrain.format = vec![SnapshotFormat::Parquet, SnapshotFormat::Csv];
         config.validate().expect("both");
-        for bad in [vec![], vec![Format::Csv, Format::Csv]] {
+        for bad in [vec![], vec![SnapshotFormat::Csv, SnapshotFormat::Csv]] {
             config.retrain.format = bad;
             assert!(config.validate().expect_err("refused").to_string().contains("retrain.format"));
         }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use edgefleet_shared::api::rollouts::{OnFail, OnInsufficient, OnTimeout, Strategy};
+use edgefleet_shared::api::rollouts::{OnFail, OnInsufficient, OnTimeout, RolloutRequest, Strategy};
 use edgefleet_shared::api::tokens::Role;
 use serde::de::DeserializeOwned;
 
@@ -255,6 +255,29 @@ pub struct RolloutPlan {
     /// Leave out the default gate activation_failure_rate<0.1.
     #[arg(long)]
     pub no_default_gate: bool,
+}
+
+impl RolloutPlan {
+    /// A rollout of `name:version` to the devices matching `selector` under this plan.
+    pub fn request(self, name: &str, version: &str, selector: Vec<(String, String)>) -> RolloutRequest {
+        RolloutRequest {
+            model: name.to_owned(),
+            version: version.to_owned(),
+            selector: selector.into_iter().collect(),
+            waves: self.waves,
+            bake_secs: self.bake.as_secs(),
+            gates: self.gates,
+            no_default_gate: self.no_default_gate,
+            wave_timeout_secs: self.wave_timeout.as_secs(),
+            on_timeout: self.on_timeout,
+            on_insufficient: self.on_insufficient,
+            allow_empty: self.allow_empty,
+            min_requests: self.min_requests,
+            on_fail: self.on_fail,
+            strategy: self.strategy,
+            shadow_share: self.shadow_share,
+        }
+    }
 }
 
 /// `edgefleet model ...`

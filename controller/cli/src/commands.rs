@@ -10,7 +10,7 @@ use edgefleet_shared::api::tokens::{AuditQuery, CreateToken};
 
 use crate::args::{
     Cli, Command, DeviceCommand, DeviceTokenCommand, DriftCommand, ModelCommand, Output, PolicyArgs, RetrainCommand,
-    RolloutArgs, RolloutCommand, RolloutPlan, TokenCommand, split_ref,
+    RolloutArgs, RolloutCommand, TokenCommand, split_ref,
 };
 use crate::client::{CliError, Client, RolloutAction};
 use crate::push::push_request;
@@ -190,33 +190,7 @@ fn name_version(reference: &str) -> Result<(&str, &str), CliError> {
 
 fn rollout_request(args: RolloutArgs) -> Result<RolloutRequest, CliError> {
     let (name, v) = name_version(&args.reference)?;
-    Ok(rollout_plan(name, v, args.selector, args.plan))
-}
-
-/// A rollout of `name:version` to `selector` as `plan` says.
-pub(crate) fn rollout_plan(
-    name: &str,
-    version: &str,
-    selector: Vec<(String, String)>,
-    plan: RolloutPlan,
-) -> RolloutRequest {
-    RolloutRequest {
-        model: name.to_owned(),
-        version: version.to_owned(),
-        selector: selector.into_iter().collect(),
-        waves: plan.waves,
-        bake_secs: plan.bake.as_secs(),
-        gates: plan.gates,
-        no_default_gate: plan.no_default_gate,
-        wave_timeout_secs: plan.wave_timeout.as_secs(),
-        on_timeout: plan.on_timeout,
-        on_insufficient: plan.on_insufficient,
-        allow_empty: plan.allow_empty,
-        min_requests: plan.min_requests,
-        on_fail: plan.on_fail,
-        strategy: plan.strategy,
-        shadow_share: plan.shadow_share,
-    }
+    Ok(args.plan.request(name, v, args.selector))
 }
 
 /// `retrain policy`: shows the policy, or changes the fields given and shows the result.

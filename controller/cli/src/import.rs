@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use crate::args::{ImportArgs, Output};
 use crate::client::{CliError, Client, Upload};
-use crate::commands::rollout_plan;
 use crate::mlflow::{BASELINE_ARTIFACTS, Mlflow, Reference, Run, lineage};
 use crate::output;
 
@@ -305,8 +304,7 @@ async fn import(
         if exists {
             None
         } else {
-            let request =
-                rollout_plan(&version.name, &version.version.to_string(), args.selector.clone(), args.plan.clone());
+            let request = args.plan.clone().request(&version.name, &version.version.to_string(), args.selector.clone());
             Some(client.create_rollout(&request).await?)
         }
     };

@@ -7,39 +7,14 @@ use std::io::BufWriter;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::TelemetryError;
+pub use crate::config::SnapshotFormat as Format;
 use parquet::basic::{Compression, LogicalType, Repetition, TimeUnit, Type as Physical, ZstdLevel};
 use parquet::data_type::{ByteArray, ByteArrayType, FloatType, Int64Type};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
-use serde::{Deserialize, Serialize};
-
-use super::TelemetryError;
-
-/// A snapshot's data file format (`[retrain] format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// `data.csv`: a header row, numbers as text, empty for missing.
-    Csv,
-    /// `data.parquet`: typed columns (features `float`, `predicted`/`label` `int64`, ids
-    /// `string`, `at_ms` a UTC timestamp in milliseconds), nulls for missing, zstd pages.
-    Parquet,
-}
-
-impl Format {
-    /// Every format, in the order of the file names a snapshot may have.
-    pub const ALL: [Format; 2] = [Format::Csv, Format::Parquet];
-
-    /// The data file's name.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Format::Csv => "data.csv",
-            Format::Parquet => "data.parquet",
-        }
-    }
-}
 
 /// The columns after the features.
 pub const TRAILING_COLUMNS: [&str; 6] = ["predicted", "label", "device_id", "device_group", "request_id", "at_ms"];
