@@ -104,8 +104,37 @@ fn copy_capped(decoder: impl Read, cap: u64, mut out: impl Write) -> Result<u64,
     }
 }
 
-/// Decompresses in memory, capped at `cap` bytes.
+/// Decompresses in memory, capped at `cap` bytes. One frame that states its size (as
+/// [`compress`] writes them) is decompressed in one call into a buffer of exactly that size, with
+/// a decompression context this thread keeps (telemetry decodes thousands of small frames a
+/// second); anything else streams.
 pub fn decompress_to_vec(input: &[u8], cap: u64) -> Result<Vec<u8>, DecompressError> {
+    use zstd::zstd_safe;
+    let one_frame = zstd_safe::find_frame_compressed_size(input).is_ok_and(|n| n == input.len());
+    if let (true, Ok(Some(size))) = (one_frame, zstd_safe::get_frame_content_size(input)) {
+        if size > cap {
+            return Err(DecompressError::TooLarge { cap });
+        }
+        thread_local! {
+            static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        CONTEXT.with_borrow_mut(|context| {
+            let decompressor = match context {
+                Some(d) => d,
+                None => context.insert(zstd::bulk::Decompressor::new().map_err(DecompressError::Corrupt)?),
+            };
+            decompressor.decompress_to_buffer(input, &mut out).map_err(DecompressError::Corrupt)
+        })?;
+        if out.len() as u64 != size {
+            return Err(DecompressError::Corrupt(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the frame states {size} bytes but holds {}", out.len()),
+            )));
+        }
+        return Ok(out);
+    }
     let mut out = Vec::new();
     decompress_capped(input, cap, &mut out)?;
     Ok(out)
@@ -195,6 +224,21 @@ mod tests {
         assert_eq!(window_log_for(1 << 20), 20);
         assert_eq!(window_log_for((1 << 20) + 1), 21);
         assert_eq!(window_log_for(u64::MAX), 31);
+    }
+
+    #[test]
+    fn streamed_and_concatenated_frames_take_the_capped_stream() {
+        let data: Vec<u8> = (0..50_000u32).flat_map(|i| (i % 97).to_le_bytes()).collect();
+        let mut streamed = Vec::new();
+        compress_stream(&data[..], &mut streamed, 3).expect("stream");
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(&streamed).ok().flatten(), None, "no size stated");
+        assert_eq!(decompress_to_vec(&streamed, data.len() as u64).expect("streamed"), data);
+        assert!(matches!(decompress_to_vec(&streamed, 1000), Err(DecompressError::TooLarge { cap: 1000 })));
+        let mut two = compress(&data, 1).expect("one");
+        two.extend(compress(&data, 1).expect("two"));
+        let both = decompress_to_vec(&two, 2 * data.len() as u64).expect("two frames");
+        assert_eq!(both.len(), 2 * data.len());
+        assert!(matches!(decompress_to_vec(&two, data.len() as u64), Err(DecompressError::TooLarge { .. })));
     }
 
     #[test]

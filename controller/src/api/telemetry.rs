@@ -17,7 +17,7 @@ impl From<TelemetryError> for ApiError {
             TelemetryError::BadRequest(m) => ApiError::bad_request(m),
             TelemetryError::NotFound(m) => ApiError::not_found(m),
             TelemetryError::Refused { .. } => ApiError::bad_request(e.to_string()),
-            TelemetryError::Io(m) => {
+            TelemetryError::Io(m) | TelemetryError::Commit(m) => {
                 tracing::error!(error = %m, "Telemetry storage error.");
                 ApiError::internal("internal storage error; see the controller log")
             }

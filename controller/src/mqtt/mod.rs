@@ -41,6 +41,10 @@ use crate::telemetry::{Refusal, Telemetry, TelemetryError};
 
 /// Messages waiting for the worker beyond which QoS 0 status reports are dropped (counted).
 const MAX_BACKLOG: usize = 50_000;
+/// Most messages the worker handles as one group (telemetry in one transaction).
+const MAX_GROUP: usize = 512;
+/// Payload bytes after which a group takes no more messages.
+const MAX_GROUP_BYTES: usize = 8 << 20;
 /// How often the dynamic-security plugin is reconciled with the fleet besides each connect.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -147,15 +151,16 @@ impl Mqtt {
         let backlog = Arc::new(AtomicUsize::new(0));
         let (worker, depth) = (mqtt.clone(), backlog.clone());
         tokio::spawn(async move {
-            while let Some(p) = queue.recv().await {
-                match worker.telemetry_device(&p.topic) {
-                    Some(device) => worker.on_telemetry(&telemetry, device, p.payload.to_vec()).await,
-                    None => worker.on_status(&fleet_worker, &p.topic, &p.payload).await,
+            while let Some(first) = queue.recv().await {
+                // Group commit: everything waiting now is handled together, telemetry in one
+                // transaction, each message acknowledged once its transaction committed.
+                let (mut group, mut bytes) = (vec![first], 0);
+                while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+                    let Ok(p) = queue.try_recv() else { break };
+                    bytes += p.payload.len();
+                    group.push(p);
                 }
-                if let Err(e) = worker.client.ack(&p).await {
-                    tracing::warn!(error = %e, "Cannot acknowledge an MQTT message.");
-                }
-                metrics::gauge!(crate::metric::MQTT_BACKLOG).set(depth.fetch_sub(1, Ordering::Relaxed) as f64 - 1.0);
+                worker.handle(&telemetry, &fleet_worker, group, &depth).await;
             }
         });
         tokio::spawn(async move {
@@ -320,14 +325,47 @@ impl Mqtt {
         topics::device_topic(&self.prefix, topic).filter(|(_, leaf)| *leaf == "telemetry").map(|(d, _)| d.to_owned())
     }
 
-    async fn on_telemetry(&self, telemetry: &Telemetry, device: String, frame: Vec<u8>) {
-        match telemetry.ingest(device.clone(), frame).await {
-            Ok(i) => tracing::debug!(%device, sequence = i.sequence, samples = i.samples, "Telemetry stored."),
-            Err(TelemetryError::Refused { class: Refusal::Duplicate, message }) => {
-                tracing::debug!(%device, %message, "Duplicate telemetry batch ignored.");
+    /// Handles a group of messages in arrival order: runs of telemetry stored together
+    /// ([`Telemetry::ingest_many`]), status reports one by one; each acknowledged when handled.
+    async fn handle(&self, telemetry: &Telemetry, fleet: &Fleet, group: Vec<Publish>, depth: &AtomicUsize) {
+        let mut run: Vec<(String, Publish)> = Vec::new();
+        for p in group {
+            if let Some(device) = self.telemetry_device(&p.topic) {
+                run.push((device, p));
+                continue;
             }
-            Err(e) => tracing::warn!(%device, error = %e, "Telemetry batch not stored."),
+            self.store_telemetry(telemetry, std::mem::take(&mut run), depth).await;
+            self.on_status(fleet, &p.topic, &p.payload).await;
+            self.ack(&p, depth).await;
         }
+        self.store_telemetry(telemetry, run, depth).await;
+    }
+
+    /// Stores telemetry frames in one transaction, then acknowledges each (never before the
+    /// commit: a controller killed in between gets them again and refuses them as duplicates).
+    async fn store_telemetry(&self, telemetry: &Telemetry, run: Vec<(String, Publish)>, depth: &AtomicUsize) {
+        if run.is_empty() {
+            return;
+        }
+        let frames = run.iter().map(|(device, p)| (device.clone(), p.payload.to_vec())).collect();
+        let results = telemetry.ingest_many(frames).await;
+        for ((device, p), result) in run.iter().zip(results) {
+            match result {
+                Ok(i) => tracing::debug!(%device, sequence = i.sequence, samples = i.samples, "Telemetry stored."),
+                Err(TelemetryError::Refused { class: Refusal::Duplicate, message }) => {
+                    tracing::debug!(%device, %message, "Duplicate telemetry batch ignored.");
+                }
+                Err(e) => tracing::warn!(%device, error = %e, "Telemetry batch not stored."),
+            }
+            self.ack(p, depth).await;
+        }
+    }
+
+    async fn ack(&self, p: &Publish, depth: &AtomicUsize) {
+        if let Err(e) = self.client.ack(p).await {
+            tracing::warn!(error = %e, "Cannot acknowledge an MQTT message.");
+        }
+        metrics::gauge!(crate::metric::MQTT_BACKLOG).set(depth.fetch_sub(1, Ordering::Relaxed) as f64 - 1.0);
     }
 
     async fn on_status(&self, fleet: &Fleet, topic: &str, payload: &[u8]) {

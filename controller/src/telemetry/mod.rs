@@ -42,6 +42,9 @@ pub enum TelemetryError {
     /// Writing a snapshot failed.
     #[error("{0}")]
     Io(String),
+    /// A group of telemetry batches could not be committed (none of them is stored).
+    #[error("storing the telemetry group failed: {0}")]
+    Commit(String),
     /// Database failure.
     #[error(transparent)]
     Db(#[from] DbError),
