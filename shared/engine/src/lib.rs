@@ -4,6 +4,7 @@
 //! # Layout
 //! - this module: the [`Engine`]/[`Session`] traits, [`Signature`], backend selection and
 //!   [`isolate`] (a panicking engine call fails that call only).
+//! - [`choice`]: `auto` on a CPU times both engines on a model and keeps the faster.
 //! - [`tensor`]: typed tensors and their KServe JSON and binary encodings, batching helpers.
 //! - `tract`, `ort`: the two backends.
 //!
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::tensor::{Tensor, TensorError};
 
+pub mod choice;
 pub mod tensor;
 
 #[cfg(feature = "ort")]
@@ -162,7 +164,9 @@ pub enum BackendKind {
     Tract,
     /// ONNX Runtime through the `ort` crate (cargo feature `ort`).
     Ort,
-    /// ONNX Runtime with CUDA when it is available, otherwise tract.
+    /// ONNX Runtime with CUDA when it is available; on a CPU, whichever of tract and ONNX
+    /// Runtime runs the model faster (both timed at load, [`choice`]); tract alone without the
+    /// ONNX Runtime library.
     #[default]
     Auto,
 }
@@ -228,14 +232,16 @@ impl Default for OrtConfig {
     }
 }
 
-/// Loads a model with the configured backend; `auto` resolves to ONNX Runtime only when it
-/// can use CUDA, because on CPU tract needs no shared library and starts faster.
+/// Loads a model with the configured backend. `auto` resolves to ONNX Runtime when it can use
+/// CUDA; on a CPU with both engines it times each on the model's warm-up inputs and keeps the
+/// faster ([`choice::prefer_ort`]), and without the ONNX Runtime library it is tract.
 pub fn load(path: &Path, config: &BackendConfig) -> Result<Arc<dyn Engine>, EngineError> {
     match config.kind {
         BackendKind::Tract => load_tract(path).map_err(explain_unsupported),
         BackendKind::Ort => load_ort(path, &config.ort),
         BackendKind::Auto if !cfg!(feature = "tract") || auto_prefers_ort(&config.ort) => load_ort(path, &config.ort),
         BackendKind::Auto => match load_tract(path) {
+            Ok(tract) if ort_available(&config.ort) => Ok(faster(path, tract, &config.ort)),
             Ok(engine) => Ok(engine),
             // What tract cannot load, ONNX Runtime may: `auto` tries it before giving up.
             Err(tract @ EngineError::Load { .. }) if cfg!(feature = "ort") => match load_ort(path, &config.ort) {
@@ -254,6 +260,28 @@ pub fn load(path: &Path, config: &BackendConfig) -> Result<Arc<dyn Engine>, Engi
             Err(e) => Err(explain_unsupported(e)),
         },
     }
+}
+
+/// Of tract (loaded) and ONNX Runtime, the engine that runs the model faster on this machine.
+fn faster(path: &Path, tract: Arc<dyn Engine>, ort: &OrtConfig) -> Arc<dyn Engine> {
+    let ort = match load_ort(path, ort) {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::info!(model = %path.display(), error = %e, "ONNX Runtime cannot load this model; tract serves it.");
+            return tract;
+        }
+    };
+    let timings = choice::Timings { tract: choice::time(&tract).ok(), ort: choice::time(&ort).ok() };
+    let us = |d: Option<std::time::Duration>| d.map(|d| (d.as_secs_f64() * 1e7).round() / 10.0);
+    let (engine, chosen) = if choice::prefer_ort(&timings) { (ort, ORT_PLATFORM) } else { (tract, TRACT_PLATFORM) };
+    tracing::info!(
+        model = %path.display(),
+        tract_us = ?us(timings.tract),
+        ort_us = ?us(timings.ort),
+        engine = chosen,
+        "Backend auto: timed both engines on the warm-up inputs; the faster serves."
+    );
+    engine
 }
 
 /// Platform names of the engines this build can run models on with `config`: tract when
