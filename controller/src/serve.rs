@@ -199,6 +199,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_started: impl FnOnce(&Started),
 ) -> Result<(), Error> {
+    // The signal handlers first: a SIGTERM right after "listening" must stop us gracefully.
+    let Some(shutdown) = edgefleet_service::shutdown::armed(shutdown).await else { return Ok(()) };
     config.validate()?;
     let server_tls = match config.tls.server_files() {
         Some((cert, key)) => {

@@ -125,6 +125,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(crate::serve::Listening),
 ) -> Result<(), FleetError> {
+    // The signal handlers first: a SIGTERM right after "listening" must stop us gracefully.
+    let Some(shutdown) = edgefleet_service::shutdown::armed(shutdown).await else { return Ok(()) };
     let f = &config.fleet;
     let setup = |m: String| FleetError::Setup(m);
     let trust_path = f.trust_file.clone().ok_or_else(|| setup("no trust file configured".into()))?;
