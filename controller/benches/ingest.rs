@@ -14,7 +14,7 @@ use edgefleet_controller::config::{RetrainConfig, TelemetryConfig};
 use edgefleet_controller::db::Db;
 use edgefleet_controller::telemetry::Telemetry;
 use edgefleet_shared::keys::{FileKey, Signer as _};
-use edgefleet_shared::telemetry::{FeatureCounts, ModelTelemetry, Sample, TELEMETRY_KIND, TelemetryBatch};
+use edgefleet_shared::telemetry::{FeatureCounts, ModelTelemetry, Sample, TelemetryBatch};
 
 fn batch(device: &str, sequence: u64, samples: usize, now: u64) -> TelemetryBatch {
     let sample = |i: usize| Sample {
@@ -25,25 +25,16 @@ fn batch(device: &str, sequence: u64, samples: usize, now: u64) -> TelemetryBatc
         predicted: Some(0),
         low_confidence: false,
     };
-    TelemetryBatch {
-        kind: TELEMETRY_KIND.into(),
-        device: device.into(),
-        sequence,
-        start: now - 60,
-        end: now,
-        models: vec![ModelTelemetry {
-            model: "iris".into(),
-            version: 1,
-            rows: samples as u64 * 100,
-            features: (0..4).map(|_| FeatureCounts { counts: vec![10; 10], missing: 0 }).collect(),
-            output_classes: vec![40, 30, 30],
-            samples: (0..samples).map(sample).collect(),
-            feedback: Vec::new(),
-            labeled: 0,
-            correct: 0,
-        }],
-        samples_capped: 0,
-    }
+    let iris = ModelTelemetry {
+        model: "iris".into(),
+        version: 1,
+        rows: samples as u64 * 100,
+        features: (0..4).map(|_| FeatureCounts { counts: vec![10; 10], missing: 0 }).collect(),
+        output_classes: vec![40, 30, 30],
+        samples: (0..samples).map(sample).collect(),
+        ..Default::default()
+    };
+    TelemetryBatch::new(device, sequence, (now - 60, now), vec![iris])
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ pub struct TelemetryBatch {
 }
 
 /// Telemetry of one model version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelTelemetry {
     /// Model name.
     pub model: String,
@@ -138,6 +138,19 @@ impl FrameError {
 }
 
 impl TelemetryBatch {
+    /// A batch of `models` from `device` for the interval `start..end`, nothing capped.
+    pub fn new(device: &str, sequence: u64, (start, end): (u64, u64), models: Vec<ModelTelemetry>) -> Self {
+        TelemetryBatch {
+            kind: TELEMETRY_KIND.into(),
+            device: device.into(),
+            sequence,
+            start,
+            end,
+            models,
+            samples_capped: 0,
+        }
+    }
+
     /// Compresses and signs the batch into a frame.
     pub fn encode(&self, signer: &dyn Signer) -> Vec<u8> {
         let json = serde_json::to_vec(self).unwrap_or_default();

@@ -16,7 +16,7 @@ use common::controller::ControllerProcess;
 use common::device::TestDevice;
 use common::mosquitto::MosquittoSetup;
 use common::{strs, until};
-use edgefleet_shared::telemetry::{ModelTelemetry, Sample, TELEMETRY_KIND, TelemetryBatch};
+use edgefleet_shared::telemetry::{ModelTelemetry, Sample, TelemetryBatch};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 /// Batches published (Mosquitto queues up to 1,000 per offline session by default).
@@ -34,25 +34,15 @@ fn batch(device: &str, sequence: u64) -> TelemetryBatch {
         predicted: Some(0),
         low_confidence: false,
     };
-    TelemetryBatch {
-        kind: TELEMETRY_KIND.into(),
-        device: device.into(),
-        sequence,
-        start: now - 1,
-        end: now,
-        models: vec![ModelTelemetry {
-            model: "iris".into(),
-            version: 1,
-            rows: SAMPLES as u64,
-            features: Vec::new(),
-            output_classes: vec![SAMPLES as u64],
-            samples: (0..SAMPLES).map(sample).collect(),
-            feedback: Vec::new(),
-            labeled: 0,
-            correct: 0,
-        }],
-        samples_capped: 0,
-    }
+    let iris = ModelTelemetry {
+        model: "iris".into(),
+        version: 1,
+        rows: SAMPLES as u64,
+        output_classes: vec![SAMPLES as u64],
+        samples: (0..SAMPLES).map(sample).collect(),
+        ..Default::default()
+    };
+    TelemetryBatch::new(device, sequence, (now - 1, now), vec![iris])
 }
 
 /// (batches, samples, distinct sequences) stored, read-only.

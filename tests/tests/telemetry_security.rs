@@ -13,30 +13,14 @@ use common::device::TestDevice;
 use common::telemetry::{agent_config, fleet};
 use common::{metric, until};
 use edgefleet_shared::keys::FileKey;
-use edgefleet_shared::telemetry::{ModelTelemetry, TELEMETRY_KIND, TelemetryBatch};
+use edgefleet_shared::telemetry::{ModelTelemetry, TelemetryBatch};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 fn batch(device: &str, sequence: u64) -> TelemetryBatch {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
-    TelemetryBatch {
-        kind: TELEMETRY_KIND.into(),
-        device: device.into(),
-        sequence,
-        start: now - 1,
-        end: now,
-        models: vec![ModelTelemetry {
-            model: "iris".into(),
-            version: 1,
-            rows: 5,
-            features: Vec::new(),
-            output_classes: vec![5],
-            samples: Vec::new(),
-            feedback: Vec::new(),
-            labeled: 0,
-            correct: 0,
-        }],
-        samples_capped: 0,
-    }
+    let iris =
+        ModelTelemetry { model: "iris".into(), version: 1, rows: 5, output_classes: vec![5], ..Default::default() };
+    TelemetryBatch::new(device, sequence, (now - 1, now), vec![iris])
 }
 
 async fn refused(http: &reqwest::Client, c: &ControllerProcess, class: &str) -> f64 {

@@ -16,7 +16,7 @@ pub mod spool;
 
 use std::sync::{Arc, Mutex};
 
-use edgefleet_shared::telemetry::{ModelTelemetry, TELEMETRY_KIND, TelemetryBatch};
+use edgefleet_shared::telemetry::{ModelTelemetry, TelemetryBatch};
 
 pub use crate::config::TelemetryConfig;
 pub use recorder::Recorder;
@@ -59,15 +59,7 @@ impl Hub {
         if models.is_empty() && capped == 0 {
             return None;
         }
-        Some(TelemetryBatch {
-            kind: TELEMETRY_KIND.into(),
-            device: device.into(),
-            sequence: 0,
-            start,
-            end,
-            models,
-            samples_capped: capped,
-        })
+        Some(TelemetryBatch { samples_capped: capped, ..TelemetryBatch::new(device, 0, (start, end), models) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Recorder>>> {

@@ -332,7 +332,7 @@ fn store_samples(
 mod tests {
     use edgefleet_shared::clock::ManualClock;
     use edgefleet_shared::keys::{FileKey, Signer as _};
-    use edgefleet_shared::telemetry::{Sample, TELEMETRY_KIND};
+    use edgefleet_shared::telemetry::Sample;
 
     use super::*;
     use crate::config::{RetrainConfig, TelemetryConfig};
@@ -349,25 +349,15 @@ mod tests {
             predicted: Some(0),
             low_confidence: false,
         };
-        TelemetryBatch {
-            kind: TELEMETRY_KIND.into(),
-            device: device.into(),
-            sequence,
-            start: NOW - 1,
-            end: NOW,
-            models: vec![ModelTelemetry {
-                model: "m".into(),
-                version: 1,
-                rows,
-                features: Vec::new(),
-                output_classes: vec![rows],
-                samples: vec![sample],
-                feedback: Vec::new(),
-                labeled: 0,
-                correct: 0,
-            }],
-            samples_capped: 0,
-        }
+        let m = ModelTelemetry {
+            model: "m".into(),
+            version: 1,
+            rows,
+            output_classes: vec![rows],
+            samples: vec![sample],
+            ..Default::default()
+        };
+        TelemetryBatch::new(device, sequence, (NOW - 1, NOW), vec![m])
     }
 
     #[tokio::test]
