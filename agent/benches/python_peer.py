@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """The Python peer for BENCHMARKS.md §1: what a user would otherwise write.
 
-onnxruntime + FastAPI + uvicorn serving the KServe v2 JSON infer endpoint for one model, one
-uvicorn worker, ONNX Runtime on CPU with one intra-op thread (as the agent's one worker).
+onnxruntime + FastAPI + uvicorn serving the KServe v2 JSON infer endpoint for one model,
+WORKERS uvicorn worker processes (default 1; one per core is how users deploy it), each with ONNX
+Runtime on CPU and one intra-op thread (as the agent's one worker).
 
-Usage: python_peer.py MODEL_NAME MODEL.onnx PORT
+Usage: python_peer.py MODEL_NAME MODEL.onnx PORT [WORKERS]
 """
 
+import os
 import sys
 
 import numpy as np
@@ -17,7 +19,11 @@ from fastapi import FastAPI, Request
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "BOOL": np.bool_}
 NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
 
-name, path, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# uvicorn's worker processes import this module by name, without our arguments: they come
+# through the environment.
+if __name__ == "__main__":
+    os.environ["PEER_MODEL"], os.environ["PEER_PATH"] = sys.argv[1], sys.argv[2]
+name, path = os.environ["PEER_MODEL"], os.environ["PEER_PATH"]
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -47,4 +53,9 @@ async def ready():
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", workers=1)
+    port, workers = int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    if workers == 1:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    else:
+        here = os.path.dirname(os.path.abspath(__file__))
+        uvicorn.run("python_peer:app", app_dir=here, host="127.0.0.1", port=port, log_level="warning", workers=workers)

@@ -3,7 +3,9 @@
 # on the tiny MLP and on Magika, measured side by side in one run.
 #
 # Needs: wrk (apt-get install wrk), python3 with the fixture requirements plus fastapi and
-# uvicorn (see tests/fixtures/requirements.txt; the script makes .venv-bench if absent).
+# uvicorn with uvloop and httptools (see tests/fixtures/requirements.txt; the script makes
+# .venv-bench when they are missing). Reports the agent's empty-GET floor beside its infer
+# numbers, and the Python peer with one uvicorn worker and with one per core.
 # Usage: agent/benches/serving.sh [DURATION_SECS]   (default 10 per load point)
 set -euo pipefail
 
@@ -16,9 +18,12 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 venv="$root/.venv-bench"
-if [[ ! -x "$venv/bin/python" ]]; then
+# uvicorn with uvloop and httptools, as `pip install uvicorn[standard]` deploys it (plain h11
+# worker processes stall 40 ms per request on this loopback).
+if ! "$venv/bin/python" -c 'import fastapi, uvicorn, uvloop, httptools' 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -r tests/fixtures/requirements.txt fastapi==0.165.0 uvicorn==0.54.0
+  "$venv/bin/pip" install -q -r tests/fixtures/requirements.txt fastapi==0.165.0 uvicorn==0.54.0 uvloop==0.23.0 \
+    httptools==0.9.0
 fi
 ort_lib="$(agent/scripts/fetch-onnxruntime.sh)"
 
@@ -53,6 +58,12 @@ load() { # label url body-file threads conns [headers]
   errors="$(awk '/Socket errors/{print $0}' <<<"$out")"
   printf 'http %-28s c=%-3s p50=%-9s p99=%-9s req/s=%-10s non2xx=%s %s\n' "$1" "$5" "$p50" "$p99" "$rps" "${non2xx:-0}" "$errors"
 }
+floor() { # label url threads conns: an empty GET on the same server, the HTTP floor
+  local out
+  out="$(wrk -t"$3" -c"$4" -d"${secs}s" --latency "$2")"
+  printf 'http %-28s c=%-3s p50=%-9s p99=%-9s req/s=%-10s\n' "$1" "$4" \
+    "$(awk '/^ +50%/{print $2}' <<<"$out")" "$(awk '/^ +99%/{print $2}' <<<"$out")" "$(awk '/^Requests\/sec/{print $2}' <<<"$out")"
+}
 
 echo "== agent over HTTP (loopback, keep-alive, wrk)"
 "$agent_bin" serve --listen 127.0.0.1:0 --grpc-listen off --backend tract --workers 1 \
@@ -63,6 +74,8 @@ wait_line "$work/agent.out" "listening on"
 agent="$(sed -n 's/^edgefleet-agent listening on //p' "$work/agent.out")"
 wait_ready "$agent/v2/models/magika/ready"
 echo "agent idle rss_kib=$(awk '/VmRSS/{print $2}' /proc/$agent_pid/status) (mlp and magika loaded)"
+floor "agent floor GET live" "$agent/v2/health/live" 1 1
+floor "agent floor GET live" "$agent/v2/health/live" 2 8
 load "agent mlp json" "$agent/v2/models/mlp/infer" "$work/mlp.json" 1 1
 load "agent mlp binary" "$agent/v2/models/mlp/infer" "$work/mlp.bin" 1 1 "Inference-Header-Content-Length: $(cat "$work/mlp.bin.len")"
 load "agent mlp json" "$agent/v2/models/mlp/infer" "$work/mlp.json" 2 8
@@ -86,14 +99,21 @@ load "agent-ort magika json" "$agent_ort/v2/models/magika/infer" "$work/magika.j
 load "agent-ort magika json" "$agent_ort/v2/models/magika/infer" "$work/magika.json" 2 8
 kill "$ort_pid"
 
-echo "== Python peer: onnxruntime + FastAPI/uvicorn (same wrk, same bodies)"
-for model in mlp magika; do
-  port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$venv/bin/python" agent/benches/python_peer.py "$model" "tests/testdata/$model.onnx" "$port" 2>"$work/peer.err" &
-  pids+=($!)
-  peer_pid=$!
-  wait_ready "http://127.0.0.1:$port/v2/health/ready"
-  load "python $model json" "http://127.0.0.1:$port/v2/models/$model/infer" "$work/$model.json" 1 1
-  load "python $model json" "http://127.0.0.1:$port/v2/models/$model/infer" "$work/$model.json" 2 8
-  kill "$peer_pid"
+cores="$(nproc)"
+echo "== Python peer: onnxruntime + FastAPI/uvicorn, 1 worker and $cores (one per core) (same wrk, same bodies)"
+for workers in 1 "$cores"; do
+  for model in mlp magika; do
+    port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$venv/bin/python" agent/benches/python_peer.py "$model" "tests/testdata/$model.onnx" "$port" "$workers" 2>"$work/peer.err" &
+    pids+=($!)
+    peer_pid=$!
+    wait_ready "http://127.0.0.1:$port/v2/health/ready"
+    if [[ "$workers" == 1 ]]; then
+      load "python $model json" "http://127.0.0.1:$port/v2/models/$model/infer" "$work/$model.json" 1 1
+    fi
+    load "python x$workers $model json" "http://127.0.0.1:$port/v2/models/$model/infer" "$work/$model.json" 2 8
+    kill "$peer_pid"
+    # uvicorn's worker processes go with their parent; wait until the port is free.
+    for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null || break; sleep 0.1; done
+  done
 done
