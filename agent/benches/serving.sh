@@ -98,6 +98,16 @@ wait_ready "$agent_ort/v2/models/magika/ready"
 load "agent-ort magika json" "$agent_ort/v2/models/magika/infer" "$work/magika.json" 1 1
 load "agent-ort magika json" "$agent_ort/v2/models/magika/infer" "$work/magika.json" 2 8
 kill "$ort_pid"
+# Compute-bound, both cores: one worker per core, as the peer gets one uvicorn worker per core.
+"$work/edgefleet-agent-ort" serve --listen 127.0.0.1:0 --grpc-listen off --backend ort --ort-library "$ort_lib" \
+  --workers "$(nproc)" --model magika=tests/testdata/magika.onnx >"$work/agent-ort2.out" 2>"$work/agent-ort2.err" &
+pids+=($!)
+ort_pid=$!
+wait_line "$work/agent-ort2.out" "listening on"
+agent_ort="$(sed -n 's/^edgefleet-agent listening on //p' "$work/agent-ort2.out")"
+wait_ready "$agent_ort/v2/models/magika/ready"
+load "agent-ort x$(nproc) magika json" "$agent_ort/v2/models/magika/infer" "$work/magika.json" 2 8
+kill "$ort_pid"
 
 cores="$(nproc)"
 echo "== Python peer: onnxruntime + FastAPI/uvicorn, 1 worker and $cores (one per core) (same wrk, same bodies)"
