@@ -65,14 +65,20 @@ floor() { # label url threads conns: an empty GET on the same server, the HTTP f
     "$(awk '/^ +50%/{print $2}' <<<"$out")" "$(awk '/^ +99%/{print $2}' <<<"$out")" "$(awk '/^Requests\/sec/{print $2}' <<<"$out")"
 }
 
+start_agent() { # name binary serve-args...: starts `binary serve`, sets agent and agent_pid once Magika is ready
+  local name="$1" bin="$2"
+  shift 2
+  "$bin" serve --listen 127.0.0.1:0 --grpc-listen off "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  agent_pid=$!
+  pids+=("$agent_pid")
+  wait_line "$work/$name.out" "listening on"
+  agent="$(sed -n 's/^edgefleet-agent listening on //p' "$work/$name.out")"
+  wait_ready "$agent/v2/models/magika/ready"
+}
+
 echo "== agent over HTTP (loopback, keep-alive, wrk)"
-"$agent_bin" serve --listen 127.0.0.1:0 --grpc-listen off --backend tract --workers 1 \
-  --model mlp=tests/testdata/mlp.onnx --model magika=tests/testdata/magika.onnx >"$work/agent.out" 2>"$work/agent.err" &
-pids+=($!)
-agent_pid=$!
-wait_line "$work/agent.out" "listening on"
-agent="$(sed -n 's/^edgefleet-agent listening on //p' "$work/agent.out")"
-wait_ready "$agent/v2/models/magika/ready"
+start_agent agent "$agent_bin" --backend tract --workers 1 \
+  --model mlp=tests/testdata/mlp.onnx --model magika=tests/testdata/magika.onnx
 echo "agent idle rss_kib=$(awk '/VmRSS/{print $2}' /proc/$agent_pid/status) (mlp and magika loaded)"
 floor "agent floor GET live" "$agent/v2/health/live" 1 1
 floor "agent floor GET live" "$agent/v2/health/live" 2 8
@@ -88,26 +94,16 @@ echo "agent loaded rss_kib=$(awk '/VmRSS/{print $2}' /proc/$agent_pid/status) (a
 kill "$agent_pid"
 
 echo "== agent with the ort backend (ONNX Runtime $ort_lib), Magika"
-"$work/edgefleet-agent-ort" serve --listen 127.0.0.1:0 --grpc-listen off --backend ort --ort-library "$ort_lib" \
-  --model magika=tests/testdata/magika.onnx >"$work/agent-ort.out" 2>"$work/agent-ort.err" &
-pids+=($!)
-ort_pid=$!
-wait_line "$work/agent-ort.out" "listening on"
-agent_ort="$(sed -n 's/^edgefleet-agent listening on //p' "$work/agent-ort.out")"
-wait_ready "$agent_ort/v2/models/magika/ready"
-load "agent-ort magika json" "$agent_ort/v2/models/magika/infer" "$work/magika.json" 1 1
-load "agent-ort magika json" "$agent_ort/v2/models/magika/infer" "$work/magika.json" 2 8
-kill "$ort_pid"
+start_agent agent-ort "$work/edgefleet-agent-ort" --backend ort --ort-library "$ort_lib" \
+  --model magika=tests/testdata/magika.onnx
+load "agent-ort magika json" "$agent/v2/models/magika/infer" "$work/magika.json" 1 1
+load "agent-ort magika json" "$agent/v2/models/magika/infer" "$work/magika.json" 2 8
+kill "$agent_pid"
 # Compute-bound, both cores: one worker per core, as the peer gets one uvicorn worker per core.
-"$work/edgefleet-agent-ort" serve --listen 127.0.0.1:0 --grpc-listen off --backend ort --ort-library "$ort_lib" \
-  --workers "$(nproc)" --model magika=tests/testdata/magika.onnx >"$work/agent-ort2.out" 2>"$work/agent-ort2.err" &
-pids+=($!)
-ort_pid=$!
-wait_line "$work/agent-ort2.out" "listening on"
-agent_ort="$(sed -n 's/^edgefleet-agent listening on //p' "$work/agent-ort2.out")"
-wait_ready "$agent_ort/v2/models/magika/ready"
-load "agent-ort x$(nproc) magika json" "$agent_ort/v2/models/magika/infer" "$work/magika.json" 2 8
-kill "$ort_pid"
+start_agent agent-ort-all-cores "$work/edgefleet-agent-ort" --backend ort --ort-library "$ort_lib" \
+  --workers "$(nproc)" --model magika=tests/testdata/magika.onnx
+load "agent-ort x$(nproc) magika json" "$agent/v2/models/magika/infer" "$work/magika.json" 2 8
+kill "$agent_pid"
 
 cores="$(nproc)"
 echo "== Python peer: onnxruntime + FastAPI/uvicorn, 1 worker and $cores (one per core) (same wrk, same bodies)"
