@@ -7,7 +7,7 @@
 #
 # Installs (each only when missing): Debian packages — mosquitto (the external-broker tests
 # start their own), prometheus (promtool and a server for tests/tests/ops_kit.rs), python3-venv (a virtual environment with tests/clients/requirements.txt —
-# tritonclient, pandas, polars, MLflow, scikit-learn, skl2onnx — in target/test-venv), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
+# tritonclient, pandas, polars, MLflow, scikit-learn, skl2onnx, SeaweedFS (`weed`) — in target/test-venv), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
 # qemu-system-x86 for the device-image test; cargo-nextest; libonnxruntime.so from the PyPI
 # onnxruntime wheel (agent/scripts/fetch-onnxruntime.sh) for the ONNX Runtime suite. It builds
 # the agent's release-edge profile too (the profile devices ship), for the engine fault test.

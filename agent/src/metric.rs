@@ -63,6 +63,8 @@ edgefleet_service::metric_catalog! {
         "Compressed artifact bytes downloaded.";
     DOWNLOAD_RESUMES = "edgefleet_agent_download_resumes_total", Counter, None, [],
         "Artifact downloads resumed from a partial file with a Range request.";
+    DOWNLOADS_DIRECT = "edgefleet_agent_downloads_direct_total", Counter, None, ["result"],
+        "Downloads the controller redirected to its object store, by result (ok: fetched from the store; fallback: the store could not be reached, fetched through the controller).";
     DELTA_DOWNLOADS = "edgefleet_agent_delta_downloads_total", Counter, None, ["result"],
         "Artifacts offered as a delta, by result (applied: made from the delta and verified; fallback: downloaded whole).";
     MQTT_CONNECTED = "edgefleet_agent_mqtt_connected", Gauge, None, [],

@@ -19,7 +19,7 @@ use edgefleet_shared::fleet::DeviceStatus;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::db::now;
-use crate::store::{ArtifactStore, StoreError};
+use crate::store::{ArtifactStore, Object, StoreError};
 
 /// At most this many held versions get a delta made before a deployment (the newest ones), so a
 /// deploy waits for a bounded amount of compression.
@@ -85,9 +85,9 @@ fn model_artifact(conn: &Connection, model: &str, version: u64) -> rusqlite::Res
 }
 
 fn load(store: &dyn ArtifactStore, sha256: &str, size: u64) -> Result<Vec<u8>, DeltaError> {
-    let (reader, _) = store.open_compressed(sha256)?;
+    let packed = store.read(Object::Artifact(sha256))?;
     let mut out = Vec::with_capacity(size as usize);
-    decompress_capped(std::io::BufReader::new(reader), size, &mut out)
+    decompress_capped(&packed[..], size, &mut out)
         .map_err(|e| DeltaError::Corrupt(sha256.to_owned(), e.to_string()))?;
     Ok(out)
 }

@@ -103,6 +103,18 @@ enum Command {
         #[arg(long)]
         dynsec_plugin: Option<PathBuf>,
     },
+    /// Copy the data directory's artifacts into the S3-compatible bucket of the configuration's
+    /// `[artifacts.s3]`, byte for byte and checked against the registry, before the controller
+    /// is started with that configuration; objects already there are skipped (run it again after
+    /// an interruption).
+    CopyArtifacts {
+        /// Data directory of the controller (stopped, or it may push meanwhile: copy again after).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The configuration naming the bucket.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print the default configuration file.
     PrintDefaultConfig,
     /// Validate a pushed model in isolation (run by the controller itself for every push).
@@ -166,6 +178,7 @@ fn main() -> ExitCode {
                 mosquitto_config(DataDir { root: data_dir }, &setup)
             })
         }
+        Command::CopyArtifacts { data_dir, config } => copy_artifacts(DataDir { root: data_dir }, &config),
         Command::Serve { data_dir, config, listen, mqtt_listen, mqtt_url, no_mqtt, tls_cert, tls_key } => {
             let overrides = Overrides { listen, mqtt_listen, mqtt_url, no_mqtt, tls_cert, tls_key };
             serve_cmd(data_dir, config, overrides)
@@ -223,6 +236,29 @@ fn mosquitto_config(data: DataDir, setup: &edgefleet_controller::mqtt::mosquitto
         written.controller_cert.display(),
         written.controller_key.display()
     );
+    Ok(())
+}
+
+fn copy_artifacts(data: DataDir, path: &std::path::Path) -> Result<(), Error> {
+    use edgefleet_controller::store::{ArtifactStore as _, FsStore, S3Store};
+    let config = ControllerConfig::from_file(path)?;
+    config.validate()?;
+    let Some(s3) = config.artifacts.s3.clone() else {
+        return Err(Error::Config(format!("{} has no [artifacts.s3] to copy to", path.display())));
+    };
+    let opened = serve::open_existing(&data)?;
+    let failed = |e: &dyn std::fmt::Display| Error::Startup(e.to_string());
+    let from = FsStore::new(&data.artifacts()).map_err(|e| failed(&e))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| failed(&e))?;
+    let report = runtime.block_on(async {
+        let to = S3Store::new(&s3, config.tls.ca_file.as_deref()).map_err(|e| Error::Config(e.to_string()))?;
+        to.check().await.map_err(|e| failed(&e))?;
+        tokio::task::spawn_blocking(move || edgefleet_controller::store::copy(&opened.db, &from, &to))
+            .await
+            .map_err(|e| failed(&e))?
+            .map_err(|e| failed(&e))
+    })?;
+    println!("{}", serde_json::to_string(&report).unwrap_or_default());
     Ok(())
 }
 

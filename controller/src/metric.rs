@@ -15,6 +15,8 @@ edgefleet_service::metric_catalog! {
         "Isolated push validations, by result (ok, refused, crashed, timeout).";
     ARTIFACT_BYTES_SERVED = "edgefleet_controller_artifact_bytes_served_total", Counter, Bytes, [],
         "Compressed artifact bytes sent.";
+    ARTIFACT_REDIRECTS = "edgefleet_controller_artifact_redirects_total", Counter, None, [],
+        "Device downloads redirected to a presigned URL of the object store.";
     DOCUMENTS_ISSUED = "edgefleet_controller_documents_issued_total", Counter, None, [],
         "Signed deployment documents issued (deploys and rollout waves).";
     ROLLOUT_GATE_FAILURES = "edgefleet_controller_rollout_gate_failures_total", Counter, None, [],

@@ -20,7 +20,7 @@ use crate::keyring::KeyRing;
 use crate::publish::Publisher;
 use crate::registry::Registry;
 use crate::rollout::Rollouts;
-use crate::store::FsStore;
+use crate::store::{ArtifactStore, FsStore, S3Store};
 use crate::telemetry::Telemetry;
 
 /// What `serve` tells its caller once it is listening.
@@ -39,27 +39,24 @@ pub struct Started {
 pub struct Opened {
     /// The database.
     pub db: Db,
-    /// The artifact store.
-    pub store: Arc<FsStore>,
     /// Signing keys and trust sets.
     pub keys: Arc<KeyRing>,
     /// The device CA.
     pub ca: Arc<DeviceCa>,
 }
 
-/// Opens (creating on first start) the data directory: database, artifact store, signing key
+/// Opens (creating on first start) the data directory: database, signing key
 /// (recorded as trust set 1), device CA.
 pub fn open(data: &DataDir) -> Result<Opened, Error> {
     create_private_dir(&data.root)?;
     let db = Db::open(&data.database())?;
-    let store = Arc::new(FsStore::new(&data.artifacts()).map_err(|e| Error::Startup(e.to_string()))?);
     let startup = |e: &dyn std::fmt::Display| Error::Startup(e.to_string());
     let first = FileKey::load_or_generate(&data.signing_key()).map_err(|e| startup(&e))?;
     db.call_blocking(|conn| crate::keyring::ensure_first_set(conn, &first, "keys/controller.key"))
         .map_err(|e| startup(&e))?;
     let keys = Arc::new(KeyRing::load(&db, &data.root).map_err(|e| startup(&e))?);
     let ca = Arc::new(DeviceCa::load_or_create(&data.keys()).map_err(|e| startup(&e))?);
-    Ok(Opened { db, store, keys, ca })
+    Ok(Opened { db, keys, ca })
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), Error> {
@@ -141,9 +138,15 @@ pub fn services(
         webhooks,
         clock.clone(),
     );
+    let store: Arc<dyn ArtifactStore> = match &config.artifacts.s3 {
+        Some(s3) => {
+            Arc::new(S3Store::new(s3, config.tls.ca_file.as_deref()).map_err(|e| Error::Config(e.to_string()))?)
+        }
+        None => Arc::new(FsStore::new(&data.artifacts()).map_err(|e| Error::Startup(e.to_string()))?),
+    };
     let registry = Registry::new(
         opened.db.clone(),
-        opened.store.clone(),
+        store,
         opened.keys.clone(),
         data.scratch(),
         ProfileOptions {
@@ -229,6 +232,8 @@ pub async fn run(
     let exe = std::env::current_exe().map_err(|e| Error::Startup(format!("cannot find this binary: {e}")))?;
     let Services { fleet, telemetry, registry, rollouts, tls } =
         services(&config, &data, &opened, advertised, clock.clone(), exe)?;
+    registry.store().check().await.map_err(|e| Error::Startup(e.to_string()))?;
+    tracing::info!(store = %registry.store().describe(), "Artifact store ready.");
     #[cfg(feature = "embedded-broker")]
     if let Some(started) = embedded {
         started.open_gate(fleet.clone(), &config.mqtt.topic_prefix)?;

@@ -21,6 +21,9 @@ pub const DEVICE_HEADER: &str = "x-edgefleet-device";
 pub const TIMESTAMP_HEADER: &str = "x-edgefleet-timestamp";
 /// Header: base64 Ed25519 signature over [`request_payload`].
 pub const SIGNATURE_HEADER: &str = "x-edgefleet-signature";
+/// Header: a device asking for an artifact's bytes from the controller itself, not a redirect
+/// to the object store (value `controller`; sent when the store could not be reached).
+pub const VIA_HEADER: &str = "x-edgefleet-via";
 /// How far a request's timestamp may be from the controller's clock.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 /// Default MQTT topic prefix.

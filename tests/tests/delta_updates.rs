@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::controller::ControllerProcess;
-use common::{AgentProcess, strs, testdata, until};
+use common::{testdata, until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -25,46 +25,8 @@ fn full_size(pushed: &Value) -> u64 {
     model.and_then(|a| a["compressed_size"].as_u64()).expect("compressed size")
 }
 
-/// Sum of an agent metric whose line contains `label`.
-async fn metric(agent: &AgentProcess, name: &str, label: &str) -> f64 {
-    let text = reqwest::get(agent.url("/metrics")).await.expect("metrics").text().await.expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn status(c: &ControllerProcess, id: &str) -> Value {
     c.cli_json(&["device", "show", id])["status"].clone()
-}
-
-/// Enrolls an agent and returns it with its device id.
-async fn agent(c: &ControllerProcess, dir: &std::path::Path, name: &str) -> (AgentProcess, String) {
-    let label = format!("fleet={name}");
-    let ids = |c: &ControllerProcess| -> Vec<String> {
-        let list = c.cli_json(&["device", "list"]);
-        list.as_array().into_iter().flatten().filter_map(|d| d["id"].as_str().map(str::to_owned)).collect()
-    };
-    let before = ids(c);
-    let token =
-        c.cli_json(&["device", "token", "create", "--label", &label])["token"].as_str().expect("token").to_owned();
-    let trust = c.trust_file(dir);
-    let mut args = c.agent_args(&trust, &dir.join(name), 1);
-    args.extend(["--enroll-token".to_owned(), token]);
-    let agent = AgentProcess::run(&strs(&args));
-    until("enrollment", 30, async || ids(c).len() > before.len()).await;
-    let id = ids(c).into_iter().find(|i| !before.contains(i)).expect("the new device");
-    (agent, id)
-}
-
-/// Waits until `agent` serves `version` of model `m`.
-async fn serving(agent: &AgentProcess, version: &str) {
-    let (http, url) = (reqwest::Client::new(), agent.url("/v2/models/m/ready"));
-    until(&format!("v{version} serving"), 60, async || {
-        let Ok(r) = http.get(&url).send().await else { return false };
-        r.status() == StatusCode::OK && r.json::<Value>().await.is_ok_and(|v| v["version"] == version)
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -83,9 +45,9 @@ async fn a_fine_tuned_head_travels_as_a_delta_and_everything_else_falls_back_to_
     );
     assert!(delta_size * 20 <= full, "a changed head is at most 5% of the full bytes: {delta_size} vs {full}");
 
-    let (a, a_id) = agent(&c, dir.path(), "a").await;
+    let (a, a_id) = c.enroll_agent(dir.path(), "a", &["fleet=a"], &[]).await;
     c.cli_json(&["deploy", "m:1", "--device", &a_id]);
-    serving(&a, "1").await;
+    a.wait_serving("m", "1").await;
     until("the device reports v1 and that it applies deltas", 60, async || {
         let s = status(&c, &a_id);
         s["active"]["version"] == 1 && s["deltas"].is_object()
@@ -118,10 +80,10 @@ async fn a_fine_tuned_head_travels_as_a_delta_and_everything_else_falls_back_to_
     let staging = dir.path().join("a/staging");
     std::fs::create_dir_all(&staging).expect("staging");
     std::fs::write(staging.join(format!("{sha}.delta.part")), &bytes[..bytes.len() / 2]).expect("half a delta");
-    let downloaded_before = metric(&a, "edgefleet_agent_download_bytes_total", "").await;
+    let downloaded_before = a.metric_sum("edgefleet_agent_download_bytes_total", "").await;
     let rollout = c.cli_json(&["rollout", "create", "m:2", "--selector", "fleet=a", "--waves", "100", "--bake", "1s"]);
     let rollout = rollout["id"].to_string();
-    serving(&a, "2").await;
+    a.wait_serving("m", "2").await;
     until("the rollout completes", 60, async || c.cli_json(&["rollout", "status", &rollout])["state"] == "completed")
         .await;
     stop.store(true, Ordering::Relaxed);
@@ -131,12 +93,12 @@ async fn a_fine_tuned_head_travels_as_a_delta_and_everything_else_falls_back_to_
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert_eq!(failed, 0, "requests failed during the delta update ({ok} succeeded)");
     assert!(ok > 50, "{ok} requests");
-    let downloaded = metric(&a, "edgefleet_agent_download_bytes_total", "").await - downloaded_before;
+    let downloaded = a.metric_sum("edgefleet_agent_download_bytes_total", "").await - downloaded_before;
     eprintln!(
         "v1 -> v2: {downloaded} bytes downloaded (the delta, and the small bundle whole) vs {full} for the full model"
     );
-    assert_eq!(metric(&a, "edgefleet_agent_delta_downloads_total", "result=\"applied\"").await, 1.0);
-    assert_eq!(metric(&a, "edgefleet_agent_download_resumes_total", "").await, 1.0, "the delta resumed by Range");
+    assert_eq!(a.metric_sum("edgefleet_agent_delta_downloads_total", "result=\"applied\"").await, 1.0);
+    assert_eq!(a.metric_sum("edgefleet_agent_download_resumes_total", "").await, 1.0, "the delta resumed by Range");
     assert!(downloaded < full as f64 / 4.0, "{downloaded} bytes for a {full}-byte model");
     let report = status(&c, &a_id)["deltas"].clone();
     assert_eq!((report["applied"].clone(), report["fallbacks"].clone()), (json!(1), json!(0)), "{report}");
@@ -158,11 +120,11 @@ async fn a_fine_tuned_head_travels_as_a_delta_and_everything_else_falls_back_to_
     bytes[middle] ^= 0xff;
     std::fs::write(&newest, bytes).expect("corrupt delta");
     c.cli_json(&["deploy", "m:3", "--device", &a_id]);
-    serving(&a, "3").await;
+    a.wait_serving("m", "3").await;
     until("the fallback reported", 60, async || status(&c, &a_id)["deltas"]["fallbacks"] == 1).await;
     let report = status(&c, &a_id)["deltas"].clone();
     assert!(report["last_fallback"].as_str().is_some_and(|w| w.contains("sha256")), "{report}");
-    assert_eq!(metric(&a, "edgefleet_agent_delta_downloads_total", "result=\"fallback\"").await, 1.0);
+    assert_eq!(a.metric_sum("edgefleet_agent_delta_downloads_total", "result=\"fallback\"").await, 1.0);
 
     // A fully retrained version: its delta is not smaller than half the full artifact, so it is
     // neither kept nor offered.
@@ -170,17 +132,17 @@ async fn a_fine_tuned_head_travels_as_a_delta_and_everything_else_falls_back_to_
     let offered = v4["deltas"].as_array().map_or(0, Vec::len);
     eprintln!("retrained: {v4_deltas} (full {full4})", v4_deltas = v4["deltas"], full4 = full_size(&v4));
     c.cli_json(&["deploy", "m:4", "--device", &a_id]);
-    serving(&a, "4").await;
+    a.wait_serving("m", "4").await;
     let report = status(&c, &a_id)["deltas"].clone();
     assert_eq!(report["applied"], 1, "no delta offered for a retrained model ({offered} made): {report}");
 
     // A device that never held the base gets the full artifact.
-    let (b, b_id) = agent(&c, dir.path(), "b").await;
+    let (b, b_id) = c.enroll_agent(dir.path(), "b", &["fleet=b"], &[]).await;
     until("b reports", 60, async || status(&c, &b_id)["deltas"].is_object()).await;
     c.cli_json(&["deploy", "m:2", "--device", &b_id]);
-    serving(&b, "2").await;
-    assert_eq!(metric(&b, "edgefleet_agent_delta_downloads_total", "").await, 0.0);
-    assert!(metric(&b, "edgefleet_agent_download_bytes_total", "").await >= full as f64);
+    b.wait_serving("m", "2").await;
+    assert_eq!(b.metric_sum("edgefleet_agent_delta_downloads_total", "").await, 0.0);
+    assert!(b.metric_sum("edgefleet_agent_download_bytes_total", "").await >= full as f64);
 }
 
 /// A device two versions behind: the delta from the version it runs is made when the
@@ -194,17 +156,17 @@ async fn the_delta_is_made_from_the_version_a_device_runs() {
     let v3 = push(&c, "delta_tuned.onnx");
     let small = v3["deltas"].as_array().into_iter().flatten().any(|d| d["size"].as_u64() < Some(full_size(&v3) / 2));
     assert!(!small, "at push, only the retrained v2 could be a base: {v3}");
-    let (a, a_id) = agent(&c, dir.path(), "a").await;
+    let (a, a_id) = c.enroll_agent(dir.path(), "a", &["fleet=a"], &[]).await;
     c.cli_json(&["deploy", "m:1", "--device", &a_id]);
-    serving(&a, "1").await;
+    a.wait_serving("m", "1").await;
     until("the device reports v1", 60, async || {
         let s = status(&c, &a_id);
         s["active"]["version"] == 1 && s["deltas"].is_object()
     })
     .await;
     c.cli_json(&["deploy", "m:3", "--device", &a_id]);
-    serving(&a, "3").await;
-    assert_eq!(metric(&a, "edgefleet_agent_delta_downloads_total", "result=\"applied\"").await, 1.0);
+    a.wait_serving("m", "3").await;
+    assert_eq!(a.metric_sum("edgefleet_agent_delta_downloads_total", "result=\"applied\"").await, 1.0);
     until("the activation reports the bytes saved", 60, async || {
         status(&c, &a_id)["last_activation"]["delta_bytes_saved"].as_u64().is_some_and(|b| b > full_size(&v3) / 2)
     })

@@ -8,17 +8,17 @@
 mod common;
 
 use std::io::Read as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::controller::{ADMIN, ControllerProcess};
-use common::{AgentProcess, binary, python_client, served_version_at, strs, until};
+use common::{AgentProcess, ProcessGroup, binary, python_client, served_version_at, strs, until};
 
 /// `mlflow server` in its own process group (it runs uvicorn as a child), stopped on drop.
 struct MlflowServer {
-    child: Child,
+    /// Stopped, with uvicorn, on drop.
+    _group: ProcessGroup,
     url: String,
 }
 
@@ -26,28 +26,28 @@ impl MlflowServer {
     fn start(python: &Path, dir: &Path) -> MlflowServer {
         let mlflow = python.with_file_name("mlflow");
         let log = dir.join("mlflow.log");
-        let mut child = Command::new(&mlflow)
-            .args(["server", "--host", "127.0.0.1", "--port", "0", "--workers", "1", "--backend-store-uri"])
-            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
-            .arg("--artifacts-destination")
-            .arg(dir.join("artifacts"))
-            // No job runner (a dozen huey worker processes this test has no use for).
-            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .process_group(0)
-            .spawn()
-            .expect("start mlflow server");
+        let mut child = ProcessGroup::spawn(
+            Command::new(&mlflow)
+                .args(["server", "--host", "127.0.0.1", "--port", "0", "--workers", "1", "--backend-store-uri"])
+                .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+                .arg("--artifacts-destination")
+                .arg(dir.join("artifacts"))
+                // No job runner (a dozen huey worker processes this test has no use for).
+                .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log")),
+        )
+        .expect("start mlflow server");
         let deadline = Instant::now() + Duration::from_secs(120);
         let marker = "Uvicorn running on http://127.0.0.1:";
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(port) = text.split(marker).nth(1).and_then(|r| r.split(' ').next()) {
-                let server = MlflowServer { child, url: format!("http://127.0.0.1:{port}") };
+                let server = MlflowServer { _group: child, url: format!("http://127.0.0.1:{port}") };
                 wait_healthy(&server.url, deadline);
                 return server;
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = child.0.try_wait() {
                 panic!("mlflow server exited ({status}): {text}");
             }
             assert!(Instant::now() < deadline, "mlflow server did not start: {text}");
@@ -75,19 +75,6 @@ fn get_ok(url: &str, path: &str) -> bool {
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     answer.starts_with("HTTP/1.1 200")
-}
-
-impl Drop for MlflowServer {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
-    }
 }
 
 /// The `edgefleet model import --follow-alias` process, its JSON lines in a file, stopped on drop.

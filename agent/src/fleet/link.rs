@@ -14,7 +14,7 @@ use edgefleet_service::tls::ClientConfig;
 use edgefleet_shared::deployment::DeployedArtifact;
 use edgefleet_shared::fleet::{
     self, DEVICE_HEADER, DeviceStatus, EnrollRequest, EnrollResponse, MqttCertificate, SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
+    TIMESTAMP_HEADER, VIA_HEADER,
 };
 use edgefleet_shared::keys::{FileKey, Signer as _};
 use edgefleet_shared::signature::SignedEnvelope;
@@ -180,6 +180,9 @@ fn client(tls: &ClientConfig, timeouts: Timeouts) -> Result<reqwest::Client, Lin
         .use_preconfigured_tls(tls.clone())
         .connect_timeout(timeouts.control.min(Duration::from_secs(10)))
         .read_timeout(timeouts.idle)
+        // Downloads may be redirected to an object store: followed by hand, without the device's
+        // signed headers (see `Link::download_to`); nothing else redirects.
+        .redirect(reqwest::redirect::Policy::none())
         .build()?)
 }
 
@@ -299,11 +302,27 @@ impl Link {
         if have >= declared {
             return Ok(());
         }
-        let mut req = self.signed(reqwest::Method::GET, path, b"");
-        if have > 0 {
-            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        let ranged = |req: reqwest::RequestBuilder| match have {
+            0 => req,
+            _ => req.header(reqwest::header::RANGE, format!("bytes={have}-")),
+        };
+        let mut resp = ranged(self.signed(reqwest::Method::GET, path, b"")).send().await?;
+        if resp.status().is_redirection() {
+            // A presigned URL of the controller's object store: fetched as it is, with no device
+            // headers. Whatever answers, the bytes must match the signed document's digests.
+            match self.follow(&resp, ranged).await {
+                Ok(direct) => {
+                    metrics::counter!(crate::metric::DOWNLOADS_DIRECT, "result" => "ok").increment(1);
+                    resp = direct;
+                }
+                Err(why) => {
+                    tracing::warn!(artifact = name, error = %why, "The object store could not be reached; downloading through the controller.");
+                    metrics::counter!(crate::metric::DOWNLOADS_DIRECT, "result" => "fallback").increment(1);
+                    let req = self.signed(reqwest::Method::GET, path, b"").header(VIA_HEADER, "controller");
+                    resp = ranged(req).send().await?;
+                }
+            }
         }
-        let mut resp = req.send().await?;
         let append = match resp.status() {
             reqwest::StatusCode::PARTIAL_CONTENT => true,
             reqwest::StatusCode::OK => false,
@@ -331,6 +350,29 @@ impl Link {
         }
         file.sync_all().await.map_err(file_err)?;
         Ok(())
+    }
+
+    /// Follows a download's redirect (one hop, `http(s)` only).
+    async fn follow(
+        &self,
+        redirect: &reqwest::Response,
+        ranged: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, String> {
+        let location = redirect
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| format!("a {} without a Location", redirect.status()))?;
+        let url = reqwest::Url::parse(location).map_err(|e| format!("redirect to a bad URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("redirect to a {} URL", url.scheme()));
+        }
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let resp = ranged(self.http.get(url)).send().await.map_err(|e| format!("{host}: {e}"))?;
+        match resp.status() {
+            reqwest::StatusCode::OK | reqwest::StatusCode::PARTIAL_CONTENT => Ok(resp),
+            status => Err(format!("{host} answered {status}")),
+        }
     }
 
     /// Reports status.

@@ -1,17 +1,16 @@
 //! `GET /api/v1/artifacts/{sha256}`: the zstd-compressed bytes of an artifact, with HTTP Range
-//! support so an interrupted download resumes, and a strong `ETag`.
-
-use std::io::SeekFrom;
+//! support so an interrupted download resumes, and a strong `ETag`; for devices, a redirect to
+//! the object store's presigned URL when it hands them out.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use edgefleet_shared::api::tokens::Role;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::{ApiError, AppState};
 use crate::auth::Caller;
+use crate::store::{Object, StoreError};
 
 /// Header: SHA-256 of the uncompressed artifact.
 const UNCOMPRESSED_SHA256: &str = "x-edgefleet-uncompressed-sha256";
@@ -28,19 +27,34 @@ pub(super) async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
-    serve_artifact(&state, &sha256, &headers).await
+    serve_artifact(&state, &sha256, &headers, Delivery::Here).await
+}
+
+/// How a device may be given an artifact's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// From this controller (operators, and devices that could not reach the store).
+    Here,
+    /// A redirect to a presigned URL of the object store when it hands them out, else from here.
+    Redirect,
 }
 
 /// Serves an artifact's compressed bytes honouring `Range` and `If-None-Match`; shared by the
 /// operator route and the device route.
-pub(super) async fn serve_artifact(state: &AppState, sha256: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn serve_artifact(
+    state: &AppState,
+    sha256: &str,
+    headers: &HeaderMap,
+    delivery: Delivery,
+) -> Result<Response, ApiError> {
     let info = state.registry.artifact(sha256.to_owned()).await?;
-    let path = state
-        .registry
-        .store()
-        .local_path(&info.sha256)
-        .ok_or_else(|| ApiError::internal("the artifact store cannot serve files"))?;
-    let mut resp = serve_file(&path, info.compressed_size, &info.compressed_sha256, headers).await?;
+    let object = Object::Artifact(&info.sha256);
+    if delivery == Delivery::Redirect
+        && let Some(resp) = redirect(state, object).await
+    {
+        return Ok(resp);
+    }
+    let mut resp = serve_object(state, object, info.compressed_size, &info.compressed_sha256, headers).await?;
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&info.sha256) {
         h.insert(UNCOMPRESSED_SHA256, v);
@@ -51,16 +65,59 @@ pub(super) async fn serve_artifact(state: &AppState, sha256: &str, headers: &Hea
 
 /// Serves a delta (a zstd frame against a base the device holds) from the store's blobs, with
 /// `Range` and `If-None-Match` as for artifacts.
-pub(super) async fn serve_delta(state: &AppState, sha256: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let path =
-        state.registry.store().blob_path(sha256).ok_or_else(|| ApiError::not_found(format!("no delta {sha256}")))?;
-    let len = tokio::fs::metadata(&path).await.map_err(|_| ApiError::not_found(format!("no delta {sha256}")))?.len();
-    serve_file(&path, len, sha256, headers).await
+pub(super) async fn serve_delta(
+    state: &AppState,
+    sha256: &str,
+    headers: &HeaderMap,
+    delivery: Delivery,
+) -> Result<Response, ApiError> {
+    let object = Object::Blob(sha256);
+    let len = state.registry.store().size(object).await.map_err(|e| match e {
+        StoreError::NotFound(_) => ApiError::not_found(format!("no delta {sha256}")),
+        e => store_failed(&e),
+    })?;
+    if delivery == Delivery::Redirect
+        && let Some(resp) = redirect(state, object).await
+    {
+        return Ok(resp);
+    }
+    serve_object(state, object, len, sha256, headers).await
 }
 
-/// Serves `len` bytes of `path` (whose digest is `sha256`, the strong ETag), or the one range
-/// `Range` asks for.
-async fn serve_file(path: &std::path::Path, len: u64, sha256: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+/// `307` to a presigned URL of the object, when the store hands them out; `None` (serve the bytes
+/// here) when it does not or cannot sign one now.
+async fn redirect(state: &AppState, object: Object<'_>) -> Option<Response> {
+    match state.registry.store().presign(object).await {
+        Ok(Some(url)) => {
+            let location = HeaderValue::from_str(&url).ok()?;
+            metrics::counter!(crate::metric::ARTIFACT_REDIRECTS).increment(1);
+            let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+            resp.headers_mut().insert(header::LOCATION, location);
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Some(resp)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(object = object.sha256(), error = %e, "Cannot presign; serving the bytes through the controller.");
+            None
+        }
+    }
+}
+
+fn store_failed(e: &StoreError) -> ApiError {
+    tracing::error!(error = %e, "Artifact store failed.");
+    ApiError::unavailable("the artifact store failed; try again")
+}
+
+/// Serves the `len` bytes of `object` (whose digest is `sha256`, the strong ETag), or the one
+/// range `Range` asks for.
+async fn serve_object(
+    state: &AppState,
+    object: Object<'_>,
+    len: u64,
+    sha256: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let etag = format!("\"{sha256}\"");
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
@@ -81,16 +138,18 @@ async fn serve_file(path: &std::path::Path, len: u64, sha256: &str, headers: &He
             }
         },
     };
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| {
-        tracing::error!(path = %path.display(), error = %e, "Artifact file missing.");
-        ApiError::internal("artifact file missing from the store")
-    })?;
     let (status, start, count) = match range {
         Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
         None => (StatusCode::OK, 0, len),
     };
-    file.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::internal(e.to_string()))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
+    let stream = state.registry.store().stream(object, start..start + count).await.map_err(|e| match e {
+        StoreError::NotFound(_) => {
+            tracing::error!(object = object.sha256(), "Artifact missing from the store.");
+            ApiError::internal("artifact missing from the store")
+        }
+        e => store_failed(&e),
+    })?;
+    let body = Body::from_stream(stream);
     metrics::counter!(crate::metric::ARTIFACT_BYTES_SERVED).increment(count);
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();

@@ -164,8 +164,18 @@ pub(super) async fn mqtt_certificate(
     Ok(Json(certificate))
 }
 
-/// An artifact of the device's current document (compressed; `Range` supported).
-#[utoipa::path(get, path = "/api/v1/devices/{id}/artifacts/{sha256}", responses((status = 200), (status = 206), (status = 403, body = edgefleet_shared::api::ErrorBody)))]
+/// Whether the device may be redirected to the object store (unless it asks for the bytes from
+/// the controller, having failed to reach the store).
+fn delivery(headers: &HeaderMap) -> super::artifacts::Delivery {
+    match headers.get(edgefleet_shared::fleet::VIA_HEADER).and_then(|v| v.to_str().ok()) {
+        Some("controller") => super::artifacts::Delivery::Here,
+        _ => super::artifacts::Delivery::Redirect,
+    }
+}
+
+/// An artifact of the device's current document (compressed; `Range` supported; a `307` to the
+/// object store's presigned URL when it hands them out).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/artifacts/{sha256}", responses((status = 200), (status = 206), (status = 307, description = "a presigned URL of the object store"), (status = 403, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn artifact(
     State(state): State<AppState>,
     Path((id, sha256)): Path<(String, String)>,
@@ -177,12 +187,12 @@ pub(super) async fn artifact(
     if !state.fleet.may_download(id.clone(), sha256.clone()).await? {
         return Err(ApiError::forbidden(format!("artifact {sha256} is not part of device {id:?}'s deployment")));
     }
-    super::artifacts::serve_artifact(&state, &sha256, &headers).await
+    super::artifacts::serve_artifact(&state, &sha256, &headers, delivery(&headers)).await
 }
 
 /// A delta offered by the device's current document (a zstd frame against an artifact the
-/// device holds; `Range` supported).
-#[utoipa::path(get, path = "/api/v1/devices/{id}/deltas/{sha256}", responses((status = 200), (status = 206), (status = 403, body = edgefleet_shared::api::ErrorBody)))]
+/// device holds; `Range` supported; a `307` as for artifacts).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/deltas/{sha256}", responses((status = 200), (status = 206), (status = 307, description = "a presigned URL of the object store"), (status = 403, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn delta(
     State(state): State<AppState>,
     Path((id, sha256)): Path<(String, String)>,
@@ -194,7 +204,7 @@ pub(super) async fn delta(
     if !state.fleet.may_download_delta(id.clone(), sha256.clone()).await? {
         return Err(ApiError::forbidden(format!("delta {sha256} is not part of device {id:?}'s deployment")));
     }
-    super::artifacts::serve_delta(&state, &sha256, &headers).await
+    super::artifacts::serve_delta(&state, &sha256, &headers, delivery(&headers)).await
 }
 
 /// Largest status report read.

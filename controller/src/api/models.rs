@@ -108,12 +108,15 @@ pub(super) async fn bundle(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     let info = state.registry.version(name, version).await?;
-    let (mut reader, _) = state.registry.store().open_compressed(&info.bundle_sha256).map_err(|e| {
-        tracing::error!(error = %e, "Bundle missing from the store.");
-        ApiError::internal("bundle missing from the artifact store")
-    })?;
-    let mut packed = Vec::new();
-    std::io::Read::read_to_end(&mut reader, &mut packed).map_err(|e| ApiError::internal(e.to_string()))?;
+    let store = state.registry.store().clone();
+    let sha256 = info.bundle_sha256.clone();
+    let packed = tokio::task::spawn_blocking(move || store.read(crate::store::Object::Artifact(&sha256)))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "Bundle missing from the store.");
+            ApiError::internal("bundle missing from the artifact store")
+        })?;
     let bytes = edgefleet_shared::compress::decompress_to_vec(&packed, info.manifest_size())
         .map_err(|e| ApiError::internal(format!("stored bundle unreadable: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::binary;
+use super::{AgentProcess, binary, strs, until};
 
 /// The admin token tests preset through `EDGEFLEET_ADMIN_TOKEN`.
 pub const ADMIN: &str = "test-admin-token-0123456789";
@@ -150,6 +150,34 @@ impl ControllerProcess {
             cmd.arg("--ca-file").arg(ca);
         }
         cmd.args(args).output().expect("run edgefleet")
+    }
+
+    /// Starts an agent in fleet mode (data in `dir/name`, extra environment `env`) enrolled with
+    /// a token carrying `labels` (`k=v`), and returns it with its device id once enrolled.
+    pub async fn enroll_agent(
+        &self,
+        dir: &Path,
+        name: &str,
+        labels: &[&str],
+        env: &[(&str, &Path)],
+    ) -> (AgentProcess, String) {
+        let ids = || -> Vec<String> {
+            let list = self.cli_json(&["device", "list"]);
+            list.as_array().into_iter().flatten().filter_map(|d| d["id"].as_str().map(str::to_owned)).collect()
+        };
+        let before = ids();
+        let mut create = vec!["device", "token", "create"];
+        for label in labels {
+            create.extend(["--label", label]);
+        }
+        let token = self.cli_json(&create)["token"].as_str().expect("token").to_owned();
+        let trust = self.trust_file(dir);
+        let mut args = self.agent_args(&trust, &dir.join(name), 1);
+        args.extend(["--enroll-token".to_owned(), token]);
+        let agent = AgentProcess::run_with_env(&strs(&args), env);
+        until("enrollment", 30, async || ids().len() > before.len()).await;
+        let id = ids().into_iter().find(|i| !before.contains(i)).expect("the new device");
+        (agent, id)
     }
 
     /// Runs the CLI with `--output json`, asserting success, and parses the answer.

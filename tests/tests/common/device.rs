@@ -43,10 +43,20 @@ impl TestDevice {
 
     /// A device-signed request to `path` on the controller.
     pub fn request(&self, c: &ControllerProcess, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.request_with(&reqwest::Client::new(), c, method, path)
+    }
+
+    /// [`TestDevice::request`] through `http` (e.g. a client that does not follow redirects).
+    pub fn request_with(
+        &self,
+        http: &reqwest::Client,
+        c: &ControllerProcess,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
         let at = now();
         let sig = fleet::sign_request(&self.key, method.as_str(), path, at, b"");
-        reqwest::Client::new()
-            .request(method, c.url(path))
+        http.request(method, c.url(path))
             .header(DEVICE_HEADER, &self.id)
             .header(TIMESTAMP_HEADER, at.to_string())
             .header(SIGNATURE_HEADER, sig)

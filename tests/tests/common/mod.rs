@@ -6,6 +6,7 @@ pub mod device;
 pub mod mosquitto;
 pub mod pki;
 pub mod proxy;
+pub mod seaweed;
 pub mod telemetry;
 
 use std::io::{BufRead, BufReader};
@@ -190,6 +191,26 @@ impl AgentProcess {
         }
     }
 
+    /// Sum of the samples of metric `name` on `/metrics` whose line contains `label`.
+    pub async fn metric_sum(&self, name: &str, label: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics")).await.expect("metrics").text().await.expect("text");
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until the agent serves `version` of `model`.
+    pub async fn wait_serving(&self, model: &str, version: &str) {
+        let (http, url) = (reqwest::Client::new(), self.url(&format!("/v2/models/{model}/ready")));
+        until(&format!("{model} v{version} serving"), 60, async || {
+            let Ok(r) = http.get(&url).send().await else { return false };
+            r.status() == reqwest::StatusCode::OK
+                && r.json::<serde_json::Value>().await.is_ok_and(|v| v["version"] == version)
+        })
+        .await;
+    }
+
     /// Everything the agent logged so far.
     pub fn log(&self) -> String {
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
@@ -200,6 +221,31 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child process leading its own process group (a server that starts children of its own),
+/// stopped with the whole group on drop: SIGTERM, 10 s, SIGKILL.
+pub struct ProcessGroup(pub Child);
+
+impl ProcessGroup {
+    /// Spawns `cmd` as the leader of a new process group.
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<ProcessGroup> {
+        use std::os::unix::process::CommandExt as _;
+        cmd.process_group(0).spawn().map(ProcessGroup)
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
     }
 }
 
