@@ -284,6 +284,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (base_sha256, target_sha256)
     );
     ",
+    // 11: leases, so that background work runs in one of the replicas sharing this database
+    // (crate::lease).
+    "
+    CREATE TABLE leases (
+        name        TEXT PRIMARY KEY,
+        holder      TEXT NOT NULL,
+        epoch       INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// A shared handle to the database.
@@ -295,7 +305,7 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
@@ -303,6 +313,10 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Every transaction takes the write lock when it begins, so one that must wait for
+        // another process (a replica on the same database) waits in the busy handler; a deferred
+        // one upgrading from a read snapshot would fail at once with SQLITE_BUSY.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         let mut db = Db { conn: Arc::new(Mutex::new(conn)) };
         db.migrate()?;
         Ok(db)
@@ -320,7 +334,12 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         let migrated = (|| -> Result<(), DbError> {
             for (ix, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-                let tx = conn.transaction()?;
+                // Another replica starting on the same database may have applied it meanwhile.
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let applied: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+                if applied > ix as i64 {
+                    continue;
+                }
                 tx.execute_batch(sql)?;
                 let broken: Option<String> = tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
                 if let Some(table) = broken {

@@ -20,6 +20,7 @@
 //! - [`keyring`]: signing keys and trust sets; key rotation and revocation.
 //! - [`mqtt`]: the embedded broker behind its authorizing gate, the Mosquitto set-up, and the
 //!   client publishing desired state and trust, taking status and telemetry.
+//! - [`lease`]: the database lease that runs background work in one replica at a time.
 //! - [`metric`]: every metric name the controller emits, described once.
 //! - [`observability`]: logging and the Prometheus recorder.
 //! - [`publish`]: delivery of changed documents and trust chains over MQTT.
@@ -33,6 +34,7 @@
 pub mod analytics;
 pub mod api;
 pub mod auth;
+mod background;
 pub mod census;
 pub mod config;
 pub mod db;
@@ -40,6 +42,7 @@ pub mod delta;
 pub mod device_ca;
 pub mod fleet;
 pub mod keyring;
+pub mod lease;
 pub mod metric;
 pub mod mqtt;
 pub mod observability;

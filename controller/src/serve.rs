@@ -9,7 +9,6 @@ use crate::analytics::profile::ProfileOptions;
 use edgefleet_shared::clock::SharedClock;
 use edgefleet_shared::keys::{FileKey, Signer as _};
 
-use crate::Error;
 use crate::api::{AppState, router};
 use crate::auth;
 use crate::config::{ControllerConfig, DataDir};
@@ -22,6 +21,7 @@ use crate::registry::Registry;
 use crate::rollout::Rollouts;
 use crate::store::{ArtifactStore, FsStore, S3Store};
 use crate::telemetry::Telemetry;
+use crate::{Error, background};
 
 /// What `serve` tells its caller once it is listening.
 #[derive(Debug, Clone)]
@@ -258,15 +258,21 @@ pub async fn run(
     // The background loops finish the step they are in when told to stop (a rollout step's
     // documents are published, a judged window's request recorded) and are then awaited.
     let (stop_loops, stopping) = tokio::sync::watch::channel(false);
-    let refresher = tokio::spawn(refresh_documents(
+    let (held_tx, held) = tokio::sync::watch::channel(None);
+    let replica = config.server.replica_id.clone().unwrap_or_else(default_replica_id);
+    let leaser =
+        tokio::spawn(background::hold_lease(db.clone(), replica, config.server.lease_secs, held_tx, stopping.clone()));
+    let refresher = tokio::spawn(background::refresh_documents(
         fleet.clone(),
         db.clone(),
         publisher.clone(),
         Duration::from_secs(config.fleet.refresh_interval_secs),
+        held.clone(),
         stopping.clone(),
     ));
-    let engine = tokio::spawn(drive_rollouts(rollouts.clone(), publisher.clone(), stopping.clone()));
-    let judge = tokio::spawn(judge_telemetry(telemetry.clone(), stopping));
+    let engine =
+        tokio::spawn(background::drive_rollouts(rollouts.clone(), publisher.clone(), held.clone(), stopping.clone()));
+    let judge = tokio::spawn(background::judge_telemetry(telemetry.clone(), held, stopping));
     let state = AppState {
         db,
         registry,
@@ -320,7 +326,8 @@ pub async fn run(
             Ok(())
         }
     };
-    for (name, task) in [("document refresh", refresher), ("rollout engine", engine), ("retrain judge", judge)] {
+    let loops = [("document refresh", refresher), ("rollout engine", engine), ("retrain judge", judge)];
+    for (name, task) in loops.into_iter().chain([("background lease", leaser)]) {
         let abort = task.abort_handle();
         if tokio::time::timeout_at(deadline, task).await.is_err() {
             tracing::warn!(task = name, "Still busy after the grace period; stopped mid-step.");
@@ -377,103 +384,9 @@ fn embedded_broker(
     )))
 }
 
-/// How often the controller looks for a key rotation recorded by `rotate-key`.
-const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Re-signs documents past half their lifetime or signed by a key the device should no longer
-/// get, forever, and publishes the new ones; picks up key rotations and publishes the trust
-/// chain.
-async fn refresh_documents(
-    fleet: Fleet,
-    db: Db,
-    publisher: Publisher,
-    every: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut keys = tokio::time::interval(KEY_CHECK_INTERVAL);
-    keys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_refresh: Option<std::time::Instant> = None;
-    loop {
-        if !next_tick(&mut keys, &mut stop).await {
-            return;
-        }
-        let rotated = match fleet.keys().reload(&db).await {
-            Ok(rotated) => rotated,
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot read the trust sets.");
-                false
-            }
-        };
-        if rotated {
-            publisher.trust(&fleet.keys().chain()).await;
-        }
-        let overlap_ending = fleet.keys().overlap_ended(crate::db::now() as u64);
-        if !rotated && !overlap_ending && last_refresh.is_some_and(|t| t.elapsed() < every) {
-            continue;
-        }
-        last_refresh = Some(std::time::Instant::now());
-        match fleet.refresh_expiring().await {
-            Ok(devices) if devices.is_empty() => {}
-            Ok(devices) => {
-                tracing::info!(documents = devices.len(), "Deployment documents refreshed before expiry.");
-                publisher.documents(&devices).await;
-            }
-            Err(e) => tracing::error!(error = %e, "Refreshing deployment documents failed."),
-        }
-    }
-}
-
-/// Steps every running rollout once a second and publishes the documents it issues.
-async fn drive_rollouts(
-    rollouts: crate::rollout::Rollouts,
-    publisher: Publisher,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        if !next_tick(&mut tick, &mut stop).await {
-            return;
-        }
-        match rollouts.tick().await {
-            Ok(devices) => publisher.documents(&devices).await,
-            Err(e) => tracing::error!(error = %e, "Rollout step failed."),
-        }
-    }
-}
-
-/// Judges retraining policies as windows close (every half window, at most a minute apart)
-/// and prunes telemetry past its retention every hour.
-async fn judge_telemetry(telemetry: crate::telemetry::Telemetry, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let every = Duration::from_secs((telemetry.window_secs() / 2).clamp(1, 60));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_prune: Option<std::time::Instant> = None;
-    loop {
-        if !next_tick(&mut tick, &mut stop).await {
-            return;
-        }
-        if let Err(e) = telemetry.evaluate().await {
-            tracing::error!(error = %e, "Judging retraining policies failed.");
-        }
-        if last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
-            last_prune = Some(std::time::Instant::now());
-            match telemetry.prune().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "Telemetry past its retention deleted."),
-                Err(e) => tracing::error!(error = %e, "Pruning telemetry failed."),
-            }
-        }
-    }
-}
-
-/// Waits for the next tick; false once the controller is stopping.
-async fn next_tick(tick: &mut tokio::time::Interval, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
-    if *stop.borrow() {
-        return false;
-    }
-    tokio::select! {
-        _ = tick.tick() => true,
-        _ = stop.changed() => false,
-    }
+/// This replica's name when `[server] replica_id` is not set: the host name.
+fn default_replica_id() -> String {
+    let name = rustix::system::uname();
+    let host = name.nodename().to_string_lossy();
+    if host.is_empty() { "controller".to_owned() } else { host.into_owned() }
 }

@@ -15,35 +15,14 @@ use std::time::Duration;
 use common::controller::ControllerProcess;
 use common::device::TestDevice;
 use common::mosquitto::MosquittoSetup;
+use common::telemetry::iris_batch;
 use common::{strs, until};
-use edgefleet_shared::telemetry::{ModelTelemetry, Sample, TelemetryBatch};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 
 /// Batches published (Mosquitto queues up to 1,000 per offline session by default).
 const BATCHES: u64 = 800;
 /// Sampled rows per batch.
 const SAMPLES: usize = 10;
-
-fn batch(device: &str, sequence: u64) -> TelemetryBatch {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
-    let sample = |i: usize| Sample {
-        request_id: Some(format!("r-{sequence}-{i}")),
-        at_ms: now * 1000 + i as u64,
-        inputs: vec![5.1, 3.5, 1.4 + i as f32 * 0.1, 0.2],
-        outputs: vec![0.9, 0.05, 0.05],
-        predicted: Some(0),
-        low_confidence: false,
-    };
-    let iris = ModelTelemetry {
-        model: "iris".into(),
-        version: 1,
-        rows: SAMPLES as u64,
-        output_classes: vec![SAMPLES as u64],
-        samples: (0..SAMPLES).map(sample).collect(),
-        ..Default::default()
-    };
-    TelemetryBatch::new(device, sequence, (now - 1, now), vec![iris])
-}
 
 /// (batches, samples, distinct sequences) stored, read-only.
 fn stored(data: &Path) -> (u64, u64, u64) {
@@ -71,14 +50,7 @@ async fn a_controller_killed_during_ingest_loses_no_batch() {
     let c = ControllerProcess::start_with(&data, &strs(&args));
     let token = c.cli_json(&["device", "token", "create"])["token"].as_str().expect("token").to_owned();
     let device = TestDevice::enroll(&c, &token).await;
-    let cert = device.mqtt_certificate(&c).await;
-    let tls = edgefleet_service::tls::client_config_with_certificate(
-        Some(&setup.pki.ca),
-        &cert.certificate_pem,
-        device.key.pkcs8_der(),
-    )
-    .expect("client TLS");
-    let (client, mut events) = AsyncClient::new(device.mqtt_options("127.0.0.1", setup.port, Some(tls)), 256);
+    let (client, mut events) = setup.device_client(&c, &device).await;
     let acked = Arc::new(AtomicU64::new(0));
     let counter = acked.clone();
     tokio::spawn(async move {
@@ -92,7 +64,8 @@ async fn a_controller_killed_during_ingest_loses_no_batch() {
             }
         }
     });
-    let frames: Vec<Vec<u8>> = (1..=BATCHES).map(|seq| batch(&device.id, seq).encode(&device.key)).collect();
+    let frames: Vec<Vec<u8>> =
+        (1..=BATCHES).map(|seq| iris_batch(&device.id, seq, SAMPLES).encode(&device.key)).collect();
     let topic = format!("edgefleet/v1/devices/{}/telemetry", device.id);
     let publisher = tokio::spawn(async move {
         for frame in frames {

@@ -91,7 +91,8 @@ pub fn device_acls(prefix: &str, device: &str) -> Vec<Value> {
 }
 
 /// What the controller may do: publish every desired state and the trust chain, read every
-/// status and telemetry topic, and administer the plugin.
+/// status and telemetry topic (directly, or through any shared-subscription group, as replicas
+/// do), and administer the plugin.
 pub fn controller_acls(prefix: &str) -> Vec<Value> {
     use edgefleet_shared::fleet::topics;
     let mut acls = vec![
@@ -102,6 +103,9 @@ pub fn controller_acls(prefix: &str) -> Vec<Value> {
     for topic in [topics::status(prefix, "+"), topics::telemetry(prefix, "+"), RESPONSE_TOPIC.to_owned()] {
         acls.push(allow("subscribePattern", &topic));
         acls.push(allow("publishClientReceive", &topic));
+    }
+    for topic in [topics::status(prefix, "+"), topics::telemetry(prefix, "+")] {
+        acls.push(allow("subscribePattern", &format!("$share/+/{topic}")));
     }
     acls
 }

@@ -57,6 +57,8 @@ pub struct Broker {
     certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Whether the controller keeps the broker's dynamic-security plugin.
     dynamic_security: bool,
+    /// The shared-subscription group replicas take status and telemetry through.
+    shared_group: Option<String>,
 }
 
 impl Broker {
@@ -68,6 +70,7 @@ impl Broker {
             login: Some(broker.controller_login.clone()),
             certificate: None,
             dynamic_security: false,
+            shared_group: None,
         }
     }
 
@@ -82,7 +85,13 @@ impl Broker {
             _ => None,
         };
         let certificate = config.client_cert.clone().zip(config.client_key.clone());
-        Ok(Broker { url: url.to_owned(), login, certificate, dynamic_security: config.dynamic_security })
+        Ok(Broker {
+            url: url.to_owned(),
+            login,
+            certificate,
+            dynamic_security: config.dynamic_security,
+            shared_group: config.shared_group.clone(),
+        })
     }
 }
 
@@ -129,6 +138,8 @@ impl Mqtt {
         let (client, mut events) = AsyncClient::new(options, 1_000);
         let dynsec = broker.dynamic_security.then(|| Arc::new(dynsec::Dynsec::default()));
         let mqtt = Mqtt { client, prefix: prefix.to_owned(), dynsec };
+        // Replicas: each status and telemetry message to one member of the group.
+        let share = broker.shared_group.map(|g| format!("$share/{g}/")).unwrap_or_default();
         if mqtt.dynsec.is_some() {
             // Besides every connect: whatever a lost answer or a race left behind is mended.
             let (this, fleet) = (mqtt.clone(), fleet.clone());
@@ -170,10 +181,11 @@ impl Mqtt {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff = Duration::from_millis(100);
                         tracing::info!("Connected to the MQTT broker.");
-                        let (this, fleet) = (this.clone(), fleet.clone());
+                        let (this, fleet, share) = (this.clone(), fleet.clone(), share.clone());
                         tokio::spawn(async move {
                             let answers = this.dynsec.as_ref().map(|_| dynsec::RESPONSE_TOPIC.to_owned());
-                            let filters = [topics::status(&this.prefix, "+"), topics::telemetry(&this.prefix, "+")];
+                            let filters = [topics::status(&this.prefix, "+"), topics::telemetry(&this.prefix, "+")]
+                                .map(|f| format!("{share}{f}"));
                             for filter in answers.into_iter().chain(filters) {
                                 if let Err(e) = this.client.subscribe(&filter, QoS::AtLeastOnce).await {
                                     tracing::warn!(%filter, error = %e, "Cannot subscribe.");
@@ -342,13 +354,24 @@ impl Mqtt {
     }
 
     /// Stores telemetry frames in one transaction, then acknowledges each (never before the
-    /// commit: a controller killed in between gets them again and refuses them as duplicates).
+    /// commit: a controller killed in between gets them again and refuses them as duplicates;
+    /// a commit that failed is retried until it succeeds).
     async fn store_telemetry(&self, telemetry: &Telemetry, run: Vec<(String, Publish)>, depth: &AtomicUsize) {
         if run.is_empty() {
             return;
         }
-        let frames = run.iter().map(|(device, p)| (device.clone(), p.payload.to_vec())).collect();
-        let results = telemetry.ingest_many(frames).await;
+        let frames: Vec<(String, Vec<u8>)> =
+            run.iter().map(|(device, p)| (device.clone(), p.payload.to_vec())).collect();
+        // A transaction that could not commit stored nothing: tried again (the broker holds
+        // the messages meanwhile) rather than acknowledged.
+        let mut backoff = Duration::from_millis(100);
+        let results = loop {
+            let results = telemetry.ingest_many(frames.clone()).await;
+            let Some(Err(TelemetryError::Commit(e))) = results.first() else { break results };
+            tracing::warn!(frames = frames.len(), error = %e, retry_in_ms = backoff.as_millis() as u64, "Telemetry not committed; trying again.");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        };
         for ((device, p), result) in run.iter().zip(results) {
             match result {
                 Ok(i) => tracing::debug!(%device, sequence = i.sequence, samples = i.samples, "Telemetry stored."),

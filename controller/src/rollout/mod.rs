@@ -144,6 +144,12 @@ impl Rollouts {
     /// it, then, after the bake time, judge the gates and advance, finish, pause or abort.
     /// Returns the devices that got new documents (to publish).
     pub async fn tick(&self) -> Result<Vec<String>, FleetError> {
+        self.tick_fenced(None).await
+    }
+
+    /// [`Rollouts::tick`] by the holder of `lease`: each rollout's step commits only if the
+    /// lease is still held at its epoch when the step's transaction runs ([`crate::lease::holds`]).
+    pub async fn tick_fenced(&self, lease: Option<crate::lease::Lease>) -> Result<Vec<String>, FleetError> {
         let (fleet, now) = (self.fleet.clone(), self.clock.now());
         self.db
             .call(move |conn| -> Result<Vec<String>, FleetError> {
@@ -154,6 +160,15 @@ impl Rollouts {
                 let mut changed = Vec::new();
                 for id in running {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    if let Some(lease) = &lease
+                        && !crate::lease::holds(&tx, lease, crate::db::now() as u64)?
+                    {
+                        tracing::warn!(
+                            epoch = lease.epoch,
+                            "The background lease was lost; the rollout step is left to its new holder."
+                        );
+                        break;
+                    }
                     changed.extend(step(&fleet, &tx, id, now)?);
                     tx.commit()?;
                 }

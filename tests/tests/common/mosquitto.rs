@@ -93,6 +93,15 @@ impl MosquittoSetup {
         vec!["--mqtt-url".into(), self.url(), "--config".into(), self.controller_config.display().to_string()]
     }
 
+    /// [`MosquittoSetup::controller_args`] with a configuration of its own written to `path`:
+    /// the broker login plus `mqtt` keys (e.g. `client_id`) and further sections (`rest`).
+    pub fn controller_args_with(&self, path: &Path, mqtt: &str, rest: &str) -> Vec<String> {
+        let base = std::fs::read_to_string(&self.controller_config).expect("controller config");
+        std::fs::write(path, format!("{}\n{rest}", base.replacen("[mqtt]\n", &format!("[mqtt]\n{mqtt}"), 1)))
+            .expect("write config");
+        vec!["--mqtt-url".into(), self.url(), "--config".into(), path.display().to_string()]
+    }
+
     /// TLS logging in with the controller's own certificate (CN `edgefleet-controller`), for a
     /// test that watches what the broker forwards to the controller.
     pub fn controller_tls(&self) -> std::sync::Arc<edgefleet_service::tls::ClientConfig> {
@@ -103,6 +112,22 @@ impl MosquittoSetup {
             &out.join("controller.key"),
         )
         .expect("controller TLS")
+    }
+
+    /// An MQTT client for `device` logging in to this broker with its certificate from `c`.
+    pub async fn device_client(
+        &self,
+        c: &ControllerProcess,
+        device: &TestDevice,
+    ) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+        let cert = device.mqtt_certificate(c).await;
+        let tls = edgefleet_service::tls::client_config_with_certificate(
+            Some(&self.pki.ca),
+            &cert.certificate_pem,
+            device.key.pkcs8_der(),
+        )
+        .expect("client TLS");
+        rumqttc::AsyncClient::new(device.mqtt_options("127.0.0.1", self.port, Some(tls)), 256)
     }
 
     /// `edgefleet-agent run` arguments: trust Mosquitto's certificate.

@@ -150,3 +150,27 @@ pub fn by_request_id(samples: &[StoredSample]) -> BTreeMap<String, StoredSample>
 pub fn as_stored(row: [f32; 4]) -> Vec<f64> {
     row.iter().map(|v| v.to_string().parse::<f64>().expect("number")).collect()
 }
+
+/// A signed-ready telemetry batch `sequence` of `device` with `samples` sampled iris rows of
+/// model iris v1, for tests that publish telemetry themselves.
+pub fn iris_batch(device: &str, sequence: u64, samples: usize) -> edgefleet_shared::telemetry::TelemetryBatch {
+    use edgefleet_shared::telemetry::{ModelTelemetry, Sample, TelemetryBatch};
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let sample = |i: usize| Sample {
+        request_id: Some(format!("r-{sequence}-{i}")),
+        at_ms: now * 1000 + i as u64,
+        inputs: vec![5.1, 3.5, 1.4 + i as f32 * 0.1, 0.2],
+        outputs: vec![0.9, 0.05, 0.05],
+        predicted: Some(0),
+        low_confidence: false,
+    };
+    let iris = ModelTelemetry {
+        model: "iris".into(),
+        version: 1,
+        rows: samples as u64,
+        output_classes: vec![samples as u64],
+        samples: (0..samples).map(sample).collect(),
+        ..Default::default()
+    };
+    TelemetryBatch::new(device, sequence, (now - 1, now), vec![iris])
+}

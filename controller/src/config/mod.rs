@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod artifacts;
+pub use artifacts::{ArtifactsConfig, S3Config};
+
 /// The default configuration file, every option documented.
-pub const DEFAULT_CONFIG: &str = include_str!("../config/controller.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/controller.toml");
 
 /// Everything the controller reads at start (the data directory comes from the command line).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -28,93 +31,6 @@ pub struct ControllerConfig {
     pub retrain: RetrainConfig,
     /// Where artifacts are stored.
     pub artifacts: ArtifactsConfig,
-}
-
-/// Artifact storage: the data directory's filesystem unless `s3` is set.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ArtifactsConfig {
-    /// An S3-compatible bucket instead (shared by every replica).
-    pub s3: Option<S3Config>,
-}
-
-/// An S3-compatible bucket (`[artifacts.s3]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct S3Config {
-    /// The endpoint (`https://s3.example.com`, `http://127.0.0.1:8333`); AWS for `region` when
-    /// absent.
-    pub endpoint: Option<String>,
-    /// The bucket (created by the operator beforehand).
-    pub bucket: String,
-    /// The region requests are signed for.
-    pub region: String,
-    /// Key prefix inside the bucket (`fleet-a/`), so controllers can share one bucket.
-    pub prefix: String,
-    /// Bucket URLs `https://BUCKET.endpoint/` instead of `https://endpoint/BUCKET/`.
-    pub virtual_hosted_style: bool,
-    /// The access key id (with `secret_access_key_file`); absent, the `AWS_*` environment
-    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, instance metadata).
-    pub access_key_id: Option<String>,
-    /// A file holding the secret access key.
-    pub secret_access_key_file: Option<PathBuf>,
-    /// Devices download artifacts straight from the bucket by a presigned URL valid this long
-    /// (redirected to it by the controller); 0: through the controller, which streams them.
-    pub presign_secs: u64,
-}
-
-impl Default for S3Config {
-    fn default() -> Self {
-        S3Config {
-            endpoint: None,
-            bucket: String::new(),
-            region: "us-east-1".into(),
-            prefix: String::new(),
-            virtual_hosted_style: false,
-            access_key_id: None,
-            secret_access_key_file: None,
-            presign_secs: 600,
-        }
-    }
-}
-
-impl S3Config {
-    fn validate(&self, insecure: bool) -> Result<(), crate::Error> {
-        let bad = |m: String| Err(crate::Error::Config(format!("artifacts.s3: {m}")));
-        if self.bucket.is_empty() {
-            return bad("bucket is required".into());
-        }
-        if self.access_key_id.is_some() != self.secret_access_key_file.is_some() {
-            return bad("access_key_id and secret_access_key_file must be set together".into());
-        }
-        // SigV4 presigned URLs live at most 7 days.
-        if self.presign_secs > 7 * 24 * 3600 {
-            return bad(format!("presign_secs is {}: at most 604800 (7 days, the SigV4 limit)", self.presign_secs));
-        }
-        if let Some(endpoint) = &self.endpoint {
-            let Some((scheme, rest)) = endpoint.split_once("://").filter(|(s, _)| matches!(*s, "http" | "https"))
-            else {
-                return bad(format!("endpoint {endpoint:?} is not an http:// or https:// URL"));
-            };
-            let authority = rest.split('/').next().unwrap_or_default();
-            let host = match authority.rsplit_once(':') {
-                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-                _ => authority,
-            };
-            if host.is_empty() {
-                return bad(format!("endpoint {endpoint:?} names no host"));
-            }
-            if scheme == "http" {
-                edgefleet_service::tls::check_plain(
-                    &format!("the artifact store {endpoint}"),
-                    host.trim_start_matches('[').trim_end_matches(']'),
-                    insecure,
-                )
-                .map_err(crate::Error::Config)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Telemetry settings.
@@ -249,6 +165,9 @@ pub struct MqttConfig {
     /// The controller's MQTT client id; its session persists on the broker, so telemetry is
     /// queued while the controller restarts. One id per controller.
     pub client_id: String,
+    /// External broker: replicas take status and telemetry through the shared subscription
+    /// `$share/<group>/...`, so each message reaches one of them.
+    pub shared_group: Option<String>,
     /// External broker: the controller's username (with `password_file`).
     pub username: Option<String>,
     /// External broker: a file holding the controller's password.
@@ -273,6 +192,7 @@ impl Default for MqttConfig {
             advertise_url: None,
             topic_prefix: edgefleet_shared::fleet::DEFAULT_TOPIC_PREFIX.into(),
             client_id: "edgefleet-controller".into(),
+            shared_group: None,
             username: None,
             password_file: None,
             client_cert: None,
@@ -318,6 +238,12 @@ pub struct ServerConfig {
     pub max_upload_bytes: usize,
     /// Drain time on shutdown.
     pub shutdown_grace_secs: u64,
+    /// This replica's name among controllers sharing one database (default: the host name);
+    /// replicas on one host need their own.
+    pub replica_id: Option<String>,
+    /// Lifetime of the lease on background work (rollout steps, document refresh, retrain
+    /// judging): another replica takes it over this long after its holder stopped renewing it.
+    pub lease_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -326,6 +252,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             max_upload_bytes: 1 << 30,
             shutdown_grace_secs: 10,
+            replica_id: None,
+            lease_secs: 15,
         }
     }
 }
@@ -392,6 +320,14 @@ impl ControllerConfig {
                     .into(),
             ));
         }
+        if self.server.lease_secs < 3 {
+            return Err(crate::Error::Config(
+                "server.lease_secs must be at least 3 (it is renewed every third)".into(),
+            ));
+        }
+        if self.server.replica_id.as_ref().is_some_and(|r| r.is_empty() || r.len() > 128) {
+            return Err(crate::Error::Config("server.replica_id must be 1 to 128 characters".into()));
+        }
         if self.server.max_upload_bytes == 0 {
             return Err(crate::Error::Config("server.max_upload_bytes must be above 0".into()));
         }
@@ -436,6 +372,18 @@ impl ControllerConfig {
         }
         if !self.mqtt.enabled {
             return Ok(());
+        }
+        if let Some(group) = &self.mqtt.shared_group {
+            if self.mqtt.url.is_none() {
+                return Err(crate::Error::Config(
+                    "mqtt.shared_group splits messages between replicas on an external broker: set mqtt.url too".into(),
+                ));
+            }
+            if group.is_empty() || group.contains(['/', '+', '#']) {
+                return Err(crate::Error::Config(format!(
+                    "mqtt.shared_group {group:?} must be a non-empty name without '/', '+' or '#'"
+                )));
+            }
         }
         if self.mqtt.dynamic_security && self.mqtt.url.is_none() {
             return Err(crate::Error::Config(
@@ -540,32 +488,6 @@ mod tests {
         }
         let parsed: Result<ControllerConfig, _> = toml::from_str("[retrain]\nformat = [\"feather\"]\n");
         assert!(parsed.expect_err("unknown format").to_string().contains("feather"));
-    }
-
-    #[test]
-    fn an_s3_store_needs_a_bucket_a_url_and_tls_off_loopback() {
-        let mut config = ControllerConfig::default();
-        let s3 =
-            |endpoint: &str| S3Config { endpoint: Some(endpoint.into()), bucket: "b".into(), ..S3Config::default() };
-        config.artifacts.s3 = Some(s3("http://127.0.0.1:8333"));
-        config.validate().expect("plain HTTP on loopback");
-        config.artifacts.s3 = Some(s3("https://s3.example.com/"));
-        config.validate().expect("TLS elsewhere");
-        for (endpoint, says) in
-            [("http://s3.example.com:8333", "insecure"), ("ftp://x", "http"), ("https://", "no host")]
-        {
-            config.artifacts.s3 = Some(s3(endpoint));
-            let err = config.validate().expect_err(endpoint).to_string();
-            assert!(err.contains(says), "{endpoint}: {err}");
-        }
-        config.artifacts.s3 = Some(S3Config { bucket: String::new(), ..s3("https://s3.example.com") });
-        assert!(config.validate().expect_err("no bucket").to_string().contains("bucket"));
-        config.artifacts.s3 = Some(S3Config { presign_secs: 8 * 24 * 3600, ..s3("https://s3.example.com") });
-        assert!(config.validate().expect_err("too long").to_string().contains("7 days"));
-        let parsed: ControllerConfig =
-            toml::from_str("[artifacts.s3]\nbucket = \"edgefleet\"\nendpoint = \"http://127.0.0.1:8333\"\n")
-                .expect("parses");
-        assert_eq!(parsed.artifacts.s3.expect("s3").presign_secs, 600);
     }
 
     #[test]
