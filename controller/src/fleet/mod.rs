@@ -102,21 +102,7 @@ impl Fleet {
 
     /// Stores a device's status report.
     pub async fn record_status(&self, device_id: String, status: DeviceStatus) -> Result<(), FleetError> {
-        self.db
-            .call(move |conn| -> Result<(), FleetError> {
-                conn.execute(
-                    "UPDATE devices SET status = ?1, last_seen = ?2, offline_at = NULL, trust_version = COALESCE(?3, trust_version)
-                     WHERE id = ?4",
-                    params![
-                        serde_json::to_string(&status).unwrap_or_default(),
-                        now(),
-                        status.trust_version.map(|v| v as i64),
-                        device_id
-                    ],
-                )?;
-                Ok(())
-            })
-            .await
+        self.db.call(move |conn| store_status(conn, &device_id, &status, now()).map_err(FleetError::from)).await
     }
 
     /// The current signed document of a device, if any.
@@ -215,5 +201,78 @@ impl Fleet {
                 Ok(rows)
             })
             .await
+    }
+}
+
+/// Records `status` as `device`'s, unless the stored one is newer: statuses taken by several
+/// replicas through a shared subscription are handled in any order, and a report from before a
+/// document arrived must not overwrite the one that says it was activated. Newer means a higher
+/// (last accepted document sequence, last activation's sequence); both only grow for a device
+/// id. The device counts as seen either way.
+fn store_status(conn: &rusqlite::Connection, device: &str, status: &DeviceStatus, at: i64) -> rusqlite::Result<()> {
+    let order =
+        (status.last_sequence.unwrap_or(0) as i64, status.last_activation.as_ref().map_or(0, |a| a.sequence) as i64);
+    conn.execute(
+        "UPDATE devices SET
+             status = CASE WHEN status IS NULL
+                 OR (COALESCE(json_extract(status, '$.last_sequence'), 0),
+                     COALESCE(json_extract(status, '$.last_activation.sequence'), 0)) <= (?5, ?6)
+                 THEN ?1 ELSE status END,
+             last_seen = ?2, offline_at = NULL, trust_version = COALESCE(?3, trust_version)
+         WHERE id = ?4",
+        params![
+            serde_json::to_string(status).unwrap_or_default(),
+            at,
+            status.trust_version.map(|v| v as i64),
+            device,
+            order.0,
+            order.1
+        ],
+    )
+    .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_status_handled_late_does_not_overwrite_a_newer_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("c.db")).expect("db");
+        db.call_blocking(|conn| {
+            conn.execute("INSERT INTO devices (id, public_key, labels, enrolled_at) VALUES ('d', 'k', '{}', 0)", [])
+                .expect("device");
+            let report = |sequence: u64, activated: Option<u64>, uptime_secs: u64| DeviceStatus {
+                uptime_secs,
+                last_sequence: Some(sequence),
+                last_activation: activated.map(|s| edgefleet_shared::fleet::ActivationReport {
+                    model: edgefleet_shared::deployment::ModelRef { name: "m".into(), version: 1 },
+                    sequence: s,
+                    ok: true,
+                    error: None,
+                    at: 0,
+                    duration_ms: 0,
+                    delta_bytes_saved: 0,
+                }),
+                ..DeviceStatus::default()
+            };
+            let stored = |conn: &rusqlite::Connection| -> (u64, i64) {
+                conn.query_row("SELECT status, last_seen FROM devices WHERE id = 'd'", [], |r| {
+                    let status: DeviceStatus = serde_json::from_str(&r.get::<_, String>(0)?).expect("status");
+                    Ok((status.uptime_secs, r.get(1)?))
+                })
+                .expect("row")
+            };
+            store_status(conn, "d", &report(2, Some(2), 40), 100).expect("activated");
+            store_status(conn, "d", &report(1, Some(1), 39), 101).expect("stale");
+            store_status(conn, "d", &report(2, Some(1), 39), 102).expect("stale activation");
+            assert_eq!(stored(conn), (40, 102), "kept the newer status, saw the device");
+            store_status(conn, "d", &report(2, Some(2), 70), 103).expect("periodic");
+            assert_eq!(stored(conn).0, 70, "same order: the later report wins");
+            // An agent restarted (uptime from 0) with the same document is newer.
+            store_status(conn, "d", &report(2, Some(2), 1), 104).expect("restart");
+            assert_eq!(stored(conn).0, 1);
+        });
     }
 }
