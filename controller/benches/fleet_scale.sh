@@ -14,28 +14,20 @@ BIN=target/debug
 TOKEN=fleet-scale-admin-token-0123
 counts=("$@"); (( ${#counts[@]} )) || counts=(1000 5000 10000)
 
-metric() { curl -s "$URL/metrics" | awk -v m="$1" '$1 == m {print $2}' | head -1; }
-cpu_secs() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
-rss_mb() { awk '/VmRSS/ {print $2 / 1024}' "/proc/$1/status"; }
+source controller/benches/sim-lib.sh
 
 for n in "${counts[@]}"; do
   work=$(mktemp -d)
   EDGEFLEET_ADMIN_TOKEN=$TOKEN $BIN/edgefleet-controller serve --data-dir "$work/c" --listen 127.0.0.1:0 \
     --mqtt-listen 127.0.0.1:0 >"$work/controller.out" 2>"$work/controller.log" &
   cpid=$!
-  until URL=$(sed -n 's/^edgefleet-controller listening on //p' "$work/controller.out") && [[ -n $URL ]]; do sleep 0.1; done
+  URL=$(controller_url "$work/controller.out")
   export EDGEFLEET_CONTROLLER=$URL EDGEFLEET_TOKEN=$TOKEN
-  $BIN/edgefleet sim --devices "$n" --duration 0 >"$work/sim.out" 2>&1 &
-  spid=$!
-  until grep -q "connected over MQTT" "$work/sim.out" 2>/dev/null; do
-    kill -0 $spid 2>/dev/null || { cat "$work/sim.out"; exit 1; }
-    sleep 0.5
-  done
-  connected=$(grep "connected over MQTT" "$work/sim.out")
+  start_sim "$n" "$work/sim.out"
   # Steady state: 60 s of status and telemetry.
-  s0=$(metric 'edgefleet_controller_status_reports_total'); t0=$(metric 'edgefleet_controller_telemetry_batches_total{result="accepted"}')
+  s0=$(metric "$URL" 'edgefleet_controller_status_reports_total'); t0=$(metric "$URL" 'edgefleet_controller_telemetry_batches_total{result="accepted"}')
   c0=$(cpu_secs $cpid); sleep 60
-  s1=$(metric 'edgefleet_controller_status_reports_total'); t1=$(metric 'edgefleet_controller_telemetry_batches_total{result="accepted"}')
+  s1=$(metric "$URL" 'edgefleet_controller_status_reports_total'); t1=$(metric "$URL" 'edgefleet_controller_telemetry_batches_total{result="accepted"}')
   c1=$(cpu_secs $cpid)
   # A rollout to every simulated device.
   $BIN/edgefleet model push tests/testdata/iris_logreg.onnx --name iris --baseline tests/testdata/iris_baseline.csv >/dev/null

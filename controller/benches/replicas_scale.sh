@@ -18,9 +18,7 @@ counts=("$@"); (( ${#counts[@]} )) || counts=(2000 5000 10000)
 ulimit -n "$(ulimit -Hn)"
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
-metric() { curl -s "$1/metrics" | awk -v m="$2" '$1 == m {print $2}' | head -1; }
-cpu_secs() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
-rss_mb() { awk '/VmRSS/ {print $2 / 1024}' "/proc/$1/status"; }
+source controller/benches/sim-lib.sh
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 for n in "${counts[@]}"; do
@@ -38,18 +36,11 @@ for n in "${counts[@]}"; do
       EDGEFLEET_ADMIN_TOKEN=$TOKEN $BIN/edgefleet-controller serve --data-dir "$work/c" --listen 127.0.0.1:0 \
         --config "$work/r$r.toml" >"$work/r$r.out" 2>"$work/r$r.log" &
       pids+=($!)
-      until url=$(sed -n 's/^edgefleet-controller listening on //p' "$work/r$r.out" 2>/dev/null) && [[ -n $url ]]; do sleep 0.1; done
-      urls+=("$url")
+      urls+=("$(controller_url "$work/r$r.out")")
     done
     # Devices enroll through the first replica; operators (the rollout below) use the last.
     export EDGEFLEET_CONTROLLER=${urls[0]} EDGEFLEET_TOKEN=$TOKEN
-    $BIN/edgefleet sim --devices "$n" --duration 0 >"$work/sim.out" 2>&1 &
-    spid=$!
-    until grep -q "connected over MQTT" "$work/sim.out" 2>/dev/null; do
-      kill -0 $spid 2>/dev/null || { cat "$work/sim.out"; exit 1; }
-      sleep 0.5
-    done
-    connected=$(grep "connected over MQTT" "$work/sim.out")
+    start_sim "$n" "$work/sim.out"
     # Steady state: 60 s of status and telemetry, per replica.
     declare -A s0 t0 c0
     for i in "${!pids[@]}"; do

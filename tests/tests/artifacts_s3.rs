@@ -158,15 +158,7 @@ async fn a_filesystem_store_is_copied_into_a_bucket_and_served_from_it() {
     let v2 = push(&c, "delta_tuned.onnx");
     let delta_sha = v2["deltas"][0]["sha256"].as_str().expect("a delta").to_owned();
     let (sha, compressed_sha) = model_artifact(&v1);
-    let local = reqwest::Client::new()
-        .get(c.url(&format!("/api/v1/artifacts/{sha}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("download")
-        .bytes()
-        .await
-        .expect("body");
+    let local = c.download(&format!("/api/v1/artifacts/{sha}")).await.expect("body");
     c.stop();
 
     let config = write_config(dir.path(), &weed.s3);

@@ -203,15 +203,7 @@ async fn shifted_traffic_triggers_one_retrain_request_with_an_exact_snapshot() {
     let request = &list[0];
     let manifest = &request["manifest"];
     let until_ms = manifest["time_range"]["until_ms"].as_i64().expect("cutoff");
-    let csv = http
-        .get(c.url("/api/v1/retrain/1/files/data.csv"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("download")
-        .bytes()
-        .await
-        .expect("csv");
+    let csv = c.download("/api/v1/retrain/1/files/data.csv").await.expect("csv");
     let sha = hex::encode(sha2::Sha256::digest(&csv));
     assert_eq!(request["dataset_sha256"], sha.as_str());
     assert_eq!(manifest["files"][0]["sha256"], sha.as_str());

@@ -180,6 +180,11 @@ impl ControllerProcess {
         (agent, id)
     }
 
+    /// The body of an admin `GET path` (asserting the request was answered).
+    pub async fn download(&self, path: &str) -> reqwest::Result<axum::body::Bytes> {
+        reqwest::Client::new().get(self.url(path)).bearer_auth(ADMIN).send().await.expect("download").bytes().await
+    }
+
     /// Runs the CLI with `--output json`, asserting success, and parses the answer.
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--output", "json"];
