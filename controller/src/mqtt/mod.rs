@@ -360,15 +360,14 @@ impl Mqtt {
         if run.is_empty() {
             return;
         }
-        let frames: Vec<(String, Vec<u8>)> =
-            run.iter().map(|(device, p)| (device.clone(), p.payload.to_vec())).collect();
         // A transaction that could not commit stored nothing: tried again (the broker holds
         // the messages meanwhile) rather than acknowledged.
         let mut backoff = Duration::from_millis(100);
         let results = loop {
-            let results = telemetry.ingest_many(frames.clone()).await;
+            let frames = run.iter().map(|(device, p)| (device.clone(), p.payload.to_vec())).collect();
+            let results = telemetry.ingest_many(frames).await;
             let Some(Err(TelemetryError::Commit(e))) = results.first() else { break results };
-            tracing::warn!(frames = frames.len(), error = %e, retry_in_ms = backoff.as_millis() as u64, "Telemetry not committed; trying again.");
+            tracing::warn!(frames = run.len(), error = %e, retry_in_ms = backoff.as_millis() as u64, "Telemetry not committed; trying again.");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         };

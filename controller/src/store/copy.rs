@@ -64,10 +64,11 @@ pub fn copy(db: &Db, from: &FsStore, to: &S3Store) -> Result<CopyReport, StoreEr
                 e.sha256, e.stored_size, e.stored_sha256
             )));
         }
-        to.put_exact(object, bytes.clone())?;
+        let len = bytes.len() as u64;
+        to.put_exact(object, bytes)?;
         report.copied += 1;
-        report.bytes += bytes.len() as u64;
-        tracing::info!(object = %e.sha256, bytes = bytes.len(), "Copied.");
+        report.bytes += len;
+        tracing::info!(object = %e.sha256, bytes = len, "Copied.");
     }
     Ok(report)
 }

@@ -37,8 +37,12 @@ impl FsStore {
         })
     }
 
-    fn existing(&self, object: Object<'_>) -> Result<PathBuf, StoreError> {
-        self.path(object).filter(|p| p.is_file()).ok_or_else(|| object.not_found())
+    /// An I/O failure on `path`, a missing file as [`StoreError::NotFound`].
+    fn failed(object: Object<'_>, path: &Path, source: std::io::Error) -> StoreError {
+        match source.kind() {
+            std::io::ErrorKind::NotFound => object.not_found(),
+            _ => StoreError::Io { path: path.into(), source },
+        }
     }
 
     /// Writes `bytes` to `path` through a synced temp file and a rename.
@@ -87,16 +91,13 @@ impl ArtifactStore for FsStore {
 
     fn read(&self, object: Object<'_>) -> Result<Vec<u8>, StoreError> {
         let path = self.path(object).ok_or_else(|| object.not_found())?;
-        fs::read(&path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => object.not_found(),
-            _ => StoreError::Io { path, source },
-        })
+        fs::read(&path).map_err(|e| Self::failed(object, &path, e))
     }
 
     fn size<'a>(&'a self, object: Object<'a>) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
-            let path = self.existing(object)?;
-            let meta = tokio::fs::metadata(&path).await.map_err(|source| StoreError::Io { path, source })?;
+            let path = self.path(object).ok_or_else(|| object.not_found())?;
+            let meta = tokio::fs::metadata(&path).await.map_err(|e| Self::failed(object, &path, e))?;
             Ok(meta.len())
         }
         .boxed()
@@ -104,10 +105,9 @@ impl ArtifactStore for FsStore {
 
     fn stream<'a>(&'a self, object: Object<'a>, range: Range<u64>) -> BoxFuture<'a, Result<ByteStream, StoreError>> {
         async move {
-            let path = self.existing(object)?;
-            let io = |source| StoreError::Io { path: path.clone(), source };
-            let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
-            file.seek(std::io::SeekFrom::Start(range.start)).await.map_err(io)?;
+            let path = self.path(object).ok_or_else(|| object.not_found())?;
+            let mut file = tokio::fs::File::open(&path).await.map_err(|e| Self::failed(object, &path, e))?;
+            file.seek(std::io::SeekFrom::Start(range.start)).await.map_err(|e| Self::failed(object, &path, e))?;
             let body = tokio_util::io::ReaderStream::new(file.take(range.end.saturating_sub(range.start)));
             Ok(Box::pin(body) as ByteStream)
         }

@@ -109,9 +109,7 @@ impl S3Store {
             Err(e) => Err(remote(e)),
         }
     }
-}
 
-impl S3Store {
     /// Whether the bucket holds `object`. Blocking.
     pub fn contains(&self, object: Object<'_>) -> Result<bool, StoreError> {
         let key = self.key(object)?;
@@ -143,10 +141,19 @@ impl ArtifactStore for S3Store {
         let size = bytes.len() as u64;
         self.runtime.block_on(async {
             // Never rewritten: devices were told the stored object's compressed digest.
-            if self.exists(&key).await? {
-                let existing = self.bucket.get(&key).await.map_err(remote)?.bytes().await.map_err(remote)?;
-                let compressed_sha256 = sha256_hex(&existing);
-                return Ok(StoredArtifact { compressed_sha256, compressed_size: existing.len() as u64, size, sha256 });
+            match self.bucket.get(&key).await {
+                Ok(got) => {
+                    let existing = got.bytes().await.map_err(remote)?;
+                    let compressed_sha256 = sha256_hex(&existing);
+                    return Ok(StoredArtifact {
+                        compressed_sha256,
+                        compressed_size: existing.len() as u64,
+                        size,
+                        sha256,
+                    });
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(remote(e)),
             }
             let packed =
                 compress(bytes, DEFAULT_LEVEL).map_err(|e| StoreError::Remote(format!("compressing {sha256}: {e}")))?;
