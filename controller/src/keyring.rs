@@ -12,9 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::sql::{Connection, OptionalExtension as _, params};
 use edgefleet_shared::keys::{FileKey, PublicKey, Signer};
 use edgefleet_shared::trust::{TrustChain, TrustRotation, TrustStore};
-use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::db::{self, Db, DbError, now};
 
@@ -32,8 +32,8 @@ pub enum KeyRingError {
     Inconsistent(String),
 }
 
-impl From<rusqlite::Error> for KeyRingError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::sql::Error> for KeyRingError {
+    fn from(e: crate::sql::Error) -> Self {
         KeyRingError::Db(DbError::from(e))
     }
 }

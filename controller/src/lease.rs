@@ -6,7 +6,7 @@
 //! replica still holds the lease at that epoch (a fence), so a replica that lost it cannot commit
 //! a step the new holder also takes. A graceful shutdown releases the lease at once.
 
-use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use crate::sql::{Connection, OptionalExtension as _, params};
 
 /// The lease on the controller's background loops.
 pub const BACKGROUND: &str = "background";
@@ -37,7 +37,7 @@ pub fn claim(current: Option<&Lease>, name: &str, me: &str, now: u64, ttl: u64) 
     }
 }
 
-fn read(conn: &Connection, name: &str) -> rusqlite::Result<Option<Lease>> {
+fn read(conn: &Connection, name: &str) -> crate::sql::Result<Option<Lease>> {
     conn.query_row("SELECT holder, epoch, expires_at FROM leases WHERE name = ?1", params![name], |r| {
         Ok(Lease {
             name: name.to_owned(),
@@ -51,8 +51,8 @@ fn read(conn: &Connection, name: &str) -> rusqlite::Result<Option<Lease>> {
 
 /// Takes or renews lease `name` for `me` at `now` ([`claim`]) in one transaction; the lease
 /// this replica now holds, if any.
-pub fn acquire(conn: &mut Connection, name: &str, me: &str, now: u64, ttl: u64) -> rusqlite::Result<Option<Lease>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+pub fn acquire(conn: &mut Connection, name: &str, me: &str, now: u64, ttl: u64) -> crate::sql::Result<Option<Lease>> {
+    let tx = conn.transaction()?;
     let Some(lease) = claim(read(&tx, name)?.as_ref(), name, me, now, ttl) else { return Ok(None) };
     tx.execute(
         "INSERT INTO leases (name, holder, epoch, expires_at) VALUES (?1, ?2, ?3, ?4)
@@ -65,7 +65,7 @@ pub fn acquire(conn: &mut Connection, name: &str, me: &str, now: u64, ttl: u64) 
 
 /// The fence: whether `lease` is still held, at its epoch, at `now` (run it in the transaction
 /// whose work it guards).
-pub fn holds(conn: &Connection, lease: &Lease, now: u64) -> rusqlite::Result<bool> {
+pub fn holds(conn: &Connection, lease: &Lease, now: u64) -> crate::sql::Result<bool> {
     conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM leases WHERE name = ?1 AND holder = ?2 AND epoch = ?3 AND expires_at > ?4)",
         params![lease.name, lease.holder, lease.epoch as i64, now as i64],
@@ -74,7 +74,7 @@ pub fn holds(conn: &Connection, lease: &Lease, now: u64) -> rusqlite::Result<boo
 }
 
 /// Lets `lease` lapse now, if it is still ours, so another replica takes over without waiting.
-pub fn release(conn: &Connection, lease: &Lease) -> rusqlite::Result<()> {
+pub fn release(conn: &Connection, lease: &Lease) -> crate::sql::Result<()> {
     conn.execute(
         "UPDATE leases SET expires_at = 0 WHERE name = ?1 AND holder = ?2 AND epoch = ?3",
         params![lease.name, lease.holder, lease.epoch as i64],

@@ -50,6 +50,7 @@ pub mod publish;
 pub mod registry;
 pub mod rollout;
 pub mod serve;
+pub mod sql;
 pub mod store;
 pub mod telemetry;
 pub mod validate;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use edgefleet_controller::config::{ControllerConfig, DEFAULT_CONFIG, DataDir};
+use edgefleet_controller::db::Target;
 use edgefleet_controller::{Error, observability, serve};
 
 /// The edgefleet controller.
@@ -53,6 +54,9 @@ enum Command {
         /// Data directory of the controller.
         #[arg(long)]
         data_dir: PathBuf,
+        /// The configuration, for its `[database]` (default: the data directory's SQLite).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Write the trust file agents are provisioned with (the current trust set).
     PublicKey {
@@ -62,6 +66,9 @@ enum Command {
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The configuration, for its `[database]` (default: the data directory's SQLite).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Make a new signing key and trust set, signed by the current key; a running controller
     /// delivers it to every device and signs with the new key after the overlap.
@@ -76,6 +83,9 @@ enum Command {
         /// The old key may be compromised: no overlap, and its private key is deleted.
         #[arg(long)]
         revoke: bool,
+        /// The configuration, for its `[database]` (default: the data directory's SQLite).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Write a Mosquitto set-up (config, dynamic-security plugin file, device CA, the
     /// controller's client certificate) in which every client authenticates by certificate and
@@ -115,6 +125,20 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Copy a SQLite controller's database into an empty PostgreSQL one, then point
+    /// `[database] url` at it (artifacts are not in the database: see copy-artifacts). Stop the
+    /// controller first.
+    Migrate {
+        /// The SQLite database (`sqlite:DATA_DIR/controller.db`).
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database (`postgres://USER@HOST:PORT/DB`); created tables, no rows.
+        #[arg(long)]
+        to: String,
+        /// A file holding the PostgreSQL password, where the URL has none.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
     /// Print the default configuration file.
     PrintDefaultConfig,
     /// Validate a pushed model in isolation (run by the controller itself for every push).
@@ -149,8 +173,9 @@ fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             Ok(())
         }
-        Command::PublicKey { data_dir, out } => public_key(DataDir { root: data_dir }, out),
-        Command::RecoverAdmin { data_dir } => recover_admin(DataDir { root: data_dir }),
+        Command::PublicKey { data_dir, out, config } => public_key(DataDir { root: data_dir }, out, config.as_deref()),
+        Command::RecoverAdmin { data_dir, config } => recover_admin(DataDir { root: data_dir }, config.as_deref()),
+        Command::Migrate { from, to, password_file } => migrate(&from, &to, password_file),
         Command::ValidateModel { model, baseline, npy, bins, sample_rows, seed, max_tensor_bytes, memory_bytes } => {
             use edgefleet_controller::validate::{Budget, sandbox};
             let args = sandbox::ChildArgs {
@@ -163,8 +188,8 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string(&sandbox::run_child(&args)).unwrap_or_default());
             Ok(())
         }
-        Command::RotateKey { data_dir, overlap_secs, revoke } => {
-            rotate_key(DataDir { root: data_dir }, overlap_secs, revoke)
+        Command::RotateKey { data_dir, overlap_secs, revoke, config } => {
+            rotate_key(DataDir { root: data_dir }, config.as_deref(), overlap_secs, revoke)
         }
         Command::MosquittoConfig { data_dir, out, listen, server_cert, server_key, topic_prefix, dynsec_plugin } => {
             use edgefleet_controller::mqtt::mosquitto;
@@ -193,8 +218,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn public_key(data: DataDir, out: Option<PathBuf>) -> Result<(), Error> {
-    let trust = serve::trust_file(&data)?;
+fn public_key(data: DataDir, out: Option<PathBuf>, config: Option<&std::path::Path>) -> Result<(), Error> {
+    let trust = serve::trust_file(&data, &database(&data, config)?)?;
     match out {
         Some(path) => {
             std::fs::write(&path, trust).map_err(|e| Error::Startup(format!("cannot write {}: {e}", path.display())))
@@ -206,8 +231,37 @@ fn public_key(data: DataDir, out: Option<PathBuf>) -> Result<(), Error> {
     }
 }
 
-fn recover_admin(data: DataDir) -> Result<(), Error> {
-    let opened = serve::open_existing(&data)?;
+/// The database a configuration names (the data directory's SQLite without one).
+fn database(data: &DataDir, config: Option<&std::path::Path>) -> Result<Target, Error> {
+    let mut config = match config {
+        Some(path) => ControllerConfig::from_file(path)?,
+        None => ControllerConfig::default(),
+    };
+    database_from_env(&mut config);
+    config.database.target(data.database())
+}
+
+/// `EDGEFLEET_DATABASE_URL` overrides `[database] url` (containers, tests).
+fn database_from_env(config: &mut ControllerConfig) {
+    if let Some(url) = std::env::var("EDGEFLEET_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+        config.database.url = Some(url);
+    }
+}
+
+fn migrate(from: &str, to: &str, password_file: Option<PathBuf>) -> Result<(), Error> {
+    let from = Target::parse(from).map_err(Error::Config)?;
+    let to = edgefleet_controller::config::DatabaseConfig { url: Some(to.to_owned()), password_file }
+        .target(PathBuf::new())?;
+    let copied = edgefleet_controller::db::copy::copy(&from, &to).map_err(|e| Error::Startup(e.to_string()))?;
+    for (table, rows) in &copied.tables {
+        println!("{table:<20} {rows:>10} rows");
+    }
+    println!("copied {} into {}: set [database] url to it and start the controller", from.describe(), to.describe());
+    Ok(())
+}
+
+fn recover_admin(data: DataDir, config: Option<&std::path::Path>) -> Result<(), Error> {
+    let opened = serve::open_existing(&data, &database(&data, config)?)?;
     let token = opened.db.call_blocking(edgefleet_controller::auth::recover_admin)?;
     edgefleet_controller::auth::write_token_file(&data.admin_token(), &token)?;
     println!(
@@ -217,8 +271,8 @@ fn recover_admin(data: DataDir) -> Result<(), Error> {
     Ok(())
 }
 
-fn rotate_key(data: DataDir, overlap_secs: u64, revoke: bool) -> Result<(), Error> {
-    let opened = serve::open_existing(&data)?;
+fn rotate_key(data: DataDir, config: Option<&std::path::Path>, overlap_secs: u64, revoke: bool) -> Result<(), Error> {
+    let opened = serve::open_existing(&data, &database(&data, config)?)?;
     let rotation = edgefleet_controller::keyring::rotate(&opened.db, &data.root, overlap_secs, revoke, "rotate-key")
         .map_err(|e| Error::Startup(e.to_string()))?;
     println!("{}", serde_json::to_string_pretty(&rotation).unwrap_or_default());
@@ -227,8 +281,8 @@ fn rotate_key(data: DataDir, overlap_secs: u64, revoke: bool) -> Result<(), Erro
 
 fn mosquitto_config(data: DataDir, setup: &edgefleet_controller::mqtt::mosquitto::MosquittoSetup) -> Result<(), Error> {
     // The broker is usually set up before the controller's first start: this creates the data dir.
-    let opened = serve::open(&data)?;
-    let written = edgefleet_controller::mqtt::mosquitto::write_setup(&opened.ca, setup, "")?;
+    let ca = serve::device_ca(&data)?;
+    let written = edgefleet_controller::mqtt::mosquitto::write_setup(&ca, setup, "")?;
     println!("wrote {}", written.config.display());
     println!(
         "controller: [mqtt] url = \"mqtts://HOST:{}\", client_cert = \"{}\", client_key = \"{}\", dynamic_security = true",
@@ -241,12 +295,13 @@ fn mosquitto_config(data: DataDir, setup: &edgefleet_controller::mqtt::mosquitto
 
 fn copy_artifacts(data: DataDir, path: &std::path::Path) -> Result<(), Error> {
     use edgefleet_controller::store::{ArtifactStore as _, FsStore, S3Store};
-    let config = ControllerConfig::from_file(path)?;
+    let mut config = ControllerConfig::from_file(path)?;
+    database_from_env(&mut config);
     config.validate()?;
     let Some(s3) = config.artifacts.s3.clone() else {
         return Err(Error::Config(format!("{} has no [artifacts.s3] to copy to", path.display())));
     };
-    let opened = serve::open_existing(&data)?;
+    let opened = serve::open_existing(&data, &config.database.target(data.database())?)?;
     let failed = |e: &dyn std::fmt::Display| Error::Startup(e.to_string());
     let from = FsStore::new(&data.artifacts()).map_err(|e| failed(&e))?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| failed(&e))?;
@@ -294,6 +349,7 @@ fn serve_cmd(data_dir: PathBuf, config: Option<PathBuf>, flags: Overrides) -> Re
         config.tls.cert = Some(cert);
         config.tls.key = Some(key);
     }
+    database_from_env(&mut config);
     let preset = std::env::var("EDGEFLEET_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
     let from_env = preset.is_some();
     let token_file = DataDir { root: data_dir.clone() }.admin_token();

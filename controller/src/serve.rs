@@ -47,9 +47,9 @@ pub struct Opened {
 
 /// Opens (creating on first start) the data directory: database, signing key
 /// (recorded as trust set 1), device CA.
-pub fn open(data: &DataDir) -> Result<Opened, Error> {
+pub fn open(data: &DataDir, database: &crate::db::Target) -> Result<Opened, Error> {
     create_private_dir(&data.root)?;
-    let db = Db::open(&data.database())?;
+    let db = Db::connect(database)?;
     let startup = |e: &dyn std::fmt::Display| Error::Startup(e.to_string());
     let first = FileKey::load_or_generate(&data.signing_key()).map_err(|e| startup(&e))?;
     db.call_blocking(|conn| crate::keyring::ensure_first_set(conn, &first, "keys/controller.key"))
@@ -69,7 +69,7 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), Error> {
 
 /// Opens an existing data directory (for the offline commands), refusing one the controller
 /// never started with.
-pub fn open_existing(data: &DataDir) -> Result<Opened, Error> {
+pub fn open_existing(data: &DataDir, database: &crate::db::Target) -> Result<Opened, Error> {
     let path = data.signing_key();
     if !path.exists() {
         return Err(Error::Startup(format!(
@@ -77,12 +77,18 @@ pub fn open_existing(data: &DataDir) -> Result<Opened, Error> {
             path.display()
         )));
     }
-    open(data)
+    open(data, database)
 }
 
 /// The trust file agents are provisioned with: the current trust set (after any rotations).
-pub fn trust_file(data: &DataDir) -> Result<Vec<u8>, Error> {
-    Ok(open_existing(data)?.keys.trust_file())
+pub fn trust_file(data: &DataDir, database: &crate::db::Target) -> Result<Vec<u8>, Error> {
+    Ok(open_existing(data, database)?.keys.trust_file())
+}
+
+/// The device CA of a data directory (created on first use), without opening the database.
+pub fn device_ca(data: &DataDir) -> Result<DeviceCa, Error> {
+    create_private_dir(&data.root)?;
+    DeviceCa::load_or_create(&data.keys()).map_err(|e| Error::Startup(e.to_string()))
 }
 
 /// The controller's services, wired together over an opened data directory; [`run`] adds the
@@ -177,7 +183,7 @@ pub fn in_process(
     validator: std::path::PathBuf,
 ) -> Result<(AppState, Option<String>), Error> {
     config.validate()?;
-    let opened = open(data)?;
+    let opened = open(data, &config.database.target(data.database())?)?;
     let admin = opened.db.call_blocking(|conn| auth::bootstrap_admin(conn, admin_preset))?;
     let Services { fleet, telemetry, registry, rollouts, .. } =
         services(config, data, &opened, None, clock, validator)?;
@@ -211,7 +217,7 @@ pub async fn run(
         }
         None => None,
     };
-    let opened = open(&data)?;
+    let opened = open(&data, &config.database.target(data.database())?)?;
     let (db, keys) = (opened.db.clone(), opened.keys.clone());
     let admin_token = db.call_blocking(|conn| auth::bootstrap_admin(conn, admin_preset))?;
     tracing::info!(key_id = %keys.key_id(), trust_version = keys.version(), data_dir = %data.root.display(),

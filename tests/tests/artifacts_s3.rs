@@ -163,7 +163,7 @@ async fn a_filesystem_store_is_copied_into_a_bucket_and_served_from_it() {
 
     let config = write_config(dir.path(), &weed.s3);
     let copy = || {
-        let out = std::process::Command::new(binary("edgefleet-controller"))
+        let out = common::controller::controller_cmd(&data)
             .args(["copy-artifacts", "--data-dir"])
             .arg(&data)
             .arg("--config")

@@ -78,7 +78,7 @@ async fn enroll_deploy_fetch_verify_download_and_report() {
     let r = dev.signed(reqwest::Method::GET, &desired_path, b"", now()).send().await.expect("desired");
     assert_eq!(r.status(), StatusCode::OK);
     let env: SignedEnvelope = r.json().await.expect("envelope");
-    let trust_bytes = std::process::Command::new(common::binary("edgefleet-controller"))
+    let trust_bytes = common::controller::controller_cmd(dir.path())
         .args(["public-key", "--data-dir"])
         .arg(dir.path())
         .output()

@@ -118,7 +118,7 @@ async fn push_list_show_alias_download_and_survive_a_restart() {
 
     // A lost admin token is recovered by whoever can write the data directory: a new one, in
     // a file only its owner reads, that works at once against the running controller.
-    let recovered = Command::new(binary("edgefleet-controller"))
+    let recovered = common::controller::controller_cmd(dir.path())
         .args(["recover-admin", "--data-dir"])
         .arg(dir.path())
         .output()
@@ -349,7 +349,7 @@ async fn signed_manifests_verify_against_the_public_key() {
     let c = ControllerProcess::start(dir.path());
     push(&c, "iris_logreg", "iris", &["--baseline", &fixture("iris_baseline.csv")]);
     let trust_path = dir.path().join("trust.json");
-    let o = Command::new(binary("edgefleet-controller"))
+    let o = common::controller::controller_cmd(dir.path())
         .args(["public-key", "--data-dir"])
         .arg(dir.path())
         .arg("--out")
@@ -399,7 +399,7 @@ async fn signed_manifests_verify_against_the_public_key() {
 async fn a_generated_admin_token_goes_to_a_private_file_not_the_journal() {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(binary("edgefleet-controller"))
+    let mut child = common::controller::controller_cmd(dir.path())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(["--mqtt-listen", "127.0.0.1:0"])

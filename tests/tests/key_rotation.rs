@@ -8,19 +8,18 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::controller::ControllerProcess;
 use common::proxy::{Desired, Proxy};
-use common::{AgentProcess, binary, served_version, strs, testdata, until};
+use common::{AgentProcess, served_version, strs, testdata, until};
 use edgefleet_shared::deployment::DeploymentDocument;
 use edgefleet_shared::keys::{FileKey, Signer as _};
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::trust::{TrustChain, TrustRotation, TrustStore};
 
 fn rotate(c: &ControllerProcess, extra: &[&str]) -> serde_json::Value {
-    let out = Command::new(binary("edgefleet-controller"))
+    let out = common::controller::controller_cmd(&c.data_dir)
         .args(["rotate-key", "--data-dir"])
         .arg(&c.data_dir)
         .args(extra)

@@ -55,14 +55,17 @@ pub async fn json_errors(response: Response) -> Response {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
+        if matches!(e, DbError::Sql(crate::sql::Error::NulInText)) {
+            return ApiError::bad_request(e.to_string());
+        }
         // Internals stay in the log; the caller learns only that the controller failed.
         tracing::error!(error = %e, "Database error.");
         ApiError::internal("internal database error; see the controller log")
     }
 }
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::sql::Error> for ApiError {
+    fn from(e: crate::sql::Error) -> Self {
         DbError::from(e).into()
     }
 }

@@ -1,10 +1,10 @@
 //! `/api/v1/tokens` (admin) and `/api/v1/audit` (operator).
 
+use crate::sql::params;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use edgefleet_shared::api::tokens::{AuditEntry, AuditQuery, CreateToken, CreatedToken, Role, TokenInfo};
-use rusqlite::params;
 
 use super::{ApiError, AppState};
 use crate::auth::{self, Caller};

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod artifacts;
+mod database;
 pub use artifacts::{ArtifactsConfig, S3Config};
+pub use database::DatabaseConfig;
 
 /// The default configuration file, every option documented.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/controller.toml");
@@ -31,6 +33,8 @@ pub struct ControllerConfig {
     pub retrain: RetrainConfig,
     /// Where artifacts are stored.
     pub artifacts: ArtifactsConfig,
+    /// Where registry and fleet state are stored.
+    pub database: DatabaseConfig,
 }
 
 /// Telemetry settings.

@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::sql::{Connection, OptionalExtension, params};
 use edgefleet_shared::api::fleet::{DeployRequest, Issued};
 use edgefleet_shared::bundle::{BUNDLE_FILE, MODEL_FILE};
 use edgefleet_shared::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, ModelRef, ShadowSpec};
 use edgefleet_shared::keys::Signer as _;
 use edgefleet_shared::signature::SignedEnvelope;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{Fleet, FleetError};
 use crate::db::{self, now};
@@ -57,7 +57,7 @@ impl Fleet {
         let this = self.clone();
         self.db
             .call(move |conn| -> Result<Vec<Issued>, FleetError> {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn.transaction()?;
                 let (_, version) = resolve_version(&tx, &req.model, &req.version)?;
                 let artifacts = version_artifacts(&tx, &req.model, version)?;
                 let targets: Vec<String> = match (&req.device, &req.selector) {
@@ -118,7 +118,7 @@ impl Fleet {
         let this = self.clone();
         self.db
             .call(move |conn| -> Result<Vec<String>, FleetError> {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn.transaction()?;
                 let horizon = now() + (this.settings.document_ttl_secs / 2) as i64;
                 let at = now() as u64;
                 let mut due: Vec<(String, String, i64, String)> = Vec::new();
@@ -127,14 +127,15 @@ impl Fleet {
                         "SELECT s.device_id, s.model, s.version, s.envelope, s.expires_at, s.key_id, d.trust_version
                          FROM desired s JOIN devices d ON d.id = s.device_id",
                     )?;
-                    let mut rows = stmt.query([])?;
-                    while let Some(r) = rows.next()? {
+                    let rows = stmt.query_map([], |r| {
                         let (expires_at, key_id, trust_version): (i64, Option<String>, Option<i64>) =
                             (r.get(4)?, r.get(5)?, r.get(6)?);
                         let wanted = this.keys.signer_for(trust_version.map(|v| v as u64), at).key_id();
-                        if expires_at <= horizon || key_id.as_deref() != Some(wanted.as_str()) {
-                            due.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
-                        }
+                        let stale = expires_at <= horizon || key_id.as_deref() != Some(wanted.as_str());
+                        Ok(if stale { Some((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)) } else { None })
+                    })?;
+                    for row in rows {
+                        due.extend(row?);
                     }
                 }
                 for (device, model, version, envelope) in &due {
@@ -232,8 +233,10 @@ pub(crate) fn version_artifacts(
 pub(crate) fn required_engines(conn: &Connection, model: &str, version: u64) -> Result<Vec<String>, FleetError> {
     // Only the field, not the whole manifest (baseline profile included): rollouts ask every step.
     let engines: Option<String> = conn.query_row(
-        "SELECT json_extract(v.manifest, '$.engines') FROM versions v JOIN models m ON m.id = v.model_id
-         WHERE m.name = ?1 AND v.version = ?2",
+        &format!(
+            "SELECT {} FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?1 AND v.version = ?2",
+            conn.dialect().json_text("v.manifest", "engines")
+        ),
         params![model, version as i64],
         |r| r.get(0),
     )?;
@@ -247,7 +250,11 @@ pub(crate) fn can_run(conn: &Connection, device: &str, required: &[String]) -> R
         return Ok(true);
     }
     let engines: Option<String> = conn
-        .query_row("SELECT json_extract(status, '$.engines') FROM devices WHERE id = ?1", params![device], |r| r.get(0))
+        .query_row(
+            &format!("SELECT {} FROM devices WHERE id = ?1", conn.dialect().json_text("status", "engines")),
+            params![device],
+            |r| r.get(0),
+        )
         .optional()?
         .flatten();
     let engines: Vec<String> = engines.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default();

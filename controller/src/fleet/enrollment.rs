@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::sql::{OptionalExtension, params};
 use edgefleet_shared::api::fleet::EnrollmentToken;
 use edgefleet_shared::fleet::{self, EnrollRequest, EnrollResponse, RequestAuthError};
 use edgefleet_shared::keys::PublicKey;
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{Fleet, FleetError};
 use edgefleet_shared::api::tokens::new_token;
@@ -75,9 +75,9 @@ impl Fleet {
             .db
             .call(move |conn| -> Result<i64, FleetError> {
                 let tx = conn.transaction()?;
-                tx.execute(
+                let id: i64 = tx.query_row(
                     "INSERT INTO enrollment_tokens (hash, uses_left, expires_at, labels, created_at, created_by)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
                     params![
                         hash_token(&t),
                         uses,
@@ -86,8 +86,8 @@ impl Fleet {
                         now(),
                         actor
                     ],
+                    |r| r.get(0),
                 )?;
-                let id = tx.last_insert_rowid();
                 db::audit(
                     &tx,
                     &actor,
@@ -111,7 +111,7 @@ impl Fleet {
         let settings = self.settings.clone();
         self.db
             .call(move |conn| -> Result<EnrollResponse, FleetError> {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn.transaction()?;
                 let row: Option<(i64, i64, i64, String, Option<i64>)> = tx
                     .query_row(
                         "SELECT id, uses_left, expires_at, labels, revoked_at FROM enrollment_tokens WHERE hash = ?1",

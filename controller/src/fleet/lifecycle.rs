@@ -1,8 +1,8 @@
 //! The device lifecycle after enrollment: relabelling, decommissioning (a stolen or retired
 //! device), and the enrollment tokens that let devices in.
 
+use crate::sql::{OptionalExtension as _, params};
 use edgefleet_shared::api::fleet::{DeviceInfo, EnrollmentTokenInfo, Relabel};
-use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 
 use super::enrollment::check_labels;
 use super::{Fleet, FleetError};
@@ -22,7 +22,7 @@ impl Fleet {
         let target = id.clone();
         self.db
             .call(move |conn| -> Result<(), FleetError> {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn.transaction()?;
                 let row: Option<(String, Option<i64>)> = tx
                     .query_row("SELECT labels, decommissioned_at FROM devices WHERE id = ?1", params![target], |r| {
                         Ok((r.get(0)?, r.get(1)?))
@@ -74,7 +74,7 @@ impl Fleet {
         let target = id.clone();
         self.db
             .call(move |conn| -> Result<(), FleetError> {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn.transaction()?;
                 let row: Option<Option<i64>> = tx
                     .query_row("SELECT decommissioned_at FROM devices WHERE id = ?1", params![target], |r| r.get(0))
                     .optional()?;
@@ -155,7 +155,7 @@ impl Fleet {
     pub async fn revoke_enrollment_token(&self, id: i64, actor: String) -> Result<(), FleetError> {
         self.db
             .call(move |conn| -> Result<(), FleetError> {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn.transaction()?;
                 let row: Option<Option<i64>> = tx
                     .query_row("SELECT revoked_at FROM enrollment_tokens WHERE id = ?1", params![id], |r| r.get(0))
                     .optional()?;

@@ -7,12 +7,12 @@ mod lifecycle;
 
 use std::sync::Arc;
 
+use crate::sql::{OptionalExtension, params};
 use edgefleet_shared::api::fleet::DeviceInfo;
 use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::DeviceStatus;
 use edgefleet_shared::keys::PublicKey;
 use edgefleet_shared::signature::SignedEnvelope;
-use rusqlite::{OptionalExtension, params};
 
 use crate::db::{Db, DbError, now};
 use crate::keyring::KeyRing;
@@ -52,8 +52,8 @@ pub enum FleetError {
     Ca(String),
 }
 
-impl From<rusqlite::Error> for FleetError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::sql::Error> for FleetError {
+    fn from(e: crate::sql::Error) -> Self {
         FleetError::Db(DbError::from(e))
     }
 }
@@ -171,7 +171,7 @@ impl Fleet {
                     "SELECT d.id, d.labels, d.enrolled_at, d.last_seen, d.status, s.model, s.version, s.sequence,
                             d.decommissioned_at, d.decommission_reason, d.offline_at
                      FROM devices d LEFT JOIN desired s ON s.device_id = d.id
-                     WHERE ?1 IS NULL OR d.id = ?1 ORDER BY d.id",
+                     WHERE CAST(?1 AS TEXT) IS NULL OR d.id = ?1 ORDER BY d.id",
                 )?;
                 let rows = stmt
                     .query_map(params![only], |r| {
@@ -209,17 +209,21 @@ impl Fleet {
 /// document arrived must not overwrite the one that says it was activated. Newer means a higher
 /// (last accepted document sequence, last activation's sequence); both only grow for a device
 /// id. The device counts as seen either way.
-fn store_status(conn: &rusqlite::Connection, device: &str, status: &DeviceStatus, at: i64) -> rusqlite::Result<()> {
+fn store_status(conn: &crate::sql::Connection, device: &str, status: &DeviceStatus, at: i64) -> crate::sql::Result<()> {
     let order =
         (status.last_sequence.unwrap_or(0) as i64, status.last_activation.as_ref().map_or(0, |a| a.sequence) as i64);
+    let d = conn.dialect();
     conn.execute(
-        "UPDATE devices SET
-             status = CASE WHEN status IS NULL
-                 OR (COALESCE(json_extract(status, '$.last_sequence'), 0),
-                     COALESCE(json_extract(status, '$.last_activation.sequence'), 0)) <= (?5, ?6)
-                 THEN ?1 ELSE status END,
-             last_seen = ?2, offline_at = NULL, trust_version = COALESCE(?3, trust_version)
-         WHERE id = ?4",
+        &format!(
+            "UPDATE devices SET
+                 status = CASE WHEN status IS NULL
+                     OR (COALESCE({}, 0), COALESCE({}, 0)) <= (?5, ?6)
+                     THEN ?1 ELSE status END,
+                 last_seen = ?2, offline_at = NULL, trust_version = COALESCE(?3, trust_version)
+             WHERE id = ?4",
+            d.json_int("status", "last_sequence"),
+            d.json_int("status", "last_activation.sequence"),
+        ),
         params![
             serde_json::to_string(status).unwrap_or_default(),
             at,
@@ -257,7 +261,7 @@ mod tests {
                 }),
                 ..DeviceStatus::default()
             };
-            let stored = |conn: &rusqlite::Connection| -> (u64, i64) {
+            let stored = |conn: &crate::sql::Connection| -> (u64, i64) {
                 conn.query_row("SELECT status, last_seen FROM devices WHERE id = 'd'", [], |r| {
                     let status: DeviceStatus = serde_json::from_str(&r.get::<_, String>(0)?).expect("status");
                     Ok((status.uptime_secs, r.get(1)?))

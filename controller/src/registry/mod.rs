@@ -10,12 +10,12 @@ mod deltas;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::sql::{Connection, OptionalExtension, params};
 use edgefleet_shared::api::models::{ArtifactInfo, ModelSummary, PushMetadata, VersionInfo};
 use edgefleet_shared::bundle::{ArtifactEntry, BUNDLE_FILE, BUNDLE_KIND, BundleManifest, Lineage, MODEL_FILE};
 use edgefleet_shared::keys::Signer;
 use edgefleet_shared::names::ModelName;
 use edgefleet_shared::signature::DocumentSignature;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::analytics::profile::ProfileOptions;
 use crate::db::{self, Db, DbError, now};
@@ -49,8 +49,8 @@ pub enum RegistryError {
     Db(#[from] DbError),
 }
 
-impl From<rusqlite::Error> for RegistryError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::sql::Error> for RegistryError {
+    fn from(e: crate::sql::Error) -> Self {
         RegistryError::Db(DbError::from(e))
     }
 }
@@ -159,18 +159,18 @@ impl Registry {
         let model = self.store.put(&model_bytes)?;
 
         self.db.call_blocking(|conn| -> Result<VersionInfo, RegistryError> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.transaction()?;
             let model_id = match tx
                 .query_row("SELECT id FROM models WHERE name = ?1", params![req.name], |r| r.get::<_, i64>(0))
                 .optional()?
             {
                 Some(id) => id,
                 None => {
-                    tx.execute(
-                        "INSERT INTO models (name, created_at, created_by) VALUES (?1, ?2, ?3)",
+                    tx.query_row(
+                        "INSERT INTO models (name, created_at, created_by) VALUES (?1, ?2, ?3) RETURNING id",
                         params![req.name, now(), actor],
-                    )?;
-                    tx.last_insert_rowid()
+                        |r| r.get(0),
+                    )?
                 }
             };
             let latest: Option<i64> =
@@ -340,7 +340,7 @@ impl Registry {
         }
         self.db
             .call(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn.transaction()?;
                 let model_id = model_id(&tx, &name)?;
                 version_exists(&tx, model_id, &name, version)?;
                 let previous: Option<i64> = tx
@@ -416,10 +416,10 @@ impl Registry {
     }
 }
 
-fn insert_artifact(conn: &Connection, a: &StoredArtifact) -> rusqlite::Result<()> {
+fn insert_artifact(conn: &Connection, a: &StoredArtifact) -> crate::sql::Result<()> {
     conn.execute(
-        "INSERT OR IGNORE INTO artifacts (sha256, size, compressed_sha256, compressed_size, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO artifacts (sha256, size, compressed_sha256, compressed_size, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
         params![a.sha256, a.size as i64, a.compressed_sha256, a.compressed_size as i64, now()],
     )?;
     Ok(())
@@ -487,7 +487,7 @@ pub fn resolve_version(conn: &Connection, name: &str, reference: &str) -> Result
 }
 
 /// The stored artifacts of `model:version`, by name.
-pub(crate) fn stored_artifacts(conn: &Connection, model: &str, version: u64) -> rusqlite::Result<Vec<ArtifactInfo>> {
+pub(crate) fn stored_artifacts(conn: &Connection, model: &str, version: u64) -> crate::sql::Result<Vec<ArtifactInfo>> {
     conn.prepare_cached(
         "SELECT va.name, a.sha256, a.size, a.compressed_sha256, a.compressed_size
          FROM version_artifacts va JOIN artifacts a ON a.sha256 = va.sha256

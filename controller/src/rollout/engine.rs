@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 
+use crate::sql::{Connection, OptionalExtension as _, params};
 use edgefleet_shared::api::rollouts::{DeviceOutcome, OnFail, RolloutState};
 use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::{DeviceStatus, wave_members};
-use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::decide::{Decision, Row, Verdict, decide, outcome};
 use super::records::{load, members};

@@ -16,11 +16,11 @@ mod plan;
 mod records;
 mod waiting;
 
+use crate::sql::{OptionalExtension as _, params};
 use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutRequest, RolloutState};
 use edgefleet_shared::clock::SharedClock;
 #[cfg(doc)]
 use edgefleet_shared::fleet::wave_members;
-use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 
 use crate::db::{self, Db};
 use crate::fleet::{Fleet, FleetError, matching_devices, version_artifacts};
@@ -52,7 +52,7 @@ impl Rollouts {
         let id = self
             .db
             .call(move |conn| -> Result<i64, FleetError> {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn.transaction()?;
                 let (_, version) = resolve_version(&tx, &req.model, &req.version)?;
                 version_artifacts(&tx, &req.model, version)?;
                 if !plan.allow_empty && matching_devices(&tx, &plan.selector)?.is_empty() {
@@ -75,12 +75,12 @@ impl Rollouts {
                         req.model
                     )));
                 }
-                tx.execute(
+                let id: i64 = tx.query_row(
                     "INSERT INTO rollouts (model, version, plan, state, wave, wave_started_at, created_at, updated_at, created_by)
-                     VALUES (?1, ?2, ?3, 'running', 0, ?4, ?4, ?4, ?5)",
+                     VALUES (?1, ?2, ?3, 'running', 0, ?4, ?4, ?4, ?5) RETURNING id",
                     params![req.model, version as i64, serde_json::to_string(&plan).unwrap_or_default(), at, actor],
+                    |r| r.get(0),
                 )?;
-                let id = tx.last_insert_rowid();
                 db::audit(&tx, &actor, "rollout.create", &format!("{id}"), serde_json::json!({"model": req.model, "version": version, "plan": plan}))?;
                 tx.commit()?;
                 Ok(id)
@@ -115,7 +115,7 @@ impl Rollouts {
         let changed = self
             .db
             .call(move |conn| -> Result<Vec<String>, FleetError> {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn.transaction()?;
                 let row = load(&tx, id)?;
                 let from = row.state;
                 let to = transition(from, action).ok_or_else(|| {
@@ -159,7 +159,7 @@ impl Rollouts {
                     .collect::<Result<_, _>>()?;
                 let mut changed = Vec::new();
                 for id in running {
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let tx = conn.transaction()?;
                     if let Some(lease) = &lease
                         && !crate::lease::holds(&tx, lease, crate::db::now() as u64)?
                     {

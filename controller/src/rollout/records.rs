@@ -1,8 +1,8 @@
 //! Reading rollouts and their devices back from SQLite.
 
+use crate::sql::{Connection, OptionalExtension as _, params};
 use edgefleet_shared::api::rollouts::{DeviceOutcome, RolloutDevice, RolloutInfo, RolloutState, WaveInfo};
 use edgefleet_shared::deployment::ModelRef;
-use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::decide::{Decision, Member, Row, decide, measure, outcome};
 use crate::fleet::FleetError;
@@ -16,18 +16,11 @@ pub(super) fn load(conn: &Connection, id: i64) -> Result<Row, FleetError> {
             Ok(Row {
                 id,
                 model: ModelRef { name: r.get(0)?, version: r.get::<_, i64>(1)? as u64 },
-                plan: serde_json::from_str(&r.get::<_, String>(2)?).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
-                })?,
+                plan: serde_json::from_str(&r.get::<_, String>(2)?).map_err(|e| crate::sql::Error::conversion(2, e))?,
                 state: {
                     let text: String = r.get(3)?;
-                    RolloutState::parse(&text).ok_or_else(|| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            3,
-                            rusqlite::types::Type::Text,
-                            format!("unknown rollout state {text:?}").into(),
-                        )
-                    })?
+                    RolloutState::parse(&text)
+                        .ok_or_else(|| crate::sql::Error::conversion(3, format!("unknown rollout state {text:?}")))?
                 },
                 wave: r.get::<_, i64>(4)? as usize,
                 wave_started_at: r.get::<_, i64>(5)? as u64,

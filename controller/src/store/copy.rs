@@ -32,7 +32,7 @@ struct Expected {
 /// Copies every recorded object of `from` into `to`. Blocking.
 pub fn copy(db: &Db, from: &FsStore, to: &S3Store) -> Result<CopyReport, StoreError> {
     let expected = db
-        .call_blocking(|conn| -> rusqlite::Result<Vec<Expected>> {
+        .call_blocking(|conn| -> crate::sql::Result<Vec<Expected>> {
             let mut all = Vec::new();
             let mut stmt =
                 conn.prepare("SELECT sha256, compressed_sha256, compressed_size FROM artifacts ORDER BY sha256")?;

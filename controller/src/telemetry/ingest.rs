@@ -12,9 +12,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::sql::{Connection, OptionalExtension as _, params};
 use edgefleet_shared::keys::PublicKey;
 use edgefleet_shared::telemetry::{ModelTelemetry, TelemetryBatch};
-use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::window::{WindowCounts, merge, window_start};
 use super::{Refusal, Telemetry, TelemetryError};
@@ -124,10 +124,13 @@ impl Telemetry {
         self.db
             .call(move |conn| -> Result<u64, TelemetryError> {
                 let tx = conn.transaction()?;
+                let greatest = tx.dialect().greatest("telemetry_floor.sequence", "excluded.sequence");
                 tx.execute(
-                    "INSERT INTO telemetry_floor (device_id, sequence)
-                     SELECT device_id, MAX(sequence) FROM telemetry_batches WHERE received_at < ?1 GROUP BY device_id
-                     ON CONFLICT(device_id) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+                    &format!(
+                        "INSERT INTO telemetry_floor (device_id, sequence)
+                         SELECT device_id, MAX(sequence) FROM telemetry_batches WHERE received_at < ?1 GROUP BY device_id
+                         ON CONFLICT(device_id) DO UPDATE SET sequence = {greatest}"
+                    ),
                     params![cutoff],
                 )?;
                 let mut deleted =
@@ -138,7 +141,7 @@ impl Telemetry {
                     "DELETE FROM telemetry_samples WHERE id IN (
                         SELECT id FROM (
                             SELECT id, ROW_NUMBER() OVER (PARTITION BY model, version ORDER BY at_ms DESC, id DESC) AS n
-                            FROM telemetry_samples) WHERE n > ?1)",
+                            FROM telemetry_samples) ranked WHERE n > ?1)",
                     params![cap],
                 )?;
                 tx.commit()?;
@@ -200,7 +203,8 @@ fn ingest_one(conn: &Connection, group: &mut Group, device: &str, frame: &[u8]) 
     let samples = batch.sample_count() as u64;
     let inserted = conn
         .prepare_cached(
-            "INSERT OR IGNORE INTO telemetry_batches (device_id, sequence, received_at, samples) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO telemetry_batches (device_id, sequence, received_at, samples) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
         )?
         .execute(params![device, seq, group.received as i64, samples as i64])?;
     if inserted == 0 {

@@ -92,8 +92,8 @@ impl From<&edgefleet_shared::telemetry::FrameError> for Refusal {
     }
 }
 
-impl From<rusqlite::Error> for TelemetryError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::sql::Error> for TelemetryError {
+    fn from(e: crate::sql::Error) -> Self {
         TelemetryError::Db(DbError::from(e))
     }
 }

@@ -5,11 +5,11 @@
 //! the output uses predicted-class counts (PSI, Jensen–Shannon, chi-squared). Definitions and
 //! thresholds: `crate::analytics::drift` and the README's drift section.
 
+use crate::sql::{Connection, OptionalExtension as _, params};
 use edgefleet_shared::api::telemetry::{Accuracy, DriftReport, FeatureDrift, OutputDrift};
 use edgefleet_shared::api::three_digits;
 use edgefleet_shared::bundle::BundleManifest;
 use edgefleet_shared::profile::{BaselineProfile, OutputProfile};
-use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{Telemetry, TelemetryError};
 use crate::analytics::drift;
@@ -247,7 +247,7 @@ pub fn merged(
 ) -> Result<Merged, TelemetryError> {
     let mut stmt = conn.prepare_cached(
         "SELECT rows, features, output_classes, labeled, correct FROM telemetry_windows
-         WHERE model = ?1 AND version = ?2 AND (?3 IS NULL OR device_group = ?3) AND window_start >= ?4 AND window_start < ?5",
+         WHERE model = ?1 AND version = ?2 AND (CAST(?3 AS TEXT) IS NULL OR device_group = ?3) AND window_start >= ?4 AND window_start < ?5",
     )?;
     let mut out = Merged::default();
     let rows = stmt.query_map(params![model, version as i64, group, from, to], |r| {
@@ -289,7 +289,7 @@ pub fn sample_rows(
 ) -> Result<Vec<Vec<f64>>, TelemetryError> {
     let mut stmt = conn.prepare_cached(
         "SELECT inputs FROM telemetry_samples
-         WHERE model = ?1 AND version = ?2 AND (?3 IS NULL OR device_group = ?3)
+         WHERE model = ?1 AND version = ?2 AND (CAST(?3 AS TEXT) IS NULL OR device_group = ?3)
            AND ((window_start >= ?4 AND window_start < ?5)
                 OR (window_start IS NULL AND at_ms >= ?4 * 1000 AND at_ms < ?5 * 1000))
          ORDER BY at_ms DESC, id DESC LIMIT ?6",
@@ -404,7 +404,7 @@ fn resolve(conn: &Connection, model: &str, version: Option<&str>) -> Result<u64,
 
 #[cfg(test)]
 mod tests {
-    use rusqlite::params;
+    use crate::sql::params;
 
     use super::*;
     use crate::db::Db;

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::sql::{Connection, OptionalExtension as _, params};
 use edgefleet_shared::api::telemetry::{Policy, RetrainRequest};
 use hmac::{KeyInit as _, Mac as _};
-use rusqlite::{Connection, OptionalExtension as _, params};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -64,7 +64,7 @@ impl Telemetry {
         self.db
             .call(move |conn| -> Result<Vec<RetrainRequest>, TelemetryError> {
                 let ids: Vec<i64> = conn
-                    .prepare("SELECT id FROM retrain_requests WHERE (?1 IS NULL OR model = ?1) ORDER BY id DESC")?
+                    .prepare("SELECT id FROM retrain_requests WHERE (CAST(?1 AS TEXT) IS NULL OR model = ?1) ORDER BY id DESC")?
                     .query_map(params![model], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 ids.into_iter().map(|id| load(conn, id as u64)).collect()

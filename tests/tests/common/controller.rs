@@ -23,6 +23,32 @@ pub struct ControllerProcess {
     /// Extra `edgefleet-agent run` arguments every agent of this controller needs (e.g. the CA
     /// of an external broker).
     pub agent_extra: Vec<String>,
+    /// The environment it was started with beyond the defaults, for its offline commands too.
+    pub env: Vec<(String, std::ffi::OsString)>,
+}
+
+/// `edgefleet-controller`, with the database of `data_dir` when the suite runs on PostgreSQL:
+/// `EDGEFLEET_TEST_POSTGRES` (a cluster's URL, set by tests/run.sh for its PostgreSQL pass) gives
+/// each data directory a schema of its own there, created on first use, named to the
+/// controller by `EDGEFLEET_DATABASE_URL`.
+pub fn controller_cmd(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(binary("edgefleet-controller"));
+    if let Some(url) = postgres_database(data_dir) {
+        cmd.env("EDGEFLEET_DATABASE_URL", url);
+    }
+    cmd
+}
+
+/// The PostgreSQL database URL for `data_dir`'s controllers, when the suite runs on PostgreSQL.
+pub fn postgres_database(data_dir: &Path) -> Option<String> {
+    use std::hash::{Hash as _, Hasher as _};
+    let cluster = std::env::var("EDGEFLEET_TEST_POSTGRES").ok()?;
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut hash);
+    let schema = format!("t{:016x}", hash.finish());
+    super::postgres::create_schema(&cluster, &schema);
+    let sep = if cluster.contains('?') { '&' } else { '?' };
+    Some(format!("{cluster}{sep}options=-csearch_path%3D{schema}"))
 }
 
 impl ControllerProcess {
@@ -41,7 +67,7 @@ impl ControllerProcess {
     /// [`ControllerProcess::start_with`] with extra environment variables.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> ControllerProcess {
         let listen = if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] };
-        let mut child = Command::new(binary("edgefleet-controller"))
+        let mut child = controller_cmd(data_dir)
             .arg("serve")
             .args(listen)
             .arg("--data-dir")
@@ -88,6 +114,7 @@ impl ControllerProcess {
                     stderr: erx,
                     ca_file: None,
                     agent_extra: Vec::new(),
+                    env: env.iter().map(|(k, v)| ((*k).to_owned(), v.as_os_str().to_owned())).collect(),
                 };
             }
         }
@@ -115,7 +142,8 @@ impl ControllerProcess {
     /// Writes this controller's trust file (`edgefleet-controller public-key`) into `dir`.
     pub fn trust_file(&self, dir: &Path) -> PathBuf {
         let trust = dir.join("trust.json");
-        let out = Command::new(binary("edgefleet-controller"))
+        let out = controller_cmd(&self.data_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["public-key", "--data-dir"])
             .arg(&self.data_dir)
             .arg("--out")

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod device;
 pub mod mosquitto;
 pub mod pki;
+pub mod postgres;
 pub mod proxy;
 pub mod seaweed;
 pub mod telemetry;

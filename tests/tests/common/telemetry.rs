@@ -115,14 +115,26 @@ pub struct StoredSample {
 
 /// Every sampled row the controller stored for iris, read-only, in id order.
 pub fn stored_samples(controller_data: &Path) -> Vec<StoredSample> {
+    const QUERY: &str =
+        "SELECT device_id, request_id, inputs, at_ms FROM telemetry_samples WHERE model = 'iris' ORDER BY id";
+    if let Some(url) = super::controller::postgres_database(controller_data) {
+        // psql's unaligned rows: NULL prints as the marker, fields split on the unit separator.
+        return super::postgres::Postgres::rows(&url, QUERY)
+            .into_iter()
+            .map(|f| StoredSample {
+                device: f[0].clone(),
+                request_id: (f[1] != super::postgres::NULL).then(|| f[1].clone()),
+                inputs: serde_json::from_str(&f[2]).unwrap_or_default(),
+                at_ms: f[3].parse().expect("at_ms"),
+            })
+            .collect();
+    }
     let conn = rusqlite::Connection::open_with_flags(
         controller_data.join("controller.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("open the controller database");
-    let mut stmt = conn
-        .prepare("SELECT device_id, request_id, inputs, at_ms FROM telemetry_samples WHERE model = 'iris' ORDER BY id")
-        .expect("query");
+    let mut stmt = conn.prepare(QUERY).expect("query");
     stmt.query_map([], |r| {
         Ok(StoredSample {
             device: r.get(0)?,
