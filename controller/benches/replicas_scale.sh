@@ -2,17 +2,20 @@
 # Controller replicas (BENCHMARKS.md §10): N simulated devices (`edgefleet sim`: real enrollment,
 # one MQTT connection each, signed status every 30 s, telemetry every 60 s with 10 samples)
 # through an external Mosquitto, handled by 1 or by 2 controller replicas sharing one data
-# directory (SQLite) with a shared subscription ([mqtt] shared_group). Measures enroll + connect
+# directory with a shared subscription for telemetry ([mqtt] shared_group), on its SQLite or,
+# with DATABASE=postgres, on a PostgreSQL cluster of their own (tests/postgres-cluster.sh). Measures enroll + connect
 # time, status and telemetry recorded per second by each replica, a rollout to 100% (waves
 # 1,10,50,100, bake 0; stepped by the lease holder), and CPU and RSS of each replica and of the
 # broker. Mosquitto here takes any login on loopback (the benchmark measures load, not access
 # control; tests/tests/replicas.rs covers the dynamic-security set-up).
 #
-# Usage: controller/benches/replicas_scale.sh [N...]   (default: 2000 5000 10000)
-# Uses the binaries in target/debug (cargo build --workspace) and Debian's mosquitto.
+# Usage: [DATABASE=postgres] [REPLICAS="1 2"] controller/benches/replicas_scale.sh [N...]
+#        (default: 2000 5000 10000)
+# Uses the binaries in $BIN (default target/debug; cargo build --workspace), Debian's mosquitto
+# and, for DATABASE=postgres, Debian's postgresql.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=target/debug
+BIN=${BIN:-target/debug}
 TOKEN=replicas-scale-admin-token-0123
 counts=("$@"); (( ${#counts[@]} )) || counts=(2000 5000 10000)
 ulimit -n "$(ulimit -Hn)"
@@ -29,10 +32,17 @@ for n in "${counts[@]}"; do
     "$MOSQUITTO" -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
     mpid=$!
     until (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; do sleep 0.1; done
+    database=""
+    if [[ ${DATABASE:-sqlite} == postgres ]]; then
+      chmod 755 "$work"
+      cluster=$(tests/postgres-cluster.sh start "$work/pg")
+      psql "$cluster" -qc 'CREATE DATABASE edgefleet'
+      database=$(printf '[database]\nurl = "%s"\n' "${cluster%/postgres}/edgefleet")
+    fi
     pids=(); urls=()
     for r in $(seq 1 "$replicas"); do
-      printf '[server]\nreplica_id = "r%s"\n[mqtt]\nurl = "mqtt://127.0.0.1:%s"\nclient_id = "replica-%s"\nshared_group = "edgefleet"\n' \
-        "$r" "$port" "$r" >"$work/r$r.toml"
+      printf '[server]\nreplica_id = "r%s"\n[mqtt]\nurl = "mqtt://127.0.0.1:%s"\nclient_id = "replica-%s"\nshared_group = "edgefleet"\n%s\n' \
+        "$r" "$port" "$r" "$database" >"$work/r$r.toml"
       EDGEFLEET_ADMIN_TOKEN=$TOKEN $BIN/edgefleet-controller serve --data-dir "$work/c" --listen 127.0.0.1:0 \
         --config "$work/r$r.toml" >"$work/r$r.out" 2>"$work/r$r.log" &
       pids+=($!)
@@ -75,6 +85,7 @@ for n in "${counts[@]}"; do
     echo "devices=$n replicas=$replicas rollout_to_100pct_s=$(echo "$r1 - $r0" | bc) status_shed:$shed"
     kill $spid "${pids[@]}"; wait $spid "${pids[@]}" 2>/dev/null || true
     kill $mpid; wait $mpid 2>/dev/null || true
+    [[ -n $database ]] && tests/postgres-cluster.sh stop "$work/pg"
     [[ -n ${KEEP:-} ]] && echo "kept $work" || rm -rf "$work"
   done
 done

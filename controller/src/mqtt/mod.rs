@@ -138,7 +138,12 @@ impl Mqtt {
         let (client, mut events) = AsyncClient::new(options, 1_000);
         let dynsec = broker.dynamic_security.then(|| Arc::new(dynsec::Dynsec::default()));
         let mqtt = Mqtt { client, prefix: prefix.to_owned(), dynsec };
-        // Replicas: each status and telemetry message to one member of the group.
+        // Replicas: each telemetry batch to one member of the group. Statuses go to every
+        // replica: a broker keeps dealing a shared subscription's messages to a member whose
+        // persistent session is offline (Mosquitto 2 does: QoS 0 dropped, QoS 1 queued until it
+        // returns), so while one replica is down the heartbeats of a fixed subset of devices,
+        // those whose turn falls on it, would never arrive. A status is a latest-wins heartbeat
+        // (crate::fleet keeps the newer one), so storing it in every replica is safe.
         let share = broker.shared_group.map(|g| format!("$share/{g}/")).unwrap_or_default();
         if mqtt.dynsec.is_some() {
             // Besides every connect: whatever a lost answer or a race left behind is mended.
@@ -184,8 +189,10 @@ impl Mqtt {
                         let (this, fleet, share) = (this.clone(), fleet.clone(), share.clone());
                         tokio::spawn(async move {
                             let answers = this.dynsec.as_ref().map(|_| dynsec::RESPONSE_TOPIC.to_owned());
-                            let filters = [topics::status(&this.prefix, "+"), topics::telemetry(&this.prefix, "+")]
-                                .map(|f| format!("{share}{f}"));
+                            let filters = [
+                                topics::status(&this.prefix, "+"),
+                                format!("{share}{}", topics::telemetry(&this.prefix, "+")),
+                            ];
                             for filter in answers.into_iter().chain(filters) {
                                 if let Err(e) = this.client.subscribe(&filter, QoS::AtLeastOnce).await {
                                     tracing::warn!(%filter, error = %e, "Cannot subscribe.");
