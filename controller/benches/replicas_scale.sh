@@ -83,6 +83,12 @@ for n in "${counts[@]}"; do
     shed=""
     for i in "${!pids[@]}"; do shed+=" r$((i + 1))=$(metric "${urls[$i]}" edgefleet_controller_status_shed_total)"; done
     echo "devices=$n replicas=$replicas rollout_to_100pct_s=$(echo "$r1 - $r0" | bc) status_shed:$shed"
+    if [[ -n $database ]]; then
+      # What the database holds now: bytes (with indexes) and rows of its largest tables.
+      echo "devices=$n replicas=$replicas database_bytes=$(psql "${cluster%/postgres}/edgefleet" -Atc 'SELECT pg_database_size(current_database())')" \
+        "$(psql "${cluster%/postgres}/edgefleet" -Atc "SELECT string_agg(format('%s=%s rows/%s bytes', relname, n_live_tup,
+           pg_total_relation_size(relid)), ' ' ORDER BY pg_total_relation_size(relid) DESC) FROM pg_stat_user_tables")"
+    fi
     kill $spid "${pids[@]}"; wait $spid "${pids[@]}" 2>/dev/null || true
     kill $mpid; wait $mpid 2>/dev/null || true
     [[ -n $database ]] && tests/postgres-cluster.sh stop "$work/pg"

@@ -104,6 +104,72 @@ pub struct Mqtt {
     dynsec: Option<Arc<dynsec::Dynsec>>,
 }
 
+/// The client options for `broker`: a persistent session with manual acknowledgements.
+fn client_options(
+    broker: &Broker,
+    client_id: &str,
+    tls: Option<Arc<ClientConfig>>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<MqttOptions, Error> {
+    let url = parse_mqtt_url(&broker.url).map_err(Error::Config)?;
+    let mut options = MqttOptions::new(client_id, url.host, url.port);
+    options.set_clean_session(false);
+    options.set_manual_acks(true);
+    if let Some(login) = &broker.login {
+        options.set_credentials(login.username.clone(), login.password.clone());
+    }
+    if url.tls {
+        let tls = match &broker.certificate {
+            Some((cert, key)) => edgefleet_service::tls::client_config_with_certificate_files(ca_file, cert, key)
+                .map_err(|e| Error::Config(format!("mqtt.client_cert: {e}")))?,
+            None => tls.ok_or_else(|| Error::Config(format!("{} needs TLS but none is configured", broker.url)))?,
+        };
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(MAX_MQTT_PACKET_BYTES, MAX_MQTT_PACKET_BYTES);
+    Ok(options)
+}
+
+/// A replica's status link: a clean session subscribed to the shared status filter, feeding
+/// the same worker as the main link (statuses are QoS 0: nothing to acknowledge), reconnecting
+/// with backoff.
+fn status_link(options: MqttOptions, filter: String, work: mpsc::UnboundedSender<Publish>, backlog: Arc<AtomicUsize>) {
+    let (client, mut events) = AsyncClient::new(options, 1_000);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(100);
+                    let (client, filter) = (client.clone(), filter.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = client.subscribe(&filter, QoS::AtMostOnce).await {
+                            tracing::warn!(%filter, error = %e, "Cannot subscribe.");
+                        }
+                    });
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+                        metrics::counter!(crate::metric::STATUS_SHED).increment(1);
+                        continue;
+                    }
+                    backlog.fetch_add(1, Ordering::Relaxed);
+                    if work.send(p).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT status link lost; reconnecting.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+}
+
 impl Mqtt {
     /// Connects to `url` and keeps the connection (reconnecting with backoff) in a task that
     /// subscribes to device status and republishes every desired document after each connect
@@ -118,33 +184,17 @@ impl Mqtt {
         tls: Option<Arc<ClientConfig>>,
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self, Error> {
-        let url = parse_mqtt_url(&broker.url).map_err(Error::Config)?;
-        let mut options = MqttOptions::new(client_id, url.host, url.port);
-        options.set_clean_session(false);
-        options.set_manual_acks(true);
-        if let Some(login) = &broker.login {
-            options.set_credentials(login.username.clone(), login.password.clone());
-        }
-        if url.tls {
-            let tls = match &broker.certificate {
-                Some((cert, key)) => edgefleet_service::tls::client_config_with_certificate_files(ca_file, cert, key)
-                    .map_err(|e| Error::Config(format!("mqtt.client_cert: {e}")))?,
-                None => tls.ok_or_else(|| Error::Config(format!("{} needs TLS but none is configured", broker.url)))?,
-            };
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-        }
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_max_packet_size(MAX_MQTT_PACKET_BYTES, MAX_MQTT_PACKET_BYTES);
+        let options = client_options(&broker, client_id, tls.clone(), ca_file)?;
         let (client, mut events) = AsyncClient::new(options, 1_000);
         let dynsec = broker.dynamic_security.then(|| Arc::new(dynsec::Dynsec::default()));
         let mqtt = Mqtt { client, prefix: prefix.to_owned(), dynsec };
-        // Replicas: each telemetry batch to one member of the group. Statuses go to every
-        // replica: a broker keeps dealing a shared subscription's messages to a member whose
-        // persistent session is offline (Mosquitto 2 does: QoS 0 dropped, QoS 1 queued until it
-        // returns), so while one replica is down the heartbeats of a fixed subset of devices,
-        // those whose turn falls on it, would never arrive. A status is a latest-wins heartbeat
-        // (crate::fleet keeps the newer one), so storing it in every replica is safe.
-        let share = broker.shared_group.map(|g| format!("$share/{g}/")).unwrap_or_default();
+        // Replicas: each message to one member of the group. Telemetry on this persistent
+        // session (a dead replica's share waits in the broker for its return); statuses on a
+        // second, clean session ([`status_link`]): brokers keep dealing a shared subscription's
+        // messages to a member whose persistent session is offline (Mosquitto 2 does, dropping
+        // QoS 0), so a dead replica would otherwise swallow the heartbeats of the devices whose
+        // turn falls on it; a clean session ends with its connection.
+        let share = broker.shared_group.as_ref().map(|g| format!("$share/{g}/")).unwrap_or_default();
         if mqtt.dynsec.is_some() {
             // Besides every connect: whatever a lost answer or a race left behind is mended.
             let (this, fleet) = (mqtt.clone(), fleet.clone());
@@ -179,6 +229,12 @@ impl Mqtt {
                 worker.handle(&telemetry, &fleet_worker, group, &depth).await;
             }
         });
+        if let Some(group) = &broker.shared_group {
+            let mut options = client_options(&broker, &format!("{client_id}-status"), tls, ca_file)?;
+            options.set_clean_session(true);
+            let filter = format!("$share/{group}/{}", topics::status(prefix, "+"));
+            status_link(options, filter, work.clone(), backlog.clone());
+        }
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -189,10 +245,9 @@ impl Mqtt {
                         let (this, fleet, share) = (this.clone(), fleet.clone(), share.clone());
                         tokio::spawn(async move {
                             let answers = this.dynsec.as_ref().map(|_| dynsec::RESPONSE_TOPIC.to_owned());
-                            let filters = [
-                                topics::status(&this.prefix, "+"),
-                                format!("{share}{}", topics::telemetry(&this.prefix, "+")),
-                            ];
+                            let status = share.is_empty().then(|| topics::status(&this.prefix, "+"));
+                            let telemetry = format!("{share}{}", topics::telemetry(&this.prefix, "+"));
+                            let filters = status.into_iter().chain([telemetry]);
                             for filter in answers.into_iter().chain(filters) {
                                 if let Err(e) = this.client.subscribe(&filter, QoS::AtLeastOnce).await {
                                     tracing::warn!(%filter, error = %e, "Cannot subscribe.");
