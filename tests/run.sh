@@ -93,7 +93,8 @@ with_postgres() {
   rm -rf "$cluster"
   EDGEFLEET_TEST_POSTGRES="$(tests/postgres-cluster.sh start "$cluster")"
   export EDGEFLEET_TEST_POSTGRES
-  trap 'tests/postgres-cluster.sh stop "$cluster" >/dev/null 2>&1 || true; rm -rf "$cluster"' EXIT
+  # Expanded now: the function's locals are gone when the trap runs.
+  trap "tests/postgres-cluster.sh stop '$cluster' >/dev/null 2>&1 || true; rm -rf '$cluster'" EXIT
   cargo nextest run --workspace --all-features "$@"
 }
 

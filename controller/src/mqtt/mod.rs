@@ -131,6 +131,17 @@ fn client_options(
     Ok(options)
 }
 
+/// Hands a received message to the worker; false once the worker is gone. Heartbeats (QoS 0)
+/// are shed under overload; QoS 1 waits its turn.
+fn enqueue(p: Publish, work: &mpsc::UnboundedSender<Publish>, backlog: &AtomicUsize) -> bool {
+    if p.qos == QoS::AtMostOnce && backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+        metrics::counter!(crate::metric::STATUS_SHED).increment(1);
+        return true;
+    }
+    backlog.fetch_add(1, Ordering::Relaxed);
+    work.send(p).is_ok()
+}
+
 /// A replica's status link: a clean session subscribed to the shared status filter, feeding
 /// the same worker as the main link (statuses are QoS 0: nothing to acknowledge), reconnecting
 /// with backoff.
@@ -150,12 +161,7 @@ fn status_link(options: MqttOptions, filter: String, work: mpsc::UnboundedSender
                     });
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
-                        metrics::counter!(crate::metric::STATUS_SHED).increment(1);
-                        continue;
-                    }
-                    backlog.fetch_add(1, Ordering::Relaxed);
-                    if work.send(p).is_err() {
+                    if !enqueue(p, &work, &backlog) {
                         return;
                     }
                 }
@@ -269,13 +275,7 @@ impl Mqtt {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        // Heartbeats (QoS 0) are shed under overload; QoS 1 waits its turn.
-                        if p.qos == QoS::AtMostOnce && backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
-                            metrics::counter!(crate::metric::STATUS_SHED).increment(1);
-                            continue;
-                        }
-                        backlog.fetch_add(1, Ordering::Relaxed);
-                        if work.send(p).is_err() {
+                        if !enqueue(p, &work, &backlog) {
                             return;
                         }
                     }
