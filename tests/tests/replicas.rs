@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::controller::ControllerProcess;
+use common::controller::{ControllerProcess, LEADS, kill_leader_mid_rollout};
 use common::device::TestDevice;
 use common::mosquitto::MosquittoSetup;
 use common::telemetry::iris_batch;
@@ -79,10 +79,7 @@ async fn two_replicas_split_telemetry_and_one_finishes_the_rollout_of_the_other(
         )
     };
     let a = ControllerProcess::start_with(&data, &strs(&args("a")));
-    until("replica a holds the lease", 30, async || {
-        a.stderr.try_iter().any(|l| l.contains("This replica runs the background work"))
-    })
-    .await;
+    until("replica a holds the lease", 30, async || a.stderr.try_iter().any(|l| l.contains(LEADS))).await;
     let mut b = ControllerProcess::start_with(&data, &strs(&args("b")));
     b.agent_extra = setup.agent_args();
 
@@ -113,30 +110,13 @@ async fn two_replicas_split_telemetry_and_one_finishes_the_rollout_of_the_other(
     let created =
         a.cli_json(&["rollout", "create", "iris:1", "--selector", "fleet=r", "--waves", "34,67,100", "--bake", "4s"]);
     let id = created["id"].to_string();
-    until("the first wave serving", 60, async || {
-        b.cli_json(&["rollout", "status", &id])["devices"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|d| d["outcome"] == "serving"))
-    })
-    .await;
-    let status = b.cli_json(&["rollout", "status", &id]);
-    assert_eq!((status["state"].as_str(), status["wave"].as_u64()), (Some("running"), Some(1)), "{status}");
-    let before: Vec<String> = b.stderr.try_iter().collect();
-    assert!(!before.iter().any(|l| l.contains("This replica runs the background work")), "b never led before");
-    let mut a = a;
-    a.child.kill().expect("kill -9");
-    let _ = a.child.wait();
-    let killed = std::time::Instant::now();
-    until("the rollout completed by replica b", 90, async || {
-        b.cli_json(&["rollout", "status", &id])["state"] == "completed"
-    })
-    .await;
-    eprintln!("the rollout completed {:.1} s after its owner was killed", killed.elapsed().as_secs_f64());
+    let took = kill_leader_mid_rollout(a, &b, &id).await;
+    eprintln!("the rollout completed {took:.1} s after its owner was killed");
     for agent in &agents {
         agent.wait_serving("iris", "1").await;
     }
     let log: Vec<String> = b.stderr.try_iter().collect();
-    assert!(log.iter().any(|l| l.contains("This replica runs the background work")), "{}", log.join("\n"));
+    assert!(log.iter().any(|l| l.contains(LEADS)), "{}", log.join("\n"));
     let audit = b.cli_json(&["audit", "--limit", "500"]);
     let advanced = audit
         .as_array()

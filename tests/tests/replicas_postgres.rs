@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::controller::{ADMIN, ControllerProcess, controller_cmd};
+use common::controller::{ADMIN, ControllerProcess, LEADS, controller_cmd, kill_leader_mid_rollout};
 use common::device::TestDevice;
 use common::mosquitto::MosquittoSetup;
 use common::postgres::Postgres;
@@ -43,10 +43,7 @@ fn replica_args(setup: &MosquittoSetup, dir: &Path, name: &str, database: &str, 
 }
 
 async fn leads(c: &ControllerProcess) {
-    until("a replica holding the lease", 30, async || {
-        c.stderr.try_iter().any(|l| l.contains("This replica runs the background work"))
-    })
-    .await;
+    until("a replica holding the lease", 30, async || c.stderr.try_iter().any(|l| l.contains(LEADS))).await;
 }
 
 async fn accepted(c: &ControllerProcess) -> f64 {
@@ -158,23 +155,8 @@ async fn replicas_on_postgres_s3_and_mosquitto_run_the_whole_loop_through_a_repl
         "error_rate<0.05",
     ]);
     let id = created["id"].to_string();
-    until("the first wave serving", 60, async || {
-        b.cli_json(&["rollout", "status", &id])["devices"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|d| d["outcome"] == "serving"))
-    })
-    .await;
-    let status = b.cli_json(&["rollout", "status", &id]);
-    assert_eq!((status["state"].as_str(), status["wave"].as_u64()), (Some("running"), Some(1)), "{status}");
-    let mut a = a;
-    a.child.kill().expect("kill -9");
-    let _ = a.child.wait();
-    let killed = Instant::now();
-    until("the rollout completed by replica b", 90, async || {
-        b.cli_json(&["rollout", "status", &id])["state"] == "completed"
-    })
-    .await;
-    eprintln!("the rollout completed {:.1} s after its owner was killed", killed.elapsed().as_secs_f64());
+    let took = kill_leader_mid_rollout(a, &b, &id).await;
+    eprintln!("the rollout completed {took:.1} s after its owner was killed");
     traffic.abort();
     for agent in &agents {
         agent.wait_serving("iris", "1").await;

@@ -51,6 +51,33 @@ pub fn postgres_database(data_dir: &Path) -> Option<String> {
     Some(format!("{cluster}{sep}options=-csearch_path%3D{schema}"))
 }
 
+/// The replica failover both replica tests run: waits until rollout `id` serves its first wave
+/// (seen through `survivor`, which must not have led the background work so far), kills
+/// `leader` with SIGKILL, and waits until `survivor` completes the rollout; the seconds that took.
+pub async fn kill_leader_mid_rollout(mut leader: ControllerProcess, survivor: &ControllerProcess, id: &str) -> f64 {
+    until("the first wave serving", 60, async || {
+        survivor.cli_json(&["rollout", "status", id])["devices"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|d| d["outcome"] == "serving"))
+    })
+    .await;
+    let status = survivor.cli_json(&["rollout", "status", id]);
+    assert_eq!((status["state"].as_str(), status["wave"].as_u64()), (Some("running"), Some(1)), "{status}");
+    let before: Vec<String> = survivor.stderr.try_iter().collect();
+    assert!(!before.iter().any(|l| l.contains(LEADS)), "the survivor never led before");
+    leader.child.kill().expect("kill -9");
+    let _ = leader.child.wait();
+    let killed = Instant::now();
+    until("the rollout completed by the survivor", 90, async || {
+        survivor.cli_json(&["rollout", "status", id])["state"] == "completed"
+    })
+    .await;
+    killed.elapsed().as_secs_f64()
+}
+
+/// What the replica holding the background lease logs when it takes it.
+pub const LEADS: &str = "This replica runs the background work";
+
 impl ControllerProcess {
     /// Starts `edgefleet-controller serve --data-dir DIR --listen 127.0.0.1:0` with its
     /// embedded broker on a free port.
