@@ -35,6 +35,14 @@ pub enum DbError {
     /// A blocking task failed.
     #[error("database task failed: {0}")]
     Task(String),
+    /// A migration would leave a row referring to one that does not exist.
+    #[error("migration {version} leaves a broken reference in {table}")]
+    BrokenReference {
+        /// The migration.
+        version: usize,
+        /// The table holding the reference.
+        table: String,
+    },
 }
 
 impl From<rusqlite::Error> for DbError {
@@ -172,10 +180,14 @@ impl Db {
         .map_err(|e| E::from(DbError::Task(e.to_string())))?
     }
 
-    /// Runs `f` synchronously (start-up, tests). PostgreSQL's client runs its own runtime, which
-    /// cannot start inside another's, so there `f` runs on a thread of its own.
+    /// Runs `f` synchronously (start-up, blocking tasks, tests). PostgreSQL's client runs its own
+    /// runtime, which cannot start inside another's, so there `f` may run on a thread of its own;
+    /// SQLite runs on this one.
     pub fn call_blocking<T: Send>(&self, f: impl FnOnce(&mut Connection) -> T + Send) -> T {
-        off_runtime(|| f(&mut self.lock()))
+        match self.dialect() {
+            Dialect::Sqlite => f(&mut self.lock()),
+            Dialect::Postgres => off_runtime(|| f(&mut self.lock())),
+        }
     }
 }
 
@@ -225,10 +237,7 @@ fn migrate_sqlite(conn: &mut Connection) -> Result<(), DbError> {
             tx.execute_batch(sql)?;
             let broken: Option<String> = tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
             if let Some(table) = broken {
-                return Err(DbError::Sql(sql::Error::Parameter(format!(
-                    "migration {} leaves a broken reference in {table}",
-                    ix + 1
-                ))));
+                return Err(DbError::BrokenReference { version: ix + 1, table });
             }
             tx.execute_batch(&format!("PRAGMA user_version = {}", ix + 1))?;
             tx.commit()?;
