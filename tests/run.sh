@@ -8,8 +8,10 @@
 #   EDGEFLEET_TEST_DATABASE=postgres ./tests/run.sh -E 'binary(fleet)'   # those on PostgreSQL
 #
 # Installs (each only when missing): Debian packages — mosquitto (the external-broker tests
-# start their own), postgresql (tests/postgres-cluster.sh starts throwaway clusters), prometheus (promtool and a server for tests/tests/ops_kit.rs), python3-venv (a virtual environment with tests/clients/requirements.txt —
-# tritonclient, pandas, polars, MLflow, scikit-learn, skl2onnx, SeaweedFS (`weed`) — in target/test-venv), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
+# start their own), postgresql (tests/postgres-cluster.sh starts throwaway clusters), prometheus (promtool and a server for tests/tests/ops_kit.rs), chromium (headless, for the
+# console's browser test tests/tests/console.rs), python3-venv (a virtual environment with tests/clients/requirements.txt —
+# tritonclient, pandas, polars, MLflow, scikit-learn, skl2onnx, SeaweedFS (`weed`), Playwright (driving
+# the system Chromium; its own browser download is not used) — in target/test-venv), and with EDGEFLEET_IMAGE_TEST=1 debootstrap, e2fsprogs, qemu-utils and
 # qemu-system-x86 for the device-image test; cargo-nextest; libonnxruntime.so from the PyPI
 # onnxruntime wheel (agent/scripts/fetch-onnxruntime.sh) for the ONNX Runtime suite. It builds
 # the agent's release-edge profile too (the profile devices ship), for the engine fault test.
@@ -27,6 +29,7 @@ need=()
 have mosquitto || need+=(mosquitto)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && have psql || need+=(postgresql)
 have promtool || need+=(prometheus)
+have chromium || need+=(chromium)
 have python3 || need+=(python3 python3-pip)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 qemu=0

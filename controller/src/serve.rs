@@ -196,6 +196,7 @@ pub fn in_process(
         telemetry,
         ca: opened.ca,
         prometheus: crate::observability::prometheus(),
+        secure_cookies: false,
     };
     Ok((state, admin))
 }
@@ -288,6 +289,7 @@ pub async fn run(
         publisher,
         ca: opened.ca.clone(),
         prometheus: crate::observability::prometheus(),
+        secure_cookies: server_tls.is_some(),
     };
     let addr = config.server.listen;
     let listener = std::net::TcpListener::bind(addr)

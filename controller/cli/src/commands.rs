@@ -82,6 +82,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 state: f.state,
                 active: f.active,
                 offline_for_secs: f.offline_for.map(|d| d.as_secs()),
+                ..DeviceQuery::default()
             };
             output::devices(out, &client.devices(&query).await?);
         }

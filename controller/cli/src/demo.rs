@@ -453,6 +453,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         "  edgefleet model show iris:2 | edgefleet drift report iris:1 | edgefleet retrain show {id} | edgefleet rollout list"
     );
     say!("  curl {}/v2/models/iris        logs: {}", urls[0], logs.display());
+    say!("  console: {}/ui/  (sign in with the token above)", controller.url);
     if args.keep {
         say!("Leaving everything running; Ctrl-C stops it.");
         let _ = tokio::signal::ctrl_c().await;

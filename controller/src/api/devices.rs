@@ -4,11 +4,11 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{OriginalUri, Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use edgefleet_shared::api::fleet::{
     CreateEnrollmentToken, Decommission, DeployRequest, DeviceInfo, DeviceQuery, EnrollmentToken, EnrollmentTokenInfo,
-    Issued, Relabel,
+    Issued, Relabel, TOTAL_COUNT_HEADER,
 };
 use edgefleet_shared::api::tokens::Role;
 use edgefleet_shared::fleet::{
@@ -234,18 +234,32 @@ pub(super) async fn status(
 }
 
 /// Lists devices, filtered (decommissioned ones only when asked for by `state`).
-#[utoipa::path(get, path = "/api/v1/devices", params(DeviceQuery), responses((status = 200, body = Vec<DeviceInfo>)))]
+#[utoipa::path(get, path = "/api/v1/devices", params(DeviceQuery), responses((status = 200, body = Vec<DeviceInfo>, headers(("x-total-count" = u64, description = "Devices matching, before limit and offset")))))]
 pub(super) async fn list(
     caller: Caller,
     State(state): State<AppState>,
     Query(q): Query<DeviceQuery>,
-) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
+) -> Result<([(HeaderName, String); 1], Json<Vec<DeviceInfo>>), ApiError> {
     caller.require(Role::Viewer)?;
     let labels = q.labels().map_err(ApiError::bad_request)?;
     let now = crate::db::now() as u64;
     let mut devices = state.fleet.devices(None).await?;
     devices.retain(|d| q.matches(d, &labels, now));
-    Ok(Json(devices))
+    let total = devices.len();
+    let page: Vec<DeviceInfo> =
+        devices.into_iter().skip(q.offset.unwrap_or(0)).take(q.limit.unwrap_or(usize::MAX)).collect();
+    Ok(([(HeaderName::from_static(TOTAL_COUNT_HEADER), total.to_string())], Json(page)))
+}
+
+/// A device's error rate and latency over time, a point a minute, oldest first.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/metrics", responses((status = 200, body = Vec<edgefleet_shared::api::console::DeviceMetricPoint>), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
+pub(super) async fn metrics(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<edgefleet_shared::api::console::DeviceMetricPoint>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.fleet.metrics(id).await?))
 }
 
 /// One device.

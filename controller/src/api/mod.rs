@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod caller;
+mod console;
 mod devices;
 mod error;
 mod models;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub ca: std::sync::Arc<crate::device_ca::DeviceCa>,
     /// Renders `/metrics`.
     pub prometheus: PrometheusHandle,
+    /// Whether console session cookies are marked `Secure` (the listener serves TLS).
+    pub secure_cookies: bool,
 }
 
 /// The OpenAPI description of `/api/v1`.
@@ -50,7 +53,7 @@ pub struct AppState {
 #[openapi(
     info(
         title = "edgefleet controller API",
-        description = "Model registry, artifacts, tokens, audit log, fleet, rollouts, drift and retraining. Every route needs `Authorization: Bearer <token>` except the OpenAPI document."
+        description = "Model registry, artifacts, tokens, audit log, fleet, rollouts, drift and retraining. Every route needs `Authorization: Bearer <token>` (or the console's session cookie, with `X-CSRF-Token` on state-changing requests) except the OpenAPI document and signing in."
     ),
     paths(
         models::list_models,
@@ -85,8 +88,15 @@ pub struct AppState {
         rollouts::list,
         rollouts::show,
         rollouts::act,
+        rollouts::history,
+        devices::metrics,
+        console::overview,
+        console::sign_in,
+        console::current,
+        console::sign_out,
         telemetry::version_drift,
         telemetry::model_drift,
+        telemetry::drift_history,
         telemetry::get_policy,
         telemetry::set_policy,
         telemetry::list,
@@ -117,10 +127,23 @@ pub struct AppState {
         edgefleet_shared::api::rollouts::RolloutInfo,
         edgefleet_shared::api::telemetry::DriftReport,
         edgefleet_shared::api::telemetry::FeatureDrift,
+        edgefleet_shared::api::telemetry::DriftHistory,
+        edgefleet_shared::api::telemetry::DriftWindow,
+        edgefleet_shared::api::telemetry::WindowFeature,
         edgefleet_shared::api::telemetry::OutputDrift,
         edgefleet_shared::api::telemetry::Accuracy,
         edgefleet_shared::api::telemetry::Policy,
         edgefleet_shared::api::telemetry::RetrainRequest,
+        edgefleet_shared::api::rollouts::RolloutHistory,
+        edgefleet_shared::api::rollouts::GatePoint,
+        edgefleet_shared::api::rollouts::RolloutEvent,
+        edgefleet_shared::api::console::Overview,
+        edgefleet_shared::api::console::InService,
+        edgefleet_shared::api::console::RolloutSummary,
+        edgefleet_shared::api::console::DeviceEvent,
+        edgefleet_shared::api::console::DeviceMetricPoint,
+        edgefleet_shared::api::console::SignIn,
+        edgefleet_shared::api::console::SessionInfo,
         edgefleet_shared::api::ErrorBody
     ))
 )]
@@ -145,6 +168,7 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/enroll", post(devices::enroll))
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::show))
+        .route("/devices/{id}/metrics", get(devices::metrics))
         .route("/devices/{id}/labels", post(devices::relabel))
         .route("/devices/{id}/decommission", post(devices::decommission))
         .route("/devices/{id}/desired", get(devices::desired))
@@ -156,9 +180,14 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/deployments", post(devices::deploy))
         .route("/rollouts", post(rollouts::create).get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::show))
+        .route("/rollouts/{id}/history", get(rollouts::history))
         .route("/rollouts/{id}/{action}", post(rollouts::act))
+        .route("/overview", get(console::overview))
+        .route("/sessions", post(console::sign_in))
+        .route("/sessions/current", get(console::current).delete(console::sign_out))
         .route("/models/{name}/drift", get(telemetry::model_drift))
         .route("/models/{name}/versions/{version}/drift", get(telemetry::version_drift))
+        .route("/models/{name}/versions/{version}/drift/history", get(telemetry::drift_history))
         .route("/models/{name}/retrain-policy", get(telemetry::get_policy).put(telemetry::set_policy))
         .route("/retrain", get(telemetry::list))
         .route("/retrain/{id}", get(telemetry::show))
@@ -168,6 +197,7 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .nest("/api/v1", api)
         .route("/healthz", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .route("/metrics", get(metrics))
+        .merge(crate::console::routes())
         .route_layer(axum::middleware::from_fn(observe::tag_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

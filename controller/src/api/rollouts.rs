@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutRequest};
+use edgefleet_shared::api::rollouts::{RolloutHistory, RolloutInfo, RolloutRequest};
 use edgefleet_shared::api::tokens::Role;
 
 use super::{ApiError, AppState};
@@ -44,6 +44,18 @@ pub(super) async fn show(
 ) -> Result<Json<RolloutInfo>, ApiError> {
     caller.require(Role::Viewer)?;
     Ok(Json(state.rollouts.show(id).await?))
+}
+
+/// A rollout's gate evaluations (each one that changed a value or verdict) and audited events,
+/// oldest first.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/history", responses((status = 200, body = RolloutHistory), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
+pub(super) async fn history(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<RolloutHistory>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.rollouts.history(id).await?))
 }
 
 /// `pause`, `resume` or `abort` (abort sends every changed device back).

@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use edgefleet_shared::api::telemetry::{DriftQuery, DriftReport, ListQuery, Policy, RetrainRequest};
+use edgefleet_shared::api::telemetry::{
+    DriftHistory, DriftQuery, DriftReport, HistoryQuery, ListQuery, Policy, RetrainRequest,
+};
 use edgefleet_shared::api::tokens::Role;
 
 use super::{ApiError, AppState};
@@ -48,6 +50,18 @@ pub(super) async fn version_drift(
     caller.require(Role::Viewer)?;
     let w = window(&q)?;
     Ok(Json(state.telemetry.report(name, Some(version), w, q.group).await?))
+}
+
+/// Drift per telemetry window over time, the newest windows with telemetry, oldest first.
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/drift/history", params(HistoryQuery), responses((status = 200, body = DriftHistory), (status = 404, body = edgefleet_shared::api::ErrorBody)))]
+pub(super) async fn drift_history(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<DriftHistory>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.telemetry.history(name, version, q.group, q.windows).await?))
 }
 
 /// Drift of the latest version with telemetry.

@@ -214,6 +214,34 @@ pub(super) const MIGRATIONS: &[&str] = &[
         expires_at  BIGINT NOT NULL
     );
     ",
+    // 2: SQLite's migration 12 (console sessions, gate history, device metrics over time).
+    "
+    CREATE TABLE sessions (
+        hash        TEXT PRIMARY KEY,
+        token_id    BIGINT NOT NULL REFERENCES tokens(id),
+        csrf        TEXT NOT NULL,
+        created_at  BIGINT NOT NULL,
+        expires_at  BIGINT NOT NULL
+    );
+    CREATE INDEX sessions_expiry ON sessions(expires_at);
+    CREATE TABLE rollout_gates (
+        rollout_id  BIGINT NOT NULL REFERENCES rollouts(id),
+        at          BIGINT NOT NULL,
+        wave        BIGINT NOT NULL,
+        gates       TEXT NOT NULL,
+        PRIMARY KEY (rollout_id, at)
+    );
+    CREATE TABLE device_metrics (
+        device_id       TEXT NOT NULL REFERENCES devices(id),
+        at              BIGINT NOT NULL,
+        requests        BIGINT NOT NULL,
+        error_rate      DOUBLE PRECISION NOT NULL,
+        latency_p50_ms  DOUBLE PRECISION,
+        latency_p99_ms  DOUBLE PRECISION,
+        PRIMARY KEY (device_id, at)
+    );
+    CREATE INDEX device_metrics_at ON device_metrics(at);
+    ",
 ];
 
 /// Tables in an order where each one's references come before it (for copying a database).
@@ -239,4 +267,7 @@ pub const TABLES: &[&str] = &[
     "trust_sets",
     "deltas",
     "leases",
+    "sessions",
+    "rollout_gates",
+    "device_metrics",
 ];

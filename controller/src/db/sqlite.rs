@@ -267,4 +267,34 @@ pub(super) const MIGRATIONS: &[&str] = &[
         expires_at  INTEGER NOT NULL
     );
     ",
+    // 12: the web console: sign-in sessions (a cookie's hash, the operator token it stands for,
+    // its CSRF token and expiry), every gate evaluation of a rollout that changed a value, and
+    // each device's error rate and latency over time (a point a minute at most).
+    "
+    CREATE TABLE sessions (
+        hash        TEXT PRIMARY KEY,
+        token_id    INTEGER NOT NULL REFERENCES tokens(id),
+        csrf        TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_expiry ON sessions(expires_at);
+    CREATE TABLE rollout_gates (
+        rollout_id  INTEGER NOT NULL REFERENCES rollouts(id),
+        at          INTEGER NOT NULL,
+        wave        INTEGER NOT NULL,
+        gates       TEXT NOT NULL,
+        PRIMARY KEY (rollout_id, at)
+    );
+    CREATE TABLE device_metrics (
+        device_id       TEXT NOT NULL REFERENCES devices(id),
+        at              INTEGER NOT NULL,
+        requests        INTEGER NOT NULL,
+        error_rate      REAL NOT NULL,
+        latency_p50_ms  REAL,
+        latency_p99_ms  REAL,
+        PRIMARY KEY (device_id, at)
+    );
+    CREATE INDEX device_metrics_at ON device_metrics(at);
+    ",
 ];

@@ -8,6 +8,7 @@ mod lifecycle;
 use std::sync::Arc;
 
 use crate::sql::{OptionalExtension, params};
+use edgefleet_shared::api::console::DeviceMetricPoint;
 use edgefleet_shared::api::fleet::DeviceInfo;
 use edgefleet_shared::deployment::ModelRef;
 use edgefleet_shared::fleet::DeviceStatus;
@@ -157,6 +158,36 @@ impl Fleet {
             .await
     }
 
+    /// A device's newest stored error rate and latency points (a day's worth), oldest first
+    /// (404 for an unknown device).
+    pub async fn metrics(&self, device: String) -> Result<Vec<DeviceMetricPoint>, FleetError> {
+        self.db
+            .call(move |conn| -> Result<Vec<DeviceMetricPoint>, FleetError> {
+                let known: i64 =
+                    conn.query_row("SELECT COUNT(*) FROM devices WHERE id = ?1", params![device], |r| r.get(0))?;
+                if known == 0 {
+                    return Err(FleetError::NotFound(format!("no device {device:?}")));
+                }
+                let points = conn
+                    .prepare(
+                        "SELECT at, requests, error_rate, latency_p50_ms, latency_p99_ms FROM device_metrics
+                         WHERE device_id = ?1 ORDER BY at DESC LIMIT ?2",
+                    )?
+                    .query_map(params![device, METRICS_POINTS], |r| {
+                        Ok(DeviceMetricPoint {
+                            at: r.get::<_, i64>(0)?.max(0) as u64,
+                            requests: r.get::<_, i64>(1)?.max(0) as u64,
+                            error_rate: r.get(2)?,
+                            latency_p50_ms: r.get(3)?,
+                            latency_p99_ms: r.get(4)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(points.into_iter().rev().collect())
+            })
+            .await
+    }
+
     /// How recently a device must have been seen to count as online.
     pub fn online_window_secs(&self) -> u64 {
         self.settings.online_window_secs
@@ -213,7 +244,7 @@ fn store_status(conn: &crate::sql::Connection, device: &str, status: &DeviceStat
     let order =
         (status.last_sequence.unwrap_or(0) as i64, status.last_activation.as_ref().map_or(0, |a| a.sequence) as i64);
     let d = conn.dialect();
-    conn.execute(
+    let updated = conn.execute(
         &format!(
             "UPDATE devices SET
                  status = CASE WHEN status IS NULL
@@ -232,9 +263,31 @@ fn store_status(conn: &crate::sql::Connection, device: &str, status: &DeviceStat
             order.0,
             order.1
         ],
+    )?;
+    if updated == 0 {
+        return Ok(());
+    }
+    // A point a minute of its error rate and latency, for the console's device page.
+    conn.execute(
+        "INSERT INTO device_metrics (device_id, at, requests, error_rate, latency_p50_ms, latency_p99_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id, at) DO NOTHING",
+        params![
+            device,
+            at - at.rem_euclid(METRICS_STEP_SECS),
+            status.requests as i64,
+            status.error_rate,
+            status.latency_p50_ms,
+            status.latency_p99_ms
+        ],
     )
     .map(drop)
 }
+
+/// Seconds between two stored points of a device's error rate and latency.
+pub const METRICS_STEP_SECS: i64 = 60;
+
+/// Points [`Fleet::metrics`] answers with: a day of them.
+const METRICS_POINTS: i64 = 1_440;
 
 #[cfg(test)]
 mod tests {

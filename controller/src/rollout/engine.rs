@@ -21,10 +21,16 @@ pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64, now: u64) -> Result<
     let all = members(tx, id)?;
     let Verdict { decision, measurements: m, gates } = decide(&row, &all, changed.len(), now);
     if !gates.is_empty() {
-        tx.execute(
-            "UPDATE rollouts SET gate_results = ?1 WHERE id = ?2",
-            params![serde_json::to_string(&gates).unwrap_or_default(), id],
-        )?;
+        let text = serde_json::to_string(&gates).unwrap_or_default();
+        tx.execute("UPDATE rollouts SET gate_results = ?1 WHERE id = ?2", params![text, id])?;
+        if gates != row.gates {
+            // The gates' history, for the console: an evaluation that changed a value or a verdict.
+            tx.execute(
+                "INSERT INTO rollout_gates (rollout_id, at, wave, gates) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (rollout_id, at) DO UPDATE SET wave = excluded.wave, gates = excluded.gates",
+                params![id, now as i64, row.wave as i64 + 1, text],
+            )?;
+        }
     }
     match decision {
         Decision::Wait(_) => {}

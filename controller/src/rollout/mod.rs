@@ -12,12 +12,13 @@
 mod decide;
 mod engine;
 pub mod gates;
+mod history;
 mod plan;
 mod records;
 mod waiting;
 
 use crate::sql::{OptionalExtension as _, params};
-use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutRequest, RolloutState};
+use edgefleet_shared::api::rollouts::{RolloutHistory, RolloutInfo, RolloutRequest, RolloutState};
 use edgefleet_shared::clock::SharedClock;
 #[cfg(doc)]
 use edgefleet_shared::fleet::wave_members;
@@ -107,6 +108,11 @@ impl Rollouts {
     pub async fn show(&self, id: i64) -> Result<RolloutInfo, FleetError> {
         let (now, window) = (self.clock.now(), self.fleet.online_window_secs());
         self.db.call(move |conn| info(conn, id, now, window)).await
+    }
+
+    /// A rollout's gate evaluations and events over time.
+    pub async fn history(&self, id: i64) -> Result<RolloutHistory, FleetError> {
+        self.db.call(move |conn| history::history(conn, id)).await
     }
 
     /// Pauses, resumes or aborts; returns the devices that got new documents.

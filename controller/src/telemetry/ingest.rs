@@ -121,6 +121,7 @@ impl Telemetry {
     pub async fn prune(&self) -> Result<u64, TelemetryError> {
         let cutoff = self.clock.now().saturating_sub(self.config.retention_days * 86_400) as i64;
         let cap = self.config.max_samples_per_version as i64;
+        let now = self.clock.now() as i64;
         self.db
             .call(move |conn| -> Result<u64, TelemetryError> {
                 let tx = conn.transaction()?;
@@ -137,6 +138,8 @@ impl Telemetry {
                     tx.execute("DELETE FROM telemetry_batches WHERE received_at < ?1", params![cutoff])?;
                 deleted += tx.execute("DELETE FROM telemetry_samples WHERE at_ms < ?1", params![cutoff * 1000])?;
                 deleted += tx.execute("DELETE FROM telemetry_windows WHERE window_start < ?1", params![cutoff])?;
+                deleted += tx.execute("DELETE FROM device_metrics WHERE at < ?1", params![cutoff])?;
+                deleted += tx.execute("DELETE FROM sessions WHERE expires_at < ?1", params![now])?;
                 deleted += tx.execute(
                     "DELETE FROM telemetry_samples WHERE id IN (
                         SELECT id FROM (

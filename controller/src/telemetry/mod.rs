@@ -8,6 +8,7 @@
 //!   a dataset snapshot and delivers it by webhook and/or command.
 //! - [`window`], [`judge`]: the pure cores: window assignment and merging, the retrain verdict.
 
+mod history;
 pub mod ingest;
 pub mod judge;
 pub mod report;

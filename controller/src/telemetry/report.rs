@@ -196,6 +196,13 @@ pub fn compute(
                 reason,
                 wasserstein_drift,
                 ks_drift,
+                edges: f.edges.clone(),
+                reference_counts: f.counts.clone(),
+                current_counts: {
+                    let mut current = bins.to_vec();
+                    current.resize(f.counts.len(), 0);
+                    current
+                },
             }
         })
         .collect();

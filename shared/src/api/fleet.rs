@@ -111,7 +111,17 @@ pub struct DeviceQuery {
     /// Not seen for at least this many seconds (never-seen devices included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_for_secs: Option<u64>,
+    /// At most this many devices (in id order; the response's `X-Total-Count` header counts
+    /// every match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Skip this many matching devices first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
 }
+
+/// The header of `GET /devices` that counts every matching device, whatever the page.
+pub const TOTAL_COUNT_HEADER: &str = "x-total-count";
 
 impl DeviceQuery {
     /// The label selector of `label`, or why it is malformed.

@@ -4,6 +4,7 @@
 //! With the `openapi` feature each type also derives its OpenAPI schema (the controller serves
 //! `/api/v1/openapi.json`).
 
+pub mod console;
 pub mod fleet;
 pub mod models;
 pub mod rollouts;

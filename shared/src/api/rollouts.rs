@@ -490,3 +490,41 @@ mod tests {
         assert!(serde_json::from_str::<RolloutRequest>(r#"{"model":"m","version":"1","selector":{},"x":1}"#).is_err());
     }
 }
+
+/// What happened to a rollout over time (`GET /rollouts/{id}/history`): every gate evaluation
+/// that changed a value or a verdict, and every audited event, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutHistory {
+    /// Gate evaluations.
+    pub gates: Vec<GatePoint>,
+    /// Created, advanced, paused, resumed, aborted, completed, with who and why.
+    pub events: Vec<RolloutEvent>,
+}
+
+/// The gates as evaluated at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GatePoint {
+    /// Unix seconds.
+    pub at: u64,
+    /// The number of the wave being judged, from 1.
+    pub wave: usize,
+    /// Every gate's result then.
+    pub gates: Vec<GateResult>,
+}
+
+/// One audited event of a rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutEvent {
+    /// Unix seconds.
+    pub at: u64,
+    /// Who: `controller` or `token:ID:NAME`.
+    pub actor: String,
+    /// `rollout.create`, `rollout.advance`, `rollout.pause`, ...
+    pub action: String,
+    /// The reason, measurements or wave, as audited.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub detail: serde_json::Value,
+}

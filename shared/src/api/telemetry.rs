@@ -76,6 +76,15 @@ pub struct FeatureDrift {
     pub wasserstein_drift: bool,
     /// KS p ≤ 0.05 on at least `min_samples` samples.
     pub ks_drift: bool,
+    /// The baseline's inner bin edges (`edges.len() + 1` bins), for drawing the histograms.
+    #[serde(default)]
+    pub edges: Vec<f64>,
+    /// Training data per bin.
+    #[serde(default)]
+    pub reference_counts: Vec<u64>,
+    /// Traffic per bin.
+    #[serde(default)]
+    pub current_counts: Vec<u64>,
 }
 
 /// Drift of the predicted classes.
@@ -208,4 +217,70 @@ pub struct DriftQuery {
 pub struct ListQuery {
     /// Only this model's.
     pub model: Option<String>,
+}
+
+/// Drift per telemetry window over time (`GET .../drift/history`), oldest first, with the
+/// thresholds the verdicts use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DriftHistory {
+    /// Model.
+    pub model: String,
+    /// Version.
+    pub version: u64,
+    /// Device group, when the history is of one.
+    pub group: Option<String>,
+    /// Seconds per window.
+    pub window_secs: u64,
+    /// PSI at or above which a feature warns.
+    pub psi_warn: f64,
+    /// PSI at or above which a feature drifted.
+    pub psi_drift: f64,
+    /// Normalised Wasserstein distance at or above which (with KS) a feature drifted.
+    pub wasserstein_drift: f64,
+    /// KS p-value at or below which (with Wasserstein) a feature drifted.
+    pub ks_p_drift: f64,
+    /// The windows with telemetry, oldest first.
+    pub windows: Vec<DriftWindow>,
+}
+
+/// One window's statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DriftWindow {
+    /// Unix seconds the window starts.
+    pub from: i64,
+    /// Rows counted in it.
+    pub rows: u64,
+    /// Per feature, in baseline order.
+    pub features: Vec<WindowFeature>,
+    /// Accuracy from feedback labels in the window, when any.
+    pub accuracy: Option<f64>,
+}
+
+/// One feature's statistics in one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WindowFeature {
+    /// Column name.
+    pub name: String,
+    /// PSI.
+    pub psi: Option<f64>,
+    /// KS p-value.
+    pub ks_pvalue: Option<f64>,
+    /// Normalised Wasserstein distance.
+    pub wasserstein: Option<f64>,
+    /// `drift`, `warn`, `ok` or `insufficient`.
+    pub status: String,
+}
+
+/// Query of `GET .../drift/history`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// One device group.
+    pub group: Option<String>,
+    /// The newest this many windows with telemetry (default 48, at most 500).
+    pub windows: Option<u32>,
 }
