@@ -337,7 +337,8 @@ pub fn rollout_rank(device_id: &str) -> u64 {
 /// waves before it), and the same on every controller.
 pub fn wave_members(devices: &[String], percent: u8) -> Vec<String> {
     let mut ordered: Vec<&String> = devices.iter().collect();
-    ordered.sort_by_key(|d| (rollout_rank(d), d.as_str()));
+    // One hash per device, not one per comparison.
+    ordered.sort_by_cached_key(|d| (rollout_rank(d), d.as_str()));
     ordered.dedup();
     let take = (ordered.len() * usize::from(percent.min(100))).div_ceil(100);
     ordered.into_iter().take(take).cloned().collect()

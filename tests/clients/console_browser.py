@@ -198,8 +198,12 @@ with sync_playwright() as p:
     vpage = sign_in(viewers, spec["viewer"], "viewer")
     width = vpage.evaluate("document.documentElement.scrollWidth")
     check("overview fits a phone", width <= 390, width)
-    vpage.goto(f"{BASE}/ui/rollouts/{fid}")
-    vpage.wait_for_selector("#gates")
+    for path, ready in [("/ui/devices", "#device-table"), ("/ui/models/iris", "#lineage"), ("/ui/drift/iris/1", "#features"),
+                        (f"/ui/rollouts/{fid}", "#gates")]:
+        vpage.goto(BASE + path)
+        vpage.wait_for_selector(ready)
+        width = vpage.evaluate("document.documentElement.scrollWidth")
+        check(f"{path} fits a phone (tables scroll inside their card)", width <= 390, width)
     check("viewer sees no action buttons", vpage.locator("#rollout-actions, #abort, #pause, #resume").count() == 0)
     forged = vpage.evaluate("""async (id) => {
         const s = await (await fetch('/api/v1/sessions/current')).json();

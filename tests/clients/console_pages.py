@@ -55,6 +55,9 @@ with sync_playwright() as p:
     signed = browser.new_context(viewport={"width": 1280, "height": 800})
     page = signed.new_page()
     page.goto(base + "/ui/")
+    page.wait_for_selector("#signin")
+    if args.screenshots:
+        page.screenshot(path=f"{args.screenshots}/sign-in.png")
     page.fill("#token", args.token)
     page.click("#signin button[type=submit]")
     page.wait_for_selector("#overview .stat")

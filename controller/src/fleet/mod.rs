@@ -103,7 +103,15 @@ impl Fleet {
 
     /// Stores a device's status report.
     pub async fn record_status(&self, device_id: String, status: DeviceStatus) -> Result<(), FleetError> {
-        self.db.call(move |conn| store_status(conn, &device_id, &status, now()).map_err(FleetError::from)).await
+        self.db
+            .call(move |conn| -> Result<(), FleetError> {
+                // One commit (one fsync) for the status and its metrics point.
+                let tx = conn.transaction()?;
+                store_status(&tx, &device_id, &status, now())?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
     }
 
     /// The current signed document of a device, if any.
