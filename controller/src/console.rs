@@ -10,9 +10,8 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, E
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Router, middleware};
-
-use crate::api::{ApiError, AppState};
+use axum::{Json, Router, middleware};
+use edgefleet_shared::api::ErrorBody;
 
 /// What the console's pages may load: this origin only, scripts as files (no inline script, no
 /// eval), no framing, forms posting nowhere else.
@@ -56,7 +55,7 @@ static ETAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
 
 /// The console's routes: the page shell at `/ui/` and every page path under it (the pages route
 /// in the browser, so a deep link loads the same shell), the assets under `/ui/assets/`.
-pub fn routes() -> Router<AppState> {
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/ui", get(|| async { axum::response::Redirect::permanent("/ui/") }))
         .route("/ui/", get(shell))
@@ -79,12 +78,14 @@ async fn shell(headers: HeaderMap) -> Response {
     serve(0, &headers)
 }
 
-async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let ix = ASSETS
-        .iter()
-        .position(|a| a.name == file && a.name != "index.html")
-        .ok_or_else(|| ApiError::not_found(format!("no console asset {file:?}")))?;
-    Ok(serve(ix, &headers))
+async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    match ASSETS.iter().position(|a| a.name == file && a.name != "index.html") {
+        Some(ix) => serve(ix, &headers),
+        None => {
+            let error = ErrorBody { error: format!("no console asset {file:?}") };
+            (StatusCode::NOT_FOUND, Json(error)).into_response()
+        }
+    }
 }
 
 /// The headers every console answer carries.
