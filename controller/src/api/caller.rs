@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, Method};
 use edgefleet_shared::api::tokens::Role;
 
 use super::{ApiError, AppState};
-use crate::auth::{Caller, lookup, session};
+use crate::auth::{Caller, Session, lookup, session};
 
 /// The console's session cookie.
 pub(crate) const SESSION_COOKIE: &str = "edgefleet_session";
@@ -38,6 +38,16 @@ pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .find(|(name, _)| *name == SESSION_COOKIE)
         .map(|(_, value)| value.trim().to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// The live session behind a cookie's value (401 once it expired or was ended).
+pub(crate) async fn live_session(state: &AppState, cookie: String) -> Result<Session, ApiError> {
+    let now = crate::db::now();
+    state
+        .db
+        .call(move |conn| session(conn, &cookie, now).map_err(ApiError::from))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the session has expired or was ended; sign in again"))
 }
 
 /// Whether a method changes state (and so needs the CSRF token with a cookie).
@@ -75,12 +85,7 @@ impl FromRequestParts<AppState> for Caller {
 async fn from_session(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
     let cookie = session_cookie(&parts.headers)
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-    let now = crate::db::now();
-    let live = state
-        .db
-        .call(move |conn| session(conn, &cookie, now).map_err(ApiError::from))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("the session has expired or was ended; sign in again"))?;
+    let live = live_session(state, cookie).await?;
     if changes_state(&parts.method) {
         let sent = parts.headers.get(CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
         if !same_secret(sent, live.csrf.as_bytes()) {

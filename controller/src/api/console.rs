@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use edgefleet_shared::api::console::{Overview, SessionInfo, SignIn};
 use edgefleet_shared::api::tokens::Role;
 
-use super::caller::{SESSION_COOKIE, session_cookie};
+use super::caller::{SESSION_COOKIE, live_session, session_cookie};
 use super::{ApiError, AppState};
-use crate::auth::{Caller, create_session, end_session, session};
+use crate::auth::{Caller, create_session, end_session};
 
 /// The fleet at a glance: devices online and offline, versions in service, unfinished rollouts,
 /// open retrain requests, the newest refusals and failed activations.
@@ -53,12 +53,7 @@ pub(super) async fn sign_in(
 #[utoipa::path(get, path = "/api/v1/sessions/current", responses((status = 200, body = SessionInfo), (status = 204), (status = 401, body = edgefleet_shared::api::ErrorBody)))]
 pub(super) async fn current(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let Some(cookie) = session_cookie(&headers) else { return Ok(StatusCode::NO_CONTENT.into_response()) };
-    let now = crate::db::now();
-    let live = state
-        .db
-        .call(move |conn| session(conn, &cookie, now).map_err(ApiError::from))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("the session has expired or was ended; sign in again"))?;
+    let live = live_session(&state, cookie).await?;
     Ok(Json(SessionInfo {
         name: live.caller.name,
         role: live.caller.role,

@@ -7,7 +7,7 @@ mod lifecycle;
 
 use std::sync::Arc;
 
-use crate::sql::{OptionalExtension, params};
+use crate::sql::{Dialect, OptionalExtension, params};
 use edgefleet_shared::api::console::DeviceMetricPoint;
 use edgefleet_shared::api::fleet::DeviceInfo;
 use edgefleet_shared::deployment::ModelRef;
@@ -105,10 +105,16 @@ impl Fleet {
     pub async fn record_status(&self, device_id: String, status: DeviceStatus) -> Result<(), FleetError> {
         self.db
             .call(move |conn| -> Result<(), FleetError> {
-                // One commit (one fsync) for the status and its metrics point.
-                let tx = conn.transaction()?;
-                store_status(&tx, &device_id, &status, now())?;
-                tx.commit()?;
+                // On SQLite the status and its metrics point share one commit (one fsync, not
+                // two). PostgreSQL's transactions take the replicas' writer lock, which two
+                // autocommit statements (each durable on its own) do not need.
+                if conn.dialect() == Dialect::Sqlite {
+                    let tx = conn.transaction()?;
+                    store_status(&tx, &device_id, &status, now())?;
+                    tx.commit()?;
+                } else {
+                    store_status(conn, &device_id, &status, now())?;
+                }
                 Ok(())
             })
             .await
