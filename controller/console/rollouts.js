@@ -90,6 +90,7 @@ export async function detail(main, [id]) {
   fill(main, h("h1", {}, link("/ui/rollouts", "Rollouts"), ` / #${id}`), head, body);
   const refresh = async () => {
     const [r, history] = await Promise.all([api(`/rollouts/${path(id)}`), api(`/rollouts/${path(id)}/history`)]);
+    const ended = r.state === "completed" || r.state === "aborted";
     fill(head, h("p", {},
       h("strong", {}, model(r.model)), " ", badge(r.state), " ",
       h("span", { id: "current-wave" }, `wave ${r.wave} of ${r.plan.waves.length}`),
@@ -97,7 +98,8 @@ export async function detail(main, [id]) {
       r.waiting_for ? h("span", { class: "muted" }, ` · waiting for ${r.waiting_for}`) : null),
       actions(r, refresh));
     fill(body,
-      section("Waves", table(["Wave", "Share", "Devices", "Activated", "Failed", "Pending"], r.plan.waves.map((percent, i) => {
+      // Activated and failed are what the wave's devices report now; pending only while it runs.
+      section("Waves", table(["Wave", "Share", "Devices", "Serving it now", "Failed", "Pending"], r.plan.waves.map((percent, i) => {
         const w = r.waves.find((x) => x.wave === i + 1) || { devices: [], activated: 0, failed: 0 };
         return [
           `${i + 1}${i + 1 === r.wave ? " (current)" : i + 1 > r.wave ? " (not started)" : ""}`,
@@ -105,7 +107,7 @@ export async function detail(main, [id]) {
           String(w.devices.length),
           String(w.activated),
           String(w.failed),
-          String(Math.max(0, w.devices.length - w.activated - w.failed)),
+          ended ? "–" : String(Math.max(0, w.devices.length - w.activated - w.failed)),
         ];
       }), { id: "waves" })),
       section("Gates", r.gates.length === 0 ? h("p", { class: "muted" }, "Not judged yet.") :
