@@ -86,6 +86,43 @@ impl PublicKey {
     }
 }
 
+/// Checks many `(key, message, signature)`s at once; one answer per item, in order.
+///
+/// The signatures that can be checked (64 bytes, a key that is not of small order) are checked
+/// together by Ed25519 batch verification: one multi-scalar multiplication for all of them,
+/// with coefficients derived from every input, so nobody can choose a set that passes without
+/// every signature being made with its key. When the batch fails, each is checked on its own
+/// with [`PublicKey::verify`], so a bad signature refuses only its own item. A batch accepts
+/// what strict verification accepts, and also a signature whose `R` is of small order, which
+/// only the holder of the key can make (it forges nothing).
+#[cfg(feature = "batch-verify")]
+pub fn verify_many(items: &[(&PublicKey, &[u8], &[u8])]) -> Vec<bool> {
+    let mut answers = vec![false; items.len()];
+    let mut batch = Vec::with_capacity(items.len());
+    for (i, (key, message, signature)) in items.iter().enumerate() {
+        if let Ok(sig) = <[u8; 64]>::try_from(*signature)
+            && !key.0.is_weak()
+        {
+            batch.push((i, key.0, *message, ed25519_dalek::Signature::from_bytes(&sig)));
+        }
+    }
+    if batch.len() > 1 {
+        let messages: Vec<&[u8]> = batch.iter().map(|b| b.2).collect();
+        let signatures: Vec<ed25519_dalek::Signature> = batch.iter().map(|b| b.3).collect();
+        let keys: Vec<VerifyingKey> = batch.iter().map(|b| b.1).collect();
+        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+            for (i, ..) in &batch {
+                answers[*i] = true;
+            }
+            return answers;
+        }
+    }
+    for (i, key, message, signature) in &batch {
+        answers[*i] = key.verify_strict(message, signature).is_ok();
+    }
+    answers
+}
+
 /// An Ed25519 private key held in memory (loaded from, or saved to, a 0600 file).
 pub struct FileKey {
     key: SigningKey,

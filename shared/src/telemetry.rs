@@ -164,13 +164,39 @@ impl TelemetryBatch {
 
     /// Checks a frame from `device` against its key, then decompresses (capped) and parses it.
     pub fn decode(frame: &[u8], device: &str, key: &PublicKey) -> Result<Self, FrameError> {
-        if frame.len() < 4 + 64 || &frame[..4] != FRAME_MAGIC {
-            return Err(FrameError::Malformed("missing the EFT1 header".into()));
-        }
-        let (signature, compressed) = frame[4..].split_at(64);
+        let (signature, compressed) = split_frame(frame)?;
         if !key.verify(compressed, signature) {
             return Err(FrameError::Signature);
         }
+        Self::parse(compressed, device)
+    }
+
+    /// [`Self::decode`] for many `(frame, sending device, its key)`s, their signatures checked
+    /// together ([`crate::keys::verify_many`]); one result per frame, in order.
+    #[cfg(feature = "batch-verify")]
+    pub fn decode_many(frames: &[(&[u8], &str, &PublicKey)]) -> Vec<Result<Self, FrameError>> {
+        let split: Vec<_> = frames.iter().map(|(frame, ..)| split_frame(frame)).collect();
+        let signed: Vec<(&PublicKey, &[u8], &[u8])> = split
+            .iter()
+            .zip(frames)
+            .filter_map(|(parts, (_, _, key))| parts.as_ref().ok().map(|(sig, body)| (*key, *body, *sig)))
+            .collect();
+        let mut verified = crate::keys::verify_many(&signed).into_iter();
+        split
+            .into_iter()
+            .zip(frames)
+            .map(|(parts, (_, device, _))| {
+                let (_, compressed) = parts?;
+                if !verified.next().unwrap_or(false) {
+                    return Err(FrameError::Signature);
+                }
+                Self::parse(compressed, device)
+            })
+            .collect()
+    }
+
+    /// The batch in a frame's verified, compressed body, which must name `device`.
+    fn parse(compressed: &[u8], device: &str) -> Result<Self, FrameError> {
         let json = crate::compress::decompress_to_vec(compressed, MAX_BATCH_BYTES)
             .map_err(|e| FrameError::Malformed(e.to_string()))?;
         let batch: TelemetryBatch = serde_json::from_slice(&json).map_err(|e| FrameError::Malformed(e.to_string()))?;
@@ -187,6 +213,14 @@ impl TelemetryBatch {
     pub fn sample_count(&self) -> usize {
         self.models.iter().map(|m| m.samples.len()).sum()
     }
+}
+
+/// A frame's signature and compressed body.
+fn split_frame(frame: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
+    if frame.len() < 4 + 64 || &frame[..4] != FRAME_MAGIC {
+        return Err(FrameError::Malformed("missing the EFT1 header".into()));
+    }
+    Ok(frame[4..].split_at(64))
 }
 
 #[cfg(test)]
@@ -238,5 +272,41 @@ mod tests {
         *flipped.last_mut().expect("byte") ^= 1;
         assert!(matches!(TelemetryBatch::decode(&flipped, "dev-a", &me.public_key()), Err(FrameError::Signature)));
         assert!(matches!(TelemetryBatch::decode(b"nope", "dev-a", &me.public_key()), Err(FrameError::Malformed(_))));
+    }
+
+    #[cfg(feature = "batch-verify")]
+    #[test]
+    fn many_frames_decode_together_as_each_would_alone() {
+        let (a, b) = (FileKey::from_seed([1; 32]), FileKey::from_seed([2; 32]));
+        let (ka, kb) = (a.public_key(), b.public_key());
+        let good_a = batch("dev-a").encode(&a);
+        let good_b = batch("dev-b").encode(&b);
+        let all_good: Vec<(&[u8], &str, &PublicKey)> =
+            vec![(&good_a, "dev-a", &ka), (&good_b, "dev-b", &kb), (&good_a, "dev-a", &ka)];
+        let decoded = TelemetryBatch::decode_many(&all_good);
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(decoded[1].as_ref().expect("b"), &batch("dev-b"));
+        assert!(decoded.iter().all(Result::is_ok));
+
+        let mut flipped = good_a.clone();
+        *flipped.last_mut().expect("byte") ^= 1;
+        let claimed = batch("dev-b").encode(&a);
+        let mixed: Vec<(&[u8], &str, &PublicKey)> = vec![
+            (&good_a, "dev-a", &ka),
+            (&good_a, "dev-a", &kb),
+            (&flipped, "dev-a", &ka),
+            (b"nope", "dev-a", &ka),
+            (&claimed, "dev-a", &ka),
+            (&good_b, "dev-b", &kb),
+        ];
+        let together = TelemetryBatch::decode_many(&mixed);
+        let alone: Vec<_> = mixed.iter().map(|(f, d, k)| TelemetryBatch::decode(f, d, k)).collect();
+        assert_eq!(together.len(), alone.len());
+        for (t, a) in together.iter().zip(&alone) {
+            assert_eq!(format!("{t:?}"), format!("{a:?}"));
+        }
+        assert!(together[0].is_ok() && together[5].is_ok());
+        assert!(matches!(together[1], Err(FrameError::Signature)));
+        assert!(matches!(together[2], Err(FrameError::Signature)));
     }
 }

@@ -1,6 +1,8 @@
 //! Ingest: signed frames from `PREFIX/devices/{id}/telemetry`, stored by group commit.
 //!
-//! Each frame is checked against the key the device enrolled with and must name that device;
+//! Each frame is checked against the key the device enrolled with and must name that device (a
+//! group's signatures are checked together by Ed25519 batch verification, one by one only when
+//! the batch fails);
 //! `(device, sequence)` is recorded in the same transaction as the data, so a batch the broker
 //! delivers twice (QoS 1) or an attacker replays is stored once and refused after. Batches
 //! pruned by retention leave a per-device floor below which every sequence is refused.
@@ -14,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::sql::{Connection, OptionalExtension as _, params};
 use edgefleet_shared::keys::PublicKey;
-use edgefleet_shared::telemetry::{ModelTelemetry, TelemetryBatch};
+use edgefleet_shared::telemetry::{FrameError, ModelTelemetry, TelemetryBatch};
 
 use super::window::{WindowCounts, merge, window_start};
 use super::{Refusal, Telemetry, TelemetryError};
@@ -77,10 +79,18 @@ impl Telemetry {
             .call(move |conn| -> Result<Vec<Result<Ingested, TelemetryError>>, TelemetryError> {
                 let mut group = group;
                 let mut tx = conn.transaction()?;
+                let senders: Vec<_> = frames.iter().map(|(device, _)| device_of(&tx, &mut group, device)).collect();
+                let mut decoded = decode_all(&frames, &senders).into_iter();
                 let mut results = Vec::with_capacity(frames.len());
-                for (device, frame) in &frames {
+                for ((device, _), sender) in frames.iter().zip(senders) {
                     let savepoint = tx.savepoint()?;
-                    let result = ingest_one(&savepoint, &mut group, device, frame);
+                    let result = sender.and_then(|(_, device_group)| {
+                        let batch = decoded
+                            .next()
+                            .unwrap_or(Err(FrameError::Signature))
+                            .map_err(|e| refused(Refusal::from(&e), e.to_string()))?;
+                        ingest_one(&savepoint, &mut group, device, &device_group, batch)
+                    });
                     match &result {
                         Ok(_) => savepoint.commit()?,
                         // Dropping the savepoint rolls back what the refused frame wrote.
@@ -180,11 +190,29 @@ fn device_of(conn: &Connection, group: &mut Group, device: &str) -> Result<(Publ
     found.map_err(|m| refused(Refusal::UnknownDevice, m))
 }
 
-/// Verifies and stores one frame inside the group's transaction (in its own savepoint); its
+/// Every frame of a known sender decoded, their signatures checked together (one batch
+/// verification for the group); one result per known sender, in order.
+fn decode_all(
+    frames: &[(String, Vec<u8>)],
+    senders: &[Result<(PublicKey, String), TelemetryError>],
+) -> Vec<Result<TelemetryBatch, FrameError>> {
+    let known: Vec<(&[u8], &str, &PublicKey)> = frames
+        .iter()
+        .zip(senders)
+        .filter_map(|((device, frame), sender)| sender.as_ref().ok().map(|(key, _)| (&frame[..], &device[..], key)))
+        .collect();
+    TelemetryBatch::decode_many(&known)
+}
+
+/// Stores one verified batch inside the group's transaction (in its own savepoint); its
 /// histograms go into the group's windows only once everything else of it is stored.
-fn ingest_one(conn: &Connection, group: &mut Group, device: &str, frame: &[u8]) -> Result<Ingested, TelemetryError> {
-    let (key, device_group) = device_of(conn, group, device)?;
-    let batch = TelemetryBatch::decode(frame, device, &key).map_err(|e| refused(Refusal::from(&e), e.to_string()))?;
+fn ingest_one(
+    conn: &Connection,
+    group: &mut Group,
+    device: &str,
+    device_group: &str,
+    batch: TelemetryBatch,
+) -> Result<Ingested, TelemetryError> {
     if !stores_exactly(&batch) {
         return Err(refused(Refusal::Malformed, "a version, time, class or label above 2^63 - 1"));
     }
@@ -216,8 +244,8 @@ fn ingest_one(conn: &Connection, group: &mut Group, device: &str, frame: &[u8]) 
     let window_start = window_start(batch.end, group.received, group.retention, group.window) as i64;
     let mut keys = Vec::with_capacity(batch.models.len());
     for m in &batch.models {
-        store_samples(conn, m, device, &device_group, seq, window_start)?;
-        let key = (m.model.clone(), m.version as i64, device_group.clone(), window_start);
+        store_samples(conn, m, device, device_group, seq, window_start)?;
+        let key = (m.model.clone(), m.version as i64, device_group.to_owned(), window_start);
         if !group.windows.contains_key(&key) {
             let counts = stored_window(conn, &key)?;
             group.windows.insert(key.clone(), counts);
