@@ -197,6 +197,10 @@ pub struct RunArgs {
     /// Worker threads per model.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Most bytes of model files (uncompressed, all models together) this device takes; a
+    /// desired state needing more is refused as `over_budget` [default: unlimited].
+    #[arg(long)]
+    pub max_models_bytes: Option<u64>,
     /// How often telemetry batches are cut and sent [default: 60].
     #[arg(long)]
     pub telemetry_interval_secs: Option<u64>,
@@ -232,6 +236,7 @@ impl RunArgs {
         f.ca_file = self.ca_file.or(f.ca_file.take());
         f.insecure |= self.insecure;
         f.mqtt = self.mqtt.or(f.mqtt.take());
+        f.max_models_bytes = self.max_models_bytes.or(f.max_models_bytes);
         f.labels.extend(self.labels);
         f.labels_file = self.labels_file.or(f.labels_file.take());
         if let Some(secs) = self.telemetry_interval_secs {

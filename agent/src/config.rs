@@ -98,6 +98,9 @@ pub struct FleetConfig {
     pub workers: usize,
     /// Queue capacity per model.
     pub queue_capacity: usize,
+    /// Most bytes of model files (uncompressed, every model of the desired state together) the
+    /// device takes; a desired state needing more is refused (`over_budget`). Unlimited when absent.
+    pub max_models_bytes: Option<u64>,
 }
 
 impl Default for FleetConfig {
@@ -122,6 +125,7 @@ impl Default for FleetConfig {
             min_watch_requests: 20,
             workers: default_workers(),
             queue_capacity: default_queue_capacity(),
+            max_models_bytes: None,
         }
     }
 }

@@ -232,10 +232,11 @@ pub fn offer(
     if status.deltas.is_none() {
         return Ok(out);
     }
-    let held: Vec<u64> = [status.active, status.previous]
+    let Some(this_model) = status.model(&model.name) else { return Ok(out) };
+    let held: Vec<u64> = [this_model.active, this_model.previous]
         .into_iter()
         .flatten()
-        .filter(|m| m.name == model.name && m.version != model.version)
+        .filter(|m| m.version != model.version)
         .map(|m| m.version)
         .collect();
     for a in out.iter_mut() {

@@ -45,6 +45,7 @@ fn main() {
             delta: None,
         }],
         shadow: None,
+        models: Vec::new(),
     };
     let (bytes, sig) = doc.sign(&key);
     fs::write(out.join("document.json"), &bytes).unwrap();

@@ -77,6 +77,23 @@ pub struct DeploymentDocument {
     /// Run the version in shadow beside the active one instead of activating it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowSpec>,
+    /// The other models the device serves, each with its own lifecycle; with `model`, the whole
+    /// set: a fleet-managed model named in neither is removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<DesiredModel>,
+}
+
+/// One more model the device serves beside [`DeploymentDocument::model`], with the same fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredModel {
+    /// The model version to run.
+    pub model: ModelRef,
+    /// Every file of that version.
+    pub artifacts: Vec<DeployedArtifact>,
+    /// Run the version in shadow beside the active one instead of activating it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
 }
 
 /// Shadow evaluation: the device loads the version beside the one it serves and mirrors a share
@@ -103,8 +120,61 @@ impl DeploymentDocument {
         (bytes, sig)
     }
 
-    /// The artifact with this name.
+    /// The artifact with this name, of the first model.
     pub fn artifact(&self, name: &str) -> Option<&DeployedArtifact> {
         self.artifacts.iter().find(|a| a.name == name)
+    }
+
+    /// Every model the document names, the first one first.
+    pub fn desired(&self) -> Vec<DesiredModel> {
+        let first = DesiredModel { model: self.model.clone(), artifacts: self.artifacts.clone(), shadow: self.shadow };
+        std::iter::once(first).chain(self.models.iter().cloned()).collect()
+    }
+
+    /// The artifacts of every model.
+    pub fn all_artifacts(&self) -> impl Iterator<Item = &DeployedArtifact> {
+        self.artifacts.iter().chain(self.models.iter().flat_map(|m| &m.artifacts))
+    }
+
+    /// One single-model document per model named, each with this document's header (kind, key,
+    /// sequence, times, devices): how a device handles each model on its own. They are views of
+    /// the verified document, never signed themselves.
+    pub fn split(&self) -> Vec<DeploymentDocument> {
+        self.desired()
+            .into_iter()
+            .map(|m| DeploymentDocument {
+                model: m.model,
+                artifacts: m.artifacts,
+                shadow: m.shadow,
+                models: Vec::new(),
+                ..self.clone_header()
+            })
+            .collect()
+    }
+
+    /// A document naming `models` (the first goes in `model`), or `None` for an empty set.
+    pub fn with_models(mut self, models: Vec<DesiredModel>) -> Option<DeploymentDocument> {
+        let mut models = models.into_iter();
+        let first = models.next()?;
+        self.model = first.model;
+        self.artifacts = first.artifacts;
+        self.shadow = first.shadow;
+        self.models = models.collect();
+        Some(self)
+    }
+
+    fn clone_header(&self) -> DeploymentDocument {
+        DeploymentDocument {
+            kind: self.kind.clone(),
+            key_id: self.key_id.clone(),
+            sequence: self.sequence,
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+            devices: self.devices.clone(),
+            model: self.model.clone(),
+            artifacts: Vec::new(),
+            shadow: None,
+            models: Vec::new(),
+        }
     }
 }

@@ -289,6 +289,74 @@ pub struct DeviceStatus {
     /// the controller offers deltas to them alone.
     #[serde(default)]
     pub deltas: Option<DeltaReport>,
+    /// Every fleet-managed model, by name (the fields above describe the first of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelStatus>,
+}
+
+/// One fleet-managed model of a device: its slots, last activation and recent serving.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ModelStatus {
+    /// Model name.
+    pub name: String,
+    /// Version serving now.
+    pub active: Option<ModelRef>,
+    /// Version kept for rollback.
+    #[serde(default)]
+    pub previous: Option<ModelRef>,
+    /// Last activation attempt of this model.
+    #[serde(default)]
+    pub last_activation: Option<ActivationReport>,
+    /// Requests the active version answered or failed since it was activated.
+    #[serde(default)]
+    pub active_requests: u64,
+    /// Of those, how many failed in the engine.
+    #[serde(default)]
+    pub active_errors: u64,
+    /// Median latency of the active version's recent requests (ms).
+    #[serde(default)]
+    pub latency_p50_ms: Option<f64>,
+    /// 99th percentile latency of the active version's recent requests (ms).
+    #[serde(default)]
+    pub latency_p99_ms: Option<f64>,
+    /// Predictions of the active version per class, since activation.
+    #[serde(default)]
+    pub output_classes: Vec<u64>,
+    /// The version of this model running in shadow.
+    #[serde(default)]
+    pub shadow: Option<ShadowReport>,
+}
+
+impl DeviceStatus {
+    /// What the device reports about model `name`: its entry in `models`, or, from an agent
+    /// that reports one model only, the top-level fields when they are about `name`.
+    pub fn model(&self, name: &str) -> Option<ModelStatus> {
+        if let Some(m) = self.models.iter().find(|m| m.name == name) {
+            return Some(m.clone());
+        }
+        if !self.models.is_empty() {
+            return None;
+        }
+        let about = |m: &ModelRef| m.name == name;
+        let active = self.active.as_ref().is_some_and(about);
+        let activation = self.last_activation.as_ref().filter(|a| about(&a.model)).cloned();
+        let shadow = self.shadow.as_ref().filter(|s| about(&s.model)).cloned();
+        if !active && activation.is_none() && shadow.is_none() {
+            return None;
+        }
+        Some(ModelStatus {
+            name: name.to_owned(),
+            active: self.active.clone().filter(about),
+            previous: self.previous.clone().filter(about),
+            last_activation: activation,
+            active_requests: if active { self.active_requests } else { 0 },
+            active_errors: if active { self.active_errors } else { 0 },
+            latency_p50_ms: self.latency_p50_ms.filter(|_| active),
+            latency_p99_ms: self.latency_p99_ms.filter(|_| active),
+            output_classes: if active { self.output_classes.clone() } else { Vec::new() },
+            shadow,
+        })
+    }
 }
 
 /// What a device did with the deltas it was offered.

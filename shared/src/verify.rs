@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use sha2::{Digest, Sha256};
 
 use crate::compress::{DecompressError, decompress_capped};
-use crate::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument};
+use crate::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, DesiredModel};
 use crate::names::{ModelName, check_file_name};
 pub use crate::refusal::VerifyError;
 use crate::signature::DocumentSignature;
@@ -56,11 +56,25 @@ pub fn verify_deployment(
     if now >= doc.expires_at {
         return Err(VerifyError::Expired { expires_at: doc.expires_at, now });
     }
-    ModelName::new(doc.model.name.as_str())?;
-    if doc.artifacts.is_empty() {
-        return Err(VerifyError::Malformed("no artifacts".into()));
+    let desired = doc.desired();
+    let mut models: Vec<&str> = desired.iter().map(|m| m.model.name.as_str()).collect();
+    models.sort_unstable();
+    if models.windows(2).any(|w| w[0] == w[1]) {
+        return Err(VerifyError::Malformed("a model is named twice".into()));
     }
-    for a in &doc.artifacts {
+    for m in &desired {
+        check_model(m)?;
+    }
+    Ok(doc)
+}
+
+/// One model of a document: a valid name, and artifacts with safe, distinct names and digests.
+fn check_model(m: &DesiredModel) -> Result<(), VerifyError> {
+    ModelName::new(m.model.name.as_str())?;
+    if m.artifacts.is_empty() {
+        return Err(VerifyError::Malformed(format!("{}: no artifacts", m.model.name)));
+    }
+    for a in &m.artifacts {
         check_file_name(&a.name)?;
         let delta = a.delta.as_ref();
         let digests = [
@@ -75,12 +89,12 @@ pub fn verify_deployment(
             }
         }
     }
-    let mut names: Vec<&str> = doc.artifacts.iter().map(|a| a.name.as_str()).collect();
+    let mut names: Vec<&str> = m.artifacts.iter().map(|a| a.name.as_str()).collect();
     names.sort_unstable();
     if names.windows(2).any(|w| w[0] == w[1]) {
-        return Err(VerifyError::Malformed("an artifact name appears twice".into()));
+        return Err(VerifyError::Malformed(format!("{}: an artifact name appears twice", m.model.name)));
     }
-    Ok(doc)
+    Ok(())
 }
 
 /// Why an artifact was refused.

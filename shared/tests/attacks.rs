@@ -49,6 +49,7 @@ fn document(f: &Fixture, sequence: u64) -> DeploymentDocument {
         model: ModelRef { name: "iris".into(), version: 3 },
         artifacts: vec![artifact("model.onnx", &f.model, &f.packed)],
         shadow: None,
+        models: Vec::new(),
     }
 }
 
@@ -148,6 +149,38 @@ fn path_traversal_in_an_artifact_name_is_refused() {
         let err = verify(&bytes, &sig, &f, None).expect_err(name);
         assert!(matches!(err, VerifyError::UnsafeName { .. }), "{name}: {err}");
     }
+}
+
+#[test]
+fn every_model_of_a_document_is_checked_like_the_first() {
+    let f = fixture();
+    let second = |name: &str, artifact_name: &str| edgefleet_shared::deployment::DesiredModel {
+        model: ModelRef { name: name.into(), version: 1 },
+        artifacts: vec![artifact(artifact_name, &f.model, &f.packed)],
+        shadow: None,
+    };
+    let mut doc = document(&f, 5);
+    doc.models = vec![second("mlp", "model.onnx")];
+    let (bytes, sig) = doc.sign(&f.key);
+    let ok = verify(&bytes, &sig, &f, None).expect("two models");
+    assert_eq!(ok.split().iter().map(|d| d.model.name.as_str()).collect::<Vec<_>>(), ["iris", "mlp"]);
+    assert_eq!(ok.all_artifacts().count(), 2);
+
+    doc.models = vec![second("mlp", "../../etc/passwd")];
+    let (bytes, sig) = doc.sign(&f.key);
+    assert!(matches!(verify(&bytes, &sig, &f, None), Err(VerifyError::UnsafeName { .. })));
+
+    doc.models = vec![second("../x", "model.onnx")];
+    let (bytes, sig) = doc.sign(&f.key);
+    assert!(verify(&bytes, &sig, &f, None).is_err(), "an unsafe model name");
+
+    doc.models = vec![second("iris", "model.onnx")];
+    let (bytes, sig) = doc.sign(&f.key);
+    assert!(matches!(verify(&bytes, &sig, &f, None), Err(VerifyError::Malformed(m)) if m.contains("twice")));
+
+    doc.models = vec![edgefleet_shared::deployment::DesiredModel { artifacts: Vec::new(), ..second("mlp", "x") }];
+    let (bytes, sig) = doc.sign(&f.key);
+    assert!(matches!(verify(&bytes, &sig, &f, None), Err(VerifyError::Malformed(_))), "a model without artifacts");
 }
 
 #[test]

@@ -313,12 +313,37 @@ pub async fn collect_garbage(layout: &Layout, name: &str, keep: &[u64]) {
     }
 }
 
+/// Deletes every slot of a model no longer wanted: its directory is renamed out of `models/`
+/// at once (a re-added model starts from an empty directory) and deleted in the background.
+pub fn remove_model_files(layout: &Layout, name: &str) {
+    let dir = layout.models(name);
+    let trash = layout.staging().join(format!(
+        "removed-{name}-{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    ));
+    let moved = std::fs::create_dir_all(layout.staging()).and_then(|()| std::fs::rename(&dir, &trash));
+    match moved {
+        Ok(()) => {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = std::fs::remove_dir_all(&trash) {
+                    tracing::warn!(path = %trash.display(), error = %e, "Cannot delete a removed model's slots.");
+                }
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %dir.display(), error = %e, "Cannot remove a model's slots."),
+    }
+}
+
 /// Removes every partial download in staging but the `wanted` ones (the pending document's).
 pub async fn sweep_staging(layout: &Layout, wanted: &[String]) {
     let Ok(mut entries) = tokio::fs::read_dir(layout.staging()).await else { return };
     while let Ok(Some(e)) = entries.next_entry().await {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".part") && !wanted.contains(&name) {
+        if name.starts_with("removed-") {
+            // A removed model's slots whose deletion was interrupted.
+            let _ = tokio::fs::remove_dir_all(e.path()).await;
+        } else if name.ends_with(".part") && !wanted.contains(&name) {
             tracing::debug!(file = %name, "Partial download of a replaced document removed.");
             let _ = tokio::fs::remove_file(e.path()).await;
         }

@@ -11,6 +11,20 @@ use edgefleet_shared::verify::{sha256_hex, verify_deployment};
 use super::next::{Doing, Next, next};
 use super::{Agent, Purpose, trust};
 
+/// Why the models `doc` names do not fit in `max_bytes` (their files, uncompressed), if they do not.
+fn over_budget(doc: &DeploymentDocument, max_bytes: Option<u64>) -> Option<String> {
+    let max = max_bytes?;
+    let need: u64 = doc.all_artifacts().map(|a| a.size).sum();
+    (need > max).then(|| {
+        let models: Vec<String> =
+            doc.desired().iter().map(|m| format!("{}:{}", m.model.name, m.model.version)).collect();
+        format!(
+            "{} need {need} bytes of model files; this device allows {max} (fleet.max_models_bytes)",
+            models.join(", ")
+        )
+    })
+}
+
 /// Identifies an envelope by everything in it: document and signature.
 fn envelope_digest(envelope: &SignedEnvelope) -> String {
     let sig = &envelope.signature;
@@ -63,50 +77,86 @@ impl Agent {
             }
         };
         metrics::counter!(crate::metric::VERIFICATIONS, "result" => "ok").increment(1);
+        if let Some(message) = over_budget(&doc, self.config.fleet.max_models_bytes) {
+            // Not accepted: the sequence stays, so a smaller desired state is taken at once.
+            self.refuse("over_budget", message, Some(doc.sequence));
+            return true;
+        }
         self.state.last_sequence = Some(doc.sequence);
         self.state.last_document_sha256 = Some(digest);
-        self.stop_shadow(&doc.model.name);
+        let parts = doc.split();
+        let named: Vec<&str> = parts.iter().map(|p| p.model.name.as_str()).collect();
+        let mut gone: Vec<String> = self.state.models.keys().chain(self.lanes.keys()).cloned().collect();
+        gone.retain(|name| !named.contains(&name.as_str()));
+        gone.dedup();
+        for name in gone {
+            self.remove_model(&name);
+        }
+        for part in parts {
+            self.apply(part);
+        }
+        true
+    }
+
+    /// Acts on one model's part of a verified document.
+    fn apply(&mut self, doc: DeploymentDocument) {
+        let name = doc.model.name.clone();
+        let shadow_runs = self.state.models.get(&name).and_then(|m| m.shadow.as_ref());
+        if let (Some(spec), Some(running)) = (&doc.shadow, shadow_runs)
+            && running.slot.model == doc.model
+            && running.share == spec.share
+        {
+            // The same shadow, re-issued with the document (another model changed, a refresh).
+            if let Some(s) = self.slots(&name).shadow.as_mut() {
+                s.slot.sequence = doc.sequence;
+            }
+            self.save();
+            return;
+        }
+        self.stop_shadow(&name);
+        let lane = self.lanes.get(&name);
+        let active = self.state.models.get(&name).and_then(|m| m.active.as_ref());
         let doing = Doing {
-            watching: self.watching.as_ref().map(|w| &w.doc.model),
-            preparing: self.job.as_ref().filter(|j| j.doc.shadow.is_none()).map(|j| &j.doc.model),
-            active: self.state.active.as_ref().map(|a| &a.model),
+            watching: lane.and_then(|l| l.watching.as_ref()).map(|w| &w.doc.model),
+            preparing: lane.and_then(|l| l.job.as_ref()).filter(|j| j.doc.shadow.is_none()).map(|j| &j.doc.model),
+            active: active.map(|a| &a.model),
         };
         match next(&doc, &doing) {
             Next::Shadow(share) => {
-                self.state.pending = None;
+                self.slots(&name).pending = None;
                 self.save();
                 self.begin(doc, Purpose::Shadow(share));
             }
             Next::KeepWatching => {
-                if let Some(w) = self.watching.as_mut() {
+                if let Some(w) = self.lanes.get_mut(&name).and_then(|l| l.watching.as_mut()) {
                     w.doc = doc;
                 }
             }
             Next::KeepPreparing => {
-                if let Some(job) = self.job.as_mut() {
+                if let Some(job) = self.lanes.get_mut(&name).and_then(|l| l.job.as_mut()) {
                     job.doc = doc.clone();
                 }
-                self.state.pending = Some(doc);
+                self.slots(&name).pending = Some(doc);
                 self.save();
             }
             Next::KeepActive => {
-                if let Some(job) = self.job.take() {
+                if let Some(job) = self.lanes.get_mut(&name).and_then(|l| l.job.take()) {
                     tracing::info!(model = %job.doc.model.name, version = job.doc.model.version, "Activation cancelled: the active version is wanted again.");
                     job.handle.abort();
                 }
-                if let Some(active) = &mut self.state.active {
+                let slots = self.slots(&name);
+                if let Some(active) = &mut slots.active {
                     active.sequence = doc.sequence;
                 }
-                self.state.pending = None;
+                slots.pending = None;
                 self.save();
             }
             Next::Activate => {
-                self.state.pending = Some(doc.clone());
+                self.slots(&name).pending = Some(doc.clone());
                 self.save();
                 self.begin(doc, Purpose::Activate);
             }
         }
-        true
     }
 
     pub(super) fn refuse(&mut self, class: &str, message: String, sequence: Option<u64>) {

@@ -7,9 +7,13 @@
 //! (download, verify, load, self-test) runs as its own task. The loop verifies what arrives
 //! (the shared verifier, the trust set, the last accepted sequence), starts and supersedes
 //! activations, swaps versions in, judges their watch window when it ends ([`watch`]), and
-//! persists its state atomically after every step. A newer document cancels an activation in
-//! progress and ends a watch window at once; SIGTERM is handled within the grace period
-//! whatever the controller does.
+//! persists its state atomically after every step.
+//!
+//! A document names every model the device serves. Each model has its own lane (activation
+//! task, watch window) and slots, so one model's activation, rollback or failure never touches
+//! another's serving; a model the document no longer names is removed. A newer version of a
+//! model cancels that model's activation in progress and ends its watch window at once; SIGTERM
+//! is handled within the grace period whatever the controller does.
 
 pub mod acks;
 pub mod activate;
@@ -25,6 +29,7 @@ mod tasks;
 pub mod trust;
 pub mod watch;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use edgefleet_shared::clock::SharedClock;
 use edgefleet_shared::deployment::DeploymentDocument;
-use edgefleet_shared::fleet::DeviceStatus;
+use edgefleet_shared::fleet::{DeviceStatus, ModelStatus};
 use edgefleet_shared::keys::FileKey;
 use edgefleet_shared::signature::SignedEnvelope;
 use tokio::sync::mpsc;
@@ -71,12 +76,29 @@ enum Purpose {
     Shadow(f64),
 }
 
-/// A running activation task: fetch, verify, load and self-test one document's version.
+/// A running activation task: fetch, verify, load and self-test one model's version.
 struct Job {
+    /// Tells this task's result from that of one it replaced.
+    id: u64,
     doc: DeploymentDocument,
     purpose: Purpose,
     started: Instant,
-    handle: JoinHandle<Result<Arc<ServedModel>, ActivationError>>,
+    handle: JoinHandle<()>,
+}
+
+/// What an activation task sends back when it is done.
+struct Prepared {
+    model: String,
+    id: u64,
+    result: Result<Arc<ServedModel>, ActivationError>,
+}
+
+/// One model's work in progress: its activation task and its version being watched. Each model
+/// has its own, so one model's activation, watch or rollback never waits on another's.
+#[derive(Default)]
+struct Lane {
+    job: Option<Job>,
+    watching: Option<Watching>,
 }
 
 /// A version swapped in and being watched.
@@ -107,8 +129,11 @@ struct Agent {
     waiting_for_trust: Option<SignedEnvelope>,
     /// Telemetry recorders, when telemetry is on.
     telemetry: Option<Arc<Hub>>,
-    job: Option<Job>,
-    watching: Option<Watching>,
+    /// Each fleet-managed model's activation and watch.
+    lanes: BTreeMap<String, Lane>,
+    /// Where activation tasks send their results.
+    prepared: mpsc::UnboundedSender<Prepared>,
+    next_job: u64,
     status: tokio::sync::watch::Sender<Option<DeviceStatus>>,
     trust_version: Arc<std::sync::atomic::AtomicU64>,
     /// Unix time for document expiry and reports.
@@ -215,6 +240,7 @@ pub async fn run(
         None => None,
     };
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+    let (prepared_tx, mut prepared) = mpsc::unbounded_channel();
     let trust_version = Arc::new(std::sync::atomic::AtomicU64::new(trust.version()));
     let background = [
         tokio::spawn(tasks::poll(
@@ -239,8 +265,9 @@ pub async fn run(
         last_verified: None,
         waiting_for_trust: None,
         telemetry,
-        job: None,
-        watching: None,
+        lanes: BTreeMap::new(),
+        prepared: prepared_tx,
+        next_job: 0,
         status: status_tx,
         trust_version,
         clock: edgefleet_shared::clock::system(),
@@ -248,13 +275,10 @@ pub async fn run(
         deltas: Arc::default(),
     };
     agent.restore().await;
-    agent.restore_shadow().await;
+    agent.restore_shadows().await;
     tracing::info!(device = %device_id, trust_version = agent.trust.version(), "Fleet mode running.");
-    crate::systemd::ready(&match &agent.state.active {
-        Some(slot) => format!("serving {} version {}", slot.model.name, slot.model.version),
-        None => "waiting for a deployment".to_owned(),
-    });
-    if let Some(doc) = agent.state.pending.clone() {
+    crate::systemd::ready(&agent.serving_summary());
+    for doc in agent.state.models.values().filter_map(|m| m.pending.clone()).collect::<Vec<_>>() {
         tracing::info!(model = %doc.model.name, version = doc.model.version, "Resuming an interrupted activation.");
         agent.begin(doc, Purpose::Activate);
     }
@@ -271,14 +295,14 @@ pub async fn run(
                 Incoming::Desired(env) => agent.on_envelope(env),
                 Incoming::Trust(chain) => agent.on_trust(&chain),
             },
-            result = job_finished(&mut agent.job) => agent.on_prepared(result).await,
-            () = watch_over(&agent.watching, config.fleet.watch_window_secs) => agent.end_watch(false).await,
+            Some(done) = prepared.recv() => agent.on_prepared(done).await,
+            () = watch_over(&agent.lanes, config.fleet.watch_window_secs) => agent.end_due_watches().await,
             _ = report.tick() => agent.report(),
             _ = retry.tick() => agent.retry_pending(),
         }
     }
     crate::systemd::stopping();
-    if let Some(job) = agent.job.take() {
+    for job in agent.lanes.values_mut().filter_map(|lane| lane.job.take()) {
         job.handle.abort();
     }
     background.iter().for_each(JoinHandle::abort);
@@ -290,20 +314,10 @@ pub async fn run(
     Ok(())
 }
 
-/// The outcome of the running activation task; pending while there is none.
-async fn job_finished(job: &mut Option<Job>) -> Result<Arc<ServedModel>, ActivationError> {
-    match job {
-        Some(job) => (&mut job.handle)
-            .await
-            .unwrap_or_else(|e| Err(ActivationError::Load(format!("the activation task failed: {e}")))),
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the watch window of the watched version ends; pending while none is watched.
-async fn watch_over(watching: &Option<Watching>, window_secs: u64) {
-    match watching {
-        Some(w) => tokio::time::sleep_until((w.swapped_at + Duration::from_secs(window_secs)).into()).await,
+/// Resolves when the first watch window of a watched version ends; pending while none is.
+async fn watch_over(lanes: &BTreeMap<String, Lane>, window_secs: u64) {
+    match lanes.values().filter_map(|lane| lane.watching.as_ref()).map(|w| w.swapped_at).min() {
+        Some(first) => tokio::time::sleep_until((first + Duration::from_secs(window_secs)).into()).await,
         None => std::future::pending().await,
     }
 }
@@ -380,9 +394,16 @@ fn enrollment_labels(f: &crate::config::FleetConfig) -> Result<std::collections:
 }
 
 impl Agent {
-    /// After a restart, serves the active version again (verified on disk), else the previous.
+    /// After a restart, serves each model's active version again (verified on disk), else its
+    /// previous one.
     async fn restore(&mut self) {
-        for slot in [self.state.active.clone(), self.state.previous.clone()].into_iter().flatten() {
+        for slots in self.state.models.values().cloned().collect::<Vec<_>>() {
+            self.restore_model(&slots).await;
+        }
+    }
+
+    async fn restore_model(&mut self, slots: &state::ModelSlots) {
+        for slot in [slots.active.clone(), slots.previous.clone()].into_iter().flatten() {
             let Some(dir) = activate::existing_slot(&self.layout, &slot).await else {
                 tracing::warn!(model = %slot.model.name, version = slot.model.version, "Slot incomplete or corrupt; not serving it.");
                 continue;
@@ -406,43 +427,76 @@ impl Agent {
     }
 
     fn status(&self) -> DeviceStatus {
-        let (mut ok, mut failed, mut latency, mut active, mut classes) = (0, 0, None, (0, 0), Vec::new());
-        for (name, entry) in self.http.list() {
+        let (mut ok, mut failed) = (0, 0);
+        for (_, entry) in self.http.list() {
             if let crate::repository::ModelState::Ready(m) = entry {
                 let (o, f) = m.outcomes.snapshot();
                 ok += o;
                 failed += f;
-                if self
-                    .state
-                    .active
-                    .as_ref()
-                    .is_some_and(|a| a.model.name == name && m.version == a.model.version.to_string())
-                {
-                    latency = m.outcomes.latency_quantiles_ms();
-                    active = (o + f, f);
-                    classes = m.outcomes.class_counts();
-                }
             }
         }
+        let models: Vec<ModelStatus> =
+            self.state.models.iter().map(|(name, slots)| self.model_status(name, slots)).collect();
+        let first = models.first().cloned().unwrap_or_default();
         DeviceStatus {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
-            active: self.state.active.as_ref().map(|s| s.model.clone()),
-            previous: self.state.previous.as_ref().map(|s| s.model.clone()),
+            active: first.active,
+            previous: first.previous,
             last_sequence: self.state.last_sequence,
             last_refusal: self.state.last_refusal.clone(),
             last_activation: self.state.last_activation.clone(),
             requests: ok + failed,
             error_rate: if ok + failed == 0 { 0.0 } else { failed as f64 / (ok + failed) as f64 },
-            latency_p50_ms: latency.map(|l| l.0),
-            latency_p99_ms: latency.map(|l| l.1),
-            active_requests: active.0,
-            active_errors: active.1,
-            shadow: self.state.shadow.as_ref().and_then(|s| self.shadows.get(&s.slot.model.name)).map(|s| s.report()),
-            output_classes: classes,
+            latency_p50_ms: first.latency_p50_ms,
+            latency_p99_ms: first.latency_p99_ms,
+            active_requests: first.active_requests,
+            active_errors: first.active_errors,
+            shadow: first.shadow,
+            output_classes: first.output_classes,
             trust_version: Some(self.trust.version()),
             engines: self.engines.clone(),
             deltas: Some(self.deltas.report()),
+            models,
+        }
+    }
+
+    /// One model's slots and what its serving version has done since it was activated.
+    fn model_status(&self, name: &str, slots: &state::ModelSlots) -> ModelStatus {
+        let active = slots.active.as_ref().map(|s| s.model.clone());
+        let serving = active.as_ref().and_then(|a| match self.http.get(name) {
+            Some(crate::repository::ModelState::Ready(m)) if m.version == a.version.to_string() => Some(m),
+            _ => None,
+        });
+        let (o, f) = serving.as_ref().map_or((0, 0), |m| m.outcomes.snapshot());
+        let latency = serving.as_ref().and_then(|m| m.outcomes.latency_quantiles_ms());
+        ModelStatus {
+            name: name.to_owned(),
+            active,
+            previous: slots.previous.as_ref().map(|s| s.model.clone()),
+            last_activation: slots.last_activation.clone(),
+            active_requests: o + f,
+            active_errors: f,
+            latency_p50_ms: latency.map(|l| l.0),
+            latency_p99_ms: latency.map(|l| l.1),
+            output_classes: serving.map(|m| m.outcomes.class_counts()).unwrap_or_default(),
+            shadow: slots.shadow.as_ref().and_then(|_| self.shadows.get(name)).map(|s| s.report()),
+        }
+    }
+
+    /// What the device serves, for systemd's status line.
+    fn serving_summary(&self) -> String {
+        let serving: Vec<String> = self
+            .state
+            .models
+            .values()
+            .filter_map(|m| m.active.as_ref())
+            .map(|s| format!("{} version {}", s.model.name, s.model.version))
+            .collect();
+        if serving.is_empty() {
+            "waiting for a deployment".to_owned()
+        } else {
+            format!("serving {}", serving.join(", "))
         }
     }
 

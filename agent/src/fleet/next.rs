@@ -69,6 +69,7 @@ mod tests {
             model: model(v),
             artifacts: Vec::new(),
             shadow: shadow.map(|share| ShadowSpec { share }),
+            models: Vec::new(),
         }
     }
 

@@ -28,7 +28,7 @@ impl Agent {
                 let shadow = Arc::new(Shadow::new(model, doc.model.clone(), share));
                 self.shadows.set(&doc.model.name, Some(shadow));
                 let slot = Slot { model: doc.model.clone(), sequence: doc.sequence, artifacts: doc.artifacts.clone() };
-                self.state.shadow = Some(ShadowSlot { slot, share });
+                self.slots(&doc.model.name).shadow = Some(ShadowSlot { slot, share });
                 tracing::info!(model = %doc.model.name, version = doc.model.version, share, "Shadow running.");
             }
             Err(e) => {
@@ -42,17 +42,25 @@ impl Agent {
 
     /// Ends the shadow of `name`, if one runs.
     pub(super) fn stop_shadow(&mut self, name: &str) {
-        if self.state.shadow.as_ref().is_some_and(|s| s.slot.model.name == name) {
+        if let Some(slots) = self.state.models.get_mut(name)
+            && slots.shadow.is_some()
+        {
+            slots.shadow = None;
             self.shadows.set(name, None);
-            self.state.shadow = None;
             self.save();
             tracing::info!(model = name, "Shadow stopped.");
         }
     }
 
-    /// After a restart, loads the shadow again if its slot is intact.
-    pub(super) async fn restore_shadow(&mut self) {
-        let Some(shadow) = self.state.shadow.clone() else { return };
+    /// After a restart, loads each model's shadow again if its slot is intact.
+    pub(super) async fn restore_shadows(&mut self) {
+        let shadows: Vec<ShadowSlot> = self.state.models.values().filter_map(|m| m.shadow.clone()).collect();
+        for shadow in shadows {
+            self.restore_shadow(shadow).await;
+        }
+    }
+
+    async fn restore_shadow(&mut self, shadow: ShadowSlot) {
         let slot = &shadow.slot;
         let loaded = match activate::existing_slot(&self.layout, slot).await {
             Some(dir) => activate::load_with(&dir, &slot.model, SHADOW_POOL, &self.config.backend).await.ok(),
@@ -65,7 +73,7 @@ impl Agent {
             }
             None => {
                 tracing::warn!(model = %slot.model.name, version = slot.model.version, "Cannot restore the shadow.");
-                self.state.shadow = None;
+                self.slots(&slot.model.name).shadow = None;
                 self.save();
             }
         }

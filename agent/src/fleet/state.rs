@@ -1,14 +1,16 @@
 //! What the device remembers across restarts: its id, the last document sequence it accepted,
-//! the active and previous versions (A/B slots), and its last refusal and activation.
+//! and for each model its active and previous versions (A/B slots), pending document, shadow
+//! and last activation; the last refusal.
 //!
 //! Written with temp file + fsync + rename (and a directory fsync), so a `kill -9` at any point
 //! leaves either the old state or the new one, never a mix.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use edgefleet_shared::deployment::{DeployedArtifact, ModelRef};
+use edgefleet_shared::deployment::{DeployedArtifact, DeploymentDocument, ModelRef};
 use edgefleet_shared::fleet::{ActivationReport, Refusal};
 use serde::{Deserialize, Serialize};
 
@@ -37,19 +39,66 @@ pub struct DeviceState {
     /// SHA-256 of the last accepted document's bytes: the same document seen again (after a
     /// restart, or on every poll) is known, not a replay.
     pub last_document_sha256: Option<String>,
-    /// A document accepted but not yet activated; a restart resumes its activation.
-    pub pending: Option<edgefleet_shared::deployment::DeploymentDocument>,
-    /// Serving.
-    pub active: Option<Slot>,
-    /// Kept for rollback.
-    pub previous: Option<Slot>,
+    /// Every fleet-managed model, by name: its own slots and activation.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelSlots>,
     /// Last refused document.
     pub last_refusal: Option<Refusal>,
-    /// Last activation attempt.
+    /// Last activation attempt, of any model.
     pub last_activation: Option<ActivationReport>,
+    /// The single model of a state file written before `models` existed: read once, moved into
+    /// `models` by [`StateFile::load`], never written again.
+    #[serde(default, rename = "pending", skip_serializing)]
+    legacy_pending: Option<DeploymentDocument>,
+    #[serde(default, rename = "active", skip_serializing)]
+    legacy_active: Option<Slot>,
+    #[serde(default, rename = "previous", skip_serializing)]
+    legacy_previous: Option<Slot>,
+    #[serde(default, rename = "shadow", skip_serializing)]
+    legacy_shadow: Option<ShadowSlot>,
+}
+
+/// One model's slots (A/B: active and previous), its document waiting to activate, its shadow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelSlots {
+    /// A document part accepted but not yet activated; a restart resumes its activation.
+    #[serde(default)]
+    pub pending: Option<DeploymentDocument>,
+    /// Serving.
+    #[serde(default)]
+    pub active: Option<Slot>,
+    /// Kept for rollback.
+    #[serde(default)]
+    pub previous: Option<Slot>,
     /// A version running in shadow beside the active one.
     #[serde(default)]
     pub shadow: Option<ShadowSlot>,
+    /// This model's last activation attempt.
+    #[serde(default)]
+    pub last_activation: Option<ActivationReport>,
+}
+
+impl DeviceState {
+    /// Moves a single-model state (written before `models` existed) into `models`.
+    fn migrate(&mut self) {
+        let (pending, active, previous, shadow) = (
+            self.legacy_pending.take(),
+            self.legacy_active.take(),
+            self.legacy_previous.take(),
+            self.legacy_shadow.take(),
+        );
+        let name = [active.as_ref(), previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|s| s.model.name.clone())
+            .chain(pending.as_ref().map(|d| d.model.name.clone()))
+            .next();
+        let Some(name) = name else { return };
+        let last_activation = self.last_activation.clone().filter(|a| a.model.name == name);
+        let shadow = shadow.filter(|s| s.slot.model.name == name);
+        let previous = previous.filter(|p| p.model.name == name);
+        self.models.insert(name, ModelSlots { pending, active, previous, shadow, last_activation });
+    }
 }
 
 /// A shadow version and the share of requests mirrored to it.
@@ -84,7 +133,12 @@ impl StateFile {
     /// Reads the state; a missing file is a fresh device.
     pub fn load(&self) -> Result<DeviceState, StateError> {
         match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| self.err(std::io::Error::other(e))),
+            Ok(bytes) => {
+                let mut state: DeviceState =
+                    serde_json::from_slice(&bytes).map_err(|e| self.err(std::io::Error::other(e)))?;
+                state.migrate();
+                Ok(state)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DeviceState::default()),
             Err(e) => Err(self.err(e)),
         }
@@ -126,5 +180,27 @@ mod tests {
         file.save(&state).expect("save");
         assert_eq!(file.load().expect("load"), state);
         assert!(!dir.path().join("state.tmp").exists());
+    }
+
+    #[test]
+    fn a_single_model_state_file_moves_into_models() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slot =
+            |v: u64| Slot { model: ModelRef { name: "iris".into(), version: v }, sequence: v, artifacts: vec![] };
+        let old = serde_json::json!({
+            "device_id": "dev-1", "mqtt_url": null, "topic_prefix": "ef", "last_sequence": 3,
+            "last_document_sha256": null, "pending": null, "active": slot(3), "previous": slot(2),
+            "last_refusal": null, "last_activation": null, "shadow": null
+        });
+        std::fs::write(dir.path().join("state.json"), serde_json::to_vec(&old).expect("json")).expect("write");
+        let file = StateFile::new(dir.path());
+        let state = file.load().expect("load");
+        let iris = &state.models["iris"];
+        assert_eq!((iris.active.clone(), iris.previous.clone()), (Some(slot(3)), Some(slot(2))));
+        file.save(&state).expect("save");
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).expect("read")).expect("json");
+        assert!(written.get("active").is_none(), "legacy fields are not written again");
+        assert_eq!(file.load().expect("reload"), state);
     }
 }

@@ -53,10 +53,22 @@ pub enum Command {
     /// Devices and their enrollment tokens.
     #[command(subcommand)]
     Device(DeviceCommand),
-    /// Sign and issue deployment documents: `deploy N:V (--device ID | --selector k=v)`.
+    /// Sign and issue deployment documents: `deploy N:V (--device ID | --selector k=v)`; the
+    /// version joins each device's set of models (replacing an earlier version of that model).
     Deploy {
         /// `NAME:VERSION` (VERSION a number or an alias).
         reference: String,
+        /// One device.
+        #[arg(long, conflicts_with = "selector")]
+        device: Option<String>,
+        /// Every device with these labels (`k=v`, repeatable).
+        #[arg(long, value_parser = parse_kv, required_unless_present = "device")]
+        selector: Vec<(String, String)>,
+    },
+    /// Take a model off devices (their other models stay): `undeploy NAME (--device ID | --selector k=v)`.
+    Undeploy {
+        /// Model name.
+        model: String,
         /// One device.
         #[arg(long, conflicts_with = "selector")]
         device: Option<String>,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use edgefleet_shared::api::ErrorBody;
 use edgefleet_shared::api::fleet::{
     CreateEnrollmentToken, Decommission, DeployRequest, DeviceInfo, DeviceQuery, EnrollmentToken, EnrollmentTokenInfo,
-    Issued, Relabel,
+    Issued, Relabel, UndeployRequest,
 };
 use edgefleet_shared::api::models::{AliasTarget, ModelSummary, PushMetadata, VersionInfo};
 use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutRequest};
@@ -292,6 +292,11 @@ impl Client {
     /// `POST /deployments`.
     pub async fn deploy(&self, req: &DeployRequest) -> Result<Vec<Issued>, CliError> {
         self.with_body(Method::POST, &["deployments"], req).await
+    }
+
+    /// `POST /undeploy`.
+    pub async fn undeploy(&self, req: &UndeployRequest) -> Result<Vec<Issued>, CliError> {
+        self.with_body(Method::POST, &["undeploy"], req).await
     }
 
     /// `POST /rollouts`.

@@ -1,6 +1,8 @@
 //! What each command does: parsed arguments → typed API calls → output.
 
-use edgefleet_shared::api::fleet::{CreateEnrollmentToken, Decommission, DeployRequest, DeviceQuery, Relabel};
+use edgefleet_shared::api::fleet::{
+    CreateEnrollmentToken, Decommission, DeployRequest, DeviceQuery, Relabel, UndeployRequest,
+};
 use edgefleet_shared::api::models::AliasTarget;
 use std::time::Duration;
 
@@ -105,6 +107,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 selector: (!selector.is_empty()).then(|| selector.into_iter().collect()),
             };
             output::issued(out, &client.deploy(&req).await?);
+        }
+        Command::Undeploy { model, device, selector } => {
+            let req = UndeployRequest {
+                model,
+                device,
+                selector: (!selector.is_empty()).then(|| selector.into_iter().collect()),
+            };
+            output::issued(out, &client.undeploy(&req).await?);
         }
         Command::Rollout(RolloutCommand::Create(args)) => {
             output::rollout(out, &client.create_rollout(&rollout_request(*args)?).await?);

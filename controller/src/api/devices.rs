@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use edgefleet_shared::api::fleet::{
     CreateEnrollmentToken, Decommission, DeployRequest, DeviceInfo, DeviceQuery, EnrollmentToken, EnrollmentTokenInfo,
-    Issued, Relabel, TOTAL_COUNT_HEADER,
+    Issued, Relabel, TOTAL_COUNT_HEADER, UndeployRequest,
 };
 use edgefleet_shared::api::tokens::Role;
 use edgefleet_shared::fleet::{
@@ -338,4 +338,20 @@ pub(super) async fn deploy(
     state.publisher.documents(&devices).await;
     metrics::counter!(crate::metric::DOCUMENTS_ISSUED).increment(issued.len() as u64);
     Ok((StatusCode::CREATED, Json(issued)))
+}
+
+/// Takes a model off devices (their other models stay): each gets a new signed document.
+#[utoipa::path(post, path = "/api/v1/undeploy", request_body = UndeployRequest, responses((status = 200, body = Vec<Issued>), (status = 404, body = edgefleet_shared::api::ErrorBody), (status = 409, body = edgefleet_shared::api::ErrorBody)))]
+pub(super) async fn undeploy(
+    caller: Caller,
+    State(state): State<AppState>,
+    body: Result<Json<UndeployRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Vec<Issued>>, ApiError> {
+    caller.require(Role::Operator)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let issued = state.fleet.undeploy(req, caller.actor()).await?;
+    let devices: Vec<String> = issued.iter().map(|i| i.device_id.clone()).collect();
+    state.publisher.documents(&devices).await;
+    metrics::counter!(crate::metric::DOCUMENTS_ISSUED).increment(issued.len() as u64);
+    Ok(Json(issued))
 }

@@ -84,6 +84,7 @@ pub struct AppState {
         devices::enrollment_tokens,
         devices::revoke_enrollment_token,
         devices::deploy,
+        devices::undeploy,
         rollouts::create,
         rollouts::list,
         rollouts::show,
@@ -122,6 +123,7 @@ pub struct AppState {
         edgefleet_shared::api::fleet::Decommission,
         edgefleet_shared::api::fleet::EnrollmentTokenInfo,
         edgefleet_shared::api::fleet::DeployRequest,
+        edgefleet_shared::api::fleet::UndeployRequest,
         edgefleet_shared::api::fleet::Issued,
         edgefleet_shared::api::rollouts::RolloutRequest,
         edgefleet_shared::api::rollouts::RolloutInfo,
@@ -178,6 +180,7 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/devices/{id}/artifacts/{sha256}", get(devices::artifact))
         .route("/devices/{id}/status", post(devices::status))
         .route("/deployments", post(devices::deploy))
+        .route("/undeploy", post(devices::undeploy))
         .route("/rollouts", post(rollouts::create).get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::show))
         .route("/rollouts/{id}/history", get(rollouts::history))

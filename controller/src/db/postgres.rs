@@ -242,6 +242,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX device_metrics_at ON device_metrics(at);
     ",
+    // 3: SQLite's migration 13 (each device's desired set of models).
+    "
+    CREATE TABLE desired_models (
+        device_id     TEXT NOT NULL REFERENCES devices(id),
+        model         TEXT NOT NULL,
+        version       BIGINT NOT NULL CHECK (version >= 1),
+        shadow_share  DOUBLE PRECISION,
+        PRIMARY KEY (device_id, model)
+    );
+    INSERT INTO desired_models (device_id, model, version) SELECT device_id, model, version FROM desired;
+    ",
 ];
 
 /// Tables in an order where each one's references come before it (for copying a database).
@@ -256,6 +267,7 @@ pub const TABLES: &[&str] = &[
     "enrollment_tokens",
     "devices",
     "desired",
+    "desired_models",
     "rollouts",
     "rollout_devices",
     "telemetry_batches",

@@ -297,4 +297,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX device_metrics_at ON device_metrics(at);
     ",
+    // 13: several models per device: each device's desired set, one row per model (the
+    // `desired` row keeps the signed document of the whole set, its first model in model/version).
+    "
+    CREATE TABLE desired_models (
+        device_id     TEXT NOT NULL REFERENCES devices(id),
+        model         TEXT NOT NULL,
+        version       INTEGER NOT NULL CHECK (version >= 1),
+        shadow_share  REAL,
+        PRIMARY KEY (device_id, model)
+    );
+    INSERT INTO desired_models (device_id, model, version) SELECT device_id, model, version FROM desired;
+    ",
 ];

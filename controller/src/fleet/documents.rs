@@ -8,9 +8,11 @@
 use std::collections::BTreeMap;
 
 use crate::sql::{Connection, OptionalExtension, params};
-use edgefleet_shared::api::fleet::{DeployRequest, Issued};
+use edgefleet_shared::api::fleet::{DeployRequest, Issued, UndeployRequest};
 use edgefleet_shared::bundle::{BUNDLE_FILE, MODEL_FILE};
-use edgefleet_shared::deployment::{DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, ModelRef, ShadowSpec};
+use edgefleet_shared::deployment::{
+    DEPLOYMENT_KIND, DeployedArtifact, DeploymentDocument, DesiredModel, ModelRef, ShadowSpec,
+};
 use edgefleet_shared::keys::Signer as _;
 use edgefleet_shared::signature::SignedEnvelope;
 
@@ -45,11 +47,12 @@ impl Fleet {
     /// Whether an artifact of the device's current document is `wanted`.
     async fn names(&self, device_id: String, wanted: impl Fn(&DeployedArtifact) -> bool) -> Result<bool, FleetError> {
         Ok(self.desired(device_id).await?.and_then(|env| env.document_bytes()).is_some_and(|bytes| {
-            serde_json::from_slice::<DeploymentDocument>(&bytes).is_ok_and(|d| d.artifacts.iter().any(&wanted))
+            serde_json::from_slice::<DeploymentDocument>(&bytes).is_ok_and(|d| d.all_artifacts().any(&wanted))
         }))
     }
 
-    /// Issues documents for a model version to one device or every device matching a selector.
+    /// Issues documents for a model version to one device or every device matching a selector:
+    /// the version joins (or replaces that model's version in) each device's desired set.
     pub async fn deploy(&self, req: DeployRequest, actor: String) -> Result<Vec<Issued>, FleetError> {
         if req.device.is_some() == req.selector.is_some() {
             return Err(FleetError::BadRequest("give exactly one of device or selector".into()));
@@ -59,24 +62,8 @@ impl Fleet {
             .call(move |conn| -> Result<Vec<Issued>, FleetError> {
                 let tx = conn.transaction()?;
                 let (_, version) = resolve_version(&tx, &req.model, &req.version)?;
-                let artifacts = version_artifacts(&tx, &req.model, version)?;
-                let targets: Vec<String> = match (&req.device, &req.selector) {
-                    (Some(id), _) => {
-                        let row: Option<Option<i64>> = tx
-                            .query_row("SELECT decommissioned_at FROM devices WHERE id = ?1", params![id], |r| r.get(0))
-                            .optional()?;
-                        match row {
-                            None => return Err(FleetError::NotFound(format!("unknown device {id:?}"))),
-                            Some(Some(_)) => {
-                                return Err(FleetError::Conflict(format!("device {id:?} is decommissioned")));
-                            }
-                            Some(None) => {}
-                        }
-                        vec![id.clone()]
-                    }
-                    (None, Some(selector)) => matching_devices(&tx, selector)?,
-                    (None, None) => Vec::new(),
-                };
+                version_artifacts(&tx, &req.model, version)?;
+                let targets = targets(&tx, req.device.as_deref(), req.selector.as_ref())?;
                 // Only to devices whose engines can run it (a version only ONNX Runtime runs).
                 let required = required_engines(&tx, &req.model, version)?;
                 let (targets, unable): (Vec<String>, Vec<String>) =
@@ -96,7 +83,7 @@ impl Fleet {
                 let model = ModelRef { name: req.model.clone(), version };
                 let mut issued = Vec::with_capacity(targets.len());
                 for device in &targets {
-                    issued.push(this.issue(&tx, device, &model, &artifacts, None)?);
+                    issued.push(this.issue(&tx, device, &model, None)?);
                 }
                 db::audit(
                     &tx,
@@ -104,6 +91,48 @@ impl Fleet {
                     "deploy",
                     &format!("{}:{version}", req.model),
                     serde_json::json!({"devices": targets, "selector": req.selector}),
+                )?;
+                tx.commit()?;
+                Ok(issued)
+            })
+            .await
+    }
+
+    /// Takes a model off one device or every device matching a selector: each gets a document
+    /// without it (its other models unchanged), and its agent unloads it and deletes its slots.
+    pub async fn undeploy(&self, req: UndeployRequest, actor: String) -> Result<Vec<Issued>, FleetError> {
+        if req.device.is_some() == req.selector.is_some() {
+            return Err(FleetError::BadRequest("give exactly one of device or selector".into()));
+        }
+        let this = self.clone();
+        self.db
+            .call(move |conn| -> Result<Vec<Issued>, FleetError> {
+                let tx = conn.transaction()?;
+                let mut issued = Vec::new();
+                for device in targets(&tx, req.device.as_deref(), req.selector.as_ref())? {
+                    let models = desired_models(&tx, &device)?;
+                    if !models.iter().any(|(m, ..)| m.name == req.model) {
+                        if req.device.is_some() {
+                            return Err(FleetError::NotFound(format!("device {device:?} is not given {}", req.model)));
+                        }
+                        continue;
+                    }
+                    if models.len() == 1 {
+                        return Err(FleetError::Conflict(format!(
+                            "{} is the only model of device {device:?}: deploy another model first, or decommission \
+                             the device",
+                            req.model
+                        )));
+                    }
+                    issued.push(this.withdraw(&tx, &device, &req.model)?);
+                }
+                db::audit(
+                    &tx,
+                    &actor,
+                    "undeploy",
+                    &req.model,
+                    serde_json::json!({"devices": issued.iter().map(|i| &i.device_id).collect::<Vec<_>>(),
+                                       "selector": req.selector}),
                 )?;
                 tx.commit()?;
                 Ok(issued)
@@ -121,48 +150,68 @@ impl Fleet {
                 let tx = conn.transaction()?;
                 let horizon = now() + (this.settings.document_ttl_secs / 2) as i64;
                 let at = now() as u64;
-                let mut due: Vec<(String, String, i64, String)> = Vec::new();
+                let mut due: Vec<String> = Vec::new();
                 {
                     let mut stmt = tx.prepare(
-                        "SELECT s.device_id, s.model, s.version, s.envelope, s.expires_at, s.key_id, d.trust_version
+                        "SELECT s.device_id, s.expires_at, s.key_id, d.trust_version
                          FROM desired s JOIN devices d ON d.id = s.device_id",
                     )?;
                     let rows = stmt.query_map([], |r| {
                         let (expires_at, key_id, trust_version): (i64, Option<String>, Option<i64>) =
-                            (r.get(4)?, r.get(5)?, r.get(6)?);
+                            (r.get(1)?, r.get(2)?, r.get(3)?);
                         let wanted = this.keys.signer_for(trust_version.map(|v| v as u64), at).key_id();
                         let stale = expires_at <= horizon || key_id.as_deref() != Some(wanted.as_str());
-                        Ok(if stale { Some((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)) } else { None })
+                        Ok(if stale { Some(r.get(0)?) } else { None })
                     })?;
                     for row in rows {
                         due.extend(row?);
                     }
                 }
-                for (device, model, version, envelope) in &due {
-                    let artifacts = version_artifacts(&tx, model, *version as u64)?;
-                    // The refreshed document keeps what the current one asks (e.g. shadow).
-                    let shadow = serde_json::from_str::<SignedEnvelope>(envelope)
-                        .ok()
-                        .and_then(|e| serde_json::from_slice::<DeploymentDocument>(&e.document_bytes()?).ok())
-                        .and_then(|d| d.shadow);
-                    let model = ModelRef { name: model.clone(), version: *version as u64 };
-                    this.issue(&tx, device, &model, &artifacts, shadow)?;
+                // The refreshed document keeps what the current one asks (every model, shadows).
+                for device in &due {
+                    this.sign_set(&tx, device)?;
                 }
                 tx.commit()?;
-                Ok(due.into_iter().map(|(d, ..)| d).collect())
+                Ok(due)
             })
             .await
     }
 
-    /// Signs and stores the next document for `device` (inside the caller's transaction).
+    /// Sets `device`'s desired version of `model.name` (with a shadow, or activated) and signs
+    /// its next document, naming its whole set (inside the caller's transaction).
     pub(crate) fn issue(
         &self,
         tx: &Connection,
         device: &str,
         model: &ModelRef,
-        artifacts: &[DeployedArtifact],
         shadow: Option<ShadowSpec>,
     ) -> Result<Issued, FleetError> {
+        tx.execute(
+            "INSERT INTO desired_models (device_id, model, version, shadow_share) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device_id, model) DO UPDATE SET version = excluded.version, shadow_share = excluded.shadow_share",
+            params![device, model.name, model.version as i64, shadow.map(|s| s.share)],
+        )?;
+        let issued = self.sign_set(tx, device)?;
+        Ok(Issued { version: model.version, ..issued })
+    }
+
+    /// Takes `name` out of `device`'s desired set and signs its next document; the set must keep
+    /// another model (a document names at least one).
+    pub(crate) fn withdraw(&self, tx: &Connection, device: &str, name: &str) -> Result<Issued, FleetError> {
+        let version: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM desired_models WHERE device_id = ?1 AND model = ?2",
+                params![device, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.execute("DELETE FROM desired_models WHERE device_id = ?1 AND model = ?2", params![device, name])?;
+        let issued = self.sign_set(tx, device)?;
+        Ok(Issued { version: version.unwrap_or_default() as u64, ..issued })
+    }
+
+    /// Signs and stores the next document for `device`, naming every model of its desired set.
+    fn sign_set(&self, tx: &Connection, device: &str) -> Result<Issued, FleetError> {
         let last: Option<i64> = tx
             .query_row("SELECT sequence FROM desired WHERE device_id = ?1", params![device], |r| r.get(0))
             .optional()?;
@@ -173,18 +222,27 @@ impl Fleet {
             .optional()?
             .flatten();
         let signer = self.keys.signer_for(trust_version.map(|v| v as u64), issued_at);
-        let artifacts = crate::delta::offer(tx, device, model, artifacts, self.settings.delta_max_share)?;
-        let doc = DeploymentDocument {
+        let mut models = Vec::new();
+        for (model, shadow) in desired_models(tx, device)? {
+            let artifacts = version_artifacts(tx, &model.name, model.version)?;
+            let artifacts = crate::delta::offer(tx, device, &model, &artifacts, self.settings.delta_max_share)?;
+            models.push(DesiredModel { model, artifacts, shadow });
+        }
+        let header = DeploymentDocument {
             kind: DEPLOYMENT_KIND.into(),
             key_id: signer.key_id(),
             sequence,
             issued_at,
             expires_at: issued_at + self.settings.document_ttl_secs,
             devices: vec![device.to_owned()],
-            model: model.clone(),
-            artifacts,
-            shadow,
+            model: ModelRef { name: String::new(), version: 0 },
+            artifacts: Vec::new(),
+            shadow: None,
+            models: Vec::new(),
         };
+        let doc = header
+            .with_models(models)
+            .ok_or_else(|| FleetError::Conflict(format!("device {device:?} would be left without a model")))?;
         let envelope = SignedEnvelope::sign(&doc.to_bytes(), signer.as_ref());
         tx.execute(
             "INSERT INTO desired (device_id, sequence, model, version, envelope, issued_at, expires_at, key_id)
@@ -195,15 +253,54 @@ impl Fleet {
             params![
                 device,
                 sequence as i64,
-                model.name,
-                model.version as i64,
+                doc.model.name,
+                doc.model.version as i64,
                 serde_json::to_string(&envelope).unwrap_or_default(),
                 issued_at as i64,
                 doc.expires_at as i64,
                 doc.key_id
             ],
         )?;
-        Ok(Issued { device_id: device.to_owned(), sequence, version: model.version, expires_at: doc.expires_at })
+        Ok(Issued { device_id: device.to_owned(), sequence, version: doc.model.version, expires_at: doc.expires_at })
+    }
+}
+
+/// `device`'s desired set: each model's version and shadow, by model name.
+pub(crate) fn desired_models(
+    conn: &Connection,
+    device: &str,
+) -> Result<Vec<(ModelRef, Option<ShadowSpec>)>, FleetError> {
+    let rows: Vec<(String, i64, Option<f64>)> = conn
+        .prepare("SELECT model, version, shadow_share FROM desired_models WHERE device_id = ?1 ORDER BY model")?
+        .query_map(params![device], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, version, share)| {
+            (ModelRef { name, version: version as u64 }, share.map(|share| ShadowSpec { share }))
+        })
+        .collect())
+}
+
+/// The devices a request names: one (which must exist and be in service) or a selector's.
+fn targets(
+    conn: &Connection,
+    device: Option<&str>,
+    selector: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<String>, FleetError> {
+    match (device, selector) {
+        (Some(id), _) => {
+            let row: Option<Option<i64>> = conn
+                .query_row("SELECT decommissioned_at FROM devices WHERE id = ?1", params![id], |r| r.get(0))
+                .optional()?;
+            match row {
+                None => Err(FleetError::NotFound(format!("unknown device {id:?}"))),
+                Some(Some(_)) => Err(FleetError::Conflict(format!("device {id:?} is decommissioned"))),
+                Some(None) => Ok(vec![id.to_owned()]),
+            }
+        }
+        (None, Some(selector)) => matching_devices(conn, selector),
+        (None, None) => Ok(Vec::new()),
     }
 }
 

@@ -90,6 +90,7 @@ impl Fleet {
                     params![now(), reason, target],
                 )?;
                 tx.execute("DELETE FROM desired WHERE device_id = ?1", params![target])?;
+                tx.execute("DELETE FROM desired_models WHERE device_id = ?1", params![target])?;
                 db::audit(&tx, &actor, "device.decommission", &target, serde_json::json!({"reason": reason}))?;
                 tx.commit()?;
                 Ok(())

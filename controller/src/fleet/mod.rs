@@ -19,7 +19,7 @@ use crate::db::{Db, DbError, now};
 use crate::keyring::KeyRing;
 use crate::registry::RegistryError;
 
-pub(crate) use documents::{can_run, matching_devices, required_engines, version_artifacts};
+pub(crate) use documents::{can_run, desired_models, matching_devices, required_engines, version_artifacts};
 
 /// Fleet failures, each mapping to one HTTP status.
 #[derive(Debug, thiserror::Error)]

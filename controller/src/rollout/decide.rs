@@ -48,7 +48,7 @@ pub(super) struct Member {
 
 /// A device's outcome. A failed download is not a verdict: the agent retries it.
 pub(super) fn outcome(m: &Member, candidate: &ModelRef, shadow: bool) -> DeviceOutcome {
-    let Some(status) = m.status.as_ref() else {
+    let Some(status) = m.status.as_ref().and_then(|s| s.model(&candidate.name)) else {
         return if m.previous.as_ref() == Some(candidate) { DeviceOutcome::Already } else { DeviceOutcome::Unsettled };
     };
     let serving = status.active.as_ref() == Some(candidate);
@@ -72,7 +72,8 @@ pub(super) fn measure(all: &[Member], candidate: &ModelRef, shadow: bool, overdu
     let (mut p99, mut paired, mut agreed) = (Vec::new(), Vec::new(), 0.0);
     let (mut before, mut after) = (Vec::new(), Vec::new());
     for member in all {
-        let status = member.status.as_ref();
+        let status = member.status.as_ref().and_then(|s| s.model(&candidate.name));
+        let status = status.as_ref();
         match outcome(member, candidate, shadow) {
             DeviceOutcome::Serving if shadow => {
                 m.activated += 1;

@@ -11,7 +11,7 @@ use edgefleet_shared::fleet::{DeviceStatus, wave_members};
 use super::decide::{Decision, Row, Verdict, decide, outcome};
 use super::records::{load, members};
 use crate::db;
-use crate::fleet::{Fleet, FleetError, can_run, matching_devices, required_engines, version_artifacts};
+use crate::fleet::{Fleet, FleetError, can_run, desired_models, matching_devices, required_engines, version_artifacts};
 
 /// One step of rollout `id` at `now`: issue the current wave to devices not yet in it, judge
 /// ([`decide`]), and write what was decided. Returns the devices that got new documents.
@@ -53,9 +53,8 @@ pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64, now: u64) -> Result<
             )?;
             db::audit(tx, "controller", "rollout.promote", &id.to_string(), serde_json::json!({"measurements": m}))?;
             tracing::info!(rollout = id, devices = m.devices, "Shadow passed; promoting.");
-            let artifacts = version_artifacts(tx, &row.model.name, row.model.version)?;
             for member in all.iter().filter(|m| outcome(m, &row.model, true) != DeviceOutcome::Already) {
-                fleet.issue(tx, &member.device, &row.model, &artifacts, None)?;
+                fleet.issue(tx, &member.device, &row.model, None)?;
                 changed.push(member.device.clone());
             }
         }
@@ -131,18 +130,21 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row, now: u64) -> Result<Vec<
     if newcomers.is_empty() {
         return Ok(Vec::new());
     }
-    let artifacts = version_artifacts(tx, &row.model.name, row.model.version)?;
+    version_artifacts(tx, &row.model.name, row.model.version)?;
     let mut joined = Vec::new();
     for device in newcomers {
+        // What the device was given of this model before (its other models are not touched).
         let previous: Option<(String, i64)> = tx
-            .query_row("SELECT model, version FROM desired WHERE device_id = ?1", params![device], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT model, version FROM desired_models WHERE device_id = ?1 AND model = ?2",
+                params![device, row.model.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         let status: Option<DeviceStatus> = tx
             .query_row("SELECT status FROM devices WHERE id = ?1", params![device], |r| r.get::<_, Option<String>>(0))?
             .and_then(|s| serde_json::from_str(&s).ok());
-        let served = status.filter(|s| s.active_requests > 0);
+        let served = status.and_then(|s| s.model(&row.model.name)).filter(|s| s.active_requests > 0);
         let baseline = served.as_ref().and_then(|s| s.latency_p99_ms);
         let classes = served.map(|s| serde_json::to_string(&s.output_classes).unwrap_or_default());
         tx.execute(
@@ -162,7 +164,7 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row, now: u64) -> Result<Vec<
         if previous.as_ref().is_some_and(|(m, v)| m == &row.model.name && *v as u64 == row.model.version) {
             continue;
         }
-        fleet.issue(tx, &device, &row.model, &artifacts, row.plan.shadow())?;
+        fleet.issue(tx, &device, &row.model, row.plan.shadow())?;
         joined.push(device);
     }
     if !joined.is_empty() {
@@ -184,8 +186,8 @@ pub(super) fn roll_back(
     let targets: Vec<(String, Option<String>, Option<i64>)> = tx
         .prepare(
             "SELECT rd.device_id, rd.prev_model, rd.prev_version FROM rollout_devices rd
-             JOIN desired d ON d.device_id = rd.device_id
-             WHERE rd.rollout_id = ?1 AND d.model = ?2 AND d.version = ?3",
+             JOIN desired_models d ON d.device_id = rd.device_id AND d.model = ?2
+             WHERE rd.rollout_id = ?1 AND d.version = ?3",
         )?
         .query_map(params![row.id, row.model.name, row.model.version as i64], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -193,16 +195,21 @@ pub(super) fn roll_back(
         .collect::<Result<_, _>>()?;
     let mut changed = Vec::new();
     for (device, prev_model, prev_version) in targets {
-        let (Some(name), Some(version)) = (prev_model, prev_version) else {
-            tracing::warn!(rollout = row.id, %device, "No previous version to return to; the device keeps the candidate.");
+        let (Some(name), Some(version)) = (prev_model.filter(|m| *m == row.model.name), prev_version) else {
+            // The rollout gave the device this model: taking it back leaves its other models.
+            if desired_models(tx, &device)?.len() > 1 {
+                fleet.withdraw(tx, &device, &row.model.name)?;
+                changed.push(device);
+            } else {
+                tracing::warn!(rollout = row.id, %device, "No previous version to return to; the device keeps the candidate.");
+            }
             continue;
         };
         let previous = ModelRef { name, version: version as u64 };
         if previous == row.model {
             continue;
         }
-        let artifacts = version_artifacts(tx, &previous.name, previous.version)?;
-        fleet.issue(tx, &device, &previous, &artifacts, None)?;
+        fleet.issue(tx, &device, &previous, None)?;
         changed.push(device);
     }
     tx.execute(

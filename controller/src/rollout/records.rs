@@ -91,7 +91,7 @@ pub(super) fn info(conn: &Connection, id: i64, now: u64, online_window_secs: u64
         .map(|m| {
             let outcome = outcome(m, &row.model, shadow);
             let error = (outcome == DeviceOutcome::Failed)
-                .then(|| m.status.as_ref().and_then(|s| s.last_activation.as_ref()).and_then(|a| a.error.clone()))
+                .then(|| m.status.as_ref()?.model(&row.model.name)?.last_activation?.error)
                 .flatten();
             RolloutDevice {
                 device: m.device.clone(),
@@ -116,7 +116,7 @@ pub(super) fn info(conn: &Connection, id: i64, now: u64, online_window_secs: u64
     let in_waves = row.state == RolloutState::Running;
     let delta_bytes_saved = all
         .iter()
-        .filter_map(|m| m.status.as_ref()?.last_activation.as_ref())
+        .filter_map(|m| m.status.as_ref()?.model(&row.model.name)?.last_activation)
         .filter(|a| a.ok && a.model == row.model)
         .map(|a| a.delta_bytes_saved)
         .sum();

@@ -216,6 +216,20 @@ pub struct DeployRequest {
     pub selector: Option<BTreeMap<String, String>>,
 }
 
+/// Body of `POST /undeploy`: a model to take off one device or every device matching a selector
+/// (the other models they serve stay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UndeployRequest {
+    /// Model name.
+    pub model: String,
+    /// One device…
+    pub device: Option<String>,
+    /// …or every device whose labels include all of these.
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
 /// One issued document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
