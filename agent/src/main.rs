@@ -52,10 +52,11 @@ fn verify(args: edgefleet_agent::cli::VerifyArgs) -> ExitCode {
     match edgefleet_agent::inspect::verify(&args.into_request()) {
         Ok(v) => {
             let d = &v.document;
+            let models: Vec<String> =
+                d.desired().iter().map(|m| format!("{} version {}", m.model.name, m.model.version)).collect();
+            let models = if models.is_empty() { "no model".to_owned() } else { models.join(", ") };
             println!(
-                "verified: {} version {}, sequence {}, for {}, signed by key {}, expires {}",
-                d.model.name,
-                d.model.version,
+                "verified: {models}, sequence {}, for {}, signed by key {}, expires {}",
                 d.sequence,
                 d.devices.join(", "),
                 d.key_id,

@@ -102,16 +102,22 @@ pub(crate) async fn refresh_documents(
     }
 }
 
-/// Steps every running rollout once a second while this replica holds the lease, and publishes
-/// the documents it issues.
+/// Every this many rollout steps, every device is reconciled to its fleet (changes made through
+/// this replica's API are reconciled at once; this catches the rest, e.g. a finished rollout).
+const RECONCILE_EVERY_TICKS: u64 = 5;
+
+/// Steps every running rollout once a second while this replica holds the lease, reconciles
+/// devices to their fleets every few seconds, and publishes the documents either issues.
 pub(crate) async fn drive_rollouts(
     rollouts: crate::rollout::Rollouts,
+    fleet: Fleet,
     publisher: Publisher,
     held: Held,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         if !next_tick(&mut tick, &mut stop).await {
             return;
@@ -120,6 +126,13 @@ pub(crate) async fn drive_rollouts(
         match rollouts.tick_fenced(Some(lease)).await {
             Ok(devices) => publisher.documents(&devices).await,
             Err(e) => tracing::error!(error = %e, "Rollout step failed."),
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(RECONCILE_EVERY_TICKS) {
+            match fleet.reconcile_fleets().await {
+                Ok(devices) => publisher.documents(&devices).await,
+                Err(e) => tracing::error!(error = %e, "Reconciling devices to their fleets failed."),
+            }
         }
     }
 }

@@ -277,8 +277,13 @@ pub async fn run(
         held.clone(),
         stopping.clone(),
     ));
-    let engine =
-        tokio::spawn(background::drive_rollouts(rollouts.clone(), publisher.clone(), held.clone(), stopping.clone()));
+    let engine = tokio::spawn(background::drive_rollouts(
+        rollouts.clone(),
+        fleet.clone(),
+        publisher.clone(),
+        held.clone(),
+        stopping.clone(),
+    ));
     let judge = tokio::spawn(background::judge_telemetry(telemetry.clone(), held, stopping));
     let state = AppState {
         db,

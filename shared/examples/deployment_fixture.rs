@@ -35,7 +35,7 @@ fn main() {
         issued_at: 1_790_000_000,
         expires_at: 4_102_444_800,
         devices: vec!["demo-device-1".into()],
-        model: ModelRef { name: "iris".into(), version: 1 },
+        model: Some(ModelRef { name: "iris".into(), version: 1 }),
         artifacts: vec![DeployedArtifact {
             name: "model.onnx".into(),
             sha256: sha256_hex(&model),

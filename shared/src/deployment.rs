@@ -70,9 +70,12 @@ pub struct DeploymentDocument {
     pub expires_at: u64,
     /// Device ids this document is for.
     pub devices: Vec<String>,
-    /// The model version to run.
-    pub model: ModelRef,
+    /// The (first) model version to run; absent in a document that names no model at all (the
+    /// device is to serve nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelRef>,
     /// Every file of that version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<DeployedArtifact>,
     /// Run the version in shadow beside the active one instead of activating it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,8 +130,12 @@ impl DeploymentDocument {
 
     /// Every model the document names, the first one first.
     pub fn desired(&self) -> Vec<DesiredModel> {
-        let first = DesiredModel { model: self.model.clone(), artifacts: self.artifacts.clone(), shadow: self.shadow };
-        std::iter::once(first).chain(self.models.iter().cloned()).collect()
+        let first = self.model.clone().map(|model| DesiredModel {
+            model,
+            artifacts: self.artifacts.clone(),
+            shadow: self.shadow,
+        });
+        first.into_iter().chain(self.models.iter().cloned()).collect()
     }
 
     /// The artifacts of every model.
@@ -136,45 +143,51 @@ impl DeploymentDocument {
         self.artifacts.iter().chain(self.models.iter().flat_map(|m| &m.artifacts))
     }
 
-    /// One single-model document per model named, each with this document's header (kind, key,
-    /// sequence, times, devices): how a device handles each model on its own. They are views of
-    /// the verified document, never signed themselves.
-    pub fn split(&self) -> Vec<DeploymentDocument> {
+    /// Each model named, with this document's sequence: how a device handles each model on its
+    /// own. They are views of the verified document, never signed themselves.
+    pub fn split(&self) -> Vec<ModelDeployment> {
         self.desired()
             .into_iter()
-            .map(|m| DeploymentDocument {
+            .map(|m| ModelDeployment {
+                sequence: self.sequence,
                 model: m.model,
                 artifacts: m.artifacts,
                 shadow: m.shadow,
-                models: Vec::new(),
-                ..self.clone_header()
             })
             .collect()
     }
 
-    /// A document naming `models` (the first goes in `model`), or `None` for an empty set.
-    pub fn with_models(mut self, models: Vec<DesiredModel>) -> Option<DeploymentDocument> {
+    /// This document naming `models` (the first goes in `model`; none: the device serves nothing).
+    pub fn with_models(mut self, models: Vec<DesiredModel>) -> DeploymentDocument {
         let mut models = models.into_iter();
-        let first = models.next()?;
-        self.model = first.model;
-        self.artifacts = first.artifacts;
-        self.shadow = first.shadow;
-        self.models = models.collect();
-        Some(self)
-    }
-
-    fn clone_header(&self) -> DeploymentDocument {
-        DeploymentDocument {
-            kind: self.kind.clone(),
-            key_id: self.key_id.clone(),
-            sequence: self.sequence,
-            issued_at: self.issued_at,
-            expires_at: self.expires_at,
-            devices: self.devices.clone(),
-            model: self.model.clone(),
-            artifacts: Vec::new(),
-            shadow: None,
-            models: Vec::new(),
+        match models.next() {
+            Some(first) => {
+                self.model = Some(first.model);
+                self.artifacts = first.artifacts;
+                self.shadow = first.shadow;
+            }
+            None => {
+                self.model = None;
+                self.artifacts = Vec::new();
+                self.shadow = None;
+            }
         }
+        self.models = models.collect();
+        self
     }
+}
+
+/// One model of a verified document, with the document's sequence: what a device prepares,
+/// watches and keeps for that model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelDeployment {
+    /// Sequence of the document it came from.
+    pub sequence: u64,
+    /// The model version to run.
+    pub model: ModelRef,
+    /// Every file of that version.
+    pub artifacts: Vec<DeployedArtifact>,
+    /// Run the version in shadow beside the active one instead of activating it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
 }

@@ -56,6 +56,9 @@ pub fn verify_deployment(
     if now >= doc.expires_at {
         return Err(VerifyError::Expired { expires_at: doc.expires_at, now });
     }
+    if doc.model.is_none() && (!doc.artifacts.is_empty() || doc.shadow.is_some() || !doc.models.is_empty()) {
+        return Err(VerifyError::Malformed("artifacts, shadow or further models without a model".into()));
+    }
     let desired = doc.desired();
     let mut models: Vec<&str> = desired.iter().map(|m| m.model.name.as_str()).collect();
     models.sort_unstable();

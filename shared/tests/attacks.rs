@@ -46,7 +46,7 @@ fn document(f: &Fixture, sequence: u64) -> DeploymentDocument {
         issued_at: NOW - 60,
         expires_at: NOW + 3600,
         devices: vec![DEVICE.into(), "device-8".into()],
-        model: ModelRef { name: "iris".into(), version: 3 },
+        model: Some(ModelRef { name: "iris".into(), version: 3 }),
         artifacts: vec![artifact("model.onnx", &f.model, &f.packed)],
         shadow: None,
         models: Vec::new(),
@@ -181,6 +181,14 @@ fn every_model_of_a_document_is_checked_like_the_first() {
     doc.models = vec![edgefleet_shared::deployment::DesiredModel { artifacts: Vec::new(), ..second("mlp", "x") }];
     let (bytes, sig) = doc.sign(&f.key);
     assert!(matches!(verify(&bytes, &sig, &f, None), Err(VerifyError::Malformed(_))), "a model without artifacts");
+
+    let empty = document(&f, 5).with_models(Vec::new());
+    let (bytes, sig) = empty.sign(&f.key);
+    assert!(verify(&bytes, &sig, &f, None).expect("an empty set").split().is_empty());
+    let mut orphan = document(&f, 5).with_models(Vec::new());
+    orphan.models = vec![second("mlp", "model.onnx")];
+    let (bytes, sig) = orphan.sign(&f.key);
+    assert!(matches!(verify(&bytes, &sig, &f, None), Err(VerifyError::Malformed(_))), "further models without a first");
 }
 
 #[test]

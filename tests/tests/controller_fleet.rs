@@ -88,7 +88,8 @@ async fn enroll_deploy_fetch_verify_download_and_report() {
     let doc: DeploymentDocument =
         verify_deployment(&env.document_bytes().expect("b64"), &env.signature, &trust, &id, None, now())
             .expect("verifies");
-    assert_eq!((doc.model.name.as_str(), doc.model.version, doc.sequence), ("iris", 1, 1));
+    let model = doc.model.as_ref().expect("a model");
+    assert_eq!((model.name.as_str(), model.version, doc.sequence), ("iris", 1, 1));
     assert!(doc.expires_at > now() + 3600);
     // A second deploy of the same version is a new document with a higher sequence.
     c.cli_json(&["deploy", "iris:1", "--device", &id]);

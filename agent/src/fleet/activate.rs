@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use edgefleet_engine::tensor::Tensor;
 use edgefleet_shared::bundle::{BUNDLE_FILE, BundleManifest, GoldenTensor, MODEL_FILE};
-use edgefleet_shared::deployment::{DeployedArtifact, DeploymentDocument};
+use edgefleet_shared::deployment::{DeployedArtifact, ModelDeployment};
 use edgefleet_shared::verify::{ArtifactError, verify_artifact, verify_compressed_artifact};
 use tokio::sync::oneshot;
 
@@ -111,7 +111,7 @@ pub struct Context {
 impl Context {
     /// Fetches, verifies, loads and self-tests `doc`'s version, ready to swap in (or to run as a
     /// shadow, on the shadow's budget).
-    pub async fn prepare(&self, doc: &DeploymentDocument, shadow: bool) -> Result<Arc<ServedModel>, ActivationError> {
+    pub async fn prepare(&self, doc: &ModelDeployment, shadow: bool) -> Result<Arc<ServedModel>, ActivationError> {
         let slot = fetch(&self.link, &self.layout, doc, &self.deltas).await?;
         let model = if shadow {
             load_with(&slot, &doc.model, SHADOW_POOL, &self.backend).await?
@@ -146,7 +146,7 @@ pub fn attach_telemetry(
 pub async fn fetch(
     link: &Link,
     layout: &Layout,
-    doc: &DeploymentDocument,
+    doc: &ModelDeployment,
     deltas: &super::delta::DeltaStats,
 ) -> Result<PathBuf, ActivationError> {
     let slot = layout.slot(&doc.model.name, doc.model.version);

@@ -2,7 +2,7 @@
 //! verified before anything acts on them and remembered only once verified, and trust
 //! rotations, applied only when each step is signed by the set the device holds.
 
-use edgefleet_shared::deployment::DeploymentDocument;
+use edgefleet_shared::deployment::{DeploymentDocument, ModelDeployment};
 use edgefleet_shared::fleet::Refusal;
 use edgefleet_shared::signature::SignedEnvelope;
 use edgefleet_shared::trust::TrustChain;
@@ -99,7 +99,7 @@ impl Agent {
     }
 
     /// Acts on one model's part of a verified document.
-    fn apply(&mut self, doc: DeploymentDocument) {
+    fn apply(&mut self, doc: ModelDeployment) {
         let name = doc.model.name.clone();
         let shadow_runs = self.state.models.get(&name).and_then(|m| m.shadow.as_ref());
         if let (Some(spec), Some(running)) = (&doc.shadow, shadow_runs)

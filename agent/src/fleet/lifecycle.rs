@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use edgefleet_shared::deployment::DeploymentDocument;
+use edgefleet_shared::deployment::ModelDeployment;
 use edgefleet_shared::fleet::{ActivationReport, Refusal};
 use tracing::Instrument as _;
 
@@ -21,7 +21,7 @@ impl Agent {
 
     /// Starts preparing `doc`'s version. The model's watched version is judged now on what it
     /// has seen (a newer document part ends its window) and its running activation is cancelled.
-    pub(super) fn begin(&mut self, doc: DeploymentDocument, purpose: Purpose) {
+    pub(super) fn begin(&mut self, doc: ModelDeployment, purpose: Purpose) {
         let name = doc.model.name.clone();
         if self.lanes.get(&name).is_some_and(|l| l.watching.is_some()) {
             self.finish_watch(&name, true);
@@ -65,7 +65,7 @@ impl Agent {
 
     /// A download that failed (controller or network down) is retried every poll interval.
     pub(super) fn retry_pending(&mut self) {
-        let idle: Vec<DeploymentDocument> = self
+        let idle: Vec<ModelDeployment> = self
             .state
             .models
             .iter()
@@ -197,7 +197,7 @@ impl Agent {
         tracing::info!(model = name, "Model removed: the desired state no longer names it.");
     }
 
-    pub(super) fn record(&mut self, doc: &DeploymentDocument, started: Instant, error: Option<String>) {
+    pub(super) fn record(&mut self, doc: &ModelDeployment, started: Instant, error: Option<String>) {
         let ok = error.is_none();
         metrics::counter!(crate::metric::ACTIVATIONS, "result" => if ok { "ok" } else { "failed" }).increment(1);
         let report = ActivationReport {
@@ -213,7 +213,7 @@ impl Agent {
         self.state.last_activation = Some(report);
     }
 
-    pub(super) fn record_failure(&mut self, doc: &DeploymentDocument, started: Instant, e: &ActivationError) {
+    pub(super) fn record_failure(&mut self, doc: &ModelDeployment, started: Instant, e: &ActivationError) {
         if let Some(class) = e.refusal_class() {
             self.state.last_refusal = Some(Refusal {
                 class: class.into(),

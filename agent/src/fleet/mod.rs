@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgefleet_shared::clock::SharedClock;
-use edgefleet_shared::deployment::DeploymentDocument;
+use edgefleet_shared::deployment::ModelDeployment;
 use edgefleet_shared::fleet::{DeviceStatus, ModelStatus};
 use edgefleet_shared::keys::FileKey;
 use edgefleet_shared::signature::SignedEnvelope;
@@ -80,7 +80,7 @@ enum Purpose {
 struct Job {
     /// Tells this task's result from that of one it replaced.
     id: u64,
-    doc: DeploymentDocument,
+    doc: ModelDeployment,
     purpose: Purpose,
     started: Instant,
     handle: JoinHandle<()>,
@@ -103,7 +103,7 @@ struct Lane {
 
 /// A version swapped in and being watched.
 struct Watching {
-    doc: DeploymentDocument,
+    doc: ModelDeployment,
     model: Arc<ServedModel>,
     previous: Option<Arc<ServedModel>>,
     swapped_at: Instant,

@@ -3,7 +3,7 @@
 //! already handles under the document's new number, keep serving the active version, or
 //! activate a new one. The fleet loop applies the answer (tasks, swaps, state on disk).
 
-use edgefleet_shared::deployment::{DeploymentDocument, ModelRef};
+use edgefleet_shared::deployment::{ModelDeployment, ModelRef};
 
 /// What the device is doing when a document verifies.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,7 +32,7 @@ pub(super) enum Next {
 }
 
 /// The step `doc` calls for while the device is `doing` that.
-pub(super) fn next(doc: &DeploymentDocument, doing: &Doing<'_>) -> Next {
+pub(super) fn next(doc: &ModelDeployment, doing: &Doing<'_>) -> Next {
     if let Some(spec) = &doc.shadow {
         return Next::Shadow(spec.share);
     }
@@ -58,18 +58,12 @@ mod tests {
         ModelRef { name: "m".into(), version: v }
     }
 
-    fn doc(v: u64, shadow: Option<f64>) -> DeploymentDocument {
-        DeploymentDocument {
-            kind: edgefleet_shared::deployment::DEPLOYMENT_KIND.into(),
-            key_id: "k".into(),
+    fn doc(v: u64, shadow: Option<f64>) -> ModelDeployment {
+        ModelDeployment {
             sequence: v,
-            issued_at: 0,
-            expires_at: u64::MAX,
-            devices: vec!["dev-1".into()],
             model: model(v),
             artifacts: Vec::new(),
             shadow: shadow.map(|share| ShadowSpec { share }),
-            models: Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use edgefleet_shared::deployment::DeploymentDocument;
+use edgefleet_shared::deployment::ModelDeployment;
 
 use super::Agent;
 use super::activate::{self, ActivationError, SHADOW_POOL};
@@ -18,7 +18,7 @@ impl Agent {
     /// report the failure like a failed activation.
     pub(super) fn shadow_prepared(
         &mut self,
-        doc: DeploymentDocument,
+        doc: ModelDeployment,
         share: f64,
         started: Instant,
         result: Result<Arc<ServedModel>, ActivationError>,

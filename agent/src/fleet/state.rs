@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use edgefleet_shared::deployment::{DeployedArtifact, DeploymentDocument, ModelRef};
+use edgefleet_shared::deployment::{DeployedArtifact, DeploymentDocument, ModelDeployment, ModelRef};
 use edgefleet_shared::fleet::{ActivationReport, Refusal};
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +63,7 @@ pub struct DeviceState {
 pub struct ModelSlots {
     /// A document part accepted but not yet activated; a restart resumes its activation.
     #[serde(default)]
-    pub pending: Option<DeploymentDocument>,
+    pub pending: Option<ModelDeployment>,
     /// Serving.
     #[serde(default)]
     pub active: Option<Slot>,
@@ -82,7 +82,7 @@ impl DeviceState {
     /// Moves a single-model state (written before `models` existed) into `models`.
     fn migrate(&mut self) {
         let (pending, active, previous, shadow) = (
-            self.legacy_pending.take(),
+            self.legacy_pending.take().and_then(|d| d.split().into_iter().next()),
             self.legacy_active.take(),
             self.legacy_previous.take(),
             self.legacy_shadow.take(),

@@ -65,6 +65,9 @@ pub enum Command {
         #[arg(long, value_parser = parse_kv, required_unless_present = "device")]
         selector: Vec<(String, String)>,
     },
+    /// Declarative fleets: a selector and the models every matching device serves.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Take a model off devices (their other models stay): `undeploy NAME (--device ID | --selector k=v)`.
     Undeploy {
         /// Model name.
@@ -216,8 +219,12 @@ pub struct RolloutArgs {
     /// `NAME:VERSION` (VERSION a number or an alias).
     pub reference: String,
     /// Devices with these labels (`k=v`, repeatable).
-    #[arg(long, value_parser = parse_kv, required = true)]
+    #[arg(long, value_parser = parse_kv, required_unless_present = "fleet", conflicts_with = "fleet")]
     pub selector: Vec<(String, String)>,
+    /// Roll a new version of a fleet's model over the fleet's devices; the fleet serves it once
+    /// the rollout completes.
+    #[arg(long)]
+    pub fleet: Option<String>,
     /// Waves, gates and what to do when they fail.
     #[command(flatten)]
     pub plan: RolloutPlan,
@@ -267,6 +274,12 @@ pub struct RolloutPlan {
     /// Leave out the default gate activation_failure_rate<0.1.
     #[arg(long)]
     pub no_default_gate: bool,
+    /// Disruption budget: labels that group devices, e.g. `site` or `site,function`...
+    #[arg(long, value_delimiter = ',', requires = "max_unavailable")]
+    pub group_by: Vec<String>,
+    /// ...and how many of a group may be activating or failed at once: `N` or `P%`.
+    #[arg(long, requires = "group_by")]
+    pub max_unavailable: Option<String>,
 }
 
 impl RolloutPlan {
@@ -288,6 +301,9 @@ impl RolloutPlan {
             on_fail: self.on_fail,
             strategy: self.strategy,
             shadow_share: self.shadow_share,
+            fleet: None,
+            group_by: self.group_by,
+            max_unavailable: self.max_unavailable,
         }
     }
 }
@@ -554,4 +570,44 @@ pub struct SimArgs {
     /// Broker URL overriding the one the controller hands out.
     #[arg(long)]
     pub mqtt: Option<String>,
+}
+
+/// `edgefleet fleet ...`
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Create a fleet: every device matching the selector (now or later) serves its models.
+    Create {
+        /// Fleet name (`[a-z0-9-]`, starting with a letter).
+        name: String,
+        /// Member devices' labels (`k=v`, repeatable).
+        #[arg(long, value_parser = parse_kv, required = true)]
+        selector: Vec<(String, String)>,
+        /// A model the members serve, `NAME:VERSION` (repeatable).
+        #[arg(long = "model", required = true)]
+        models: Vec<String>,
+    },
+    /// List fleets with their members and conflicts.
+    List,
+    /// Show one fleet.
+    Show {
+        /// Fleet name.
+        name: String,
+    },
+    /// Change a fleet's selector or set of models (a new version of a model the fleet serves:
+    /// `rollout create NAME:VERSION --fleet FLEET`).
+    Update {
+        /// Fleet name.
+        name: String,
+        /// A new selector (`k=v`, repeatable; replaces the old one).
+        #[arg(long, value_parser = parse_kv)]
+        selector: Vec<(String, String)>,
+        /// The new set of models, `NAME:VERSION` (repeatable; replaces the old set).
+        #[arg(long = "model")]
+        models: Vec<String>,
+    },
+    /// Delete a fleet: its devices stop serving its models.
+    Delete {
+        /// Fleet name.
+        name: String,
+    },
 }

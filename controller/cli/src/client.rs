@@ -12,6 +12,7 @@ use edgefleet_shared::api::fleet::{
     CreateEnrollmentToken, Decommission, DeployRequest, DeviceInfo, DeviceQuery, EnrollmentToken, EnrollmentTokenInfo,
     Issued, Relabel, UndeployRequest,
 };
+use edgefleet_shared::api::fleets::{CreateFleet, FleetInfo, UpdateFleet};
 use edgefleet_shared::api::models::{AliasTarget, ModelSummary, PushMetadata, VersionInfo};
 use edgefleet_shared::api::rollouts::{RolloutInfo, RolloutRequest};
 use edgefleet_shared::api::telemetry::{DriftQuery, DriftReport, ListQuery, Policy, RetrainRequest};
@@ -292,6 +293,31 @@ impl Client {
     /// `POST /deployments`.
     pub async fn deploy(&self, req: &DeployRequest) -> Result<Vec<Issued>, CliError> {
         self.with_body(Method::POST, &["deployments"], req).await
+    }
+
+    /// `POST /fleets`.
+    pub async fn create_fleet(&self, req: &CreateFleet) -> Result<FleetInfo, CliError> {
+        self.with_body(Method::POST, &["fleets"], req).await
+    }
+
+    /// `GET /fleets`.
+    pub async fn fleets(&self) -> Result<Vec<FleetInfo>, CliError> {
+        self.get(&["fleets"]).await
+    }
+
+    /// `GET /fleets/{name}`.
+    pub async fn fleet(&self, name: &str) -> Result<FleetInfo, CliError> {
+        self.get(&["fleets", name]).await
+    }
+
+    /// `PATCH /fleets/{name}`.
+    pub async fn update_fleet(&self, name: &str, req: &UpdateFleet) -> Result<FleetInfo, CliError> {
+        self.with_body(Method::PATCH, &["fleets", name], req).await
+    }
+
+    /// `DELETE /fleets/{name}`.
+    pub async fn delete_fleet(&self, name: &str) -> Result<(), CliError> {
+        self.send(self.request(Method::DELETE, &["fleets", name])?).await.map(drop)
     }
 
     /// `POST /undeploy`.

@@ -3,6 +3,7 @@
 use edgefleet_shared::api::fleet::{
     CreateEnrollmentToken, Decommission, DeployRequest, DeviceQuery, Relabel, UndeployRequest,
 };
+use edgefleet_shared::api::fleets::{CreateFleet, UpdateFleet};
 use edgefleet_shared::api::models::AliasTarget;
 use std::time::Duration;
 
@@ -11,8 +12,8 @@ use edgefleet_shared::api::telemetry::{DriftQuery, ListQuery};
 use edgefleet_shared::api::tokens::{AuditQuery, CreateToken};
 
 use crate::args::{
-    Cli, Command, DeviceCommand, DeviceTokenCommand, DriftCommand, ModelCommand, Output, PolicyArgs, RetrainCommand,
-    RolloutArgs, RolloutCommand, TokenCommand, split_ref,
+    Cli, Command, DeviceCommand, DeviceTokenCommand, DriftCommand, FleetCommand, ModelCommand, Output, PolicyArgs,
+    RetrainCommand, RolloutArgs, RolloutCommand, TokenCommand, split_ref,
 };
 use crate::client::{CliError, Client, RolloutAction};
 use crate::push::push_request;
@@ -108,6 +109,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             };
             output::issued(out, &client.deploy(&req).await?);
         }
+        Command::Fleet(command) => fleet(&client, out, command).await?,
         Command::Undeploy { model, device, selector } => {
             let req = UndeployRequest {
                 model,
@@ -199,9 +201,38 @@ fn name_version(reference: &str) -> Result<(&str, &str), CliError> {
     }
 }
 
+/// `fleet ...`.
+async fn fleet(client: &Client, out: Output, command: FleetCommand) -> Result<(), CliError> {
+    match command {
+        FleetCommand::Create { name, selector, models } => {
+            let req = CreateFleet { name, selector: selector.into_iter().collect(), models };
+            output::fleet(out, &client.create_fleet(&req).await?);
+        }
+        FleetCommand::List => output::fleets(out, &client.fleets().await?),
+        FleetCommand::Show { name } => output::fleet(out, &client.fleet(&name).await?),
+        FleetCommand::Update { name, selector, models } => {
+            if selector.is_empty() && models.is_empty() {
+                return Err(CliError::Usage("give --selector or --model to change".into()));
+            }
+            let req = UpdateFleet {
+                selector: (!selector.is_empty()).then(|| selector.into_iter().collect()),
+                models: (!models.is_empty()).then_some(models),
+            };
+            output::fleet(out, &client.update_fleet(&name, &req).await?);
+        }
+        FleetCommand::Delete { name } => {
+            client.delete_fleet(&name).await?;
+            output::done(out, &format!("fleet {name} deleted"));
+        }
+    }
+    Ok(())
+}
+
 fn rollout_request(args: RolloutArgs) -> Result<RolloutRequest, CliError> {
     let (name, v) = name_version(&args.reference)?;
-    Ok(args.plan.request(name, v, args.selector))
+    let mut req = args.plan.request(name, v, args.selector);
+    req.fleet = args.fleet;
+    Ok(req)
 }
 
 /// `retrain policy`: shows the policy, or changes the fields given and shows the result.

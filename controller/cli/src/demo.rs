@@ -493,6 +493,9 @@ fn rollout_request(
         on_fail: OnFail::Abort,
         strategy: Strategy::Canary,
         shadow_share: 0.25,
+        fleet: None,
+        group_by: Vec::new(),
+        max_unavailable: None,
     }
 }
 

@@ -15,6 +15,9 @@ use serde::Serialize;
 
 use crate::args::Output;
 
+mod fleets;
+pub(crate) use fleets::{fleet, fleets};
+
 fn json(v: &impl Serialize) {
     say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }

@@ -46,14 +46,16 @@ struct Device {
 
 impl Device {
     fn status(&self, started: Instant) -> DeviceStatus {
+        // A simulated device serves the first model its document names.
         let doc = self.active.as_ref();
+        let model = doc.and_then(|d| d.model.clone());
         DeviceStatus {
             agent_version: format!("sim-{}", env!("CARGO_PKG_VERSION")),
             uptime_secs: started.elapsed().as_secs(),
-            active: doc.map(|d| d.model.clone()),
+            active: model.clone(),
             last_sequence: doc.map(|d| d.sequence),
-            last_activation: doc.map(|d| ActivationReport {
-                model: d.model.clone(),
+            last_activation: doc.zip(model).map(|(d, model)| ActivationReport {
+                model,
                 sequence: d.sequence,
                 ok: true,
                 error: None,
@@ -68,7 +70,11 @@ impl Device {
     fn batch(&mut self, samples: usize, interval: u64) -> TelemetryBatch {
         self.sequence += 1;
         let end = edgefleet_shared::clock::unix_secs();
-        let model = self.active.as_ref().map_or(("sim".to_owned(), 0), |d| (d.model.name.clone(), d.model.version));
+        let model = self
+            .active
+            .as_ref()
+            .and_then(|d| d.model.as_ref())
+            .map_or(("sim".to_owned(), 0), |m| (m.name.clone(), m.version));
         let sample = |i: usize| Sample {
             request_id: Some(format!("{}-{}-{i}", &self.id[..8.min(self.id.len())], self.sequence)),
             at_ms: end * 1000 - i as u64,

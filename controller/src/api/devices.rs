@@ -59,7 +59,10 @@ pub(super) async fn enroll(
     body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    Ok(Json(state.fleet.enroll(req).await?))
+    let enrolled = state.fleet.enroll(req).await?;
+    // A fleet it matches may have given it models already.
+    state.publisher.documents(std::slice::from_ref(&enrolled.device_id)).await;
+    Ok(Json(enrolled))
 }
 
 /// What can be checked of a device request before its body is read: the device headers are
@@ -283,7 +286,10 @@ pub(super) async fn relabel(
 ) -> Result<Json<DeviceInfo>, ApiError> {
     caller.require(Role::Operator)?;
     let Json(change) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    Ok(Json(state.fleet.relabel(id, change, caller.actor()).await?))
+    let device = state.fleet.relabel(id, change, caller.actor()).await?;
+    // Its fleet may have changed with its labels.
+    state.publisher.documents(std::slice::from_ref(&device.id)).await;
+    Ok(Json(device))
 }
 
 /// Decommissions a device: its key, broker login and documents stop working at once.

@@ -5,6 +5,7 @@ mod caller;
 mod console;
 mod devices;
 mod error;
+mod fleets;
 mod models;
 mod observe;
 mod rollouts;
@@ -85,6 +86,11 @@ pub struct AppState {
         devices::revoke_enrollment_token,
         devices::deploy,
         devices::undeploy,
+        fleets::create,
+        fleets::list,
+        fleets::show,
+        fleets::update,
+        fleets::delete,
         rollouts::create,
         rollouts::list,
         rollouts::show,
@@ -124,6 +130,10 @@ pub struct AppState {
         edgefleet_shared::api::fleet::EnrollmentTokenInfo,
         edgefleet_shared::api::fleet::DeployRequest,
         edgefleet_shared::api::fleet::UndeployRequest,
+        edgefleet_shared::api::fleets::CreateFleet,
+        edgefleet_shared::api::fleets::UpdateFleet,
+        edgefleet_shared::api::fleets::FleetInfo,
+        edgefleet_shared::api::fleets::FleetConflict,
         edgefleet_shared::api::fleet::Issued,
         edgefleet_shared::api::rollouts::RolloutRequest,
         edgefleet_shared::api::rollouts::RolloutInfo,
@@ -181,6 +191,8 @@ pub fn router(state: AppState, max_upload_bytes: usize) -> Router {
         .route("/devices/{id}/status", post(devices::status))
         .route("/deployments", post(devices::deploy))
         .route("/undeploy", post(devices::undeploy))
+        .route("/fleets", post(fleets::create).get(fleets::list))
+        .route("/fleets/{name}", get(fleets::show).patch(fleets::update).delete(fleets::delete))
         .route("/rollouts", post(rollouts::create).get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::show))
         .route("/rollouts/{id}/history", get(rollouts::history))

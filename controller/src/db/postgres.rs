@@ -253,6 +253,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO desired_models (device_id, model, version) SELECT device_id, model, version FROM desired;
     ",
+    // 4: SQLite's migration 14 (declarative fleets).
+    "
+    CREATE TABLE fleets (
+        name        TEXT PRIMARY KEY,
+        selector    TEXT NOT NULL,
+        models      TEXT NOT NULL,
+        created_at  BIGINT NOT NULL,
+        updated_at  BIGINT NOT NULL,
+        created_by  TEXT NOT NULL
+    );
+    ALTER TABLE desired_models ADD COLUMN fleet TEXT;
+    ALTER TABLE rollout_devices ADD COLUMN held_back BIGINT NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// Tables in an order where each one's references come before it (for copying a database).
@@ -268,6 +281,7 @@ pub const TABLES: &[&str] = &[
     "devices",
     "desired",
     "desired_models",
+    "fleets",
     "rollouts",
     "rollout_devices",
     "telemetry_batches",

@@ -309,4 +309,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO desired_models (device_id, model, version) SELECT device_id, model, version FROM desired;
     ",
+    // 14: declarative fleets (a selector and the models its members serve), which fleet gave a
+    // device each of its models (NULL: deployed by hand), and rollout members waiting for their
+    // group's disruption budget (held_back = 1: in the wave, not issued yet).
+    "
+    CREATE TABLE fleets (
+        name        TEXT PRIMARY KEY,
+        selector    TEXT NOT NULL,
+        models      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        created_by  TEXT NOT NULL
+    );
+    ALTER TABLE desired_models ADD COLUMN fleet TEXT;
+    ALTER TABLE rollout_devices ADD COLUMN held_back INTEGER NOT NULL DEFAULT 0;
+    ",
 ];

@@ -117,13 +117,6 @@ impl Fleet {
                         }
                         continue;
                     }
-                    if models.len() == 1 {
-                        return Err(FleetError::Conflict(format!(
-                            "{} is the only model of device {device:?}: deploy another model first, or decommission \
-                             the device",
-                            req.model
-                        )));
-                    }
                     issued.push(this.withdraw(&tx, &device, &req.model)?);
                 }
                 db::audit(
@@ -195,8 +188,8 @@ impl Fleet {
         Ok(Issued { version: model.version, ..issued })
     }
 
-    /// Takes `name` out of `device`'s desired set and signs its next document; the set must keep
-    /// another model (a document names at least one).
+    /// Takes `name` out of `device`'s desired set and signs its next document (naming no model
+    /// when it was the last: the device then serves nothing).
     pub(crate) fn withdraw(&self, tx: &Connection, device: &str, name: &str) -> Result<Issued, FleetError> {
         let version: Option<i64> = tx
             .query_row(
@@ -211,7 +204,7 @@ impl Fleet {
     }
 
     /// Signs and stores the next document for `device`, naming every model of its desired set.
-    fn sign_set(&self, tx: &Connection, device: &str) -> Result<Issued, FleetError> {
+    pub(super) fn sign_set(&self, tx: &Connection, device: &str) -> Result<Issued, FleetError> {
         let last: Option<i64> = tx
             .query_row("SELECT sequence FROM desired WHERE device_id = ?1", params![device], |r| r.get(0))
             .optional()?;
@@ -235,14 +228,14 @@ impl Fleet {
             issued_at,
             expires_at: issued_at + self.settings.document_ttl_secs,
             devices: vec![device.to_owned()],
-            model: ModelRef { name: String::new(), version: 0 },
+            model: None,
             artifacts: Vec::new(),
             shadow: None,
             models: Vec::new(),
         };
-        let doc = header
-            .with_models(models)
-            .ok_or_else(|| FleetError::Conflict(format!("device {device:?} would be left without a model")))?;
+        let doc = header.with_models(models);
+        // The row's model and version are the first model's; an empty set stores "" and 0.
+        let first = doc.model.clone().unwrap_or(ModelRef { name: String::new(), version: 0 });
         let envelope = SignedEnvelope::sign(&doc.to_bytes(), signer.as_ref());
         tx.execute(
             "INSERT INTO desired (device_id, sequence, model, version, envelope, issued_at, expires_at, key_id)
@@ -253,15 +246,15 @@ impl Fleet {
             params![
                 device,
                 sequence as i64,
-                doc.model.name,
-                doc.model.version as i64,
+                first.name,
+                first.version as i64,
                 serde_json::to_string(&envelope).unwrap_or_default(),
                 issued_at as i64,
                 doc.expires_at as i64,
                 doc.key_id
             ],
         )?;
-        Ok(Issued { device_id: device.to_owned(), sequence, version: doc.model.version, expires_at: doc.expires_at })
+        Ok(Issued { device_id: device.to_owned(), sequence, version: first.version, expires_at: doc.expires_at })
     }
 }
 

@@ -109,6 +109,7 @@ impl Fleet {
             .ok_or_else(|| FleetError::BadRequest("public_key is not a base64 Ed25519 key".into()))?;
         check_labels(&req.labels)?;
         let settings = self.settings.clone();
+        let this = self.clone();
         self.db
             .call(move |conn| -> Result<EnrollResponse, FleetError> {
                 let tx = conn.transaction()?;
@@ -151,6 +152,7 @@ impl Fleet {
                     params![id, key.to_base64(), serde_json::to_string(&labels).unwrap_or_default(), now(), token_id],
                 )?;
                 db::audit(&tx, &format!("enrollment-token:{token_id}"), "device.enroll", &id, serde_json::json!({"labels": labels}))?;
+                this.reconcile(&tx, Some(&id))?;
                 tx.commit()?;
                 tracing::info!(device = %id, "Device enrolled.");
                 Ok(EnrollResponse { device_id: id, mqtt_url: settings.mqtt_url.clone(), topic_prefix: settings.topic_prefix.clone(), labels })

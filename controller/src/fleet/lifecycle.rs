@@ -20,6 +20,7 @@ impl Fleet {
             return Err(FleetError::BadRequest(format!("label {both:?} is both set and removed")));
         }
         let target = id.clone();
+        let this = self.clone();
         self.db
             .call(move |conn| -> Result<(), FleetError> {
                 let tx = conn.transaction()?;
@@ -51,6 +52,7 @@ impl Fleet {
                     &target,
                     serde_json::json!({"before": before, "after": labels}),
                 )?;
+                this.reconcile(&tx, Some(&target))?;
                 tx.commit()?;
                 Ok(())
             })

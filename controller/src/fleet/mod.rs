@@ -1,9 +1,11 @@
-//! Devices: enrollment ([`enrollment`]), status, and the signed per-device deployment documents
-//! ([`documents`]).
+//! Devices: enrollment ([`enrollment`]), status, the signed per-device deployment documents
+//! ([`documents`]) and the declarative fleets that decide them ([`fleets`]).
 
 mod documents;
 mod enrollment;
+mod fleets;
 mod lifecycle;
+mod reconcile;
 
 use std::sync::Arc;
 
@@ -19,7 +21,8 @@ use crate::db::{Db, DbError, now};
 use crate::keyring::KeyRing;
 use crate::registry::RegistryError;
 
-pub(crate) use documents::{can_run, desired_models, matching_devices, required_engines, version_artifacts};
+pub(crate) use documents::{can_run, matching_devices, required_engines, version_artifacts};
+pub(crate) use fleets::{adopt, template};
 
 /// Fleet failures, each mapping to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +233,11 @@ impl Fleet {
                             last_seen: last_seen.map(|t| t as u64),
                             online: r.get::<_, Option<i64>>(10)?.is_none()
                                 && last_seen.is_some_and(|t| now() - t <= window),
-                            desired: model.zip(version).map(|(name, v)| ModelRef { name, version: v as u64 }),
+                            // An empty desired set is stored as model "" (it names no model).
+                            desired: model
+                                .filter(|m| !m.is_empty())
+                                .zip(version)
+                                .map(|(name, v)| ModelRef { name, version: v as u64 }),
                             desired_sequence: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
                             status: r.get::<_, Option<String>>(4)?.and_then(|s| serde_json::from_str(&s).ok()),
                             decommissioned_at: r.get::<_, Option<i64>>(8)?.map(|t| t as u64),

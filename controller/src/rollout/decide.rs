@@ -357,6 +357,8 @@ mod tests {
                 on_timeout,
                 allow_empty: false,
                 on_insufficient: OnInsufficient::Pause,
+                fleet: None,
+                budget: None,
             },
             state: RolloutState::Running,
             wave: 0,

@@ -11,13 +11,16 @@ use edgefleet_shared::fleet::{DeviceStatus, wave_members};
 use super::decide::{Decision, Row, Verdict, decide, outcome};
 use super::records::{load, members};
 use crate::db;
-use crate::fleet::{Fleet, FleetError, can_run, desired_models, matching_devices, required_engines, version_artifacts};
+use crate::fleet::{Fleet, FleetError, can_run, matching_devices, required_engines, version_artifacts};
 
 /// One step of rollout `id` at `now`: issue the current wave to devices not yet in it, judge
 /// ([`decide`]), and write what was decided. Returns the devices that got new documents.
 pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64, now: u64) -> Result<Vec<String>, FleetError> {
     let row = load(tx, id)?;
     let mut changed = if row.state == RolloutState::Running { join_wave(fleet, tx, &row, now)? } else { Vec::new() };
+    if row.state == RolloutState::Running {
+        changed.extend(release(fleet, tx, &row)?);
+    }
     let all = members(tx, id)?;
     let Verdict { decision, measurements: m, gates } = decide(&row, &all, changed.len(), now);
     if !gates.is_empty() {
@@ -64,6 +67,10 @@ pub(super) fn step(fleet: &Fleet, tx: &Connection, id: i64, now: u64) -> Result<
                 params![now as i64, id],
             )?;
             db::audit(tx, "controller", "rollout.complete", &id.to_string(), serde_json::json!({"measurements": m}))?;
+            if let Some(fleet) = &row.plan.fleet {
+                crate::fleet::adopt(tx, fleet, &row.model)?;
+                tracing::info!(rollout = id, %fleet, model = %row.model.name, version = row.model.version, "The fleet serves the candidate.");
+            }
             tracing::info!(rollout = id, devices = m.devices, "Rollout completed.");
         }
         Decision::Fail { reason, action } => {
@@ -147,9 +154,13 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row, now: u64) -> Result<Vec<
         let served = status.and_then(|s| s.model(&row.model.name)).filter(|s| s.active_requests > 0);
         let baseline = served.as_ref().and_then(|s| s.latency_p99_ms);
         let classes = served.map(|s| serde_json::to_string(&s.output_classes).unwrap_or_default());
+        let already = previous.as_ref().is_some_and(|(m, v)| m == &row.model.name && *v as u64 == row.model.version);
+        // Under a disruption budget the device waits for its group's turn ([`release`]).
+        let held_back = row.plan.budget.is_some() && !already;
         tx.execute(
-            "INSERT INTO rollout_devices (rollout_id, device_id, wave, prev_model, prev_version, baseline_p99_ms, joined_at, baseline_classes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO rollout_devices (rollout_id, device_id, wave, prev_model, prev_version, baseline_p99_ms, joined_at,
+                                          baseline_classes, held_back)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 row.id,
                 device,
@@ -158,10 +169,11 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row, now: u64) -> Result<Vec<
                 previous.as_ref().map(|p| p.1),
                 baseline,
                 now as i64,
-                classes
+                classes,
+                held_back as i64
             ],
         )?;
-        if previous.as_ref().is_some_and(|(m, v)| m == &row.model.name && *v as u64 == row.model.version) {
+        if already || held_back {
             continue;
         }
         fleet.issue(tx, &device, &row.model, row.plan.shadow())?;
@@ -172,6 +184,66 @@ fn join_wave(fleet: &Fleet, tx: &Connection, row: &Row, now: u64) -> Result<Vec<
         tracing::info!(rollout = row.id, wave = row.wave + 1, devices = joined.len(), "Rollout wave issued.");
     }
     Ok(joined)
+}
+
+/// Issues the candidate to members waiting for their group's disruption budget, as far as it
+/// allows: per group (devices with the same `group_by` label values), at most `max_unavailable`
+/// issued members activating (unsettled) or failed at once. Returns the devices issued.
+fn release(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, FleetError> {
+    let Some(budget) = &row.plan.budget else { return Ok(Vec::new()) };
+    let group_of = |labels: &str| -> Vec<Option<String>> {
+        let labels: std::collections::BTreeMap<String, String> = serde_json::from_str(labels).unwrap_or_default();
+        budget.group_by.iter().map(|k| labels.get(k).cloned()).collect()
+    };
+    let mut size: std::collections::HashMap<Vec<Option<String>>, usize> = std::collections::HashMap::new();
+    let eligible: HashSet<String> = matching_devices(tx, &row.plan.selector)?.into_iter().collect();
+    let labelled: Vec<(String, String)> = tx
+        .prepare("SELECT id, labels FROM devices WHERE decommissioned_at IS NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let groups: std::collections::HashMap<String, Vec<Option<String>>> =
+        labelled.into_iter().map(|(id, labels)| (id, group_of(&labels))).collect();
+    for device in &eligible {
+        *size.entry(groups.get(device).cloned().unwrap_or_default()).or_default() += 1;
+    }
+    let held: HashSet<String> = tx
+        .prepare("SELECT device_id FROM rollout_devices WHERE rollout_id = ?1 AND held_back = 1")?
+        .query_map(params![row.id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = members(tx, row.id)?;
+    let shadow = row.in_shadow();
+    let mut unavailable: std::collections::HashMap<Vec<Option<String>>, usize> = std::collections::HashMap::new();
+    for m in all.iter().filter(|m| !held.contains(&m.device)) {
+        if matches!(outcome(m, &row.model, shadow), DeviceOutcome::Unsettled | DeviceOutcome::Failed) {
+            *unavailable.entry(groups.get(&m.device).cloned().unwrap_or_default()).or_default() += 1;
+        }
+    }
+    let mut waiting: Vec<&String> = held.iter().collect();
+    waiting.sort_by_key(|d| (edgefleet_shared::fleet::rollout_rank(d), d.as_str()));
+    let mut released = Vec::new();
+    for device in waiting {
+        let group = groups.get(device).cloned().unwrap_or_default();
+        let allowed = budget.max_unavailable.of(size.get(&group).copied().unwrap_or(1));
+        let busy = unavailable.entry(group).or_default();
+        if *busy >= allowed {
+            continue;
+        }
+        *busy += 1;
+        tx.execute(
+            "UPDATE rollout_devices SET held_back = 0 WHERE rollout_id = ?1 AND device_id = ?2",
+            params![row.id, device],
+        )?;
+        fleet.issue(tx, device, &row.model, row.plan.shadow())?;
+        released.push(device.clone());
+    }
+    if !released.is_empty() {
+        metrics::counter!(crate::metric::DOCUMENTS_ISSUED).increment(released.len() as u64);
+        tracing::info!(rollout = row.id, devices = ?released, "Released within the disruption budget.");
+    }
+    Ok(released)
 }
 
 /// Sends every device the rollout changed, and still on the candidate, back to what it ran
@@ -196,13 +268,9 @@ pub(super) fn roll_back(
     let mut changed = Vec::new();
     for (device, prev_model, prev_version) in targets {
         let (Some(name), Some(version)) = (prev_model.filter(|m| *m == row.model.name), prev_version) else {
-            // The rollout gave the device this model: taking it back leaves its other models.
-            if desired_models(tx, &device)?.len() > 1 {
-                fleet.withdraw(tx, &device, &row.model.name)?;
-                changed.push(device);
-            } else {
-                tracing::warn!(rollout = row.id, %device, "No previous version to return to; the device keeps the candidate.");
-            }
+            // The rollout gave the device this model: it is taken off again (its other models stay).
+            fleet.withdraw(tx, &device, &row.model.name)?;
+            changed.push(device);
             continue;
         };
         let previous = ModelRef { name, version: version as u64 };

@@ -48,7 +48,7 @@ impl Rollouts {
 
     /// Validates and stores a new rollout; its first wave goes out on the next tick.
     pub async fn create(&self, req: RolloutRequest, actor: String) -> Result<RolloutInfo, FleetError> {
-        let plan = plan(&req)?;
+        let mut plan = plan(&req)?;
         let at = self.clock.now() as i64;
         let id = self
             .db
@@ -56,6 +56,16 @@ impl Rollouts {
                 let tx = conn.transaction()?;
                 let (_, version) = resolve_version(&tx, &req.model, &req.version)?;
                 version_artifacts(&tx, &req.model, version)?;
+                if let Some(name) = &plan.fleet {
+                    let fleet = crate::fleet::template(&tx, name)?;
+                    if !fleet.models.iter().any(|m| m.name == req.model) {
+                        return Err(FleetError::Conflict(format!(
+                            "fleet {name:?} does not serve {}; add it with fleet update --model",
+                            req.model
+                        )));
+                    }
+                    plan.selector = fleet.selector;
+                }
                 if !plan.allow_empty && matching_devices(&tx, &plan.selector)?.is_empty() {
                     return Err(FleetError::BadRequest(format!(
                         "the selector {:?} matches no enrolled device; enroll devices first, or pass \

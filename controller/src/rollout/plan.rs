@@ -1,7 +1,7 @@
 //! A rollout request checked into a plan: waves, gates the strategy can measure (with the
 //! default activation gate), deadlines and shares in range.
 
-use edgefleet_shared::api::rollouts::{Plan, RolloutRequest, Strategy};
+use edgefleet_shared::api::rollouts::{DisruptionBudget, MaxUnavailable, Plan, RolloutRequest, Strategy};
 
 use super::gates::{self, Gate};
 use crate::fleet::FleetError;
@@ -13,8 +13,11 @@ const MAX_WAIT_SECS: u64 = 30 * 24 * 3600;
 
 pub(super) fn plan(req: &RolloutRequest) -> Result<Plan, FleetError> {
     let bad = |m: String| Err(FleetError::BadRequest(m));
-    if req.selector.is_empty() {
-        return bad("a rollout needs a selector (k=v labels); use deploy for single devices".into());
+    if req.selector.is_empty() && req.fleet.is_none() {
+        return bad("a rollout needs a selector (k=v labels) or a fleet; use deploy for single devices".into());
+    }
+    if !req.selector.is_empty() && req.fleet.is_some() {
+        return bad("give a selector or a fleet, not both (a fleet rollout uses the fleet's selector)".into());
     }
     let waves = match (req.strategy, &req.waves) {
         (Strategy::Direct, Some(w)) if w != &[100] => return bad("strategy direct has one wave of 100%".into()),
@@ -62,6 +65,18 @@ pub(super) fn plan(req: &RolloutRequest) -> Result<Plan, FleetError> {
             req.strategy
         ));
     }
+    let budget = match (&req.max_unavailable, req.group_by.is_empty()) {
+        (None, true) => None,
+        (None, false) => return bad("group_by needs max_unavailable (N or P%)".into()),
+        (Some(_), true) => return bad("max_unavailable needs group_by (the labels that group devices)".into()),
+        (Some(text), false) => {
+            if req.group_by.iter().any(|k| k.trim().is_empty()) {
+                return bad(format!("group_by {:?} names an empty label", req.group_by));
+            }
+            let max_unavailable = MaxUnavailable::parse(text).map_err(FleetError::BadRequest)?;
+            Some(DisruptionBudget { group_by: req.group_by.clone(), max_unavailable })
+        }
+    };
     if !req.no_default_gate && !parsed.iter().any(|g| g.metric == "activation_failure_rate") {
         gates.insert(0, DEFAULT_GATE.to_owned());
     }
@@ -78,6 +93,8 @@ pub(super) fn plan(req: &RolloutRequest) -> Result<Plan, FleetError> {
         on_timeout: req.on_timeout,
         allow_empty: req.allow_empty,
         on_insufficient: req.on_insufficient,
+        fleet: req.fleet.clone(),
+        budget,
     })
 }
 
@@ -105,7 +122,33 @@ mod tests {
             on_fail: OnFail::Abort,
             strategy,
             shadow_share: 0.25,
+            fleet: None,
+            group_by: Vec::new(),
+            max_unavailable: None,
         }
+    }
+
+    #[test]
+    fn a_disruption_budget_needs_both_halves_and_a_valid_limit() {
+        let with = |group_by: &[&str], max: Option<&str>| RolloutRequest {
+            group_by: group_by.iter().map(|s| (*s).to_owned()).collect(),
+            max_unavailable: max.map(str::to_owned),
+            ..request(Strategy::Canary, &[])
+        };
+        let budget = plan(&with(&["site"], Some("1"))).expect("budget").budget.expect("some");
+        assert_eq!(
+            budget,
+            DisruptionBudget { group_by: vec!["site".into()], max_unavailable: MaxUnavailable::Devices(1) }
+        );
+        let share = plan(&with(&["site", "function"], Some("25%"))).expect("share").budget.expect("some");
+        assert_eq!(share.max_unavailable, MaxUnavailable::Percent(25));
+        assert_eq!((share.max_unavailable.of(8), share.max_unavailable.of(3)), (2, 1), "rounded down, at least one");
+        for (group_by, max) in
+            [(&["site"][..], None), (&[][..], Some("1")), (&["site"][..], Some("0")), (&["site"][..], Some("150%"))]
+        {
+            assert!(plan(&with(group_by, max)).is_err(), "{group_by:?} {max:?}");
+        }
+        assert_eq!(plan(&request(Strategy::Canary, &[])).expect("none").budget, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod console;
 pub mod fleet;
+pub mod fleets;
 pub mod models;
 pub mod rollouts;
 pub mod telemetry;

@@ -189,6 +189,65 @@ pub struct RolloutRequest {
     /// Shadow: share of requests mirrored to the candidate (default 0.25).
     #[serde(default = "default_share")]
     pub shadow_share: f64,
+    /// Roll out a new version of a fleet's model over the fleet's devices (the selector is the
+    /// fleet's; leave `selector` empty); the fleet serves the candidate once the rollout completes.
+    #[serde(default)]
+    pub fleet: Option<String>,
+    /// Disruption budget: the labels that group devices (e.g. `["site"]`)...
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// ...and how many devices of one group may be activating or failed at once: `N` or `P%` of
+    /// the group (at least one). Needs `group_by`.
+    #[serde(default)]
+    pub max_unavailable: Option<String>,
+}
+
+/// At most `max` devices of a group (devices with the same values of the `group_by` labels)
+/// activating or failed at once; the others of the wave wait for their turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DisruptionBudget {
+    /// Labels that group devices.
+    pub group_by: Vec<String>,
+    /// Devices per group at once.
+    pub max_unavailable: MaxUnavailable,
+}
+
+/// A number of devices, or a share of each group (rounded down, at least one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MaxUnavailable {
+    /// This many devices.
+    Devices(u32),
+    /// This percentage of the group.
+    Percent(u8),
+}
+
+impl MaxUnavailable {
+    /// Parses `N` or `P%`.
+    pub fn parse(text: &str) -> Result<MaxUnavailable, String> {
+        let bad =
+            || format!("max_unavailable {text:?} must be a number of devices (1 or more) or a percentage (1% to 100%)");
+        match text.trim().strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .map(MaxUnavailable::Percent)
+                .ok_or_else(bad),
+            None => text.trim().parse::<u32>().ok().filter(|n| *n >= 1).map(MaxUnavailable::Devices).ok_or_else(bad),
+        }
+    }
+
+    /// Devices of a group of `size` that may be unavailable at once.
+    pub fn of(self, size: usize) -> usize {
+        match self {
+            MaxUnavailable::Devices(n) => n as usize,
+            MaxUnavailable::Percent(p) => (size * p as usize / 100).max(1),
+        }
+    }
 }
 
 /// The stored plan of a rollout.
@@ -224,6 +283,12 @@ pub struct Plan {
     /// What a gate short of data at the wave deadline means.
     #[serde(default = "default_on_insufficient")]
     pub on_insufficient: OnInsufficient,
+    /// The fleet whose model this rollout changes (it adopts the candidate on completion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
+    /// How many devices of a group may be activating or failed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<DisruptionBudget>,
 }
 
 impl Plan {

@@ -1,0 +1,41 @@
+//! `edgefleet fleet ...` renderings.
+
+use edgefleet_shared::api::fleets::FleetInfo;
+
+use super::{json, list, time};
+use crate::args::Output;
+
+fn models(f: &FleetInfo) -> String {
+    f.models.iter().map(|m| format!("{}:{}", m.name, m.version)).collect::<Vec<_>>().join(",")
+}
+
+fn selector(f: &FleetInfo) -> String {
+    f.selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// `fleet list`.
+pub(crate) fn fleets(out: Output, fleets: &[FleetInfo]) {
+    list(out, fleets, &["name", "selector", "models", "devices", "serving", "conflicts"], |f| {
+        vec![
+            f.name.clone(),
+            selector(f),
+            models(f),
+            f.devices.len().to_string(),
+            f.serving.len().to_string(),
+            f.conflicts.len().to_string(),
+        ]
+    });
+}
+
+/// `fleet create|show|update`.
+pub(crate) fn fleet(out: Output, f: &FleetInfo) {
+    if out == Output::Json {
+        return json(f);
+    }
+    say!("fleet {}: selector {}, models {}", f.name, selector(f), models(f));
+    say!("created {} by {}, changed {}", time(f.created_at), f.created_by, time(f.updated_at));
+    say!("devices ({}, {} serving every model): {}", f.devices.len(), f.serving.len(), f.devices.join(" "));
+    for c in &f.conflicts {
+        say!("conflict: {} matches fleets {} (none of them changes it)", c.device, c.fleets.join(", "));
+    }
+}
