@@ -184,7 +184,9 @@ fn shutdown_requested(stop: &watch::Sender<bool>) -> bool {
     *stop.borrow()
 }
 
-async fn load_all(repository: &Arc<Repository>, config: &AgentConfig) -> Result<(), ServeError> {
+/// Loads every `[[models]]` entry (standalone serving, and the local models a fleet-mode agent
+/// serves beside its fleet-managed ones).
+pub(crate) async fn load_all(repository: &Arc<Repository>, config: &AgentConfig) -> Result<(), ServeError> {
     for model in &config.models {
         repository.announce(&model.name, &model.version);
     }

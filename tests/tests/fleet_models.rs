@@ -266,3 +266,37 @@ async fn a_desired_state_over_the_device_budget_is_refused_and_a_smaller_one_is_
     c.cli_json(&["deploy", "iris:2", "--device", &id]);
     until("iris v2 serving", 60, async || served_version(&http, &agent).await.as_deref() == Some("2")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_models_share_the_repository_and_the_fleet_never_replaces_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = controller(dir.path());
+    let config = dir.path().join("agent.toml");
+    let local = format!("[[models]]\nname = \"mlp\"\nversion = \"local\"\npath = \"{}\"\n", fixture("mlp.onnx"));
+    std::fs::write(&config, local).expect("config");
+    let (agent, id) = enroll(&c, dir.path(), &["--config", config.to_str().expect("utf-8 path")]).await;
+    let http = reqwest::Client::new();
+    let mlp_version = async || -> Option<String> {
+        let r = http.post(agent.url("/v2/models/mlp/infer")).json(&mlp_body()).send().await.ok()?;
+        (r.status() == StatusCode::OK)
+            .then(|| r.headers()["x-edgefleet-model-version"].to_str().unwrap_or("").to_owned())
+    };
+    until("the local mlp serving", 30, async || mlp_version().await.as_deref() == Some("local")).await;
+    c.cli_json(&["deploy", "iris:1", "--device", &id]);
+    until("iris from the fleet beside it", 60, async || served_version(&http, &agent).await.as_deref() == Some("1"))
+        .await;
+    let issued = c.cli_json(&["deploy", "mlp:1", "--device", &id]);
+    let sequence = issued[0]["sequence"].clone();
+    until("the fleet's mlp refused", 60, async || {
+        let status = c.cli_json(&["device", "show", &id])["status"].clone();
+        status["last_refusal"]["class"] == "name_conflict" && status["last_refusal"]["sequence"] == sequence
+    })
+    .await;
+    assert_eq!(mlp_version().await.as_deref(), Some("local"), "the local model keeps serving");
+    assert_eq!(served_version(&http, &agent).await.as_deref(), Some("1"), "iris keeps serving");
+    // Taking the fleet's mlp back off leaves the local one alone.
+    c.cli_json(&["undeploy", "mlp", "--device", &id]);
+    c.cli_json(&["deploy", "iris:2", "--device", &id]);
+    until("iris v2", 60, async || served_version(&http, &agent).await.as_deref() == Some("2")).await;
+    assert_eq!(mlp_version().await.as_deref(), Some("local"));
+}

@@ -107,14 +107,24 @@ async fn a_fleet_reaches_devices_that_enroll_later_and_leaves_those_relabelled_a
     c.cli_json(&["fleet", "delete", "canary"]);
 
     // A new iris version for the fleet goes through a rollout; the fleet changes when it completes.
-    let refused = c.cli(ADMIN, &["fleet", "update", "edge-x", "--model", "iris:2", "--model", "mlp:1"]);
-    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("rollout"), "{refused:?}");
-    let rollout = c.cli_json(&[
-        "rollout",
-        "create",
-        "iris:2",
-        "--fleet",
+    // (The API refuses to change the version in place; `fleet update` starts the rollout.)
+    let patch = http
+        .patch(c.url("/api/v1/fleets/edge-x"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"models": ["iris:2", "mlp:1"]}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patch.status(), StatusCode::CONFLICT);
+    assert!(patch.json::<Value>().await.expect("json")["error"].as_str().is_some_and(|e| e.contains("rollout")));
+    let updated = c.cli_json(&[
+        "fleet",
+        "update",
         "edge-x",
+        "--model",
+        "iris:2",
+        "--model",
+        "mlp:1",
         "--strategy",
         "direct",
         "--bake",
@@ -122,7 +132,12 @@ async fn a_fleet_reaches_devices_that_enroll_later_and_leaves_those_relabelled_a
         "--min-requests",
         "0",
     ]);
-    let id = rollout["id"].to_string();
+    assert_eq!(
+        updated["fleet"]["models"][0],
+        json!({"name": "iris", "version": 1}),
+        "not before the rollout completes: {updated}"
+    );
+    let id = updated["rollout"]["id"].to_string();
     until("the fleet rollout completed", 60, async || c.cli_json(&["rollout", "status", &id])["state"] == "completed")
         .await;
     until("the fleet serving iris v2", 30, async || {

@@ -405,8 +405,8 @@ async fn shadow_verdicts_late_enrollment_and_operator_abort() {
     let audit = c.cli_json(&["audit", "--limit", "200"]).to_string();
     assert!(audit.contains("rollout.promote"), "promotion not audited: {done}");
     // A device that enrolls while a rollout runs joins it at the current wave; an operator's
-    // abort sends back every device that had a version before (the newcomer had none: it keeps
-    // the candidate).
+    // abort sends back every device that had a version before, and takes the model off the
+    // newcomer, which had none (it then serves nothing).
     let created =
         c.cli_json(&["rollout", "create", "iris:1", "--selector", "group=field", "--waves", "100", "--bake", "1h"]);
     let id = created["id"].as_i64().expect("id").to_string();
@@ -432,7 +432,7 @@ async fn shadow_verdicts_late_enrollment_and_operator_abort() {
     let aborted = c.cli_json(&["rollout", "abort", &id]);
     assert_eq!(aborted["state"], "aborted", "{aborted}");
     until("the 20 devices back on v2", 60, async || {
-        active_versions(c).iter().all(|(d, v)| *v == Some(if d == &late_id { 1 } else { 2 }))
+        active_versions(c).iter().all(|(d, v)| *v == if d == &late_id { None } else { Some(2) })
     })
     .await;
     let (ok, failed) = traffic.stop().await;

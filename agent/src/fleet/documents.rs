@@ -88,6 +88,7 @@ impl Agent {
         let named: Vec<&str> = parts.iter().map(|p| p.model.name.as_str()).collect();
         let mut gone: Vec<String> = self.state.models.keys().chain(self.lanes.keys()).cloned().collect();
         gone.retain(|name| !named.contains(&name.as_str()));
+        gone.sort_unstable();
         gone.dedup();
         for name in gone {
             self.remove_model(&name);
@@ -101,6 +102,14 @@ impl Agent {
     /// Acts on one model's part of a verified document.
     fn apply(&mut self, doc: ModelDeployment) {
         let name = doc.model.name.clone();
+        if self.config.models.iter().any(|m| m.name == name) {
+            let message = format!(
+                "{name} is served from this agent's local configuration ([[models]]); the fleet's {name}:{} is not activated",
+                doc.model.version
+            );
+            self.refuse("name_conflict", message, Some(doc.sequence));
+            return;
+        }
         let shadow_runs = self.state.models.get(&name).and_then(|m| m.shadow.as_ref());
         if let (Some(spec), Some(running)) = (&doc.shadow, shadow_runs)
             && running.slot.model == doc.model

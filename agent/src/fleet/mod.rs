@@ -167,6 +167,10 @@ pub async fn run(
 
     let http = HttpServer::start(&config).await?;
     on_listening(http.listening());
+    if !config.models.is_empty() {
+        // Local models share the repository with the fleet's; the fleet never replaces them.
+        crate::serve::load_all(&http.repository, &config).await?;
+    }
     crate::systemd::spawn_watchdog();
     tokio::pin!(shutdown);
 

@@ -593,8 +593,9 @@ pub enum FleetCommand {
         /// Fleet name.
         name: String,
     },
-    /// Change a fleet's selector or set of models (a new version of a model the fleet serves:
-    /// `rollout create NAME:VERSION --fleet FLEET`).
+    /// Change a fleet's selector or set of models. A new version of a model the fleet serves
+    /// goes out as a rollout over the fleet (the flags below: waves, bake, gates, strategy,
+    /// disruption budget); the fleet serves it once the rollout completes.
     Update {
         /// Fleet name.
         name: String,
@@ -604,6 +605,9 @@ pub enum FleetCommand {
         /// The new set of models, `NAME:VERSION` (repeatable; replaces the old set).
         #[arg(long = "model")]
         models: Vec<String>,
+        /// How the rollout of a new version proceeds.
+        #[command(flatten)]
+        plan: Box<RolloutPlan>,
     },
     /// Delete a fleet: its devices stop serving its models.
     Delete {

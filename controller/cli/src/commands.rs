@@ -210,15 +210,57 @@ async fn fleet(client: &Client, out: Output, command: FleetCommand) -> Result<()
         }
         FleetCommand::List => output::fleets(out, &client.fleets().await?),
         FleetCommand::Show { name } => output::fleet(out, &client.fleet(&name).await?),
-        FleetCommand::Update { name, selector, models } => {
+        FleetCommand::Update { name, selector, models, plan } => {
             if selector.is_empty() && models.is_empty() {
                 return Err(CliError::Usage("give --selector or --model to change".into()));
             }
-            let req = UpdateFleet {
-                selector: (!selector.is_empty()).then(|| selector.into_iter().collect()),
-                models: (!models.is_empty()).then_some(models),
+            let current = client.fleet(&name).await?;
+            // A new version of a model the fleet serves is a rollout; the rest is changed now.
+            let (mut kept, mut rollout) = (Vec::new(), None);
+            for reference in &models {
+                let (model, v) = name_version(reference)?;
+                let Some(old) = current.models.iter().find(|m| m.name == model) else {
+                    kept.push(reference.clone());
+                    continue;
+                };
+                let version = client.version(model, v).await?.version;
+                if version == old.version {
+                    kept.push(reference.clone());
+                    continue;
+                }
+                if rollout.is_some() {
+                    return Err(CliError::Usage(
+                        "one model's version at a time: each goes out as its own rollout".into(),
+                    ));
+                }
+                kept.push(format!("{}:{}", old.name, old.version));
+                rollout = Some((model.to_owned(), version.to_string()));
+            }
+            let names = |refs: &[String]| -> Vec<String> {
+                let mut n: Vec<String> =
+                    refs.iter().filter_map(|r| r.split_once(':')).map(|(m, _)| m.to_owned()).collect();
+                n.sort();
+                n
             };
-            output::fleet(out, &client.update_fleet(&name, &req).await?);
+            let same_set =
+                models.is_empty() || names(&kept) == current.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+            let mut fleet = current.clone();
+            if !selector.is_empty() || !same_set || (rollout.is_none() && !models.is_empty()) {
+                let req = UpdateFleet {
+                    selector: (!selector.is_empty()).then(|| selector.into_iter().collect()),
+                    models: (!models.is_empty()).then_some(kept),
+                };
+                fleet = client.update_fleet(&name, &req).await?;
+            }
+            let started = match rollout {
+                Some((model, version)) => {
+                    let mut req = plan.request(&model, &version, Vec::new());
+                    req.fleet = Some(name.clone());
+                    Some(client.create_rollout(&req).await?)
+                }
+                None => None,
+            };
+            output::fleet_update(out, &fleet, started.as_ref());
         }
         FleetCommand::Delete { name } => {
             client.delete_fleet(&name).await?;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::args::Output;
 
 mod fleets;
-pub(crate) use fleets::{fleet, fleets};
+pub(crate) use fleets::{fleet, fleet_update, fleets};
 
 fn json(v: &impl Serialize) {
     say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());

@@ -1,6 +1,7 @@
 //! `edgefleet fleet ...` renderings.
 
 use edgefleet_shared::api::fleets::FleetInfo;
+use edgefleet_shared::api::rollouts::RolloutInfo;
 
 use super::{json, list, time};
 use crate::args::Output;
@@ -27,7 +28,25 @@ pub(crate) fn fleets(out: Output, fleets: &[FleetInfo]) {
     });
 }
 
-/// `fleet create|show|update`.
+/// `fleet update`: the fleet, and the rollout it started for a new version.
+pub(crate) fn fleet_update(out: Output, f: &FleetInfo, rollout: Option<&RolloutInfo>) {
+    if out == Output::Json {
+        return json(&serde_json::json!({ "fleet": f, "rollout": rollout }));
+    }
+    fleet(out, f);
+    if let Some(r) = rollout {
+        say!(
+            "rollout {} of {}:{} started over the fleet; the fleet serves it once the rollout completes \
+             (edgefleet rollout status {} --watch)",
+            r.id,
+            r.model.name,
+            r.model.version,
+            r.id
+        );
+    }
+}
+
+/// `fleet create|show`.
 pub(crate) fn fleet(out: Output, f: &FleetInfo) {
     if out == Output::Json {
         return json(f);
