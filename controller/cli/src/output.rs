@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
-use edgefleet_shared::api::fleet::{DeviceInfo, EnrollmentToken, EnrollmentTokenInfo, Issued};
+use edgefleet_shared::api::fleet::{DeviceInfo, EnrollmentToken, EnrollmentTokenInfo};
 use edgefleet_shared::api::models::{ModelSummary, VersionInfo};
 use edgefleet_shared::api::rollouts::{DeviceOutcome, RolloutInfo, RolloutState, Strategy};
 use edgefleet_shared::api::telemetry::{DriftReport, Policy, RetrainRequest};
@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::args::Output;
 
 mod fleets;
-pub(crate) use fleets::{fleet, fleet_update, fleets};
+pub(crate) use fleets::{fleet, fleet_update, fleets, issued};
 
 fn json(v: &impl Serialize) {
     say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -293,13 +293,6 @@ pub(crate) fn device(out: Output, d: &DeviceInfo) {
     if let Some(r) = &st.last_refusal {
         say!("refused:   [{}] {} at {}", r.class, r.message, time(r.at));
     }
-}
-
-/// `deploy`.
-pub(crate) fn issued(out: Output, issued: &[Issued]) {
-    list(out, issued, &["device", "version", "sequence", "expires"], |i| {
-        vec![i.device_id.clone(), i.version.to_string(), i.sequence.to_string(), time(i.expires_at)]
-    });
 }
 
 /// A command with nothing to show but success.

@@ -207,7 +207,10 @@ fn release(fleet: &Fleet, tx: &Connection, row: &Row) -> Result<Vec<String>, Fle
         *size.entry(groups.get(device).cloned().unwrap_or_default()).or_default() += 1;
     }
     let held: HashSet<String> = tx
-        .prepare("SELECT device_id FROM rollout_devices WHERE rollout_id = ?1 AND held_back = 1")?
+        .prepare(
+            "SELECT rd.device_id FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
+             WHERE rd.rollout_id = ?1 AND rd.held_back = 1 AND d.decommissioned_at IS NULL",
+        )?
         .query_map(params![row.id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     if held.is_empty() {

@@ -1,5 +1,6 @@
-//! `edgefleet fleet ...` renderings.
+//! `edgefleet fleet ...`, `deploy` and `undeploy` renderings.
 
+use edgefleet_shared::api::fleet::Issued;
 use edgefleet_shared::api::fleets::FleetInfo;
 use edgefleet_shared::api::rollouts::RolloutInfo;
 
@@ -57,4 +58,11 @@ pub(crate) fn fleet(out: Output, f: &FleetInfo) {
     for c in &f.conflicts {
         say!("conflict: {} matches fleets {} (none of them changes it)", c.device, c.fleets.join(", "));
     }
+}
+
+/// `deploy` and `undeploy`: the documents issued.
+pub(crate) fn issued(out: Output, issued: &[Issued]) {
+    list(out, issued, &["device", "version", "sequence", "expires"], |i| {
+        vec![i.device_id.clone(), i.version.to_string(), i.sequence.to_string(), time(i.expires_at)]
+    });
 }
