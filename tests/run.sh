@@ -16,6 +16,7 @@
 # onnxruntime wheel (agent/scripts/fetch-onnxruntime.sh) for the ONNX Runtime suite. It builds
 # the agent's release-edge profile too (the profile devices ship), for the engine fault test.
 # apt-get runs through sudo when not root.
+# How many tests run at once, which take two slots and which start first: .config/nextest.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
