@@ -138,6 +138,10 @@ pub struct ServeArgs {
     /// Queue capacity per model given with --model.
     #[arg(long)]
     pub queue_capacity: Option<usize>,
+    /// Models given with --model whose warm-up runs take at most this many microseconds run on
+    /// the request's own thread (default 100; 0: always on their worker threads).
+    #[arg(long, value_name = "MICROS")]
+    pub inline_below_us: Option<u64>,
     /// Enable dynamic batching up to this many rows for models given with --model.
     #[arg(long)]
     pub max_batch_size: Option<usize>,
@@ -273,6 +277,9 @@ impl ServeArgs {
             }
             if let Some(q) = self.queue_capacity {
                 model.queue_capacity = q;
+            }
+            if let Some(us) = self.inline_below_us {
+                model.inline_below_us = us;
             }
             model.batching = self
                 .max_batch_size

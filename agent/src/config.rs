@@ -8,7 +8,7 @@ use edgefleet_shared::names::ModelName;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::BackendConfig;
-use crate::worker::{BatchingConfig, PoolConfig};
+use crate::worker::{BatchingConfig, INLINE_BELOW_US, PoolConfig};
 
 /// The default configuration file, with every option documented.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/agent.toml");
@@ -98,6 +98,9 @@ pub struct FleetConfig {
     pub workers: usize,
     /// Queue capacity per model.
     pub queue_capacity: usize,
+    /// A model whose warm-up runs take at most this many microseconds runs on the request's own
+    /// thread, without the hand-off to a worker thread; 0 never does.
+    pub inline_below_us: u64,
     /// Most bytes of model files (uncompressed, every model of the desired state together) the
     /// device takes; a desired state needing more is refused (`over_budget`). Unlimited when absent.
     pub max_models_bytes: Option<u64>,
@@ -125,6 +128,7 @@ impl Default for FleetConfig {
             min_watch_requests: 20,
             workers: default_workers(),
             queue_capacity: default_queue_capacity(),
+            inline_below_us: INLINE_BELOW_US,
             max_models_bytes: None,
         }
     }
@@ -230,6 +234,10 @@ pub struct ModelConfig {
     /// Dynamic batching; off when absent.
     #[serde(default)]
     pub batching: Option<BatchingConfig>,
+    /// Runs on the request's own thread when its warm-up runs take at most this many
+    /// microseconds (and batching is off); 0 never does.
+    #[serde(default = "default_inline_below_us")]
+    pub inline_below_us: u64,
 }
 
 fn default_version() -> String {
@@ -244,6 +252,10 @@ fn default_queue_capacity() -> usize {
     PoolConfig::default().queue_capacity
 }
 
+fn default_inline_below_us() -> u64 {
+    INLINE_BELOW_US
+}
+
 impl ModelConfig {
     /// A model with default settings.
     pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
@@ -254,6 +266,7 @@ impl ModelConfig {
             workers: default_workers(),
             queue_capacity: default_queue_capacity(),
             batching: None,
+            inline_below_us: INLINE_BELOW_US,
         }
     }
 
@@ -263,7 +276,12 @@ impl ModelConfig {
             name: self.name.clone(),
             version: self.version.clone(),
             path: self.path.clone(),
-            pool: PoolConfig { workers: self.workers, queue_capacity: self.queue_capacity, batching: self.batching },
+            pool: PoolConfig {
+                workers: self.workers,
+                queue_capacity: self.queue_capacity,
+                batching: self.batching,
+                inline_below_us: self.inline_below_us,
+            },
         }
     }
 }

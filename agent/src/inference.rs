@@ -13,7 +13,7 @@ use crate::api::{ApiError, AppState};
 use crate::engine::TensorSpec;
 use crate::repository::ServedModel;
 use crate::tensor::Tensor;
-use crate::worker::{Job, SubmitError};
+use crate::worker::{Job, JobResult, SubmitError};
 
 /// Counts a request in `in_flight` for as long as it lives, however the handler exits.
 #[derive(Debug)]
@@ -159,6 +159,37 @@ pub async fn run(
     if let Some(r) = recorder {
         r.observe_inputs(&inputs);
     }
+    let result = match model.pool.try_inline(inputs) {
+        Ok(result) => result,
+        Err(inputs) => queue(state, model, inputs, started).await?,
+    };
+    model.metrics.queue_seconds.record(result.queued.as_secs_f64());
+    model.metrics.compute_seconds.record(result.compute.as_secs_f64());
+    let tensors = result.outputs.map_err(|e| {
+        model.metrics.engine_errors.increment(1);
+        model.outcomes.failed.fetch_add(1, Ordering::Relaxed);
+        model.outcomes.timings.failure(started.elapsed());
+        ApiError::internal(e.to_string())
+    })?;
+    model.outcomes.record_classes(&tensors);
+    if let Some(r) = recorder {
+        r.observe_outputs(&tensors, request_id, copy.as_deref().filter(|_| sampling), rolled);
+    }
+    if let (Some(shadow), Some(inputs)) = (shadow, copy) {
+        shadow.mirror(inputs, tensors.clone(), result.compute);
+    }
+    Ok(Ran { tensors, started, queued: result.queued, compute: result.compute })
+}
+
+/// Puts `inputs` on the model's bounded queue and waits for a worker's answer within the
+/// request deadline; a full queue is refused at once (503).
+async fn queue(
+    state: &AppState,
+    model: &ServedModel,
+    inputs: Vec<Tensor>,
+    started: Instant,
+) -> Result<JobResult, ApiError> {
+    let name = &model.name;
     let (reply, answer) = oneshot::channel();
     let job = Job { inputs, enqueued: Instant::now(), reply };
     if let Err(e) = model.pool.try_submit(job) {
@@ -178,38 +209,22 @@ pub async fn run(
         });
     }
     // Dropping `answer` on expiry tells the worker not to run the job if it is still queued.
-    let result = match tokio::time::timeout(state.request_timeout, answer).await {
-        Ok(Ok(result)) => result,
+    match tokio::time::timeout(state.request_timeout, answer).await {
+        Ok(Ok(result)) => Ok(result),
         Ok(Err(_)) => {
             model.metrics.no_workers.increment(1);
-            return Err(ApiError::unavailable(format!(
+            Err(ApiError::unavailable(format!(
                 "model {name:?}: the inference worker stopped before answering; retry later"
-            )));
+            )))
         }
         Err(_) => {
             model.metrics.timeouts.increment(1);
             model.outcomes.failed.fetch_add(1, Ordering::Relaxed);
             model.outcomes.timings.failure(started.elapsed());
-            return Err(ApiError::timeout(format!(
+            Err(ApiError::timeout(format!(
                 "model {name:?} did not answer within {} ms (server.request_timeout_ms); the request was dropped",
                 state.request_timeout.as_millis()
-            )));
+            )))
         }
-    };
-    model.metrics.queue_seconds.record(result.queued.as_secs_f64());
-    model.metrics.compute_seconds.record(result.compute.as_secs_f64());
-    let tensors = result.outputs.map_err(|e| {
-        model.metrics.engine_errors.increment(1);
-        model.outcomes.failed.fetch_add(1, Ordering::Relaxed);
-        model.outcomes.timings.failure(started.elapsed());
-        ApiError::internal(e.to_string())
-    })?;
-    model.outcomes.record_classes(&tensors);
-    if let Some(r) = recorder {
-        r.observe_outputs(&tensors, request_id, copy.as_deref().filter(|_| sampling), rolled);
     }
-    if let (Some(shadow), Some(inputs)) = (shadow, copy) {
-        shadow.mirror(inputs, tensors.clone(), result.compute);
-    }
-    Ok(Ran { tensors, started, queued: result.queued, compute: result.compute })
 }

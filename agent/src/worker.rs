@@ -5,7 +5,10 @@
 //! refused at once (the caller answers 503), so overload degrades into fast errors rather than
 //! unbounded memory and latency. With batching on, a worker that picks up a job waits up to
 //! `max_queue_delay_us` for more, stacks compatible requests along the batch axis, runs them
-//! once and splits the outputs back by rows.
+//! once and splits the outputs back by rows. A model that runs in microseconds skips the
+//! hand-off and runs on the request's own thread ([`inline`]).
+
+mod inline;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +20,7 @@ use metrics::{Counter, Histogram};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use self::inline::Inline;
 use crate::engine::{self, Engine, EngineError, Session};
 use crate::tensor::Tensor;
 
@@ -30,11 +34,17 @@ pub struct PoolConfig {
     pub queue_capacity: usize,
     /// Dynamic batching; off unless set, and only used when the model has a dynamic batch axis.
     pub batching: Option<BatchingConfig>,
+    /// A model whose warm-up runs take at most this long (microseconds) runs on the request's
+    /// own thread, without the hand-off to a worker; 0 never does. Ignored with batching.
+    pub inline_below_us: u64,
 }
+
+/// The default of [`PoolConfig::inline_below_us`].
+pub const INLINE_BELOW_US: u64 = 100;
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { workers: 1, queue_capacity: 64, batching: None }
+        PoolConfig { workers: 1, queue_capacity: 64, batching: None, inline_below_us: INLINE_BELOW_US }
     }
 }
 
@@ -103,6 +113,7 @@ pub struct WorkerPool {
     capacity: usize,
     threads: Vec<JoinHandle<()>>,
     alive: Arc<AtomicUsize>,
+    inline: Option<Inline>,
 }
 
 /// Counts a worker thread as serving for as long as it lives, however it ends (an unwinding
@@ -174,7 +185,7 @@ impl WorkerPool {
             threads.push(spawned);
         }
         drop(ready_tx);
-        let mut pool = WorkerPool { tx: Some(tx), capacity, threads, alive };
+        let mut pool = WorkerPool { tx: Some(tx), capacity, threads, alive, inline: None };
         for _ in 0..pool.threads.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -188,7 +199,30 @@ impl WorkerPool {
                 }
             }
         }
+        if batching.is_none() {
+            match Inline::probe(label, &engine, Duration::from_micros(config.inline_below_us), metrics) {
+                Ok(inline) => pool.inline = inline,
+                Err(e) => {
+                    pool.shutdown();
+                    return Err(e);
+                }
+            }
+        }
         Ok(pool)
+    }
+
+    /// Runs `inputs` on the calling thread when the model is fast enough for it and a session
+    /// is free ([`inline`]); gives them back to be queued otherwise.
+    pub fn try_inline(&self, inputs: Vec<Tensor>) -> Result<JobResult, Vec<Tensor>> {
+        match &self.inline {
+            Some(inline) if self.tx.is_some() => inline.try_run(inputs),
+            _ => Err(inputs),
+        }
+    }
+
+    /// Whether requests may run on the calling thread.
+    pub fn runs_inline(&self) -> bool {
+        self.inline.as_ref().is_some_and(Inline::on)
     }
 
     /// Queues a job without waiting; refuses when the queue is full or no worker is left.
@@ -400,109 +434,4 @@ fn rows_of(job: &Job) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::AtomicBool;
-
-    use edgefleet_shared::inference::Datatype;
-
-    use super::*;
-    use crate::engine::{Signature, TensorSpec};
-    use crate::tensor::TensorData;
-
-    /// An engine whose sessions panic on a negative input and echo anything else; once
-    /// `broken` is set, no new session can be opened.
-    #[derive(Debug)]
-    struct Fragile {
-        signature: Signature,
-        broken: AtomicBool,
-        runs: AtomicUsize,
-    }
-
-    struct FragileSession(Arc<Fragile>);
-
-    impl Session for FragileSession {
-        fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
-            self.0.runs.fetch_add(1, Ordering::SeqCst);
-            if let TensorData::F32(v) = &inputs[0].data
-                && v.iter().any(|x| *x < 0.0)
-            {
-                panic!("index {} out of range", v[0]);
-            }
-            Ok(inputs)
-        }
-    }
-
-    impl Engine for Fragile {
-        fn platform(&self) -> &'static str {
-            "fragile"
-        }
-        fn signature(&self) -> &Signature {
-            &self.signature
-        }
-        fn session(self: Arc<Self>) -> Result<Box<dyn Session>, EngineError> {
-            if self.broken.load(Ordering::SeqCst) {
-                return Err(EngineError::Run("cannot open a session".into()));
-            }
-            Ok(Box::new(FragileSession(self)))
-        }
-    }
-
-    fn pool() -> (Arc<Fragile>, WorkerPool) {
-        let spec = |name: &str| TensorSpec { name: name.into(), datatype: Datatype::Fp32, shape: vec![None, Some(1)] };
-        let engine = Arc::new(Fragile {
-            signature: Signature { inputs: vec![spec("x")], outputs: vec![spec("y")] },
-            broken: AtomicBool::new(false),
-            runs: AtomicUsize::new(0),
-        });
-        let metrics = WorkerMetrics { batch_rows: Histogram::noop(), panics: Counter::noop() };
-        let pool = WorkerPool::start("fragile", engine.clone(), &PoolConfig::default(), metrics).expect("start");
-        (engine, pool)
-    }
-
-    fn submit(pool: &WorkerPool, value: f32) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
-        let (reply, answer) = oneshot::channel();
-        let inputs = vec![Tensor { shape: vec![1, 1], data: TensorData::F32(vec![value]) }];
-        pool.try_submit(Job { inputs, enqueued: Instant::now(), reply }).map(|()| answer)
-    }
-
-    fn answer(rx: oneshot::Receiver<JobResult>) -> Result<Vec<Tensor>, EngineError> {
-        rx.blocking_recv().expect("an answer").outputs
-    }
-
-    #[test]
-    fn a_panic_fails_its_request_only_and_the_worker_keeps_serving() {
-        let (_engine, pool) = pool();
-        let queued: Vec<_> = [1.0, -1.0, 2.0, 3.0].iter().map(|v| submit(&pool, *v).expect("queued")).collect();
-        let results: Vec<_> = queued.into_iter().map(answer).collect();
-        assert!(matches!(&results[1], Err(EngineError::Panicked(m)) if m.contains("out of range")), "{results:?}");
-        for ix in [0, 2, 3] {
-            assert!(results[ix].is_ok(), "request {ix}: {:?}", results[ix]);
-        }
-        assert!(pool.serving());
-    }
-
-    #[test]
-    fn a_worker_that_cannot_recover_leaves_the_pool_not_serving() {
-        let (engine, pool) = pool();
-        engine.broken.store(true, Ordering::SeqCst);
-        assert!(matches!(answer(submit(&pool, -1.0).expect("queued")), Err(EngineError::Panicked(_))));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pool.serving() {
-            assert!(Instant::now() < deadline, "the pool still claims a worker");
-            std::thread::yield_now();
-        }
-        assert!(matches!(submit(&pool, 1.0), Err(SubmitError::NoWorkers)));
-    }
-
-    #[test]
-    fn jobs_whose_caller_gave_up_are_not_run() {
-        let (engine, pool) = pool();
-        let (reply, answer_rx) = oneshot::channel();
-        drop(answer_rx);
-        let inputs = vec![Tensor { shape: vec![1, 1], data: TensorData::F32(vec![1.0]) }];
-        pool.try_submit(Job { inputs, enqueued: Instant::now(), reply }).expect("queued");
-        assert!(answer(submit(&pool, 5.0).expect("queued")).is_ok());
-        // The warm-up and the last request ran; the abandoned one did not.
-        assert_eq!(engine.runs.load(Ordering::SeqCst), 2);
-    }
-}
+mod tests;

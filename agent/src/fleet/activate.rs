@@ -89,7 +89,7 @@ impl Layout {
 }
 
 /// The shadow's CPU budget: one worker, and mirrors beyond a short queue are skipped.
-pub const SHADOW_POOL: PoolConfig = PoolConfig { workers: 1, queue_capacity: 2, batching: None };
+pub const SHADOW_POOL: PoolConfig = PoolConfig { workers: 1, queue_capacity: 2, batching: None, inline_below_us: 0 };
 
 /// What an activation task needs, owned, so it runs beside the fleet loop.
 #[derive(Debug, Clone)]
@@ -221,7 +221,12 @@ pub async fn load(
     config: &FleetConfig,
     backend: &BackendConfig,
 ) -> Result<Arc<ServedModel>, ActivationError> {
-    let pool = PoolConfig { workers: config.workers, queue_capacity: config.queue_capacity, batching: None };
+    let pool = PoolConfig {
+        workers: config.workers,
+        queue_capacity: config.queue_capacity,
+        batching: None,
+        inline_below_us: config.inline_below_us,
+    };
     load_with(slot, doc_model, pool, backend).await
 }
 
