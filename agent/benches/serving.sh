@@ -6,10 +6,12 @@
 # uvicorn with uvloop and httptools (see tests/fixtures/requirements.txt; the script makes
 # .venv-bench when they are missing). Reports the agent's empty-GET floor beside its infer
 # numbers, and the Python peer with one uvicorn worker and with one per core.
-# Usage: agent/benches/serving.sh [DURATION_SECS]   (default 10 per load point)
+# Usage: [ROUNDS=5] agent/benches/serving.sh [DURATION_SECS]   (default 10 s per load point;
+# ROUNDS back-to-back floor/infer pairs for the ratios)
 set -euo pipefail
 
 secs="${1:-10}"
+rounds="${ROUNDS:-5}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 work="$(mktemp -d)"
@@ -57,13 +59,21 @@ load() { # label url body-file threads conns [headers]
   non2xx="$(awk '/Non-2xx/{print $NF}' <<<"$out")"
   errors="$(awk '/Socket errors/{print $0}' <<<"$out")"
   printf 'http %-28s c=%-3s p50=%-9s p99=%-9s req/s=%-10s non2xx=%s %s\n' "$1" "$5" "$p50" "$p99" "$rps" "${non2xx:-0}" "$errors"
+  last_rps="$rps" last_p99="$p99"
 }
 floor() { # label url threads conns: an empty GET on the same server, the HTTP floor
   local out
   out="$(wrk -t"$3" -c"$4" -d"${secs}s" --latency "$2")"
+  last_rps="$(awk '/^Requests\/sec/{print $2}' <<<"$out")"
+  last_p99="$(awk '/^ +99%/{print $2}' <<<"$out")"
   printf 'http %-28s c=%-3s p50=%-9s p99=%-9s req/s=%-10s\n' "$1" "$4" \
-    "$(awk '/^ +50%/{print $2}' <<<"$out")" "$(awk '/^ +99%/{print $2}' <<<"$out")" "$(awk '/^Requests\/sec/{print $2}' <<<"$out")"
+    "$(awk '/^ +50%/{print $2}' <<<"$out")" "$last_p99" "$last_rps"
 }
+micros() { # a wrk latency (850.00us, 1.20ms, 2.00s) in microseconds
+  awk '{v=$1; m=1; if (v ~ /us$/) m=1; else if (v ~ /ms$/) m=1000; else if (v ~ /s$/) m=1000000;
+        sub(/[a-z]+$/, "", v); printf "%.0f", v*m}' <<<"$1"
+}
+median() { tr ' ' '\n' | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 
 start_agent() { # name binary serve-args...: starts `binary serve`, sets agent and agent_pid once Magika is ready
   local name="$1" bin="$2"
@@ -80,6 +90,40 @@ echo "== agent over HTTP (loopback, keep-alive, wrk)"
 start_agent agent "$agent_bin" --backend tract --workers 1 \
   --model mlp=tests/testdata/mlp.onnx --model magika=tests/testdata/magika.onnx
 echo "agent idle rss_kib=$(awk '/VmRSS/{print $2}' /proc/$agent_pid/status) (mlp and magika loaded)"
+# Issue 21's ratios, infer against the floor: the VM's throughput drifts by a third within
+# minutes, so each ratio comes from a pair measured back to back, over several rounds; beside it
+# in each round the same pair on a second agent that hands every request to its worker thread
+# (`--inline-below-us 0`, as before the inline path): what running a fast model on the
+# request's thread gains.
+inline_agent="$agent" inline_pid="$agent_pid"
+start_agent agent-queued "$agent_bin" --backend tract --workers 1 --inline-below-us 0 \
+  --model mlp=tests/testdata/mlp.onnx --model magika=tests/testdata/magika.onnx
+queued_agent="$agent" queued_pid="$agent_pid"
+declare -A ratios
+pair() { # label url threads conns: floor then infer on url; appends infer/floor to ratios[label c]
+  floor "$1 floor" "$2/v2/health/live" "$3" "$4"
+  local f_rps="$last_rps" f_p99
+  f_p99="$(micros "$last_p99")"
+  load "$1 mlp json" "$2/v2/models/mlp/infer" "$work/mlp.json" "$3" "$4"
+  if [[ "$4" == 1 ]]; then
+    ratios["$1 p99 c=1"]+="$(awk -v a="$(micros "$last_p99")" -v b="$f_p99" 'BEGIN {printf "%.3f ", a / b}')"
+  else
+    ratios["$1 throughput c=$4"]+="$(awk -v a="$last_rps" -v b="$f_rps" 'BEGIN {printf "%.3f ", a / b}')"
+  fi
+}
+echo "== infer / floor, tiny MLP JSON, back-to-back pairs ($rounds rounds, inline and queued agents in turn)"
+for round in $(seq 1 "$rounds"); do
+  pair inline "$inline_agent" 2 8
+  pair queued "$queued_agent" 2 8
+  pair inline "$inline_agent" 1 1
+  pair queued "$queued_agent" 1 1
+done
+for key in "inline throughput c=8" "queued throughput c=8" "inline p99 c=1" "queued p99 c=1"; do
+  echo "ratio infer/floor $key: ${ratios[$key]}median=$(median <<<"${ratios[$key]% }")"
+done
+echo "(goals: throughput >= 0.6 of the floor, p99 <= 2x the floor's)"
+kill "$queued_pid"
+agent="$inline_agent" agent_pid="$inline_pid"
 floor "agent floor GET live" "$agent/v2/health/live" 1 1
 floor "agent floor GET live" "$agent/v2/health/live" 2 8
 load "agent mlp json" "$agent/v2/models/mlp/infer" "$work/mlp.json" 1 1
