@@ -166,13 +166,14 @@ impl WorkerPool {
                 .spawn(move || {
                     let warmed = engine.signature().warmup_inputs().and_then(|warmup| {
                         let mut session = engine.clone().session()?;
+                        let started = Instant::now();
                         engine::isolate(|| session.run(warmup))?;
-                        Ok(session)
+                        Ok((session, started.elapsed()))
                     });
                     match warmed {
-                        Ok(session) => {
+                        Ok((session, took)) => {
                             let serving = Serving::enter(&alive);
-                            let _ = ready.send(Ok(()));
+                            let _ = ready.send(Ok(took));
                             Worker { label, rx, engine, session, batching, metrics, lost: false }.serve();
                             drop(serving);
                         }
@@ -186,9 +187,12 @@ impl WorkerPool {
         }
         drop(ready_tx);
         let mut pool = WorkerPool { tx: Some(tx), capacity, threads, alive, inline: None };
+        // The fastest worker's first (cold) warm-up run: a model slower than the inline path
+        // allows at once is not timed again.
+        let mut first_run = Duration::MAX;
         for _ in 0..pool.threads.len() {
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(took)) => first_run = first_run.min(took),
                 Ok(Err(e)) => {
                     pool.shutdown();
                     return Err(e);
@@ -200,7 +204,7 @@ impl WorkerPool {
             }
         }
         if batching.is_none() {
-            match Inline::probe(label, &engine, Duration::from_micros(config.inline_below_us), metrics) {
+            match Inline::probe(label, &engine, Duration::from_micros(config.inline_below_us), first_run, metrics) {
                 Ok(inline) => pool.inline = inline,
                 Err(e) => {
                     pool.shutdown();
@@ -335,13 +339,13 @@ impl Worker {
     /// to run first next time.
     fn gather(&self, first: Job, b: BatchingConfig) -> (Vec<Job>, Option<Job>) {
         let deadline = Instant::now() + Duration::from_micros(b.max_queue_delay_us);
-        let mut rows = rows_of(&first);
+        let mut rows = rows_of(&first.inputs);
         let mut batch = vec![first];
         while rows < b.max_batch_size {
             match self.rx.recv_deadline(deadline) {
                 Ok(job) if job.reply.is_closed() => {}
                 Ok(job) => {
-                    let n = rows_of(&job);
+                    let n = rows_of(&job.inputs);
                     if rows + n > b.max_batch_size {
                         return (batch, Some(job));
                     }
@@ -356,7 +360,7 @@ impl Worker {
 
     fn run_one(&mut self, job: Job) {
         let started = Instant::now();
-        self.metrics.batch_rows.record(rows_of(&job) as f64);
+        self.metrics.batch_rows.record(rows_of(&job.inputs) as f64);
         let outputs = self.run_engine(job.inputs);
         let _ = job.reply.send(JobResult {
             outputs,
@@ -372,7 +376,7 @@ impl Worker {
             }
             return;
         }
-        let sizes: Vec<usize> = jobs.iter().map(rows_of).collect();
+        let sizes: Vec<usize> = jobs.iter().map(|j| rows_of(&j.inputs)).collect();
         let stacked: Option<Vec<Tensor>> = (0..jobs[0].inputs.len())
             .map(|i| Tensor::concat(&jobs.iter().map(|j| &j.inputs[i]).collect::<Vec<_>>()))
             .collect();
@@ -429,8 +433,9 @@ impl Worker {
     }
 }
 
-fn rows_of(job: &Job) -> usize {
-    job.inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1)
+/// Rows of a request: the first input's batch dimension.
+fn rows_of(inputs: &[Tensor]) -> usize {
+    inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -9,15 +9,16 @@
 //! when full). When the moving average of its runs' CPU times (the thread's own clock, weight
 //! 1/16 per run) passes [`SLOW_FACTOR`] times the budget, the path is off for the model: a model
 //! slower than its warm-up suggested does not hold a runtime thread again, while runs stretched
-//! by the scheduler (a preempted thread on a busy device: wall time, not CPU time) do not count. A panic fails its request only; its session is dropped, not reopened on the runtime
-//! thread (an ONNX Runtime session takes long to open), and once none is left every request
-//! takes the queue, whose workers reopen theirs.
+//! by the scheduler (a preempted thread on a busy device: wall time, not CPU time) do not count.
+//! A panic fails its request only; its session is dropped, not reopened on the runtime thread
+//! (an ONNX Runtime session takes long to open), and once none is left every request takes the
+//! queue, whose workers reopen theirs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{JobResult, WorkerMetrics};
+use super::{JobResult, WorkerMetrics, rows_of};
 use crate::engine::{self, Engine, EngineError, Session};
 use crate::tensor::Tensor;
 
@@ -54,14 +55,16 @@ impl std::fmt::Debug for Inline {
 
 impl Inline {
     /// Times the warm-up inputs on a fresh session; `None` when the budget is zero or the model
-    /// is slower than it. Opens one session per CPU (the runtime's thread count). Blocks.
+    /// is slower than it, without a run when the workers' first warm-up run (`first_run`,
+    /// cold) was already too slow. Opens one session per CPU (the runtime's thread count). Blocks.
     pub(super) fn probe(
         label: &str,
         engine: &Arc<dyn Engine>,
         budget: Duration,
+        first_run: Duration,
         metrics: WorkerMetrics,
     ) -> Result<Option<Self>, EngineError> {
-        if budget.is_zero() {
+        if budget.is_zero() || first_run > budget * (SLOW_FACTOR * 2) {
             return Ok(None);
         }
         let warmup = engine.signature().warmup_inputs()?;
@@ -126,7 +129,7 @@ impl Inline {
         let Some(mut session) = self.sessions.lock().unwrap_or_else(PoisonError::into_inner).pop() else {
             return Err(inputs);
         };
-        self.metrics.batch_rows.record(inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1) as f64);
+        self.metrics.batch_rows.record(rows_of(&inputs) as f64);
         let started = Instant::now();
         let cpu_started = thread_cpu_time();
         let outputs = engine::isolate(|| session.run(inputs));
