@@ -9,9 +9,29 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::repository::Repository;
 
-/// Shared state of the API handlers.
+/// Shared state of the API handlers, behind one reference count: the router hands every request
+/// its own copy, which then costs one atomic increment however many parts the state has.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<ApiShared>);
+
+impl AppState {
+    /// Wraps the parts the handlers share.
+    pub fn new(shared: ApiShared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = ApiShared;
+
+    fn deref(&self) -> &ApiShared {
+        &self.0
+    }
+}
+
+/// What the API handlers share.
+#[derive(Debug)]
+pub struct ApiShared {
     /// Served models.
     pub repository: Arc<Repository>,
     /// Shadow versions beside them, fed mirrored requests.

@@ -3,7 +3,9 @@
 //! The agent serves ONNX models to local apps over the KServe v2 / Open Inference Protocol.
 //! Requests arrive on an async HTTP or gRPC server ([`http`], [`grpc`]), are decoded into engine-neutral
 //! [`tensor`]s, and are queued to the worker threads of the model they name ([`worker`]),
-//! which run them on tract or ONNX Runtime ([`engine`]). The async reactor never runs a model.
+//! which run them on tract or ONNX Runtime ([`engine`]). The async runtime's threads run only
+//! models whose warm-up took microseconds (`inline_below_us`), and turn them away once their
+//! runs grow slower.
 //!
 //! # Layout
 //! - [`api`]: the state and error type the HTTP and gRPC APIs share.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::ApiShared;
 use crate::config::AgentConfig;
 use crate::engine::EngineError;
 use crate::http::{AppState, router};
@@ -107,13 +108,13 @@ impl HttpServer {
             None => None,
         };
         let (repository, shadows) = (Repository::new(), Shadows::new());
-        let state = AppState {
+        let state = AppState::new(ApiShared {
             repository: repository.clone(),
             shadows: shadows.clone(),
             prometheus: observability::prometheus(),
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
-        };
+        });
         let (stop, mut stop_rx) = watch::channel(false);
         let grpc = match grpc_listener {
             Some(listener) => {

@@ -6,10 +6,13 @@
 //! the thread handling a request (a runtime worker) uses directly. A request runs there only
 //! when one of them is free and its estimated time (the warm-up median, scaled by the request's
 //! element count) is within that budget; otherwise it takes the queue as before (bounded, 503
-//! when full). When the moving average of its runs' CPU times (the thread's own clock, weight
-//! 1/16 per run) passes [`SLOW_FACTOR`] times the budget, the path is off for the model: a model
-//! slower than its warm-up suggested does not hold a runtime thread again, while runs stretched
-//! by the scheduler (a preempted thread on a busy device: wall time, not CPU time) do not count.
+//! when full). When the moving average of its runs' CPU times (the thread's own clock, read on
+//! one run in [`CPU_SAMPLE_EVERY`], weight 1/4 per reading) passes [`SLOW_FACTOR`] times the
+//! budget, the path is off for the model: a model slower than its warm-up suggested does not
+//! hold a runtime thread again, while runs stretched by the scheduler (a preempted thread on a
+//! busy device: wall time, not CPU time) do not count. The thread's CPU clock is a system call
+//! that takes the scheduler's lock (about 1.5 us in a VM, a tenth of a tiny model's request), so
+//! it is read on a sample of the runs only.
 //! A panic fails its request only; its session is dropped, not reopened on the runtime thread
 //! (an ONNX Runtime session takes long to open), and once none is left every request takes the
 //! queue, whose workers reopen theirs.
@@ -28,6 +31,9 @@ const PROBE_RUNS: usize = 7;
 /// A moving average of run times this many times over the budget turns the path off.
 pub(super) const SLOW_FACTOR: u32 = 4;
 
+/// One run in this many reads the thread's CPU clock for the moving average.
+pub(super) const CPU_SAMPLE_EVERY: u64 = 8;
+
 /// The sessions a fast model runs on in the request's thread.
 pub(super) struct Inline {
     label: String,
@@ -38,6 +44,8 @@ pub(super) struct Inline {
     /// Moving average of the inline runs' CPU times, nanoseconds (updated without a lock: two
     /// racing updates lose one sample, which an average can afford).
     average_ns: AtomicU64,
+    /// Runs so far, to pick the ones whose CPU time is read.
+    runs: AtomicU64,
     on: AtomicBool,
     metrics: WorkerMetrics,
 }
@@ -110,6 +118,7 @@ impl Inline {
             budget,
             ns_per_element: median.as_nanos() as f64 / elements(&warmup).max(1) as f64,
             average_ns: AtomicU64::new(nanos(median)),
+            runs: AtomicU64::new(0),
             on: AtomicBool::new(true),
             metrics,
         }))
@@ -130,10 +139,11 @@ impl Inline {
             return Err(inputs);
         };
         self.metrics.batch_rows.record(rows_of(&inputs) as f64);
+        let sampled = self.runs.fetch_add(1, Ordering::Relaxed) % CPU_SAMPLE_EVERY == 0;
         let started = Instant::now();
-        let cpu_started = thread_cpu_time();
+        let cpu_started = sampled.then(thread_cpu_time);
         let outputs = engine::isolate(|| session.run(inputs));
-        let cpu = thread_cpu_time().saturating_sub(cpu_started);
+        let cpu = cpu_started.map(|at| thread_cpu_time().saturating_sub(at));
         let compute = started.elapsed();
         if let Err(EngineError::Panicked(message)) = &outputs {
             self.metrics.panics.increment(1);
@@ -141,8 +151,16 @@ impl Inline {
         } else {
             self.sessions.lock().unwrap_or_else(PoisonError::into_inner).push(session);
         }
+        if let Some(cpu) = cpu {
+            self.account(cpu);
+        }
+        Ok(JobResult { outputs, queued: Duration::ZERO, compute })
+    }
+
+    /// Folds a run's CPU time into the moving average; turns the path off past the limit.
+    fn account(&self, cpu: Duration) {
         let before = self.average_ns.load(Ordering::Relaxed);
-        let average = before - before / 16 + nanos(cpu) / 16;
+        let average = before - before / 4 + nanos(cpu) / 4;
         self.average_ns.store(average, Ordering::Relaxed);
         if average > nanos(self.budget * SLOW_FACTOR) && self.on.swap(false, Ordering::Relaxed) {
             tracing::warn!(
@@ -152,7 +170,6 @@ impl Inline {
                 "The model's runs take far longer than the inline budget; its requests now go to its worker threads."
             );
         }
-        Ok(JobResult { outputs, queued: Duration::ZERO, compute })
     }
 }
 
