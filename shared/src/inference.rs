@@ -125,10 +125,12 @@ impl FromStr for Datatype {
     }
 }
 
-/// `POST /v2/models/{m}[/versions/{v}]/infer` request body (the JSON part).
+/// `POST /v2/models/{m}[/versions/{v}]/infer` request body (the JSON part). `D` is how each
+/// input's `data` is held: a parsed `Value` by default; the agent reads it as the body's own
+/// text (`&serde_json::value::RawValue`) and decodes the tensor from that directly.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InferRequest {
+#[serde(deny_unknown_fields, bound(deserialize = "D: Deserialize<'de>"))]
+pub struct InferRequest<D = Value> {
     /// Request id, echoed in the response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -136,7 +138,7 @@ pub struct InferRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Map<String, Value>>,
     /// Input tensors.
-    pub inputs: Vec<RequestInput>,
+    pub inputs: Vec<RequestInput<D>>,
     /// Outputs to return; all outputs when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Vec<RequestOutput>>,
@@ -144,8 +146,8 @@ pub struct InferRequest {
 
 /// One input tensor of an [`InferRequest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RequestInput {
+#[serde(deny_unknown_fields, bound(deserialize = "D: Deserialize<'de>"))]
+pub struct RequestInput<D = Value> {
     /// Input name, as in the model metadata.
     pub name: String,
     /// Tensor shape.
@@ -157,7 +159,7 @@ pub struct RequestInput {
     pub parameters: Option<Map<String, Value>>,
     /// Row-major data, flat or nested; absent when the tensor is in the binary part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
+    pub data: Option<D>,
 }
 
 /// One requested output of an [`InferRequest`].

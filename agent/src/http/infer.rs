@@ -12,6 +12,7 @@ use edgefleet_shared::inference::{
     MODEL_VERSION_HEADER, RequestInput,
 };
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{ApiError, AppState, resolve};
@@ -80,16 +81,19 @@ struct OutputChoice {
     binary: bool,
 }
 
-struct Decoded {
-    request: InferRequest,
+/// A request whose inputs' `data` is still the body's text, decoded into each tensor directly.
+type RequestText<'a> = InferRequest<&'a RawValue>;
+
+struct Decoded<'a> {
+    request: RequestText<'a>,
     inputs: Vec<Tensor>,
     outputs: Vec<OutputChoice>,
 }
 
-fn decode(headers: &HeaderMap, body: &[u8], model: &ServedModel) -> Result<Decoded, ApiError> {
+fn decode<'a>(headers: &HeaderMap, body: &'a [u8], model: &ServedModel) -> Result<Decoded<'a>, ApiError> {
     let sig = model.engine.signature();
     let (json_part, mut binary) = split_binary(headers, body)?;
-    let mut request: InferRequest =
+    let request: RequestText<'a> =
         serde_json::from_slice(json_part).map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))?;
 
     let mut given = Vec::with_capacity(request.inputs.len());
@@ -117,8 +121,6 @@ fn decode(headers: &HeaderMap, body: &[u8], model: &ServedModel) -> Result<Decod
             })
             .collect::<Result<_, ApiError>>()?,
     };
-    // The tensors now hold the data; dropping the JSON copy keeps memory flat for big inputs.
-    request.inputs.iter_mut().for_each(|i| i.data = None);
     Ok(Decoded { request, inputs, outputs })
 }
 
@@ -140,7 +142,7 @@ fn split_binary<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'
 }
 
 fn decode_input(
-    input: &RequestInput,
+    input: &RequestInput<&RawValue>,
     spec: &crate::engine::TensorSpec,
     binary: &mut &[u8],
 ) -> Result<Tensor, ApiError> {
@@ -162,7 +164,7 @@ fn decode_input(
             *binary = rest;
             Tensor::from_binary(datatype, shape, mine)
         }
-        (None, Some(data)) => Tensor::from_json(datatype, shape, data),
+        (None, Some(data)) => Tensor::from_json_text(datatype, shape, data.get()),
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(format!("input {name:?} has both data and {BINARY_DATA_SIZE}")));
         }
@@ -208,7 +210,7 @@ struct BinaryParams {
 
 fn encode(
     model: &ServedModel,
-    request: &InferRequest,
+    request: &RequestText<'_>,
     choice: &[OutputChoice],
     tensors: &[Tensor],
 ) -> Result<Response, ApiError> {

@@ -139,7 +139,7 @@ impl Inline {
             return Err(inputs);
         };
         self.metrics.batch_rows.record(rows_of(&inputs) as f64);
-        let sampled = self.runs.fetch_add(1, Ordering::Relaxed) % CPU_SAMPLE_EVERY == 0;
+        let sampled = self.runs.fetch_add(1, Ordering::Relaxed).is_multiple_of(CPU_SAMPLE_EVERY);
         let started = Instant::now();
         let cpu_started = sampled.then(thread_cpu_time);
         let outputs = engine::isolate(|| session.run(inputs));
@@ -174,7 +174,7 @@ impl Inline {
 }
 
 /// CPU time this thread has used.
-fn thread_cpu_time() -> Duration {
+pub(super) fn thread_cpu_time() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }

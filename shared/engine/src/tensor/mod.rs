@@ -40,6 +40,9 @@ pub enum TensorError {
     /// `data` is neither an array nor a scalar number/boolean.
     #[error("data must be a (possibly nested) JSON array of {0} values")]
     NotArray(Datatype),
+    /// `data`'s text is not JSON the decoder takes (e.g. nested deeper than its limit of 128).
+    #[error("data is not valid JSON: {0}")]
+    Json(String),
     /// The binary part holds a different number of bytes than the shape needs.
     #[error("binary BYTES data of {got} bytes is not {} length-prefixed elements (4-byte little-endian length, then the bytes) for shape {shape:?}", element_count(shape).unwrap_or(usize::MAX))]
     BytesEncoding {
@@ -124,9 +127,11 @@ macro_rules! with_data {
 
 // After the macros: `elements` uses `with_data!`.
 mod elements;
+mod json;
 
 pub use elements::JsonData;
-use elements::{BinaryElement, JsonElement, ToF64, collect_json};
+use elements::{BinaryElement, JsonElement, ToF64};
+use json::{JsonSource, JsonText};
 
 impl TensorData {
     /// The protocol datatype of these elements.
@@ -275,12 +280,22 @@ impl Tensor {
 
     /// Decodes KServe JSON `data` (flat or nested arrays, or a bare scalar for rank 0).
     pub fn from_json(datatype: Datatype, shape: Vec<usize>, data: &Value) -> Result<Self, TensorError> {
+        Self::decode_json(datatype, shape, data)
+    }
+
+    /// Decodes KServe JSON `data` from its text, as [`Tensor::from_json`] does from a parsed
+    /// value, converting each element as it is parsed (no `Value` per element in between).
+    pub fn from_json_text(datatype: Datatype, shape: Vec<usize>, text: &str) -> Result<Self, TensorError> {
+        Self::decode_json(datatype, shape, JsonText(text))
+    }
+
+    fn decode_json(datatype: Datatype, shape: Vec<usize>, source: impl JsonSource) -> Result<Self, TensorError> {
         let expected = element_count(&shape).unwrap_or(usize::MAX);
         macro_rules! arm {
             ($variant:ident, $t:ty, $dt:ident) => {
                 if datatype == Datatype::$dt {
                     let mut out: Vec<$t> = Vec::with_capacity(expected.min(1 << 20));
-                    collect_json(data, datatype, &mut out, &<$t as JsonElement>::from_json)?;
+                    source.collect(datatype, &mut out, &<$t as JsonElement>::from_json)?;
                     return Tensor::new(shape, TensorData::$variant(out));
                 }
             };
@@ -288,7 +303,7 @@ impl Tensor {
         for_each_element!(arm);
         if datatype == Datatype::Bytes {
             let mut out: Vec<Vec<u8>> = Vec::with_capacity(expected.min(1 << 20));
-            collect_json(data, datatype, &mut out, &|v: &Value| v.as_str().map(|s| s.as_bytes().to_vec()))?;
+            source.collect(datatype, &mut out, &|v: &Value| v.as_str().map(|s| s.as_bytes().to_vec()))?;
             return Tensor::new(shape, TensorData::Bytes(out));
         }
         Err(TensorError::Unsupported(datatype))
