@@ -11,8 +11,8 @@
 //! budget, the path is off for the model: a model slower than its warm-up suggested does not
 //! hold a runtime thread again, while runs stretched by the scheduler (a preempted thread on a
 //! busy device: wall time, not CPU time) do not count. The thread's CPU clock is a system call
-//! that takes the scheduler's lock (about 1.5 us in a VM, a tenth of a tiny model's request), so
-//! it is read on a sample of the runs only.
+//! that takes the scheduler's lock (read twice around a run, about a tenth of a tiny model's
+//! request in a VM), so it is read on a sample of the runs only.
 //! A panic fails its request only; its session is dropped, not reopened on the runtime thread
 //! (an ONNX Runtime session takes long to open), and once none is left every request takes the
 //! queue, whose workers reopen theirs.

@@ -243,7 +243,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
             handle.run_upkeep();
         }
     };
-    if let Err(e) = std::thread::Builder::new().name("metrics-upkeep".into()).stack_size(64 * 1024).spawn(upkeep) {
+    if let Err(e) = std::thread::Builder::new().name("metrics-upkeep".into()).stack_size(256 * 1024).spawn(upkeep) {
         tracing::warn!(error = %e, "Cannot start the metrics upkeep thread; histograms grow until /metrics is scraped.");
     }
 }
