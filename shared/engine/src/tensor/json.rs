@@ -15,39 +15,26 @@ use serde_json::Value;
 use super::TensorError;
 use super::elements::{collect_json, push_element};
 
-/// Where a tensor's JSON elements come from: a parsed `Value` or a request's text.
-pub(super) trait JsonSource {
+/// Where a tensor's JSON elements come from: a parsed `Value`, or the text of one (an input's
+/// `data` as it stands in the request body).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum JsonSource<'a> {
+    Value(&'a Value),
+    Text(&'a str),
+}
+
+impl JsonSource<'_> {
     /// Appends the elements to `out`, converting each with `convert`.
-    fn collect<T>(
-        &self,
-        datatype: Datatype,
-        out: &mut Vec<T>,
-        convert: &impl Fn(&Value) -> Option<T>,
-    ) -> Result<(), TensorError>;
-}
-
-impl JsonSource for &Value {
-    fn collect<T>(
-        &self,
+    pub(super) fn collect<T>(
+        self,
         datatype: Datatype,
         out: &mut Vec<T>,
         convert: &impl Fn(&Value) -> Option<T>,
     ) -> Result<(), TensorError> {
-        collect_json(self, datatype, out, convert)
-    }
-}
-
-/// The text of one JSON value, e.g. an input's `data` as it stands in the request body.
-pub(super) struct JsonText<'a>(pub(super) &'a str);
-
-impl JsonSource for JsonText<'_> {
-    fn collect<T>(
-        &self,
-        datatype: Datatype,
-        out: &mut Vec<T>,
-        convert: &impl Fn(&Value) -> Option<T>,
-    ) -> Result<(), TensorError> {
-        collect_text(self.0, datatype, out, convert)
+        match self {
+            JsonSource::Value(value) => collect_json(value, datatype, out, convert),
+            JsonSource::Text(text) => collect_text(text, datatype, out, convert),
+        }
     }
 }
 

@@ -131,7 +131,7 @@ mod json;
 
 pub use elements::JsonData;
 use elements::{BinaryElement, JsonElement, ToF64};
-use json::{JsonSource, JsonText};
+use json::JsonSource;
 
 impl TensorData {
     /// The protocol datatype of these elements.
@@ -280,16 +280,16 @@ impl Tensor {
 
     /// Decodes KServe JSON `data` (flat or nested arrays, or a bare scalar for rank 0).
     pub fn from_json(datatype: Datatype, shape: Vec<usize>, data: &Value) -> Result<Self, TensorError> {
-        Self::decode_json(datatype, shape, data)
+        Self::decode_json(datatype, shape, JsonSource::Value(data))
     }
 
     /// Decodes KServe JSON `data` from its text, as [`Tensor::from_json`] does from a parsed
     /// value, converting each element as it is parsed (no `Value` per element in between).
     pub fn from_json_text(datatype: Datatype, shape: Vec<usize>, text: &str) -> Result<Self, TensorError> {
-        Self::decode_json(datatype, shape, JsonText(text))
+        Self::decode_json(datatype, shape, JsonSource::Text(text))
     }
 
-    fn decode_json(datatype: Datatype, shape: Vec<usize>, source: impl JsonSource) -> Result<Self, TensorError> {
+    fn decode_json(datatype: Datatype, shape: Vec<usize>, source: JsonSource<'_>) -> Result<Self, TensorError> {
         let expected = element_count(&shape).unwrap_or(usize::MAX);
         macro_rules! arm {
             ($variant:ident, $t:ty, $dt:ident) => {
