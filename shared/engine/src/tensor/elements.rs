@@ -40,28 +40,6 @@ impl Serialize for JsonData<'_> {
     }
 }
 
-pub(super) fn collect_json<T>(
-    value: &Value,
-    datatype: Datatype,
-    out: &mut Vec<T>,
-    convert: &impl Fn(&Value) -> Option<T>,
-) -> Result<(), TensorError> {
-    match value {
-        Value::Array(items) => {
-            for item in items {
-                if let Value::Array(_) = item {
-                    collect_json(item, datatype, out, convert)?;
-                } else {
-                    push_element(item, datatype, out, convert)?;
-                }
-            }
-            Ok(())
-        }
-        Value::Number(_) | Value::Bool(_) => push_element(value, datatype, out, convert),
-        _ => Err(TensorError::NotArray(datatype)),
-    }
-}
-
 pub(super) fn push_element<T>(
     item: &Value,
     datatype: Datatype,

@@ -1,7 +1,7 @@
-//! KServe JSON `data` decoded straight from the request's text into the tensor's buffer: the
-//! elements are converted as the parser meets them, with no `serde_json::Value` tree in between
-//! (a request of a thousand numbers would otherwise allocate a thousand 32-byte values first).
-//! The rules are [`collect_json`](super::elements::collect_json)'s: nested arrays flatten in
+//! KServe JSON `data` into a tensor's buffer, from a parsed `Value` or straight from the
+//! request's text: the elements are converted as the deserializer meets them, so the text path
+//! builds no `serde_json::Value` tree in between (a request of a thousand numbers would otherwise
+//! allocate a thousand 32-byte values first). One set of rules for both: nested arrays flatten in
 //! row-major order, a bare number or boolean is a rank-0 tensor, anything else is refused with
 //! the element's index and value.
 
@@ -13,7 +13,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::Value;
 
 use super::TensorError;
-use super::elements::{collect_json, push_element};
+use super::elements::push_element;
 
 /// Where a tensor's JSON elements come from: a parsed `Value`, or the text of one (an input's
 /// `data` as it stands in the request body).
@@ -31,28 +31,20 @@ impl JsonSource<'_> {
         out: &mut Vec<T>,
         convert: &impl Fn(&Value) -> Option<T>,
     ) -> Result<(), TensorError> {
-        match self {
-            JsonSource::Value(value) => collect_json(value, datatype, out, convert),
-            JsonSource::Text(text) => collect_text(text, datatype, out, convert),
+        let mut failure = None;
+        let seed = Elements { datatype, out, convert, failure: &mut failure, top: true };
+        let parsed = match self {
+            JsonSource::Value(value) => seed.deserialize(value),
+            JsonSource::Text(text) => {
+                let mut parser = serde_json::Deserializer::from_str(text);
+                seed.deserialize(&mut parser).and_then(|()| parser.end())
+            }
+        };
+        match (failure, parsed) {
+            (Some(e), _) => Err(e),
+            (None, Ok(())) => Ok(()),
+            (None, Err(e)) => Err(TensorError::Json(e.to_string())),
         }
-    }
-}
-
-/// Appends the elements of `text` (one JSON value) to `out`, converting each with `convert`.
-fn collect_text<T>(
-    text: &str,
-    datatype: Datatype,
-    out: &mut Vec<T>,
-    convert: &impl Fn(&Value) -> Option<T>,
-) -> Result<(), TensorError> {
-    let mut failure = None;
-    let mut parser = serde_json::Deserializer::from_str(text);
-    let seed = Elements { datatype, out, convert, failure: &mut failure, top: true };
-    let parsed = seed.deserialize(&mut parser).and_then(|()| parser.end());
-    match (failure, parsed) {
-        (Some(e), _) => Err(e),
-        (None, Ok(())) => Ok(()),
-        (None, Err(e)) => Err(TensorError::Json(e.to_string())),
     }
 }
 
